@@ -1,0 +1,186 @@
+//! At-least-once progress tracking: which input offsets are safe to commit.
+//!
+//! Strategy: every batch gets a sequence number and remembers, per input partition,
+//! the offset after its last record. Each output produced for the batch is counted;
+//! each delivery acknowledgement from the sink broker counts one down. A batch is done
+//! when it is sealed (all its outputs handed to the producer) and nothing is
+//! outstanding. Batches finish out of order, so progress only advances over the
+//! longest prefix of done batches: an offset becomes committable only when every output
+//! derived from it, and from everything before it in its partition, is acknowledged.
+//! A failed delivery stops the prefix for good; the pipeline then shuts down and the
+//! failed batch is read again on restart.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// A source partition: topic and partition number.
+pub type Partition = (String, i32);
+
+#[derive(Debug)]
+struct PendingBatch {
+    /// Offset after the batch's last record, per partition it touched.
+    ends: Vec<(Partition, i64)>,
+    outstanding: usize,
+    sealed: bool,
+}
+
+/// Progress of the batches in flight and the offsets they make committable.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Sequence number of `pending[0]`.
+    first_seq: u64,
+    pending: VecDeque<PendingBatch>,
+    /// Next offset to read, per partition, covering only fully acknowledged batches.
+    committable: BTreeMap<Partition, i64>,
+    /// Set when a delivery failed; nothing after it may be committed.
+    failure: Option<String>,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a new batch and returns its sequence number.
+    pub fn begin(&mut self, ends: Vec<(Partition, i64)>) -> u64 {
+        let seq = self.first_seq + self.pending.len() as u64;
+        self.pending.push_back(PendingBatch {
+            ends,
+            outstanding: 0,
+            sealed: false,
+        });
+        seq
+    }
+
+    /// Counts `count` more outputs of batch `seq` as handed to the producer.
+    pub fn add_outputs(&mut self, seq: u64, count: usize) {
+        if let Some(batch) = self.batch(seq) {
+            batch.outstanding += count;
+        }
+    }
+
+    /// Marks batch `seq` as complete on the sending side.
+    pub fn seal(&mut self, seq: u64) {
+        if let Some(batch) = self.batch(seq) {
+            batch.sealed = true;
+        }
+        self.advance();
+    }
+
+    /// Records the broker's answer for one output of batch `seq`.
+    pub fn delivered(&mut self, seq: u64, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                if let Some(batch) = self.batch(seq) {
+                    batch.outstanding = batch.outstanding.saturating_sub(1);
+                }
+                self.advance();
+            }
+            Err(error) => {
+                self.failure.get_or_insert(error);
+            }
+        }
+    }
+
+    /// The first delivery failure, if any.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Batches not yet fully acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Committable offsets (the next offset to read) per partition.
+    pub fn committable(&self) -> &BTreeMap<Partition, i64> {
+        &self.committable
+    }
+
+    /// Forgets a partition that is no longer ours, so it is not committed again.
+    pub fn forget(&mut self, partition: &Partition) {
+        self.committable.remove(partition);
+    }
+
+    fn batch(&mut self, seq: u64) -> Option<&mut PendingBatch> {
+        let index = seq.checked_sub(self.first_seq)?;
+        self.pending.get_mut(index as usize)
+    }
+
+    fn advance(&mut self) {
+        if self.failure.is_some() {
+            return;
+        }
+        while let Some(front) = self.pending.front() {
+            if !front.sealed || front.outstanding > 0 {
+                break;
+            }
+            let done = self.pending.pop_front().expect("front exists");
+            self.first_seq += 1;
+            for (partition, end) in done.ends {
+                let entry = self.committable.entry(partition).or_insert(end);
+                *entry = (*entry).max(end);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: i32) -> Partition {
+        ("in".to_string(), n)
+    }
+
+    #[test]
+    fn an_offset_waits_for_every_earlier_batch() {
+        let mut t = Tracker::new();
+        let a = t.begin(vec![(p(0), 10)]);
+        t.add_outputs(a, 2);
+        t.seal(a);
+        let b = t.begin(vec![(p(0), 20), (p(1), 5)]);
+        t.add_outputs(b, 1);
+        t.seal(b);
+        t.delivered(b, Ok(()));
+        assert!(t.committable().is_empty(), "b is acked but a is not");
+        t.delivered(a, Ok(()));
+        assert!(t.committable().is_empty(), "a still has one output outstanding");
+        t.delivered(a, Ok(()));
+        assert_eq!(t.committable().get(&p(0)), Some(&20));
+        assert_eq!(t.committable().get(&p(1)), Some(&5));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_unsealed_batch_is_not_done_even_with_nothing_outstanding() {
+        let mut t = Tracker::new();
+        let a = t.begin(vec![(p(0), 3)]);
+        t.add_outputs(a, 1);
+        t.delivered(a, Ok(()));
+        assert!(t.committable().is_empty());
+        t.seal(a);
+        assert_eq!(t.committable().get(&p(0)), Some(&3));
+    }
+
+    #[test]
+    fn a_batch_with_no_outputs_completes_when_sealed() {
+        let mut t = Tracker::new();
+        let a = t.begin(vec![(p(2), 8)]);
+        t.seal(a);
+        assert_eq!(t.committable().get(&p(2)), Some(&8));
+    }
+
+    #[test]
+    fn a_failed_delivery_freezes_progress() {
+        let mut t = Tracker::new();
+        let a = t.begin(vec![(p(0), 10)]);
+        t.add_outputs(a, 2);
+        t.seal(a);
+        t.delivered(a, Err("broker down".into()));
+        t.delivered(a, Ok(()));
+        let b = t.begin(vec![(p(0), 20)]);
+        t.seal(b);
+        assert!(t.committable().is_empty());
+        assert_eq!(t.failure(), Some("broker down"));
+    }
+}

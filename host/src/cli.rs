@@ -1,0 +1,73 @@
+//! The command line: subcommands and their flags (each with an environment fallback).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Run a WebAssembly component between Kafka topics.")]
+pub struct Cli {
+    /// Log filter: a level (`info`, `debug`) or a tracing filter. RUST_LOG wins when set.
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pipeline until SIGINT/SIGTERM (graceful: drain, flush, commit, exit 0).
+    Run(PipelineArgs),
+    /// Check a configuration and its plugin without connecting to Kafka.
+    Validate(PipelineArgs),
+    /// Write stock-price records like the original generator of the Flink job.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "source")]
+pub struct ConfigArgs {
+    /// A sluice.toml pipeline file.
+    #[arg(long, env = "SLUICE_CONFIG", group = "source")]
+    pub config: Option<PathBuf>,
+
+    /// A Managed Flink application_properties.json to run as is.
+    #[arg(long, env = "SLUICE_PROPERTIES", group = "source")]
+    pub properties: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+
+    /// A plugin component (.wasm) to use instead of the configured one. Without either,
+    /// the built-in pass-through runs.
+    #[arg(long, env = "SLUICE_PLUGIN")]
+    pub plugin: Option<PathBuf>,
+
+    /// Bootstrap servers that override the properties file's (as on Managed Flink).
+    #[arg(long, env = "BOOTSTRAP_SERVERS", hide_env_values = true)]
+    pub bootstrap_servers: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub bootstrap_servers: String,
+
+    /// Topic to write to.
+    #[arg(long, env = "TOPIC_NAME", default_value = "stocks-in")]
+    pub topic: String,
+
+    /// Stop after this many records (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
+
+    /// Records per second, steadily (0: as fast as possible). Without it, the original
+    /// rhythm: one record per ticker, then a pause of 5 to 10 seconds.
+    #[arg(long)]
+    pub rate: Option<u64>,
+}

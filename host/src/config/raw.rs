@@ -1,0 +1,369 @@
+//! The configuration as written, before validation: every field optional, enum-like
+//! values as text, so that one pass can report every mistake with its key path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    CONFIG_VERSION, CheckpointConfig, Config, Fallback, Partitioning, PluginConfig, Problem,
+    SinkConfig, SourceConfig, Startup, TopicSpec,
+};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    pub version: Option<i64>,
+    #[serde(default)]
+    pub source: RawSource,
+    #[serde(default)]
+    pub sink: RawSink,
+    #[serde(default)]
+    pub plugin: RawPlugin,
+    #[serde(default)]
+    pub checkpoint: RawCheckpoint,
+    /// Unknown keys found while reading, by path.
+    #[serde(skip)]
+    pub unknown: Vec<String>,
+    /// For imported formats: the name each key path has in the original file.
+    #[serde(skip)]
+    pub origin: HashMap<&'static str, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSource {
+    pub bootstrap_servers: Option<String>,
+    pub topic: Option<String>,
+    pub group_id: Option<String>,
+    pub startup: Option<String>,
+    pub startup_fallback: Option<String>,
+    pub startup_timestamp_ms: Option<i64>,
+    pub batch_max_records: Option<i64>,
+    pub connect_timeout_ms: Option<i64>,
+    #[serde(default)]
+    pub kafka: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSink {
+    pub bootstrap_servers: Option<String>,
+    pub topic: Option<String>,
+    pub partitioning: Option<String>,
+    pub create_topic: Option<RawTopicSpec>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub kafka: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTopicSpec {
+    pub partitions: Option<i64>,
+    pub replication_factor: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPlugin {
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    pub max_memory_mb: Option<i64>,
+    pub timeout_ms: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawCheckpoint {
+    pub interval_ms: Option<i64>,
+    pub min_pause_ms: Option<i64>,
+}
+
+/// Parses TOML text. A syntax or type error is returned as is (it names its line);
+/// unknown keys are collected and reported with the other problems.
+pub fn parse_toml(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
+    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    let mut unknown = Vec::new();
+    let mut raw: RawConfig =
+        serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()))
+            .map_err(|e| e.to_string())?;
+    raw.unknown = unknown;
+    Ok((raw, Vec::new()))
+}
+
+/// Collects problems against key paths, renamed for imported formats.
+struct Checker<'a> {
+    problems: &'a mut Vec<Problem>,
+    origin: &'a HashMap<&'static str, String>,
+}
+
+impl Checker<'_> {
+    fn report(&mut self, path: &'static str, message: impl Into<String>) {
+        let path = self
+            .origin
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| path.to_string());
+        self.problems.push(Problem {
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn required(&mut self, path: &'static str, value: &Option<String>) -> String {
+        match value.as_deref().map(str::trim) {
+            Some(v) if !v.is_empty() => v.to_string(),
+            Some(_) => {
+                self.report(path, "must not be empty");
+                String::new()
+            }
+            None => {
+                self.report(path, "missing; this key is required");
+                String::new()
+            }
+        }
+    }
+
+    fn range(&mut self, path: &'static str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+        match value {
+            None => default,
+            Some(v) if (min..=max).contains(&v) => v,
+            Some(v) => {
+                self.report(path, format!("{v} is out of range; use {min} to {max}"));
+                default
+            }
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, path: &'static str, value: Option<&str>, default: T, choices: &[(&str, T)]) -> T {
+        let Some(value) = value else { return default };
+        match choices.iter().find(|(name, _)| *name == value) {
+            Some((_, choice)) => *choice,
+            None => {
+                let names: Vec<_> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
+                self.report(path, format!("`{value}` is not one of {}", names.join(", ")));
+                default
+            }
+        }
+    }
+}
+
+fn scalar_map(values: &BTreeMap<String, toml::Value>, path: &'static str, checker: &mut Checker<'_>) -> Vec<(String, String)> {
+    values
+        .iter()
+        .filter_map(|(key, value)| match value {
+            toml::Value::String(s) => Some((key.clone(), s.clone())),
+            toml::Value::Integer(i) => Some((key.clone(), i.to_string())),
+            toml::Value::Float(f) => Some((key.clone(), f.to_string())),
+            toml::Value::Boolean(b) => Some((key.clone(), b.to_string())),
+            _ => {
+                checker.report(path, format!("`{key}` must be a string, number or boolean"));
+                None
+            }
+        })
+        .collect()
+}
+
+impl RawConfig {
+    /// Checks everything, appending every problem to `problems`. Returns a config
+    /// only when the structure could be built; callers must also check `problems`.
+    pub fn validate(&self, problems: &mut Vec<Problem>) -> Option<Config> {
+        let mut c = Checker {
+            problems,
+            origin: &self.origin,
+        };
+        for path in &self.unknown {
+            c.problems.push(Problem {
+                path: path.clone(),
+                message: "unknown key; check its spelling and section".into(),
+            });
+        }
+        match self.version {
+            None => c.report("version", format!("missing; start the file with `version = {CONFIG_VERSION}`")),
+            Some(v) if v != CONFIG_VERSION => c.report(
+                "version",
+                format!("version {v} is not supported; this Sluice reads version {CONFIG_VERSION}"),
+            ),
+            Some(_) => {}
+        }
+
+        let s = &self.source;
+        let bootstrap = c.required("source.bootstrap_servers", &s.bootstrap_servers);
+        let topic = c.required("source.topic", &s.topic);
+        let group_id = c.required("source.group_id", &s.group_id);
+        let mode = s.startup.as_deref();
+        let startup_kind = c.choice(
+            "source.startup",
+            mode,
+            "earliest",
+            &[("earliest", "earliest"), ("latest", "latest"), ("group-offsets", "group-offsets"), ("timestamp", "timestamp")],
+        );
+        let fallback = c.choice(
+            "source.startup_fallback",
+            s.startup_fallback.as_deref(),
+            Fallback::Earliest,
+            &[("earliest", Fallback::Earliest), ("latest", Fallback::Latest), ("fail", Fallback::Fail)],
+        );
+        if s.startup_fallback.is_some() && startup_kind != "group-offsets" {
+            c.report("source.startup_fallback", "only applies to `startup = \"group-offsets\"`");
+        }
+        let startup = match startup_kind {
+            "latest" => Startup::Latest,
+            "group-offsets" => Startup::GroupOffsets { fallback },
+            "timestamp" => match s.startup_timestamp_ms {
+                Some(millis) if millis >= 0 => Startup::Timestamp { millis },
+                Some(millis) => {
+                    c.report("source.startup_timestamp_ms", format!("{millis} is negative; give milliseconds since the Unix epoch"));
+                    Startup::Earliest
+                }
+                None => {
+                    c.report("source.startup_timestamp_ms", "missing; `startup = \"timestamp\"` needs milliseconds since the Unix epoch");
+                    Startup::Earliest
+                }
+            },
+            _ => Startup::Earliest,
+        };
+        if s.startup_timestamp_ms.is_some() && startup_kind != "timestamp" {
+            c.report("source.startup_timestamp_ms", "only applies to `startup = \"timestamp\"`");
+        }
+        let batch_max_records = c.range("source.batch_max_records", s.batch_max_records, 1000, 1, 100_000);
+        let connect_timeout_ms = c.range("source.connect_timeout_ms", s.connect_timeout_ms, 10_000, 100, 600_000);
+        let source_kafka = scalar_map(&s.kafka, "source.kafka", &mut c);
+
+        let k = &self.sink;
+        let sink_bootstrap = k.bootstrap_servers.clone().unwrap_or_else(|| bootstrap.clone());
+        let sink_topic = c.required("sink.topic", &k.topic);
+        let partitioning = c.choice(
+            "sink.partitioning",
+            k.partitioning.as_deref(),
+            Partitioning::Same,
+            &[("same", Partitioning::Same), ("key-hash", Partitioning::KeyHash), ("default", Partitioning::Default)],
+        );
+        let create_topic = k.create_topic.as_ref().map(|spec| TopicSpec {
+            partitions: spec.partitions.map(|p| c.range("sink.create_topic.partitions", Some(p), 1, 1, 100_000) as i32),
+            replication_factor: c.range("sink.create_topic.replication_factor", spec.replication_factor, 1, 1, 32) as i32,
+        });
+        for (name, topic) in &k.outputs {
+            if topic.trim().is_empty() {
+                c.report("sink.outputs", format!("output `{name}` has an empty topic name"));
+            }
+        }
+        let sink_kafka = scalar_map(&k.kafka, "sink.kafka", &mut c);
+
+        let p = &self.plugin;
+        if let Some(path) = &p.path {
+            if !path.is_file() {
+                c.report("plugin.path", format!("{} does not exist or is not a file", path.display()));
+            }
+        }
+        let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
+        let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
+        let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
+
+        let k = &self.checkpoint;
+        let interval_ms = c.range("checkpoint.interval_ms", k.interval_ms, 60_000, 10, 86_400_000);
+        let min_pause_ms = c.range("checkpoint.min_pause_ms", k.min_pause_ms, 5_000, 0, 86_400_000);
+
+        Some(Config {
+            source: SourceConfig {
+                bootstrap_servers: bootstrap,
+                topic,
+                group_id,
+                startup,
+                batch_max_records: batch_max_records as usize,
+                connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
+                kafka: source_kafka.into_iter().collect(),
+            },
+            sink: SinkConfig {
+                bootstrap_servers: sink_bootstrap,
+                topic: sink_topic,
+                partitioning,
+                create_topic,
+                outputs: self.sink.outputs.clone(),
+                kafka: sink_kafka.into_iter().collect(),
+            },
+            plugin: PluginConfig {
+                path: p.path.clone(),
+                config: plugin_config,
+                max_memory_bytes: (max_memory_mb as usize) << 20,
+                call_timeout: Duration::from_millis(timeout_ms as u64),
+            },
+            checkpoint: CheckpointConfig {
+                interval: Duration::from_millis(interval_ms as u64),
+                min_pause: Duration::from_millis(min_pause_ms as u64),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        let (raw, mut problems) = parse_toml(text).expect("parses");
+        raw.validate(&mut problems);
+        problems.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn a_minimal_file_is_valid_and_takes_the_documented_defaults() {
+        let text = r#"
+            version = 1
+            [source]
+            bootstrap_servers = "127.0.0.1:9092"
+            topic = "stocks-in"
+            group_id = "g"
+            [sink]
+            topic = "stocks-out"
+        "#;
+        let (raw, mut problems) = parse_toml(text).unwrap();
+        let config = raw.validate(&mut problems).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.sink.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.sink.partitioning, Partitioning::Same);
+        assert_eq!(config.source.startup, Startup::Earliest);
+        assert_eq!(config.checkpoint.interval, Duration::from_secs(60));
+        assert_eq!(config.checkpoint.min_pause, Duration::from_secs(5));
+        assert!(config.plugin.path.is_none());
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_key_path() {
+        let text = r#"
+            version = 1
+            [source]
+            bootstrap_servers = "127.0.0.1:9092"
+            startup = "earlest"
+            startup_timestamp_ms = 5
+            grup_id = "typo"
+            [sink]
+            topic = "out"
+            partitioning = "round-robin"
+            [checkpoint]
+            interval_ms = 0
+            [plugin.config]
+            nested = { a = 1 }
+        "#;
+        let found = problems(text);
+        let expected = [
+            "source.grup_id: unknown key",
+            "source.topic: missing",
+            "source.group_id: missing",
+            "source.startup: `earlest` is not one of `earliest`, `latest`, `group-offsets`, `timestamp`",
+            "source.startup_timestamp_ms: only applies",
+            "sink.partitioning: `round-robin` is not one of",
+            "checkpoint.interval_ms: 0 is out of range",
+            "plugin.config: `nested` must be a string",
+        ];
+        for want in expected {
+            assert!(found.iter().any(|p| p.starts_with(want)), "missing {want:?} in {found:#?}");
+        }
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn a_missing_version_is_reported() {
+        let found = problems("[source]\ntopic = \"a\"\n");
+        assert!(found.iter().any(|p| p.starts_with("version: missing")), "{found:?}");
+    }
+}

@@ -1,0 +1,35 @@
+//! Sluice: records from Kafka, through a WebAssembly component, to Kafka.
+//!
+//! # Layout
+//!
+//! ```text
+//!  source topic ─▶ source/kafka ─▶ transform (runtime: wasmtime) ─▶ sink/kafka ─▶ sink topic(s)
+//!                       ▲                                              │
+//!                       └──── checkpoint (commit acknowledged offsets) ◀┘ delivery reports
+//! ```
+//!
+//! - `cli`, `app`: the command line, and wiring a validated config into a pipeline.
+//! - `pipeline`: the loop that drives source, transform and sink, and checkpoints.
+//! - `source`: the Kafka consumer group member and the startup modes.
+//! - `transform`: the stage that runs each batch through the live plugin.
+//! - `sink`: the idempotent Kafka producer and output routing.
+//! - `checkpoint`: which offsets are safe to commit (at-least-once).
+//! - `plugin`: loading and validating plugins; the built-in pass-through.
+//! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances.
+//! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
+//! - `generate`: the stock-record generator of the job Sluice replaces.
+//! - `shutdown`, `telemetry`: signals, and logging.
+
+pub mod app;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod generate;
+pub mod pipeline;
+pub mod plugin;
+pub mod runtime;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod telemetry;
+pub mod transform;

@@ -1,0 +1,104 @@
+//! The `sluice` binary: parses the command line, runs a subcommand, and turns its
+//! outcome into an exit code (0 success, 1 failure at run time, 2 invalid input).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice_host::cli::{Cli, Command, PipelineArgs};
+use sluice_host::config::ConfigSource;
+use sluice_host::shutdown::{Shutdown, watch_signals};
+use sluice_host::{app, generate, telemetry};
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+
+fn config_source(args: &PipelineArgs) -> ConfigSource {
+    match (&args.config.config, &args.config.properties) {
+        (Some(path), _) => ConfigSource::Toml(path.clone()),
+        (None, Some(path)) => ConfigSource::Properties(path.clone()),
+        (None, None) => unreachable!("clap requires one of --config and --properties"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let shutdown = Shutdown::new();
+    runtime.spawn(watch_signals(shutdown.clone()));
+
+    match cli.command {
+        Command::Run(args) => {
+            let source = config_source(&args);
+            let config = match app::load_config(&source, args.plugin.clone(), args.bootstrap_servers.as_deref()) {
+                Ok(config) => config,
+                Err(invalid) => {
+                    eprintln!("error: {invalid}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            match app::run(config, &shutdown, runtime.handle()) {
+                Ok(summary) => {
+                    tracing::info!(
+                        numRecordsIn = summary.records_in,
+                        numRecordsOut = summary.records_out,
+                        "Stopped cleanly."
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::Validate(args) => {
+            let source = config_source(&args);
+            let config = match app::load_config(&source, args.plugin.clone(), args.bootstrap_servers.as_deref()) {
+                Ok(config) => config,
+                Err(invalid) => {
+                    eprintln!("error: {invalid}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            match app::start_plugin(&config) {
+                Ok((plugin, _)) => {
+                    println!(
+                        "{}: valid ({} → plugin {} sha256:{} → {})",
+                        source.path().display(),
+                        config.source.topic,
+                        plugin.origin,
+                        plugin.short_digest(),
+                        config.sink.topic
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {}: plugin.path: {error:#}", source.path().display());
+                    ExitCode::from(EXIT_INVALID)
+                }
+            }
+        }
+        Command::Generate(args) => match generate::run(&args, &shutdown) {
+            Ok(sent) => {
+                eprintln!("sent {sent} records to {}", args.topic);
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+    }
+}

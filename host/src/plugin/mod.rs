@@ -1,0 +1,115 @@
+//! Plugins as the pipeline sees them: loaded from a file (or the built-in
+//! pass-through), checked against the transform world, identified by content digest,
+//! and started as instances with their configuration.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::runtime::{Instance, Limits, PluginError, Prepared, Runtime};
+
+/// The pass-through transform, built from `plugins/passthrough` and embedded.
+pub const PASSTHROUGH_WASM: &[u8] = include_bytes!(env!("SLUICE_PASSTHROUGH_WASM"));
+
+/// Where a plugin's bytes came from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    BuiltIn,
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::BuiltIn => f.write_str("built-in pass-through"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A plugin that could not be loaded, naming the plugin.
+#[derive(Debug, Error)]
+#[error("plugin {origin}")]
+pub struct LoadError {
+    pub origin: Origin,
+    #[source]
+    pub source: LoadFailure,
+}
+
+#[derive(Debug, Error)]
+pub enum LoadFailure {
+    #[error("cannot read the file: {0}")]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+/// A compiled, validated plugin version.
+#[derive(Clone)]
+pub struct Plugin {
+    pub origin: Origin,
+    /// Short name used in logs: the file stem, or `passthrough`.
+    pub name: Arc<str>,
+    /// SHA-256 of the component bytes, hex.
+    pub digest: String,
+    prepared: Prepared,
+}
+
+impl Plugin {
+    /// Loads the plugin at `path`, or the built-in pass-through when `path` is `None`.
+    pub fn load(runtime: &Runtime, path: Option<&Path>) -> Result<Plugin, LoadError> {
+        let (origin, bytes) = match path {
+            None => (Origin::BuiltIn, PASSTHROUGH_WASM.to_vec()),
+            Some(path) => {
+                let origin = Origin::File(path.to_path_buf());
+                match std::fs::read(path) {
+                    Ok(bytes) => (origin, bytes),
+                    Err(e) => {
+                        return Err(LoadError {
+                            origin,
+                            source: LoadFailure::Read(e),
+                        });
+                    }
+                }
+            }
+        };
+        let name: Arc<str> = match &origin {
+            Origin::BuiltIn => "passthrough".into(),
+            Origin::File(path) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "plugin".into())
+                .into(),
+        };
+        let digest = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let prepared = runtime.load(&bytes).map_err(|e| LoadError {
+            origin: origin.clone(),
+            source: e.into(),
+        })?;
+        Ok(Plugin {
+            origin,
+            name,
+            digest,
+            prepared,
+        })
+    }
+
+    /// Starts an instance and runs its `init` with `config`.
+    pub fn start(&self, limits: Limits, config: &[(String, String)]) -> Result<Instance, LoadError> {
+        Instance::start(&self.prepared, self.name.clone(), limits, config).map_err(|e| LoadError {
+            origin: self.origin.clone(),
+            source: e.into(),
+        })
+    }
+
+    /// The first 12 hex digits of the digest, for logs.
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..12]
+    }
+}

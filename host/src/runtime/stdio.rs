@@ -1,0 +1,116 @@
+//! Plugin stdout and stderr, forwarded line by line into the host's log.
+//!
+//! A plugin's `println!`/`console.log`/`print` and its panic messages land here. The
+//! last line is kept so that a trap can be reported with the panic message that
+//! caused it.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// Lines longer than this are cut: a plugin must not grow host memory through its log.
+const MAX_LINE: usize = 4096;
+
+#[derive(Clone)]
+pub struct PluginOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+    state: Arc<Mutex<LineState>>,
+}
+
+#[derive(Default)]
+struct LineState {
+    partial: Vec<u8>,
+    last_line: String,
+}
+
+impl PluginOutput {
+    pub fn new(plugin: Arc<str>, stream: &'static str) -> Self {
+        PluginOutput {
+            plugin,
+            stream,
+            state: Arc::default(),
+        }
+    }
+
+    /// The last complete (or pending) line written, for error reports.
+    pub fn last_line(&self) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = String::from_utf8_lossy(&state.partial).trim().to_string();
+        if !pending.is_empty() {
+            Some(pending)
+        } else if !state.last_line.is_empty() {
+            Some(state.last_line.clone())
+        } else {
+            None
+        }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for &byte in bytes {
+            if byte == b'\n' {
+                let line = String::from_utf8_lossy(&state.partial).into_owned();
+                state.partial.clear();
+                tracing::info!(plugin = %self.plugin, stream = self.stream, "{line}");
+                state.last_line = line;
+            } else if state.partial.len() < MAX_LINE {
+                state.partial.push(byte);
+            }
+        }
+    }
+}
+
+impl IsTerminal for PluginOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for PluginOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for PluginOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for PluginOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for PluginOutput {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

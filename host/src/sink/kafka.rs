@@ -1,0 +1,279 @@
+//! The Kafka sink: an idempotent producer that writes a transformed batch and reports
+//! each delivery to the checkpoint tracker.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+use sluice_sdk::batch::{Header, Headers, InputBatch, Op};
+
+use crate::checkpoint::Tracker;
+use crate::config::{Partitioning, SinkConfig};
+use crate::source::kafka::topic_partitions;
+
+/// Producer callbacks: each delivery report goes to the tracker.
+pub struct SinkContext {
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log("sink", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(client = "sink", %error, "Kafka client error: {reason}");
+    }
+}
+
+impl ProducerContext for SinkContext {
+    /// The sequence number of the batch the record belongs to.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((error, message)) => Err(format!(
+                "delivery to topic `{}` partition {} failed: {error}",
+                message.topic(),
+                message.partition()
+            )),
+        };
+        self.tracker.lock().unwrap().delivered(seq as u64, result);
+    }
+}
+
+/// Why a batch could not be handed to the producer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Fatal(String),
+    #[error("stopped while the producer queue was full")]
+    Interrupted,
+}
+
+pub struct KafkaSink {
+    producer: BaseProducer<SinkContext>,
+    default_topic: String,
+    outputs: BTreeMap<String, String>,
+    same_partition: bool,
+}
+
+impl KafkaSink {
+    /// Connects, checks (or creates) the sink topics against the source's partition count.
+    pub fn connect(
+        config: &SinkConfig,
+        source_partitions: i32,
+        connect_timeout: Duration,
+        tracker: Arc<Mutex<Tracker>>,
+        runtime: &tokio::runtime::Handle,
+    ) -> anyhow::Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            // Idempotence: retries cannot duplicate or reorder records in a partition.
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Bounded queue: when the broker is slow, sending blocks and the source waits.
+            .set("queue.buffering.max.kbytes", "32768")
+            .set(
+                "partitioner",
+                match config.partitioning {
+                    // Java's and kafka-python's choice: murmur2 of the key bytes.
+                    Partitioning::KeyHash => "murmur2_random",
+                    _ => "consistent_random",
+                },
+            );
+        for (key, value) in &config.kafka {
+            client.set(key, value);
+        }
+        let producer: BaseProducer<SinkContext> = client
+            .create_with_context(SinkContext { tracker })
+            .context("creating the Kafka producer (check sink.kafka settings)")?;
+
+        let mut topics: Vec<&str> = vec![&config.topic];
+        topics.extend(config.outputs.values().map(String::as_str));
+        topics.sort_unstable();
+        topics.dedup();
+        for topic in topics {
+            let mut partitions = topic_partitions(
+                producer.client(),
+                topic,
+                &config.bootstrap_servers,
+                connect_timeout,
+                "sink",
+            )?;
+            if partitions == 0 {
+                let Some(spec) = config.create_topic else {
+                    bail!(
+                        "sink topic `{topic}` does not exist on {}; create it with at least {source_partitions} partitions, or add [sink.create_topic] to create it",
+                        config.bootstrap_servers
+                    );
+                };
+                let wanted = spec.partitions.unwrap_or(source_partitions);
+                create_topic(&config.bootstrap_servers, topic, wanted, spec.replication_factor, runtime)?;
+                tracing::info!(topic, partitions = wanted, "Sink topic created.");
+                partitions = wanted;
+            }
+            if config.partitioning == Partitioning::Same && partitions < source_partitions {
+                bail!(
+                    "sink topic `{topic}` has {partitions} partitions but the source has {source_partitions}; \
+                     `sink.partitioning = \"same\"` writes each record to its source partition number, so add partitions \
+                     to `{topic}` or choose `key-hash` or `default`"
+                );
+            }
+        }
+
+        Ok(KafkaSink {
+            producer,
+            default_topic: config.topic.clone(),
+            outputs: config.outputs.clone(),
+            same_partition: config.partitioning == Partitioning::Same,
+        })
+    }
+
+    /// Hands every output of one transformed batch to the producer, in order. Returns
+    /// the number of records sent. `keep_going` is asked while the queue is full.
+    pub fn send(
+        &self,
+        seq: u64,
+        input: &InputBatch<'_>,
+        ops: &[Op<'_>],
+        tracker: &Mutex<Tracker>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<usize, SendError> {
+        // Counted before sending: a delivery report may arrive before `send` returns.
+        // A batch cut short (error or shutdown) keeps outputs outstanding, so it and
+        // everything after it stay uncommitted.
+        let total: usize = ops
+            .iter()
+            .map(|op| match op {
+                Op::Keep { count, .. } => *count as usize,
+                _ => 1,
+            })
+            .sum();
+        tracker.lock().unwrap().add_outputs(seq, total);
+        let mut sent = 0;
+        for op in ops {
+            let (indices, output) = match op {
+                Op::Keep { start, count, output } => (*start..*start + *count, *output),
+                Op::ReplaceValue { index, output, .. } | Op::Record { index, output, .. } => {
+                    (*index..*index + 1, *output)
+                }
+                Op::Error { .. } => unreachable!("errors are handled before sending"),
+            };
+            let topic = match output {
+                None => self.default_topic.as_str(),
+                Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
+                    SendError::Fatal(format!(
+                        "the plugin sent a record to output `{name}`, which [sink.outputs] does not map to a topic"
+                    ))
+                })?,
+            };
+            for index in indices {
+                let source = input.get(index).expect("ops were checked against the input");
+                let (key, value, headers, timestamp) = match op {
+                    Op::Keep { .. } => (source.key(), source.value(), Some(source.headers()), source.timestamp()),
+                    Op::ReplaceValue { value, .. } => (source.key(), *value, Some(source.headers()), source.timestamp()),
+                    Op::Record { key, value, headers, timestamp, .. } => (*key, *value, Some(headers.clone()), *timestamp),
+                    Op::Error { .. } => unreachable!(),
+                };
+                let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize);
+                if let Some(key) = key {
+                    record = record.key(key);
+                }
+                if let Some(value) = value {
+                    record = record.payload(value);
+                }
+                if let Some(headers) = headers.filter(|h| h.len() > 0) {
+                    record = record.headers(owned_headers(headers));
+                }
+                if let Some(timestamp) = timestamp {
+                    record = record.timestamp(timestamp);
+                }
+                if self.same_partition {
+                    record = record.partition(source.partition());
+                }
+                self.send_one(record, keep_going)?;
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    fn send_one<'a>(
+        &self,
+        mut record: BaseRecord<'a, [u8], [u8], usize>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<(), SendError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // Back-pressure: serve delivery reports until there is room.
+                    record = back;
+                    self.producer.poll(Duration::from_millis(20));
+                    if !keep_going() {
+                        return Err(SendError::Interrupted);
+                    }
+                }
+                Err((error, back)) => {
+                    return Err(SendError::Fatal(format!(
+                        "could not send a record to topic `{}`: {error}",
+                        back.topic
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Serves delivery reports, waiting up to `timeout` for one.
+    pub fn poll(&self, timeout: Duration) {
+        self.producer.poll(timeout);
+    }
+
+    /// Waits until every queued record is delivered or failed.
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| anyhow::anyhow!("records still undelivered after {} s: {e}", timeout.as_secs()))
+    }
+}
+
+fn owned_headers(headers: Headers<'_>) -> OwnedHeaders {
+    headers.fold(OwnedHeaders::new_with_capacity(4), |acc, Header { name, value }| {
+        acc.insert(KafkaHeader { key: name, value })
+    })
+}
+
+fn create_topic(
+    servers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let results = runtime
+        .block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
+        .with_context(|| format!("creating sink topic `{topic}`"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("creating sink topic `{name}` failed: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Sinks: where transformed records go.
+
+pub mod kafka;
