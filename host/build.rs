@@ -16,7 +16,10 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     for watched in ["wit", "guest-sdk", "plugins", "tests/plugins", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
 
     // OUT_DIR is <target>/<profile>/build/<pkg>/out: keep the plugins beside the host's build.
@@ -32,7 +35,13 @@ fn main() {
     let mut command = Command::new(cargo);
     command
         .current_dir(&workspace)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for plugin in PLUGINS {
         command.args(["-p", plugin]);
@@ -59,5 +68,8 @@ fn main() {
         "cargo:rustc-env=SLUICE_PASSTHROUGH_WASM={}",
         wasm_dir.join("sluice_plugin_passthrough.wasm").display()
     );
-    println!("cargo:rustc-env=SLUICE_TEST_PLUGIN_DIR={}", wasm_dir.display());
+    println!(
+        "cargo:rustc-env=SLUICE_TEST_PLUGIN_DIR={}",
+        wasm_dir.display()
+    );
 }

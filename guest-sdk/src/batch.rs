@@ -843,7 +843,13 @@ mod tests {
         let headers: Vec<_> = first.headers().collect();
         assert_eq!(headers.len(), 2);
         assert_eq!(headers[0].value, Some(&b"1"[..]));
-        assert_eq!(headers[1], Header { name: "a", value: None });
+        assert_eq!(
+            headers[1],
+            Header {
+                name: "a",
+                value: None
+            }
+        );
         let second = batch.get(1).unwrap();
         assert_eq!((second.topic(), second.timestamp()), ("other", None));
         assert_eq!((second.key(), second.value()), (None, Some(&b""[..])));
@@ -904,8 +910,22 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(ops.len(), 5);
-        assert!(matches!(ops[1], Op::Keep { start: 1, count: 1, output: Some("alerts") }));
-        assert!(matches!(ops[2], Op::ReplaceValue { index: 2, value: Some(b"v"), output: None }));
+        assert!(matches!(
+            ops[1],
+            Op::Keep {
+                start: 1,
+                count: 1,
+                output: Some("alerts")
+            }
+        ));
+        assert!(matches!(
+            ops[2],
+            Op::ReplaceValue {
+                index: 2,
+                value: Some(b"v"),
+                output: None
+            }
+        ));
         match &ops[3] {
             Op::Record {
                 index: 2,
@@ -920,7 +940,13 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(ops[4], Op::Error { index: 3, message: "bad json" }));
+        assert!(matches!(
+            ops[4],
+            Op::Error {
+                index: 3,
+                message: "bad json"
+            }
+        ));
     }
 
     #[test]
@@ -938,7 +964,14 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(ops.len(), 2);
-        assert!(matches!(ops[0], Op::Keep { start: 0, count: 1, .. }));
+        assert!(matches!(
+            ops[0],
+            Op::Keep {
+                start: 0,
+                count: 1,
+                ..
+            }
+        ));
         assert!(matches!(ops[1], Op::Error { index: 1, .. }));
     }
 
@@ -952,6 +985,12 @@ mod tests {
         let mut out = OutputWriter::new();
         out.keep(3);
         let buf = out.finish();
-        assert!(OutputReader::parse(&buf, 3).unwrap().next().unwrap().is_err());
+        assert!(
+            OutputReader::parse(&buf, 3)
+                .unwrap()
+                .next()
+                .unwrap()
+                .is_err()
+        );
     }
 }

@@ -44,7 +44,11 @@ pub fn start_plugin(config: &Config) -> anyhow::Result<(Plugin, Instance)> {
 }
 
 /// Runs the pipeline until shutdown or a fatal error.
-pub fn run(config: Config, shutdown: &Shutdown, handle: &tokio::runtime::Handle) -> anyhow::Result<Summary> {
+pub fn run(
+    config: Config,
+    shutdown: &Shutdown,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<Summary> {
     let (plugin, instance) = start_plugin(&config)?;
     tracing::info!(plugin = %plugin.origin, digest = plugin.short_digest(), "Plugin loaded.");
 

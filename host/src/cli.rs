@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "Run a WebAssembly component between Kafka topics.")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Run a WebAssembly component between Kafka topics."
+)]
 pub struct Cli {
     /// Log filter: a level (`info`, `debug`) or a tracing filter. RUST_LOG wins when set.
     #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]

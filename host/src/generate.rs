@@ -18,13 +18,16 @@ use crate::shutdown::Shutdown;
 use crate::source::kafka::topic_partitions;
 
 pub const TICKERS: [&str; 17] = [
-    "AAPL", "ACN", "ADBE", "AMD", "AVGO", "CRM", "CSCO", "IBM", "INTC", "MA", "MSFT", "NVDA", "ORCL", "PYPL", "QCOM",
-    "TXN", "V",
+    "AAPL", "ACN", "ADBE", "AMD", "AVGO", "CRM", "CSCO", "IBM", "INTC", "MA", "MSFT", "NVDA",
+    "ORCL", "PYPL", "QCOM", "TXN", "V",
 ];
 
 /// The value the original writes: `json.dumps` of a dict in insertion order.
 pub fn record_value(event_time: &str, ticker: &str, price: f64) -> String {
-    format!(r#"{{"event_time": "{event_time}", "ticker": "{ticker}", "price": {}}}"#, python_float(price))
+    format!(
+        r#"{{"event_time": "{event_time}", "ticker": "{ticker}", "price": {}}}"#,
+        python_float(price)
+    )
 }
 
 /// The key the original writes.
@@ -36,7 +39,11 @@ pub fn record_key(ticker: &str) -> String {
 /// digits, and always a fractional part (`5.0`, not `5`).
 fn python_float(value: f64) -> String {
     let text = format!("{value}");
-    if text.contains('.') { text } else { format!("{text}.0") }
+    if text.contains('.') {
+        text
+    } else {
+        format!("{text}.0")
+    }
 }
 
 /// `round(random.random() * 100, 2)`.
@@ -60,7 +67,11 @@ pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
         "generator",
     )?;
     if partitions == 0 {
-        bail!("topic `{}` does not exist on {}; create it first", args.topic, args.bootstrap_servers);
+        bail!(
+            "topic `{}` does not exist on {}; create it first",
+            args.topic,
+            args.bootstrap_servers
+        );
     }
 
     let progress = if std::io::stderr().is_terminal() {
@@ -69,8 +80,10 @@ pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
             None => ProgressBar::new_spinner(),
         };
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {pos}/{len} records {per_sec} [{elapsed_precise}] {wide_bar}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} {pos}/{len} records {per_sec} [{elapsed_precise}] {wide_bar}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     } else {
@@ -92,10 +105,14 @@ pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
                     std::thread::sleep(wait);
                 }
             }
-            let event_time = chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+            let event_time = chrono::Local::now()
+                .format("%Y-%m-%d %H:%M:%S%.6f")
+                .to_string();
             let value = record_value(&event_time, ticker, random_price(&mut rng));
             let key = record_key(ticker);
-            let mut record = BaseRecord::<str, str>::to(&args.topic).key(&key).payload(&value);
+            let mut record = BaseRecord::<str, str>::to(&args.topic)
+                .key(&key)
+                .payload(&value);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -111,7 +128,9 @@ pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
             progress.set_position(sent);
         }
         if args.rate.is_none() {
-            producer.flush(Duration::from_secs(30)).context("flushing records")?;
+            producer
+                .flush(Duration::from_secs(30))
+                .context("flushing records")?;
             let pause = Duration::from_millis(rng.random_range(5_000..=10_000));
             let until = Instant::now() + pause;
             while Instant::now() < until && !shutdown.requested() && sent < limit {

@@ -40,7 +40,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             let source = config_source(&args);
-            let config = match app::load_config(&source, args.plugin.clone(), args.bootstrap_servers.as_deref()) {
+            let config = match app::load_config(
+                &source,
+                args.plugin.clone(),
+                args.bootstrap_servers.as_deref(),
+            ) {
                 Ok(config) => config,
                 Err(invalid) => {
                     eprintln!("error: {invalid}");
@@ -65,7 +69,11 @@ fn main() -> ExitCode {
         }
         Command::Validate(args) => {
             let source = config_source(&args);
-            let config = match app::load_config(&source, args.plugin.clone(), args.bootstrap_servers.as_deref()) {
+            let config = match app::load_config(
+                &source,
+                args.plugin.clone(),
+                args.bootstrap_servers.as_deref(),
+            ) {
                 Ok(config) => config,
                 Err(invalid) => {
                     eprintln!("error: {invalid}");

@@ -84,14 +84,18 @@ impl Pipeline {
                     tracker.lock().unwrap().seal(seq);
                 }
                 sink.poll(Duration::ZERO);
-                while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES && !shutdown.requested() {
+                while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES
+                    && !shutdown.requested()
+                {
                     sink.poll(Duration::from_millis(10));
                 }
                 if let Some(failure) = tracker.lock().unwrap().failure() {
                     anyhow::bail!("{failure}");
                 }
                 let now = Instant::now();
-                if now >= last_checkpoint + checkpoint.interval && now >= last_commit_end + checkpoint.min_pause {
+                if now >= last_checkpoint + checkpoint.interval
+                    && now >= last_commit_end + checkpoint.min_pause
+                {
                     last_checkpoint = now;
                     match source.commit(CommitMode::Async) {
                         Err(error) => {
@@ -121,7 +125,9 @@ impl Pipeline {
         let delivery_failure = tracker.lock().unwrap().failure().map(str::to_owned);
         match source.commit(CommitMode::Sync) {
             Ok(partitions) => tracing::info!(partitions, "Final checkpoint committed."),
-            Err(error) => tracing::error!(%error, "Final commit failed; records since the last checkpoint will be read again."),
+            Err(error) => {
+                tracing::error!(%error, "Final commit failed; records since the last checkpoint will be read again.")
+            }
         }
         source.close();
         result?;

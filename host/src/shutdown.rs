@@ -33,10 +33,14 @@ pub async fn watch_signals(shutdown: Shutdown) -> std::io::Result<()> {
             _ = terminate.recv() => {}
         }
         if round == 0 {
-            tracing::info!("Shutdown requested: draining, flushing and committing. Signal again to exit at once.");
+            tracing::info!(
+                "Shutdown requested: draining, flushing and committing. Signal again to exit at once."
+            );
             shutdown.request();
         } else {
-            tracing::warn!("Second signal: exiting without a final commit; records since the last checkpoint will be read again.");
+            tracing::warn!(
+                "Second signal: exiting without a final commit; records since the last checkpoint will be read again."
+            );
             std::process::exit(130);
         }
     }

@@ -60,7 +60,11 @@ impl TransformStage {
 
     /// Reads the output ops, failing on the first record the plugin reported as failed.
     /// A dead-letter policy would divert those records here instead.
-    pub fn ops<'a>(&self, output: &'a [u8], batch: &InputBatch<'_>) -> Result<Vec<Op<'a>>, TransformError> {
+    pub fn ops<'a>(
+        &self,
+        output: &'a [u8],
+        batch: &InputBatch<'_>,
+    ) -> Result<Vec<Op<'a>>, TransformError> {
         let malformed = |error| TransformError::Malformed {
             plugin: self.plugin.origin.to_string(),
             error,

@@ -1,1 +1,10 @@
+//! End-to-end tests: the `sluice` binary between topics of a real Apache Kafka broker
+//! (started by `scripts/kafka.sh start`), with plugins built from this repository.
+//! Every test uses its own topics and consumer groups, so tests share the broker.
 
+mod bad_input;
+mod passthrough;
+mod properties;
+mod recovery;
+mod startup;
+mod support;

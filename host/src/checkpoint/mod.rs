@@ -144,7 +144,10 @@ mod tests {
         t.delivered(b, Ok(()));
         assert!(t.committable().is_empty(), "b is acked but a is not");
         t.delivered(a, Ok(()));
-        assert!(t.committable().is_empty(), "a still has one output outstanding");
+        assert!(
+            t.committable().is_empty(),
+            "a still has one output outstanding"
+        );
         t.delivered(a, Ok(()));
         assert_eq!(t.committable().get(&p(0)), Some(&20));
         assert_eq!(t.committable().get(&p(1)), Some(&5));

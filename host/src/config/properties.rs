@@ -30,7 +30,10 @@ struct Group {
 
 /// Maps the property groups onto the TOML structure, with problem paths that name the
 /// original property (`consumer.config.0/topic.name`).
-pub fn parse(text: &str, bootstrap_override: Option<&str>) -> Result<(RawConfig, Vec<Problem>), String> {
+pub fn parse(
+    text: &str,
+    bootstrap_override: Option<&str>,
+) -> Result<(RawConfig, Vec<Problem>), String> {
     let groups: Vec<Group> = serde_json::from_str(text).map_err(|e| {
         format!("not a Managed Flink properties file (a JSON array of PropertyGroupId/PropertyMap objects): {e}")
     })?;
@@ -51,19 +54,41 @@ pub fn parse(text: &str, bootstrap_override: Option<&str>) -> Result<(RawConfig,
     let name = |group: &str, key: &str| format!("{group}/{key}");
     raw.origin = HashMap::from([
         ("source.topic", name(CONSUMER, "topic.name")),
-        ("source.bootstrap_servers", name(CONSUMER, "bootstrap.servers")),
+        (
+            "source.bootstrap_servers",
+            name(CONSUMER, "bootstrap.servers"),
+        ),
         ("source.group_id", name(CONSUMER, "group.id")),
         ("source.startup", name(CONSUMER, "startup.mode")),
-        ("source.startup_timestamp_ms", name(CONSUMER, "startup.timestamp-millis")),
+        (
+            "source.startup_timestamp_ms",
+            name(CONSUMER, "startup.timestamp-millis"),
+        ),
         ("sink.topic", name(PRODUCER, "topic.name")),
-        ("checkpoint.interval_ms", name(CHECKPOINT, "CheckpointInterval")),
-        ("checkpoint.min_pause_ms", name(CHECKPOINT, "MinPauseBetweenCheckpoints")),
+        (
+            "checkpoint.interval_ms",
+            name(CHECKPOINT, "CheckpointInterval"),
+        ),
+        (
+            "checkpoint.min_pause_ms",
+            name(CHECKPOINT, "MinPauseBetweenCheckpoints"),
+        ),
     ]);
 
-    let override_servers = bootstrap_override.map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
-    raw.source.bootstrap_servers = override_servers.clone().or_else(|| consumer.get("bootstrap.servers").cloned());
+    let override_servers = bootstrap_override
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    raw.source.bootstrap_servers = override_servers
+        .clone()
+        .or_else(|| consumer.get("bootstrap.servers").cloned());
     raw.source.topic = consumer.get("topic.name").cloned();
-    raw.source.group_id = Some(consumer.get("group.id").cloned().unwrap_or_else(|| DEFAULT_GROUP.into()));
+    raw.source.group_id = Some(
+        consumer
+            .get("group.id")
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_GROUP.into()),
+    );
     // Flink's startup modes; committed progress wins over each, as when Flink restores.
     raw.source.startup = consumer.get("startup.mode").map(|mode| {
         match mode.as_str() {
@@ -84,12 +109,22 @@ pub fn parse(text: &str, bootstrap_override: Option<&str>) -> Result<(RawConfig,
             }),
         }
     }
-    raw.sink.bootstrap_servers = override_servers.or_else(|| producer.get("bootstrap.servers").cloned());
+    raw.sink.bootstrap_servers =
+        override_servers.or_else(|| producer.get("bootstrap.servers").cloned());
     raw.sink.topic = producer.get("topic.name").cloned();
 
     for (field, keys) in [
-        (&mut raw.checkpoint.interval_ms, ["CheckpointInterval", "execution.checkpointing.interval"]),
-        (&mut raw.checkpoint.min_pause_ms, ["MinPauseBetweenCheckpoints", "execution.checkpointing.min-pause"]),
+        (
+            &mut raw.checkpoint.interval_ms,
+            ["CheckpointInterval", "execution.checkpointing.interval"],
+        ),
+        (
+            &mut raw.checkpoint.min_pause_ms,
+            [
+                "MinPauseBetweenCheckpoints",
+                "execution.checkpointing.min-pause",
+            ],
+        ),
     ] {
         for key in keys {
             if let Some(value) = checkpoint.get(key) {
@@ -97,7 +132,9 @@ pub fn parse(text: &str, bootstrap_override: Option<&str>) -> Result<(RawConfig,
                     Some(ms) => *field = Some(ms),
                     None => problems.push(Problem {
                         path: name(CHECKPOINT, key),
-                        message: format!("`{value}` is not a duration; write milliseconds (`60000`) or `60 s`"),
+                        message: format!(
+                            "`{value}` is not a duration; write milliseconds (`60000`) or `60 s`"
+                        ),
                     }),
                 }
             }
@@ -109,7 +146,9 @@ pub fn parse(text: &str, bootstrap_override: Option<&str>) -> Result<(RawConfig,
 /// Milliseconds from `60000`, `60000 ms`, `60 s`, `60s` or `1 min`, as Flink accepts.
 fn parse_millis(value: &str) -> Option<i64> {
     let value = value.trim();
-    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let number: i64 = number.parse().ok()?;
     let factor = match unit.trim() {
@@ -188,7 +227,10 @@ mod tests {
             "consumer.config.0/startup.mode: `specific-offsets` is not one of",
             "producer.config.0/topic.name: missing",
         ] {
-            assert!(found.iter().any(|p| p.starts_with(want)), "missing {want:?} in {found:#?}");
+            assert!(
+                found.iter().any(|p| p.starts_with(want)),
+                "missing {want:?} in {found:#?}"
+            );
         }
     }
 }

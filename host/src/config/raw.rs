@@ -123,7 +123,14 @@ impl Checker<'_> {
         }
     }
 
-    fn range(&mut self, path: &'static str, value: Option<i64>, default: i64, min: i64, max: i64) -> i64 {
+    fn range(
+        &mut self,
+        path: &'static str,
+        value: Option<i64>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> i64 {
         match value {
             None => default,
             Some(v) if (min..=max).contains(&v) => v,
@@ -134,20 +141,33 @@ impl Checker<'_> {
         }
     }
 
-    fn choice<T: Copy>(&mut self, path: &'static str, value: Option<&str>, default: T, choices: &[(&str, T)]) -> T {
+    fn choice<T: Copy>(
+        &mut self,
+        path: &'static str,
+        value: Option<&str>,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> T {
         let Some(value) = value else { return default };
         match choices.iter().find(|(name, _)| *name == value) {
             Some((_, choice)) => *choice,
             None => {
                 let names: Vec<_> = choices.iter().map(|(n, _)| format!("`{n}`")).collect();
-                self.report(path, format!("`{value}` is not one of {}", names.join(", ")));
+                self.report(
+                    path,
+                    format!("`{value}` is not one of {}", names.join(", ")),
+                );
                 default
             }
         }
     }
 }
 
-fn scalar_map(values: &BTreeMap<String, toml::Value>, path: &'static str, checker: &mut Checker<'_>) -> Vec<(String, String)> {
+fn scalar_map(
+    values: &BTreeMap<String, toml::Value>,
+    path: &'static str,
+    checker: &mut Checker<'_>,
+) -> Vec<(String, String)> {
     values
         .iter()
         .filter_map(|(key, value)| match value {
@@ -178,7 +198,10 @@ impl RawConfig {
             });
         }
         match self.version {
-            None => c.report("version", format!("missing; start the file with `version = {CONFIG_VERSION}`")),
+            None => c.report(
+                "version",
+                format!("missing; start the file with `version = {CONFIG_VERSION}`"),
+            ),
             Some(v) if v != CONFIG_VERSION => c.report(
                 "version",
                 format!("version {v} is not supported; this Sluice reads version {CONFIG_VERSION}"),
@@ -195,16 +218,28 @@ impl RawConfig {
             "source.startup",
             mode,
             "earliest",
-            &[("earliest", "earliest"), ("latest", "latest"), ("group-offsets", "group-offsets"), ("timestamp", "timestamp")],
+            &[
+                ("earliest", "earliest"),
+                ("latest", "latest"),
+                ("group-offsets", "group-offsets"),
+                ("timestamp", "timestamp"),
+            ],
         );
         let fallback = c.choice(
             "source.startup_fallback",
             s.startup_fallback.as_deref(),
             Fallback::Earliest,
-            &[("earliest", Fallback::Earliest), ("latest", Fallback::Latest), ("fail", Fallback::Fail)],
+            &[
+                ("earliest", Fallback::Earliest),
+                ("latest", Fallback::Latest),
+                ("fail", Fallback::Fail),
+            ],
         );
         if s.startup_fallback.is_some() && startup_kind != "group-offsets" {
-            c.report("source.startup_fallback", "only applies to `startup = \"group-offsets\"`");
+            c.report(
+                "source.startup_fallback",
+                "only applies to `startup = \"group-offsets\"`",
+            );
         }
         let startup = match startup_kind {
             "latest" => Startup::Latest,
@@ -212,7 +247,10 @@ impl RawConfig {
             "timestamp" => match s.startup_timestamp_ms {
                 Some(millis) if millis >= 0 => Startup::Timestamp { millis },
                 Some(millis) => {
-                    c.report("source.startup_timestamp_ms", format!("{millis} is negative; give milliseconds since the Unix epoch"));
+                    c.report(
+                        "source.startup_timestamp_ms",
+                        format!("{millis} is negative; give milliseconds since the Unix epoch"),
+                    );
                     Startup::Earliest
                 }
                 None => {
@@ -223,45 +261,93 @@ impl RawConfig {
             _ => Startup::Earliest,
         };
         if s.startup_timestamp_ms.is_some() && startup_kind != "timestamp" {
-            c.report("source.startup_timestamp_ms", "only applies to `startup = \"timestamp\"`");
+            c.report(
+                "source.startup_timestamp_ms",
+                "only applies to `startup = \"timestamp\"`",
+            );
         }
-        let batch_max_records = c.range("source.batch_max_records", s.batch_max_records, 1000, 1, 100_000);
-        let connect_timeout_ms = c.range("source.connect_timeout_ms", s.connect_timeout_ms, 10_000, 100, 600_000);
+        let batch_max_records = c.range(
+            "source.batch_max_records",
+            s.batch_max_records,
+            1000,
+            1,
+            100_000,
+        );
+        let connect_timeout_ms = c.range(
+            "source.connect_timeout_ms",
+            s.connect_timeout_ms,
+            10_000,
+            100,
+            600_000,
+        );
         let source_kafka = scalar_map(&s.kafka, "source.kafka", &mut c);
 
         let k = &self.sink;
-        let sink_bootstrap = k.bootstrap_servers.clone().unwrap_or_else(|| bootstrap.clone());
+        let sink_bootstrap = k
+            .bootstrap_servers
+            .clone()
+            .unwrap_or_else(|| bootstrap.clone());
         let sink_topic = c.required("sink.topic", &k.topic);
         let partitioning = c.choice(
             "sink.partitioning",
             k.partitioning.as_deref(),
             Partitioning::Same,
-            &[("same", Partitioning::Same), ("key-hash", Partitioning::KeyHash), ("default", Partitioning::Default)],
+            &[
+                ("same", Partitioning::Same),
+                ("key-hash", Partitioning::KeyHash),
+                ("default", Partitioning::Default),
+            ],
         );
         let create_topic = k.create_topic.as_ref().map(|spec| TopicSpec {
-            partitions: spec.partitions.map(|p| c.range("sink.create_topic.partitions", Some(p), 1, 1, 100_000) as i32),
-            replication_factor: c.range("sink.create_topic.replication_factor", spec.replication_factor, 1, 1, 32) as i32,
+            partitions: spec
+                .partitions
+                .map(|p| c.range("sink.create_topic.partitions", Some(p), 1, 1, 100_000) as i32),
+            replication_factor: c.range(
+                "sink.create_topic.replication_factor",
+                spec.replication_factor,
+                1,
+                1,
+                32,
+            ) as i32,
         });
         for (name, topic) in &k.outputs {
             if topic.trim().is_empty() {
-                c.report("sink.outputs", format!("output `{name}` has an empty topic name"));
+                c.report(
+                    "sink.outputs",
+                    format!("output `{name}` has an empty topic name"),
+                );
             }
         }
         let sink_kafka = scalar_map(&k.kafka, "sink.kafka", &mut c);
 
         let p = &self.plugin;
-        if let Some(path) = &p.path {
-            if !path.is_file() {
-                c.report("plugin.path", format!("{} does not exist or is not a file", path.display()));
-            }
+        if let Some(path) = &p.path
+            && !path.is_file()
+        {
+            c.report(
+                "plugin.path",
+                format!("{} does not exist or is not a file", path.display()),
+            );
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
 
         let k = &self.checkpoint;
-        let interval_ms = c.range("checkpoint.interval_ms", k.interval_ms, 60_000, 10, 86_400_000);
-        let min_pause_ms = c.range("checkpoint.min_pause_ms", k.min_pause_ms, 5_000, 0, 86_400_000);
+        let interval_ms = c.range(
+            "checkpoint.interval_ms",
+            k.interval_ms,
+            60_000,
+            10,
+            86_400_000,
+        );
+        let min_pause_ms = c.range(
+            "checkpoint.min_pause_ms",
+            k.min_pause_ms,
+            5_000,
+            0,
+            86_400_000,
+        );
 
         Some(Config {
             source: SourceConfig {
@@ -356,7 +442,10 @@ mod tests {
             "plugin.config: `nested` must be a string",
         ];
         for want in expected {
-            assert!(found.iter().any(|p| p.starts_with(want)), "missing {want:?} in {found:#?}");
+            assert!(
+                found.iter().any(|p| p.starts_with(want)),
+                "missing {want:?} in {found:#?}"
+            );
         }
         assert_eq!(found.len(), expected.len(), "{found:#?}");
     }
@@ -364,6 +453,9 @@ mod tests {
     #[test]
     fn a_missing_version_is_reported() {
         let found = problems("[source]\ntopic = \"a\"\n");
-        assert!(found.iter().any(|p| p.starts_with("version: missing")), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.starts_with("version: missing")),
+            "{found:?}"
+        );
     }
 }

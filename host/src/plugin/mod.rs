@@ -101,7 +101,11 @@ impl Plugin {
     }
 
     /// Starts an instance and runs its `init` with `config`.
-    pub fn start(&self, limits: Limits, config: &[(String, String)]) -> Result<Instance, LoadError> {
+    pub fn start(
+        &self,
+        limits: Limits,
+        config: &[(String, String)],
+    ) -> Result<Instance, LoadError> {
         Instance::start(&self.prepared, self.name.clone(), limits, config).map_err(|e| LoadError {
             origin: self.origin.clone(),
             source: e.into(),

@@ -140,14 +140,14 @@ impl Runtime {
 
     /// Compiles and links a component, checking that it targets the transform world.
     pub fn load(&self, bytes: &[u8]) -> Result<Prepared, PluginError> {
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| PluginError::Compile(e.into()))?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| PluginError::Link {
-                detail: format!("{e:#}"),
-            })?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(e.into()))?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::Link {
+                    detail: format!("{e:#}"),
+                })?;
         let pre = TransformerPre::new(instance_pre).map_err(|e| PluginError::Link {
             detail: format!("{e:#}; it exports {}", self.describe_exports(&component)),
         })?;
@@ -254,9 +254,14 @@ impl Instance {
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return PluginError::Timeout(self.limits.call_timeout);
         }
-        let mut message = format!("{error:#}");
-        if let Some(line) = self.stderr.last_line() {
-            message.push_str(&format!(" (plugin stderr: {line})"));
+        // The trap itself, not the wasm backtrace around it; that goes to the debug log.
+        tracing::debug!("Plugin trap: {error:?}");
+        let mut message = match error.downcast_ref::<Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{:#}", error.root_cause()),
+        };
+        if let Some(lines) = self.stderr.recent() {
+            message.push_str(&format!(" (plugin stderr: {lines})"));
         }
         PluginError::Trap(message)
     }

@@ -21,10 +21,13 @@ pub struct PluginOutput {
     state: Arc<Mutex<LineState>>,
 }
 
+/// Lines kept for error reports: enough for a panic message and its location.
+const KEPT_LINES: usize = 4;
+
 #[derive(Default)]
 struct LineState {
     partial: Vec<u8>,
-    last_line: String,
+    recent: std::collections::VecDeque<String>,
 }
 
 impl PluginOutput {
@@ -36,17 +39,18 @@ impl PluginOutput {
         }
     }
 
-    /// The last complete (or pending) line written, for error reports.
-    pub fn last_line(&self) -> Option<String> {
+    /// The last few lines written (a panic message, typically), for error reports.
+    pub fn recent(&self) -> Option<String> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let pending = String::from_utf8_lossy(&state.partial).trim().to_string();
-        if !pending.is_empty() {
-            Some(pending)
-        } else if !state.last_line.is_empty() {
-            Some(state.last_line.clone())
-        } else {
-            None
-        }
+        let lines: Vec<&str> = state
+            .recent
+            .iter()
+            .map(String::as_str)
+            .chain(Some(pending.as_str()))
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+            .collect();
+        (!lines.is_empty()).then(|| lines.join(" "))
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
@@ -55,8 +59,15 @@ impl PluginOutput {
             if byte == b'\n' {
                 let line = String::from_utf8_lossy(&state.partial).into_owned();
                 state.partial.clear();
-                tracing::info!(plugin = %self.plugin, stream = self.stream, "{line}");
-                state.last_line = line;
+                if self.stream == "stderr" {
+                    tracing::warn!(plugin = %self.plugin, stream = self.stream, "{line}");
+                } else {
+                    tracing::info!(plugin = %self.plugin, stream = self.stream, "{line}");
+                }
+                if state.recent.len() == KEPT_LINES {
+                    state.recent.pop_front();
+                }
+                state.recent.push_back(line);
             } else if state.partial.len() < MAX_LINE {
                 state.partial.push(byte);
             }
@@ -101,7 +112,11 @@ impl OutputStream for PluginOutput {
 }
 
 impl tokio::io::AsyncWrite for PluginOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::ClientContext;
 use sluice_sdk::batch::{Header, Headers, InputBatch, Op};
 
 use crate::checkpoint::Tracker;
@@ -119,7 +119,13 @@ impl KafkaSink {
                     );
                 };
                 let wanted = spec.partitions.unwrap_or(source_partitions);
-                create_topic(&config.bootstrap_servers, topic, wanted, spec.replication_factor, runtime)?;
+                create_topic(
+                    &config.bootstrap_servers,
+                    topic,
+                    wanted,
+                    spec.replication_factor,
+                    runtime,
+                )?;
                 tracing::info!(topic, partitions = wanted, "Sink topic created.");
                 partitions = wanted;
             }
@@ -164,7 +170,11 @@ impl KafkaSink {
         let mut sent = 0;
         for op in ops {
             let (indices, output) = match op {
-                Op::Keep { start, count, output } => (*start..*start + *count, *output),
+                Op::Keep {
+                    start,
+                    count,
+                    output,
+                } => (*start..*start + *count, *output),
                 Op::ReplaceValue { index, output, .. } | Op::Record { index, output, .. } => {
                     (*index..*index + 1, *output)
                 }
@@ -179,14 +189,33 @@ impl KafkaSink {
                 })?,
             };
             for index in indices {
-                let source = input.get(index).expect("ops were checked against the input");
+                let source = input
+                    .get(index)
+                    .expect("ops were checked against the input");
                 let (key, value, headers, timestamp) = match op {
-                    Op::Keep { .. } => (source.key(), source.value(), Some(source.headers()), source.timestamp()),
-                    Op::ReplaceValue { value, .. } => (source.key(), *value, Some(source.headers()), source.timestamp()),
-                    Op::Record { key, value, headers, timestamp, .. } => (*key, *value, Some(headers.clone()), *timestamp),
+                    Op::Keep { .. } => (
+                        source.key(),
+                        source.value(),
+                        Some(source.headers()),
+                        source.timestamp(),
+                    ),
+                    Op::ReplaceValue { value, .. } => (
+                        source.key(),
+                        *value,
+                        Some(source.headers()),
+                        source.timestamp(),
+                    ),
+                    Op::Record {
+                        key,
+                        value,
+                        headers,
+                        timestamp,
+                        ..
+                    } => (*key, *value, Some(headers.clone()), *timestamp),
                     Op::Error { .. } => unreachable!(),
                 };
-                let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize);
+                let mut record =
+                    BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize);
                 if let Some(key) = key {
                     record = record.key(key);
                 }
@@ -242,16 +271,20 @@ impl KafkaSink {
 
     /// Waits until every queued record is delivered or failed.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
-        self.producer
-            .flush(timeout)
-            .map_err(|e| anyhow::anyhow!("records still undelivered after {} s: {e}", timeout.as_secs()))
+        self.producer.flush(timeout).map_err(|e| {
+            anyhow::anyhow!(
+                "records still undelivered after {} s: {e}",
+                timeout.as_secs()
+            )
+        })
     }
 }
 
 fn owned_headers(headers: Headers<'_>) -> OwnedHeaders {
-    headers.fold(OwnedHeaders::new_with_capacity(4), |acc, Header { name, value }| {
-        acc.insert(KafkaHeader { key: name, value })
-    })
+    headers.fold(
+        OwnedHeaders::new_with_capacity(4),
+        |acc, Header { name, value }| acc.insert(KafkaHeader { key: name, value }),
+    )
 }
 
 fn create_topic(

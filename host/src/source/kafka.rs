@@ -40,13 +40,18 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Startup::Timestamp { millis } = self.startup {
-                    if let Err(error) = seek_to_timestamp(consumer, tpl, millis) {
-                        tracing::error!(%error, "Could not look up offsets for the startup timestamp; using the committed or earliest offsets.");
-                    }
+                if let Startup::Timestamp { millis } = self.startup
+                    && let Err(error) = seek_to_timestamp(consumer, tpl, millis)
+                {
+                    tracing::error!(%error, "Could not look up offsets for the startup timestamp; using the committed or earliest offsets.");
                 }
                 let partitions = partitions_of(tpl);
                 tracing::info!(partitions = ?partitions, "Partitions assigned.");
@@ -102,7 +107,11 @@ impl SourceContext {
             }
         }
         let mut last = self.last_commit.lock().unwrap();
-        if tpl.count() == 0 || tpl.to_topic_map() == last.to_topic_map() {
+        // Periodic commits skip when nothing moved; a final or pre-revocation commit
+        // always goes out, in case the last asynchronous one failed.
+        let unchanged =
+            matches!(mode, CommitMode::Async) && tpl.to_topic_map() == last.to_topic_map();
+        if tpl.count() == 0 || unchanged {
             return Ok(0);
         }
         consumer.commit(&tpl, mode)?;
@@ -121,12 +130,20 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
 
 /// For partitions the group has not committed, start at the first record at or after
 /// `millis` (or at the end when there is none).
-fn seek_to_timestamp(consumer: &BaseConsumer<SourceContext>, tpl: &mut TopicPartitionList, millis: i64) -> KafkaResult<()> {
+fn seek_to_timestamp(
+    consumer: &BaseConsumer<SourceContext>,
+    tpl: &mut TopicPartitionList,
+    millis: i64,
+) -> KafkaResult<()> {
     let committed = consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT)?;
     let mut lookup = TopicPartitionList::new();
     for element in committed.elements() {
         if !matches!(element.offset(), Offset::Offset(_)) {
-            lookup.add_partition_offset(element.topic(), element.partition(), Offset::Offset(millis))?;
+            lookup.add_partition_offset(
+                element.topic(),
+                element.partition(),
+                Offset::Offset(millis),
+            )?;
         }
     }
     if lookup.count() == 0 {
@@ -154,7 +171,10 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Connects, checks the source topic exists, and joins the group.
-    pub fn connect(config: &SourceConfig, tracker: Arc<Mutex<Tracker>>) -> anyhow::Result<(Self, i32)> {
+    pub fn connect(
+        config: &SourceConfig,
+        tracker: Arc<Mutex<Tracker>>,
+    ) -> anyhow::Result<(Self, i32)> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
@@ -165,8 +185,13 @@ impl KafkaSource {
             .set(
                 "auto.offset.reset",
                 match config.startup {
-                    Startup::Latest | Startup::GroupOffsets { fallback: Fallback::Latest } => "latest",
-                    Startup::GroupOffsets { fallback: Fallback::Fail } => "error",
+                    Startup::Latest
+                    | Startup::GroupOffsets {
+                        fallback: Fallback::Latest,
+                    } => "latest",
+                    Startup::GroupOffsets {
+                        fallback: Fallback::Fail,
+                    } => "error",
                     _ => "earliest",
                 },
             )
@@ -247,7 +272,8 @@ impl KafkaSource {
                  source.startup_fallback is `fail` ({error}); set startup_fallback to `earliest` or `latest`",
                 self.topic
             ),
-            Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic) => bail!(
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+            | Some(RDKafkaErrorCode::UnknownTopic) => bail!(
                 "source topic `{}` does not exist (or was deleted): {error}",
                 self.topic
             ),
@@ -269,7 +295,11 @@ impl KafkaSource {
         // Serve the revocation callback (and its final commit).
         for _ in 0..10 {
             if self.consumer.poll(Duration::from_millis(100)).is_none()
-                && self.consumer.assignment().map(|a| a.count() == 0).unwrap_or(true)
+                && self
+                    .consumer
+                    .assignment()
+                    .map(|a| a.count() == 0)
+                    .unwrap_or(true)
             {
                 break;
             }

@@ -12,9 +12,7 @@ struct Faulty {
 
 fn contains(value: Option<&[u8]>, needle: &Option<String>) -> bool {
     match (value, needle) {
-        (Some(value), Some(needle)) => value
-            .windows(needle.len())
-            .any(|w| w == needle.as_bytes()),
+        (Some(value), Some(needle)) => value.windows(needle.len()).any(|w| w == needle.as_bytes()),
         _ => false,
     }
 }

@@ -1,0 +1,356 @@
+//! Bad input gets a clear error and a non-zero exit, never a hang or a panic.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Runs `sluice` to completion (failing the test after `limit`) and returns its exit
+/// code and stderr.
+fn run_to_end(dir: &std::path::Path, args: &[&str], limit: Duration) -> (i32, String) {
+    let mut sluice = Sluice::start(dir, args);
+    let status = sluice.wait(limit);
+    let log = sluice.log();
+    assert!(
+        !log.contains("thread 'main' panicked"),
+        "the host never panics:\n{log}"
+    );
+    (status.code().unwrap_or(-1), log)
+}
+
+fn topics(
+    prefix: &str,
+    partitions_in: i32,
+    partitions_out: Option<i32>,
+) -> (String, String, String) {
+    let (input, output, group) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+        unique(&format!("{prefix}-g")),
+    );
+    create_topic(&input, partitions_in);
+    if let Some(p) = partitions_out {
+        create_topic(&output, p);
+    }
+    (input, output, group)
+}
+
+#[test]
+fn an_unreachable_broker_fails_within_the_connect_timeout() {
+    let dir = workdir();
+    let text = config_text("in", "out", "g", "connect_timeout_ms = 3000", "", "")
+        .replace(&format!("\"{}\"", bootstrap()), "\"127.0.0.1:1\"");
+    let config = write_file(dir.path(), "c.toml", &text);
+    let started = Instant::now();
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "gave up in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        log.contains("could not reach Kafka (source) at 127.0.0.1:1 within 3 s"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_missing_source_topic_is_named() {
+    let dir = workdir();
+    let (input, output, group) = (
+        unique("nosuch-in"),
+        unique("nosuch-out"),
+        unique("nosuch-g"),
+    );
+    create_topic(&output, 1);
+    let config = write_config(dir.path(), &input, &output, &group, "");
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", &config],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        log.contains(&format!("source topic `{input}` does not exist")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_missing_sink_topic_is_named_unless_creation_is_configured() {
+    let dir = workdir();
+    let (input, output, group) = topics("nosink", 2, None);
+    let config = write_config(dir.path(), &input, &output, &group, "");
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", &config],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        log.contains(&format!("sink topic `{output}` does not exist")),
+        "{log}"
+    );
+
+    // With [sink.create_topic] the host creates it, with the source's partition count.
+    let text = config_text(
+        &input,
+        &output,
+        &group,
+        "",
+        "",
+        "[sink.create_topic]\nreplication_factor = 1",
+    );
+    let config = write_file(dir.path(), "create.toml", &text);
+    produce(&input, &[TestRecord::value(1, "hello")]);
+    let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+    wait_until(
+        "the record in the created topic",
+        Duration::from_secs(30),
+        || end_offsets(&output).get(&1) == Some(&1),
+    );
+    assert!(sluice.terminate().success());
+    assert_eq!(
+        end_offsets(&output).len(),
+        2,
+        "created with the source's partition count"
+    );
+}
+
+#[test]
+fn a_sink_topic_with_fewer_partitions_than_the_source_is_refused() {
+    let dir = workdir();
+    let (input, output, group) = topics("small", 4, Some(2));
+    let config = write_config(dir.path(), &input, &output, &group, "");
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", &config],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        log.contains(&format!(
+            "sink topic `{output}` has 2 partitions but the source has 4"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused() {
+    let dir = workdir();
+    let bogus = write_file(dir.path(), "bogus.wasm", "this is not wasm");
+    let config = write_config(dir.path(), "in", "out", "g", "");
+    let bogus = bogus.to_str().unwrap();
+    for command in ["validate", "run"] {
+        let (code, log) = run_to_end(
+            dir.path(),
+            &[command, "--config", &config, "--plugin", bogus],
+            Duration::from_secs(30),
+        );
+        assert_ne!(code, 0, "{command}");
+        assert!(
+            log.contains("bogus.wasm") && log.contains("not a valid WebAssembly component"),
+            "{command}: {log}"
+        );
+    }
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_with_what_it_exports() {
+    let dir = workdir();
+    let config = write_config(dir.path(), "in", "out", "g", "");
+    let plugin = test_plugin("sluice_test_other_world");
+    let (code, log) = run_to_end(
+        dir.path(),
+        &[
+            "validate",
+            "--config",
+            &config,
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2);
+    assert!(log.contains("not a Sluice transform"), "{log}");
+    assert!(log.contains("sluice:plugin/transform@0.1.0"), "{log}");
+    assert!(log.contains("greet"), "names what it does export: {log}");
+}
+
+#[test]
+fn a_plugin_whose_init_fails_is_refused_with_its_message() {
+    let dir = workdir();
+    let plugin = test_plugin("sluice_test_faulty");
+    let tail = format!(
+        "[plugin]\npath = \"{}\"\n[plugin.config]\ninit_error = \"threshold must be set\"",
+        plugin.display()
+    );
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &config_text("in", "out", "g", "", "", &tail),
+    );
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["validate", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2);
+    assert!(log.contains("init failed: threshold must be set"), "{log}");
+}
+
+#[test]
+fn a_config_with_several_mistakes_reports_them_all_with_key_paths() {
+    let dir = workdir();
+    let text = r#"version = 1
+[source]
+bootstrap_servers = "127.0.0.1:9092"
+startup = "earlest"
+batch_max_records = 0
+[sink]
+topic = "out"
+partitioning = "random"
+[checkpoint]
+interval_ms = 5
+intervall_ms = 1000
+[plugin]
+path = "/nonexistent/plugin.wasm"
+"#;
+    let config = write_file(dir.path(), "bad.toml", text);
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["validate", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2);
+    for expected in [
+        "bad.toml has 8 problems",
+        "checkpoint.intervall_ms: unknown key",
+        "source.topic: missing",
+        "source.group_id: missing",
+        "source.startup: `earlest` is not one of",
+        "source.batch_max_records: 0 is out of range",
+        "sink.partitioning: `random` is not one of",
+        "checkpoint.interval_ms: 5 is out of range",
+        "plugin.path: /nonexistent/plugin.wasm does not exist",
+    ] {
+        assert!(log.contains(expected), "missing {expected:?} in:\n{log}");
+    }
+    // `run` refuses the same file the same way, before touching Kafka.
+    let (code, run_log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        run_log.contains("checkpoint.intervall_ms: unknown key"),
+        "{run_log}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_sections_are_rejected() {
+    let dir = workdir();
+    let text = config_text(
+        "in",
+        "out",
+        "g",
+        "colour = \"blue\"",
+        "",
+        "[metrics]\nport = 9000",
+    );
+    let config = write_file(dir.path(), "unknown.toml", &text);
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["validate", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2);
+    assert!(log.contains("source.colour: unknown key"), "{log}");
+    assert!(log.contains("metrics: unknown key"), "{log}");
+}
+
+#[test]
+fn a_record_the_plugin_fails_stops_the_pipeline_and_stays_uncommitted() {
+    let dir = workdir();
+    let (input, output, group) = topics("poison", 1, Some(1));
+    let records: Vec<TestRecord> = (0..20)
+        .map(|i| TestRecord::value(0, if i == 12 { "poison pill" } else { "fine" }))
+        .collect();
+    produce(&input, &records);
+    let plugin = test_plugin("sluice_test_faulty");
+    let tail = format!(
+        "[plugin]\npath = \"{}\"\n[plugin.config]\nfail_on = \"poison\"",
+        plugin.display()
+    );
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &config_text(&input, &output, &group, "", "", &tail),
+    );
+    let config = config.to_str().unwrap();
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "failed on record {input}/0@12: value matched `fail_on`"
+        )),
+        "{log}"
+    );
+    let offset = committed(&group, &input).get(&0).copied().unwrap_or(0);
+    assert!(
+        offset <= 12,
+        "the failed record's offset is not committed (committed {offset})"
+    );
+
+    // A restart retries the same record and fails the same way.
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1);
+    assert!(log.contains(&format!("{input}/0@12")), "{log}");
+}
+
+#[test]
+fn a_plugin_trap_stops_the_pipeline_with_the_panic_message() {
+    let dir = workdir();
+    let (input, output, group) = topics("trap", 1, Some(1));
+    produce(
+        &input,
+        &[TestRecord::value(0, "ok"), TestRecord::value(0, "boom")],
+    );
+    let plugin = test_plugin("sluice_test_faulty");
+    let tail = format!(
+        "[plugin]\npath = \"{}\"\n[plugin.config]\ntrap_on = \"boom\"",
+        plugin.display()
+    );
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &config_text(&input, &output, &group, "", "", &tail),
+    );
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("trapped"), "{log}");
+    assert!(
+        log.contains("asked to trap at offset 1"),
+        "the plugin's panic message: {log}"
+    );
+    assert_eq!(committed(&group, &input).get(&0).copied().unwrap_or(0), 0);
+}

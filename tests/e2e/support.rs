@@ -1,0 +1,423 @@
+//! Helpers for end-to-end tests against the real broker started by
+//! `scripts/kafka.sh start`: unique names, topics, producing and reading records, and
+//! the `sluice` binary as a child process.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub fn bootstrap() -> String {
+    std::env::var("SLUICE_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub fn create_topic(name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = runtime()
+        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating topic {name} failed: {e}. Is the broker up? Run scripts/kafka.sh start"
+            )
+        });
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
+    }
+}
+
+/// A record as written to or read from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRecord {
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<i64>,
+}
+
+impl TestRecord {
+    pub fn value(partition: i32, value: &str) -> Self {
+        TestRecord {
+            partition,
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    pub fn value_text(&self) -> String {
+        String::from_utf8_lossy(self.value.as_deref().unwrap_or_default()).into_owned()
+    }
+}
+
+pub fn producer() -> BaseProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// Writes the records to their partitions, in order, and waits for all of them.
+pub fn produce(topic: &str, records: &[TestRecord]) {
+    let producer = producer();
+    for record in records {
+        send(&producer, topic, record);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+pub fn send(producer: &BaseProducer, topic: &str, record: &TestRecord) {
+    let headers = (!record.headers.is_empty()).then(|| {
+        record
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (name, value)| {
+                h.insert(Header {
+                    key: name,
+                    value: value.as_deref(),
+                })
+            })
+    });
+    loop {
+        let mut base = BaseRecord::<[u8], [u8]>::to(topic).partition(record.partition);
+        if let Some(key) = &record.key {
+            base = base.key(key);
+        }
+        if let Some(value) = &record.value {
+            base = base.payload(value);
+        }
+        if let Some(headers) = &headers {
+            base = base.headers(headers.clone());
+        }
+        if let Some(ts) = record.timestamp {
+            base = base.timestamp(ts);
+        }
+        match producer.send(base) {
+            Ok(()) => break,
+            Err((e, _)) if e.to_string().contains("Queue full") => {
+                producer.poll(Duration::from_millis(10))
+            }
+            Err((e, _)) => panic!("send to {topic}: {e}"),
+        }
+    }
+    producer.poll(Duration::ZERO);
+}
+
+/// Per-partition end offsets (the number of records written, for a fresh topic).
+pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            (p, high)
+        })
+        .collect()
+}
+
+pub fn total(offsets: &BTreeMap<i32, i64>) -> i64 {
+    offsets.values().sum()
+}
+
+/// Reads every record of `topic` from the beginning until `expected` have arrived or
+/// `timeout` passes (then returns what arrived).
+pub fn read_all(topic: &str, expected: usize, timeout: Duration) -> Vec<TestRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let ends = end_offsets(topic);
+    let mut tpl = TopicPartitionList::new();
+    for partition in ends.keys() {
+        tpl.add_partition_offset(topic, *partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while records.len() < expected && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => records.push(TestRecord {
+                partition: m.partition(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                timestamp: m.timestamp().to_millis(),
+            }),
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    records
+}
+
+/// Records grouped by partition, in offset order.
+pub fn by_partition(records: &[TestRecord]) -> BTreeMap<i32, Vec<TestRecord>> {
+    let mut map: BTreeMap<i32, Vec<TestRecord>> = BTreeMap::new();
+    for r in records {
+        map.entry(r.partition).or_default().push(r.clone());
+    }
+    map
+}
+
+/// The offsets `group` has committed for `topic` (partitions without one are left out).
+pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in end_offsets(topic).keys() {
+        tpl.add_partition(topic, *partition);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Commits `offset` for every partition of `topic` in `group`, as a previous run would have.
+pub fn commit(group: &str, topic: &str, offsets: &BTreeMap<i32, i64>) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .unwrap();
+    }
+    consumer.commit(&tpl, CommitMode::Sync).unwrap();
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A per-test directory for configuration files and logs.
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn test_plugin(name: &str) -> PathBuf {
+    Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join(format!("{name}.wasm"))
+}
+
+/// Pipeline file text: `source_extra` and `sink_extra` are added to those sections,
+/// `tail` after them (for example a `[plugin]` section).
+pub fn config_text(
+    source: &str,
+    sink: &str,
+    group: &str,
+    source_extra: &str,
+    sink_extra: &str,
+    tail: &str,
+) -> String {
+    format!(
+        r#"version = 1
+
+[source]
+bootstrap_servers = "{bootstrap}"
+topic = "{source}"
+group_id = "{group}"
+{source_extra}
+
+[sink]
+topic = "{sink}"
+{sink_extra}
+
+[checkpoint]
+interval_ms = 200
+min_pause_ms = 0
+
+{tail}
+"#,
+        bootstrap = bootstrap(),
+    )
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path
+}
+
+/// Writes a pipeline file with the defaults and returns its path as text.
+pub fn write_config(
+    dir: &Path,
+    source: &str,
+    sink: &str,
+    group: &str,
+    source_extra: &str,
+) -> String {
+    let text = config_text(source, sink, group, source_extra, "", "");
+    write_file(dir, &format!("{}.toml", unique("sluice")), &text)
+        .display()
+        .to_string()
+}
+
+/// The `sluice` binary running as a child process; killed when dropped.
+pub struct Sluice {
+    child: Child,
+    log: PathBuf,
+}
+
+pub fn sluice(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
+        .args(args)
+        .env_remove("BOOTSTRAP_SERVERS")
+        .env("NO_COLOR", "1");
+    command
+}
+
+impl Sluice {
+    pub fn start(dir: &Path, args: &[&str]) -> Sluice {
+        Self::spawn(dir, sluice(args))
+    }
+
+    pub fn spawn(dir: &Path, mut command: Command) -> Sluice {
+        let log = dir.join(format!("{}.log", unique("sluice")));
+        let file = File::create(&log).unwrap();
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start sluice");
+        Sluice { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text`.
+    pub fn wait_for_log(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(text) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "sluice exited ({status}) before logging {text:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a child's pid and a valid signal number.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for the process to exit, failing the test after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sluice still running after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
