@@ -686,6 +686,7 @@ pub struct OutputReader<'a> {
     cursor: Cursor<'a>,
     remaining: u32,
     input_len: u32,
+    ended: bool,
 }
 
 impl<'a> OutputReader<'a> {
@@ -698,6 +699,7 @@ impl<'a> OutputReader<'a> {
             cursor,
             remaining,
             input_len,
+            ended: false,
         })
     }
 
@@ -778,13 +780,18 @@ impl<'a> Iterator for OutputReader<'a> {
     type Item = Result<Op<'a>, DecodeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.remaining == 0 {
+        if self.ended {
             return None;
+        }
+        if self.remaining == 0 {
+            self.ended = true;
+            let trailing = self.cursor.pos != self.cursor.buf.len();
+            return trailing.then(|| Err(DecodeError::new("bytes after the last op", self.cursor.pos)));
         }
         self.remaining -= 1;
         let op = self.next_op();
         if op.is_err() {
-            self.remaining = 0;
+            self.ended = true;
         }
         Some(op)
     }
@@ -973,6 +980,17 @@ mod tests {
             }
         ));
         assert!(matches!(ops[1], Op::Error { index: 1, .. }));
+    }
+
+    #[test]
+    fn bytes_after_the_last_op_are_rejected() {
+        let mut out = OutputWriter::new();
+        out.keep(0);
+        let mut buf = out.finish();
+        buf.push(0);
+        let ops: Vec<_> = OutputReader::parse(&buf, 1).unwrap().collect();
+        assert!(ops[0].is_ok());
+        assert!(ops[1].as_ref().unwrap_err().to_string().contains("after the last op"));
     }
 
     #[test]
