@@ -786,7 +786,8 @@ impl<'a> Iterator for OutputReader<'a> {
         if self.remaining == 0 {
             self.ended = true;
             let trailing = self.cursor.pos != self.cursor.buf.len();
-            return trailing.then(|| Err(DecodeError::new("bytes after the last op", self.cursor.pos)));
+            return trailing
+                .then(|| Err(DecodeError::new("bytes after the last op", self.cursor.pos)));
         }
         self.remaining -= 1;
         let op = self.next_op();
@@ -990,7 +991,13 @@ mod tests {
         buf.push(0);
         let ops: Vec<_> = OutputReader::parse(&buf, 1).unwrap().collect();
         assert!(ops[0].is_ok());
-        assert!(ops[1].as_ref().unwrap_err().to_string().contains("after the last op"));
+        assert!(
+            ops[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("after the last op")
+        );
     }
 
     #[test]

@@ -80,3 +80,44 @@ fn hundred_thousand_varied_records_arrive_identical_in_the_same_partitions_and_o
         "offsets committed to the end"
     );
 }
+
+#[test]
+fn key_hash_partitioning_places_records_where_java_clients_would() {
+    const COUNT: usize = 300;
+    let (input, output, group) = (unique("kh-in"), unique("kh-out"), unique("kh-g"));
+    create_topic(&input, 2);
+    create_topic(&output, 5);
+    let records: Vec<TestRecord> = (0..COUNT)
+        .map(|i| TestRecord {
+            key: Some(format!("{{\"ticker\": \"T{}\"}}", i % 17).into_bytes()),
+            ..TestRecord::value((i % 2) as i32, &format!("v{i}"))
+        })
+        .collect();
+    produce(&input, &records);
+    let dir = workdir();
+    let text = config_text(
+        &input,
+        &output,
+        &group,
+        "",
+        "partitioning = \"key-hash\"",
+        "",
+    );
+    let config = write_file(dir.path(), "kh.toml", &text);
+    let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+    wait_until("all records in the sink", Duration::from_secs(60), || {
+        total(&end_offsets(&output)) >= COUNT as i64
+    });
+    assert!(sluice.terminate().success());
+    let written = read_all(&output, COUNT, Duration::from_secs(30));
+    assert_eq!(written.len(), COUNT);
+    for record in written {
+        let key = record.key.unwrap();
+        assert_eq!(
+            record.partition,
+            java_partition(&key, 5),
+            "key {}",
+            String::from_utf8_lossy(&key)
+        );
+    }
+}

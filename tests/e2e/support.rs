@@ -421,3 +421,38 @@ impl Drop for Sluice {
         let _ = self.child.wait();
     }
 }
+
+/// Kafka's Java `Utils.murmur2`, to check the generator partitions as Java clients do.
+pub fn java_murmur2(data: &[u8]) -> i32 {
+    let m: i32 = 0x5bd1_e995;
+    let mut h: i32 = (0x9747_b28c_u32 as i32) ^ data.len() as i32;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = i32::from_le_bytes(chunk.try_into().unwrap());
+        k = k.wrapping_mul(m);
+        k ^= ((k as u32) >> 24) as i32;
+        k = k.wrapping_mul(m);
+        h = h.wrapping_mul(m);
+        h ^= k;
+    }
+    if tail.len() >= 3 {
+        h ^= (tail[2] as i32) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= (tail[1] as i32) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= tail[0] as i32;
+        h = h.wrapping_mul(m);
+    }
+    h ^= ((h as u32) >> 13) as i32;
+    h = h.wrapping_mul(m);
+    h ^= ((h as u32) >> 15) as i32;
+    h
+}
+
+/// The partition a Java client picks for `key` among `partitions`.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (java_murmur2(key) & 0x7fff_ffff) % partitions
+}
