@@ -11,7 +11,7 @@ use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -50,10 +50,11 @@ extern "C" fn request_stop(_signal: libc::c_int) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let handler: extern "C" fn(libc::c_int) = request_stop;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGTERM, request_stop as libc::sighandler_t);
-        libc::signal(libc::SIGINT, request_stop as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
     }
 
     let consumer: BaseConsumer = ClientConfig::new()
@@ -151,7 +152,9 @@ fn copy(producer: &BaseProducer, topic: &str, message: &BorrowedMessage<'_>) -> 
 fn commit(consumer: &BaseConsumer, topic: &str, next: &[i64], mode: CommitMode) {
     let mut tpl = TopicPartitionList::new();
     for (partition, offset) in next.iter().enumerate().filter(|(_, o)| **o >= 0) {
-        if let Err(error) = tpl.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)) {
+        if let Err(error) =
+            tpl.add_partition_offset(topic, partition as i32, Offset::Offset(*offset))
+        {
             eprintln!("plain-loop: offset {offset} for partition {partition}: {error}");
         }
     }
