@@ -151,7 +151,9 @@ fn copy(producer: &BaseProducer, topic: &str, message: &BorrowedMessage<'_>) -> 
 fn commit(consumer: &BaseConsumer, topic: &str, next: &[i64], mode: CommitMode) {
     let mut tpl = TopicPartitionList::new();
     for (partition, offset) in next.iter().enumerate().filter(|(_, o)| **o >= 0) {
-        if let Err(error) = tpl.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)) {
+        if let Err(error) =
+            tpl.add_partition_offset(topic, partition as i32, Offset::Offset(*offset))
+        {
             eprintln!("plain-loop: offset {offset} for partition {partition}: {error}");
         }
     }
