@@ -10,6 +10,9 @@ const PLUGINS: &[&str] = &[
     "sluice-plugin-passthrough",
     "sluice-test-faulty",
     "sluice-test-other-world",
+    "sluice-test-tag-a",
+    "sluice-test-tag-b",
+    "sluice-test-trapper",
 ];
 
 fn main() {

@@ -1,14 +1,17 @@
 //! Wiring: from a validated configuration to a running pipeline.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
+use crate::admin;
 use crate::checkpoint::Tracker;
 use crate::config::{Config, ConfigSource, Invalid};
 use crate::pipeline::{Pipeline, Summary};
-use crate::plugin::Plugin;
+use crate::plugin::registry::{InstanceSettings, Registry};
+use crate::plugin::watch;
 use crate::runtime::{Instance, Limits, Runtime};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
@@ -28,29 +31,57 @@ pub fn load_config(
     Ok(config)
 }
 
-fn limits(config: &Config) -> Limits {
-    Limits {
-        max_memory_bytes: config.plugin.max_memory_bytes,
-        call_timeout: config.plugin.call_timeout,
+/// Runtime options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where the admin endpoint listens; `None`: no endpoint.
+    pub admin: Option<SocketAddr>,
+}
+
+fn settings(config: &Config) -> InstanceSettings {
+    InstanceSettings {
+        limits: Limits {
+            max_memory_bytes: config.plugin.max_memory_bytes,
+            call_timeout: config.plugin.call_timeout,
+        },
+        config: config.plugin.config.clone(),
+        self_tests: config.plugin.self_tests.clone(),
     }
 }
 
-/// Compiles, links and initialises the configured plugin: everything but Kafka.
-pub fn start_plugin(config: &Config) -> anyhow::Result<(Plugin, Instance)> {
+/// Compiles, links, initialises and self-tests the configured plugin: everything but
+/// Kafka. Returns the registry with it live, and an instance for the worker.
+pub fn start_plugin(config: &Config) -> anyhow::Result<(Arc<Registry>, Instance)> {
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
-    let plugin = Plugin::load(&runtime, config.plugin.path.as_deref())?;
-    let instance = plugin.start(limits(config), &config.plugin.config)?;
-    Ok((plugin, instance))
+    Ok(Registry::start(
+        runtime,
+        settings(config),
+        config.plugin.path.as_deref(),
+    )?)
 }
 
 /// Runs the pipeline until shutdown or a fatal error.
 pub fn run(
     config: Config,
+    options: &RunOptions,
     shutdown: &Shutdown,
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<Summary> {
-    let (plugin, instance) = start_plugin(&config)?;
-    tracing::info!(plugin = %plugin.origin, digest = plugin.short_digest(), "Plugin loaded.");
+    let (registry, instance) = start_plugin(&config)?;
+    let live = registry.live();
+    tracing::info!(plugin = %live.plugin.origin, digest = live.plugin.short_digest(), "Plugin loaded.");
+
+    // Swap triggers: all of them end in Registry::propose.
+    if let Some(path) = registry.configured_path()
+        && config.plugin.watch
+    {
+        watch::spawn(registry.clone(), path.to_path_buf(), shutdown.clone())?;
+    }
+    handle.spawn(watch::on_sighup(registry.clone()));
+    if let Some(address) = options.admin {
+        let listener = handle.block_on(admin::bind(address))?;
+        handle.spawn(admin::serve(listener, registry.clone()));
+    }
 
     let tracker = Arc::new(Mutex::new(Tracker::new()));
     let (source, partitions) = KafkaSource::connect(&config.source, tracker.clone())?;
@@ -70,10 +101,11 @@ pub fn run(
     );
     Pipeline {
         source,
-        transform: TransformStage::new(plugin, instance),
+        transform: TransformStage::new(registry, instance, config.plugin.rollback),
         sink,
         tracker,
         checkpoint: config.checkpoint,
+        provenance_header: config.plugin.provenance_header.clone(),
     }
     .run(shutdown)
 }

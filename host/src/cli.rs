@@ -1,5 +1,6 @@
 //! The command line: subcommands and their flags (each with an environment fallback).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -27,6 +28,52 @@ pub enum Command {
     Validate(PipelineArgs),
     /// Write stock-price records like the original generator of the Flink job.
     Generate(GenerateArgs),
+    /// Talk to a running host about its plugin.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Validate a component and make it live in a running host, between two batches.
+    Swap {
+        /// The component (.wasm) to swap in.
+        path: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the live plugin version and the history of swaps (JSON).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The running host's admin endpoint.
+    #[arg(long, env = "SLUICE_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+}
+
+/// Where the admin endpoint listens unless told otherwise: loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
+
+/// `--admin` of `run`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAddress(pub Option<SocketAddr>);
+
+impl std::str::FromStr for AdminAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(AdminAddress(None));
+        }
+        text.parse()
+            .map(|a| AdminAddress(Some(a)))
+            .map_err(|e| format!("`{text}` is not `off` or an address like 127.0.0.1:9464: {e}"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +101,10 @@ pub struct PipelineArgs {
     /// Bootstrap servers that override the properties file's (as on Managed Flink).
     #[arg(long, env = "BOOTSTRAP_SERVERS", hide_env_values = true)]
     pub bootstrap_servers: Option<String>,
+
+    /// Where the admin endpoint (plugin swap and status) listens, or `off`.
+    #[arg(long, env = "SLUICE_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: AdminAddress,
 }
 
 #[derive(Debug, Args)]

@@ -14,12 +14,14 @@
 //! - `transform`: the stage that runs each batch through the live plugin.
 //! - `sink`: the idempotent Kafka producer and output routing.
 //! - `checkpoint`: which offsets are safe to commit (at-least-once).
-//! - `plugin`: loading and validating plugins; the built-in pass-through.
+//! - `plugin`: loading and validating plugins, the registry of live versions, and the
+//!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps and status.
 //! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances.
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
 //! - `shutdown`, `telemetry`: signals, and logging.
 
+pub mod admin;
 pub mod app;
 pub mod checkpoint;
 pub mod cli;

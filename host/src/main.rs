@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice_host::cli::{Cli, Command, PipelineArgs};
+use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
 use sluice_host::config::ConfigSource;
 use sluice_host::shutdown::{Shutdown, watch_signals};
-use sluice_host::{app, generate, telemetry};
+use sluice_host::{admin, app, generate, telemetry};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_INVALID: u8 = 2;
@@ -51,7 +51,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID);
                 }
             };
-            match app::run(config, &shutdown, runtime.handle()) {
+            let options = app::RunOptions {
+                admin: args.admin.0,
+            };
+            match app::run(config, &options, &shutdown, runtime.handle()) {
                 Ok(summary) => {
                     tracing::info!(
                         numRecordsIn = summary.records_in,
@@ -81,7 +84,8 @@ fn main() -> ExitCode {
                 }
             };
             match app::start_plugin(&config) {
-                Ok((plugin, _)) => {
+                Ok((registry, _)) => {
+                    let plugin = registry.live().plugin.clone();
                     println!(
                         "{}: valid ({} → plugin {} sha256:{} → {})",
                         source.path().display(),
@@ -95,6 +99,44 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("error: {}: plugin.path: {error:#}", source.path().display());
                     ExitCode::from(EXIT_INVALID)
+                }
+            }
+        }
+        Command::Plugin(PluginCommand::Swap { path, admin }) => {
+            match admin::client::swap(admin.admin, &path) {
+                Ok(answer) if answer.outcome == "rejected" => {
+                    eprintln!(
+                        "error: {} was rejected; the live version stays: {}",
+                        path.display(),
+                        answer.reason.unwrap_or_default()
+                    );
+                    ExitCode::from(EXIT_INVALID)
+                }
+                Ok(answer) => {
+                    println!(
+                        "{}: {} (version {}, sha256:{})",
+                        path.display(),
+                        answer.outcome,
+                        answer.version.unwrap_or_default(),
+                        answer.digest.unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::Plugin(PluginCommand::Status { admin }) => {
+            match admin::client::status(admin.admin) {
+                Ok(status) => {
+                    println!("{status:#}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(EXIT_FAILURE)
                 }
             }
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::CommitMode;
-use sluice_sdk::batch::{InputBatch, InputWriter};
+use sluice_sdk::batch::{Header, InputBatch, InputWriter};
 
 use crate::checkpoint::Tracker;
 use crate::config::CheckpointConfig;
@@ -45,6 +45,8 @@ pub struct Pipeline {
     pub sink: KafkaSink,
     pub tracker: Arc<Mutex<Tracker>>,
     pub checkpoint: CheckpointConfig,
+    /// Header naming the plugin version on every output, if configured.
+    pub provenance_header: Option<String>,
 }
 
 impl Pipeline {
@@ -57,6 +59,7 @@ impl Pipeline {
             sink,
             tracker,
             checkpoint,
+            provenance_header,
         } = self;
         let mut summary = Summary::default();
         let mut batch = InputWriter::new();
@@ -76,7 +79,11 @@ impl Pipeline {
                     let ops = transform.ops(&output, &input)?;
                     summary.records_in += input.len() as u64;
                     let seq = tracker.lock().unwrap().begin(ends);
-                    match sink.send(seq, &input, &ops, &tracker, &keep_going) {
+                    let provenance = provenance_header.as_deref().map(|name| Header {
+                        name,
+                        value: Some(transform.current().plugin.short_digest().as_bytes()),
+                    });
+                    match sink.send(seq, &input, &ops, &tracker, provenance, &keep_going) {
                         Ok(sent) => summary.records_out += sent as u64,
                         Err(SendError::Interrupted) => break,
                         Err(SendError::Fatal(message)) => anyhow::bail!(message),

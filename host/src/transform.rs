@@ -1,10 +1,22 @@
-//! The transform stage: runs each batch through the live plugin instance and checks
-//! what comes back before anything reaches the sink.
+//! The transform stage: runs each batch through the live plugin version, adopts a newly
+//! published version between batches, and rolls a misbehaving new version back.
+//!
+//! Strategy: before each batch the stage compares its version with the registry's live
+//! one and, if they differ, starts an instance of the live version: every batch is
+//! processed by exactly one version and nothing is re-read. A version that went live
+//! less than the rollback window ago is on probation: if it traps, or fails more than
+//! the allowed share of records, the registry reverts to the previous version and the
+//! same batch is run again by it, so nothing is lost and no output of the failed
+//! attempt reaches the sink. Outside probation, a failed record stops the pipeline.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use sluice_sdk::batch::{DecodeError, InputBatch, Op, OutputReader};
 use thiserror::Error;
 
-use crate::plugin::Plugin;
+use crate::config::Rollback;
+use crate::plugin::registry::{Live, Registry};
 use crate::runtime::{Instance, PluginError};
 
 #[derive(Debug, Error)]
@@ -27,65 +39,174 @@ pub enum TransformError {
     },
     #[error("plugin {plugin} returned a malformed output batch: {error}")]
     Malformed { plugin: String, error: DecodeError },
+    #[error("plugin {plugin} could not be started after a swap: {error}")]
+    Adopt { plugin: String, error: String },
 }
 
-/// The live plugin version and its instance.
+/// How the current version has done since it went live.
+struct Probation {
+    started: Instant,
+    records: u64,
+    failed: u64,
+}
+
 pub struct TransformStage {
-    plugin: Plugin,
+    registry: Arc<Registry>,
+    current: Arc<Live>,
     instance: Instance,
+    rollback: Rollback,
+    probation: Probation,
 }
 
 impl TransformStage {
-    pub fn new(plugin: Plugin, instance: Instance) -> Self {
-        TransformStage { plugin, instance }
+    pub fn new(registry: Arc<Registry>, instance: Instance, rollback: Rollback) -> Self {
+        TransformStage {
+            current: registry.live(),
+            registry,
+            instance,
+            rollback,
+            probation: Probation {
+                started: Instant::now(),
+                records: 0,
+                failed: 0,
+            },
+        }
     }
 
-    pub fn plugin(&self) -> &Plugin {
-        &self.plugin
+    /// The version that processed the last batch.
+    pub fn current(&self) -> &Live {
+        &self.current
     }
 
-    /// Runs `input` (the encoded form of `batch`) through the plugin.
+    /// Runs `input` (the encoded form of `batch`) through the live version and returns
+    /// its checked output. Failed records come back as errors (see the module notes).
     pub fn run(&mut self, input: &[u8], batch: &InputBatch<'_>) -> Result<Vec<u8>, TransformError> {
-        self.instance.process(input).map_err(|error| {
-            let first = batch.get(0).expect("batches are never empty");
-            TransformError::Plugin {
-                plugin: self.plugin.origin.to_string(),
-                error,
-                topic: first.topic().to_string(),
-                partition: first.partition(),
-                offset: first.offset(),
+        loop {
+            self.adopt()?;
+            let output = match self.instance.process(input) {
+                Ok(output) => output,
+                Err(error) => {
+                    let error = self.plugin_error(error, batch);
+                    if self.roll_back(&error.to_string()) {
+                        continue;
+                    }
+                    return Err(error);
+                }
+            };
+            let (failed, first) = match self.failures(&output, batch) {
+                Ok(found) => found,
+                Err(error) if self.roll_back(&error.to_string()) => continue,
+                Err(error) => return Err(error),
+            };
+            self.probation.records += batch.len() as u64;
+            self.probation.failed += failed;
+            let Some(first) = first else {
+                return Ok(output);
+            };
+            let rate = self.probation.failed as f64 / self.probation.records.max(1) as f64;
+            if rate > self.rollback.max_error_rate
+                && self.roll_back(&format!(
+                    "failed {:.1}% of its records; first: {first}",
+                    rate * 100.0
+                ))
+            {
+                continue;
             }
-        })
+            return Err(first);
+        }
     }
 
-    /// Reads the output ops, failing on the first record the plugin reported as failed.
-    /// A dead-letter policy would divert those records here instead.
+    /// Reads the output ops of a batch that [`TransformStage::run`] returned.
     pub fn ops<'a>(
         &self,
         output: &'a [u8],
         batch: &InputBatch<'_>,
     ) -> Result<Vec<Op<'a>>, TransformError> {
-        let malformed = |error| TransformError::Malformed {
-            plugin: self.plugin.origin.to_string(),
-            error,
+        OutputReader::parse(output, batch.len() as u32)
+            .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
+            .map_err(|error| self.malformed(error))
+    }
+
+    /// Starts an instance of the live version if it is not the one running.
+    fn adopt(&mut self) -> Result<(), TransformError> {
+        let live = self.registry.live();
+        if live.version == self.current.version {
+            return Ok(());
+        }
+        let settings = self.registry.settings();
+        let instance = live
+            .plugin
+            .start(settings.limits, &settings.config)
+            .map_err(|error| TransformError::Adopt {
+                plugin: live.plugin.origin.to_string(),
+                error: format!("{:#}", anyhow::Error::new(error)),
+            })?;
+        tracing::info!(
+            version = live.version,
+            plugin = %live.plugin.origin,
+            digest = live.plugin.short_digest(),
+            "Plugin swapped."
+        );
+        self.instance = instance;
+        self.current = live;
+        self.probation = Probation {
+            started: Instant::now(),
+            records: 0,
+            failed: 0,
         };
-        let reader = OutputReader::parse(output, batch.len() as u32).map_err(malformed)?;
-        let mut ops = Vec::new();
+        Ok(())
+    }
+
+    /// Asks the registry to revert the current version if it is on probation.
+    fn roll_back(&mut self, reason: &str) -> bool {
+        let on_probation = self.current.previous.is_some()
+            && self.probation.started.elapsed() < self.rollback.window;
+        on_probation && self.registry.roll_back(self.current.version, reason)
+    }
+
+    /// Counts the records the plugin reported as failed, and describes the first.
+    fn failures(
+        &self,
+        output: &[u8],
+        batch: &InputBatch<'_>,
+    ) -> Result<(u64, Option<TransformError>), TransformError> {
+        let reader =
+            OutputReader::parse(output, batch.len() as u32).map_err(|e| self.malformed(e))?;
+        let mut failed = 0;
+        let mut first = None;
         for op in reader {
-            match op.map_err(malformed)? {
-                Op::Error { index, message } => {
+            if let Op::Error { index, message } = op.map_err(|e| self.malformed(e))? {
+                failed += 1;
+                if first.is_none() {
                     let record = batch.get(index).expect("index checked by the reader");
-                    return Err(TransformError::Record {
-                        plugin: self.plugin.origin.to_string(),
+                    first = Some(TransformError::Record {
+                        plugin: self.current.plugin.origin.to_string(),
                         topic: record.topic().to_string(),
                         partition: record.partition(),
                         offset: record.offset(),
                         message: message.to_string(),
                     });
                 }
-                op => ops.push(op),
             }
         }
-        Ok(ops)
+        Ok((failed, first))
+    }
+
+    fn plugin_error(&self, error: PluginError, batch: &InputBatch<'_>) -> TransformError {
+        let first = batch.get(0).expect("batches are never empty");
+        TransformError::Plugin {
+            plugin: self.current.plugin.origin.to_string(),
+            error,
+            topic: first.topic().to_string(),
+            partition: first.partition(),
+            offset: first.offset(),
+        }
+    }
+
+    fn malformed(&self, error: DecodeError) -> TransformError {
+        TransformError::Malformed {
+            plugin: self.current.plugin.origin.to_string(),
+            error,
+        }
     }
 }

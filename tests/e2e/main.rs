@@ -8,3 +8,4 @@ mod properties;
 mod recovery;
 mod startup;
 mod support;
+mod swap;

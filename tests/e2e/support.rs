@@ -456,3 +456,24 @@ pub fn java_murmur2(data: &[u8]) -> i32 {
 pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
     (java_murmur2(key) & 0x7fff_ffff) % partitions
 }
+
+/// A loopback address nothing listens on right now.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The running host's `GET /status`.
+pub fn admin_status(address: &str) -> serde_json::Value {
+    ureq::get(format!("http://{address}/status"))
+        .call()
+        .unwrap_or_else(|e| panic!("admin endpoint at {address}: {e}"))
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
+/// SHA-256 of a file, hex, as the host reports plugin digests.
+pub fn file_digest(path: &Path) -> String {
+    sluice_host::plugin::digest(&std::fs::read(path).unwrap())
+}

@@ -94,6 +94,31 @@ pub struct PluginConfig {
     pub config: Vec<(String, String)>,
     pub max_memory_bytes: usize,
     pub call_timeout: Duration,
+    /// Swap in the plugin file when it changes on disk.
+    pub watch: bool,
+    /// A header added to every output, naming the plugin version that produced it.
+    pub provenance_header: Option<String>,
+    /// Records every candidate must handle as expected before it goes live.
+    pub self_tests: Vec<SelfTest>,
+    pub rollback: Rollback,
+}
+
+/// One self-test record and, optionally, the values it must produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfTest {
+    pub key: Option<String>,
+    pub value: Option<String>,
+    /// `None`: the record must only not fail or trap.
+    pub expect_values: Option<Vec<String>>,
+}
+
+/// When a newly swapped version is reverted automatically.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rollback {
+    /// How long after going live a version is watched.
+    pub window: Duration,
+    /// Share of records (0 to 1) a version may fail within the window.
+    pub max_error_rate: f64,
 }
 
 #[derive(Debug, Clone, Copy)]

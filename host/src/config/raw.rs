@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{
     CONFIG_VERSION, CheckpointConfig, Config, Fallback, Partitioning, PluginConfig, Problem,
-    SinkConfig, SourceConfig, Startup, TopicSpec,
+    Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TopicSpec,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +70,25 @@ pub struct RawPlugin {
     pub config: BTreeMap<String, toml::Value>,
     pub max_memory_mb: Option<i64>,
     pub timeout_ms: Option<i64>,
+    pub watch: Option<bool>,
+    pub provenance_header: Option<String>,
+    #[serde(default)]
+    pub self_test: Vec<RawSelfTest>,
+    #[serde(default)]
+    pub rollback: RawRollback,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSelfTest {
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub expect_values: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRollback {
+    pub window_ms: Option<i64>,
+    pub max_error_rate: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +351,40 @@ impl RawConfig {
         let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
+        if let Some(name) = &p.provenance_header
+            && name.trim().is_empty()
+        {
+            c.report(
+                "plugin.provenance_header",
+                "must not be empty; remove it to add no header",
+            );
+        }
+        let window_ms = c.range(
+            "plugin.rollback.window_ms",
+            p.rollback.window_ms,
+            60_000,
+            0,
+            86_400_000,
+        );
+        let max_error_rate = match p.rollback.max_error_rate {
+            None => 0.05,
+            Some(rate) if (0.0..=1.0).contains(&rate) => rate,
+            Some(rate) => {
+                c.report(
+                    "plugin.rollback.max_error_rate",
+                    format!("{rate} is out of range; use 0 to 1"),
+                );
+                0.05
+            }
+        };
+        for test in &p.self_test {
+            if test.key.is_none() && test.value.is_none() {
+                c.report(
+                    "plugin.self_test",
+                    "a self-test record needs a `key` or a `value`",
+                );
+            }
+        }
 
         let k = &self.checkpoint;
         let interval_ms = c.range(
@@ -372,6 +425,21 @@ impl RawConfig {
                 config: plugin_config,
                 max_memory_bytes: (max_memory_mb as usize) << 20,
                 call_timeout: Duration::from_millis(timeout_ms as u64),
+                watch: p.watch.unwrap_or(true),
+                provenance_header: p.provenance_header.clone(),
+                self_tests: p
+                    .self_test
+                    .iter()
+                    .map(|t| SelfTest {
+                        key: t.key.clone(),
+                        value: t.value.clone(),
+                        expect_values: t.expect_values.clone(),
+                    })
+                    .collect(),
+                rollback: Rollback {
+                    window: Duration::from_millis(window_ms as u64),
+                    max_error_rate,
+                },
             },
             checkpoint: CheckpointConfig {
                 interval: Duration::from_millis(interval_ms as u64),

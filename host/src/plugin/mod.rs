@@ -1,6 +1,10 @@
 //! Plugins as the pipeline sees them: loaded from a file (or the built-in
 //! pass-through), checked against the transform world, identified by content digest,
-//! and started as instances with their configuration.
+//! and started as instances with their configuration; the registry of live versions
+//! and the triggers that swap them.
+
+pub mod registry;
+pub mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -45,6 +49,33 @@ pub enum LoadFailure {
     Read(std::io::Error),
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    #[error("self-test failed: {0}")]
+    SelfTest(String),
+}
+
+/// Reads a plugin's bytes: the file at `path`, or the built-in pass-through.
+pub fn read(path: Option<&Path>) -> Result<(Origin, Vec<u8>), LoadError> {
+    match path {
+        None => Ok((Origin::BuiltIn, PASSTHROUGH_WASM.to_vec())),
+        Some(path) => {
+            let origin = Origin::File(path.to_path_buf());
+            match std::fs::read(path) {
+                Ok(bytes) => Ok((origin, bytes)),
+                Err(e) => Err(LoadError {
+                    origin,
+                    source: LoadFailure::Read(e),
+                }),
+            }
+        }
+    }
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A compiled, validated plugin version.
@@ -61,21 +92,17 @@ pub struct Plugin {
 impl Plugin {
     /// Loads the plugin at `path`, or the built-in pass-through when `path` is `None`.
     pub fn load(runtime: &Runtime, path: Option<&Path>) -> Result<Plugin, LoadError> {
-        let (origin, bytes) = match path {
-            None => (Origin::BuiltIn, PASSTHROUGH_WASM.to_vec()),
-            Some(path) => {
-                let origin = Origin::File(path.to_path_buf());
-                match std::fs::read(path) {
-                    Ok(bytes) => (origin, bytes),
-                    Err(e) => {
-                        return Err(LoadError {
-                            origin,
-                            source: LoadFailure::Read(e),
-                        });
-                    }
-                }
-            }
-        };
+        let (origin, bytes) = read(path)?;
+        Plugin::from_bytes(runtime, origin, &bytes, &digest(&bytes))
+    }
+
+    /// Compiles and links `bytes`, whose SHA-256 is `digest`.
+    pub fn from_bytes(
+        runtime: &Runtime,
+        origin: Origin,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Plugin, LoadError> {
         let name: Arc<str> = match &origin {
             Origin::BuiltIn => "passthrough".into(),
             Origin::File(path) => path
@@ -84,20 +111,24 @@ impl Plugin {
                 .unwrap_or_else(|| "plugin".into())
                 .into(),
         };
-        let digest = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let prepared = runtime.load(&bytes).map_err(|e| LoadError {
+        let prepared = runtime.load(bytes).map_err(|e| LoadError {
             origin: origin.clone(),
             source: e.into(),
         })?;
         Ok(Plugin {
             origin,
             name,
-            digest,
+            digest: digest.to_string(),
             prepared,
         })
+    }
+
+    /// The same compiled plugin, known under another origin (a cache hit).
+    pub fn with_origin(&self, origin: Origin) -> Plugin {
+        Plugin {
+            origin,
+            ..self.clone()
+        }
     }
 
     /// Starts an instance and runs its `init` with `config`.

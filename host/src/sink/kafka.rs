@@ -154,6 +154,7 @@ impl KafkaSink {
         input: &InputBatch<'_>,
         ops: &[Op<'_>],
         tracker: &Mutex<Tracker>,
+        provenance: Option<Header<'_>>,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<usize, SendError> {
         // Counted before sending: a delivery report may arrive before `send` returns.
@@ -222,8 +223,8 @@ impl KafkaSink {
                 if let Some(value) = value {
                     record = record.payload(value);
                 }
-                if let Some(headers) = headers.filter(|h| h.len() > 0) {
-                    record = record.headers(owned_headers(headers));
+                if let Some(headers) = headers.filter(|h| h.len() > 0 || provenance.is_some()) {
+                    record = record.headers(owned_headers(headers, provenance));
                 }
                 if let Some(timestamp) = timestamp {
                     record = record.timestamp(timestamp);
@@ -280,8 +281,8 @@ impl KafkaSink {
     }
 }
 
-fn owned_headers(headers: Headers<'_>) -> OwnedHeaders {
-    headers.fold(
+fn owned_headers(headers: Headers<'_>, extra: Option<Header<'_>>) -> OwnedHeaders {
+    headers.chain(extra).fold(
         OwnedHeaders::new_with_capacity(4),
         |acc, Header { name, value }| acc.insert(KafkaHeader { key: name, value }),
     )

@@ -1,0 +1,150 @@
+//! The admin endpoint: a small HTTP API on 127.0.0.1 by default, for operators and for
+//! `sluice plugin swap|status`.
+//!
+//! - `GET /status`: the live plugin version, when it went live, and the history of
+//!   swaps, rejections and rollbacks (JSON).
+//! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}`: validates the component
+//!   and makes it live; answers 200 with the outcome, or 422 with the reason it was
+//!   rejected (the live version then stays).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::plugin::registry::{Registry, Status, Trigger};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwapRequest {
+    pub path: PathBuf,
+}
+
+/// What `POST /plugin/swap` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwapResponse {
+    /// `live`, `unchanged` or `rejected`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await.with_context(|| {
+        format!("admin endpoint: cannot listen on {address}; choose another address with --admin ADDR, or --admin off")
+    })?;
+    tracing::info!(address = %listener.local_addr()?, "Admin endpoint listening.");
+    Ok(listener)
+}
+
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/plugin/swap", post(swap))
+        .with_state(registry);
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "Admin endpoint stopped.");
+    }
+}
+
+async fn status(State(registry): State<Arc<Registry>>) -> Json<Status> {
+    Json(registry.status())
+}
+
+async fn swap(
+    State(registry): State<Arc<Registry>>,
+    Json(request): Json<SwapRequest>,
+) -> (StatusCode, Json<SwapResponse>) {
+    // Compiling a component takes from milliseconds to seconds: keep it off the async threads.
+    let result =
+        tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &request.path)).await;
+    match result {
+        Ok(Ok(outcome)) => (
+            StatusCode::OK,
+            Json(SwapResponse {
+                outcome: outcome.outcome.to_string(),
+                version: Some(outcome.version),
+                digest: Some(outcome.digest),
+                reason: None,
+            }),
+        ),
+        Ok(Err(rejection)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(SwapResponse {
+                outcome: "rejected".into(),
+                version: None,
+                digest: None,
+                reason: Some(rejection.reason),
+            }),
+        ),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(SwapResponse {
+                outcome: "rejected".into(),
+                version: None,
+                digest: None,
+                reason: Some(format!("validation did not finish: {error}")),
+            }),
+        ),
+    }
+}
+
+/// The client side, for `sluice plugin swap` and `sluice plugin status`.
+pub mod client {
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+
+    use super::{SwapRequest, SwapResponse};
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            // 4xx answers carry the rejection reason: read them, do not fail on them.
+            .http_status_as_error(false)
+            // Compiling a large component can take seconds.
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into()
+    }
+
+    fn unreachable(address: SocketAddr) -> String {
+        format!(
+            "no Sluice admin endpoint answers at {address}; is `sluice run` running, and with this --admin address?"
+        )
+    }
+
+    pub fn swap(address: SocketAddr, path: &Path) -> anyhow::Result<SwapResponse> {
+        // The host resolves the path itself: send it absolute.
+        let path =
+            std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+        agent()
+            .post(format!("http://{address}/plugin/swap"))
+            .send_json(&SwapRequest { path })
+            .with_context(|| unreachable(address))?
+            .body_mut()
+            .read_json::<SwapResponse>()
+            .context("reading the admin endpoint's answer")
+    }
+
+    pub fn status(address: SocketAddr) -> anyhow::Result<serde_json::Value> {
+        agent()
+            .get(format!("http://{address}/status"))
+            .call()
+            .with_context(|| unreachable(address))?
+            .body_mut()
+            .read_json()
+            .context("reading the admin endpoint's answer")
+    }
+}

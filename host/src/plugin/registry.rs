@@ -1,0 +1,424 @@
+//! The plugin registry: which version is live, how a candidate is validated before it
+//! goes live, and the history of swaps, rejections and rollbacks.
+//!
+//! Strategy: triggers (file watcher, SIGHUP, admin endpoint) call [`Registry::propose`]
+//! off the hot path. A candidate is read once, compiled (or taken from the cache by
+//! content digest), linked against the transform world, started with the pipeline's
+//! plugin settings, and run on the configured self-test records. Only then is it
+//! published with one atomic pointer swap. Workers compare the live version number at
+//! each batch boundary and start an instance of the new version there, so every batch
+//! is processed by exactly one version and nothing is re-read. A rejected candidate
+//! changes nothing but the history.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, RecordFields};
+
+use super::{LoadError, LoadFailure, Origin, Plugin};
+use crate::config::SelfTest;
+use crate::runtime::{Instance, Limits, Runtime};
+
+/// Compiled versions kept for instant swap-back.
+const CACHE_SIZE: usize = 8;
+/// History entries kept for the status endpoint.
+const HISTORY_SIZE: usize = 100;
+
+/// What made a swap happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    Start,
+    FileChange,
+    Sighup,
+    Admin,
+    Rollback,
+}
+
+/// A version that is (or was) live.
+#[derive(Clone)]
+pub struct Live {
+    /// Increases with every publication, rollbacks included.
+    pub version: u64,
+    pub plugin: Plugin,
+    pub since: SystemTime,
+    /// What a rollback returns to (one level deep).
+    pub previous: Option<Arc<Live>>,
+}
+
+/// A candidate that did not go live.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct Rejection {
+    pub reason: String,
+}
+
+/// The outcome of a successful proposal.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `live`, or `unchanged` when the candidate is the live version.
+    pub outcome: &'static str,
+    pub version: u64,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at: String,
+    pub event: &'static str,
+    pub trigger: Trigger,
+    pub origin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionStatus {
+    pub version: u64,
+    pub digest: String,
+    pub origin: String,
+    pub since: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub live: VersionStatus,
+    pub previous: Option<VersionStatus>,
+    pub swaps: u64,
+    pub rejections: u64,
+    pub rollbacks: u64,
+    pub history: Vec<Event>,
+}
+
+#[derive(Default)]
+struct Books {
+    swaps: u64,
+    rejections: u64,
+    rollbacks: u64,
+    history: VecDeque<Event>,
+    cache: VecDeque<Plugin>,
+}
+
+/// Settings every instance of every version gets.
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    pub limits: Limits,
+    pub config: Vec<(String, String)>,
+    pub self_tests: Vec<SelfTest>,
+}
+
+pub struct Registry {
+    runtime: Runtime,
+    settings: InstanceSettings,
+    /// The path the configuration names, re-read on SIGHUP and watched for changes.
+    configured_path: Option<PathBuf>,
+    live: ArcSwap<Live>,
+    /// Serialises proposals: one candidate is validated at a time.
+    proposing: Mutex<()>,
+    books: Mutex<Books>,
+}
+
+fn timestamp(at: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Registry {
+    /// Validates the initial plugin and makes it live. Returns the registry and an
+    /// instance of that plugin for the first worker.
+    pub fn start(
+        runtime: Runtime,
+        settings: InstanceSettings,
+        path: Option<&Path>,
+    ) -> Result<(Arc<Registry>, Instance), LoadError> {
+        let (origin, bytes) = super::read(path)?;
+        let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
+        validate(&plugin, &settings)?;
+        // A fresh instance: the worker's must not have seen the self-test records.
+        let instance = plugin.start(settings.limits, &settings.config)?;
+        let live = Live {
+            version: 1,
+            plugin: plugin.clone(),
+            since: SystemTime::now(),
+            previous: None,
+        };
+        let registry = Registry {
+            runtime,
+            settings,
+            configured_path: path.map(Path::to_path_buf),
+            live: ArcSwap::from_pointee(live),
+            proposing: Mutex::new(()),
+            books: Mutex::default(),
+        };
+        registry.record(
+            Trigger::Start,
+            "live",
+            &plugin.origin.to_string(),
+            Some(1),
+            Some(&plugin.digest),
+            None,
+        );
+        registry.books.lock().unwrap().cache.push_back(plugin);
+        Ok((Arc::new(registry), instance))
+    }
+
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    pub fn settings(&self) -> &InstanceSettings {
+        &self.settings
+    }
+
+    pub fn configured_path(&self) -> Option<&Path> {
+        self.configured_path.as_deref()
+    }
+
+    /// Validates the component at `path` and, if it passes, makes it live.
+    pub fn propose(&self, trigger: Trigger, path: &Path) -> Result<Outcome, Rejection> {
+        let _one_at_a_time = self.proposing.lock().unwrap_or_else(|e| e.into_inner());
+        let origin = Origin::File(path.to_path_buf());
+        let result = self.candidate(path).and_then(|(plugin, bytes_digest)| {
+            let live = self.live();
+            if live.plugin.digest == bytes_digest {
+                return Ok(Outcome {
+                    outcome: "unchanged",
+                    version: live.version,
+                    digest: bytes_digest,
+                });
+            }
+            validate(&plugin, &self.settings)?;
+            Ok(self.publish(plugin, trigger))
+        });
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => {
+                let reason = format!("{:#}", anyhow::Error::new(error));
+                tracing::warn!(?trigger, plugin = %origin, %reason, "Plugin candidate rejected; the live version stays.");
+                self.books.lock().unwrap().rejections += 1;
+                self.record(
+                    trigger,
+                    "rejected",
+                    &origin.to_string(),
+                    None,
+                    None,
+                    Some(reason.clone()),
+                );
+                Err(Rejection { reason })
+            }
+        }
+    }
+
+    /// Reverts to the previous version if `version` is still live. Returns whether it did.
+    pub fn roll_back(&self, version: u64, reason: &str) -> bool {
+        let _one_at_a_time = self.proposing.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.live();
+        let Some(previous) = live.previous.as_ref().filter(|_| live.version == version) else {
+            return false;
+        };
+        let restored = Live {
+            version: live.version + 1,
+            plugin: previous.plugin.clone(),
+            since: SystemTime::now(),
+            previous: None,
+        };
+        tracing::warn!(
+            from = live.plugin.short_digest(),
+            to = previous.plugin.short_digest(),
+            %reason,
+            "Plugin rolled back."
+        );
+        self.books.lock().unwrap().rollbacks += 1;
+        self.record(
+            Trigger::Rollback,
+            "rolled-back",
+            &previous.plugin.origin.to_string(),
+            Some(restored.version),
+            Some(&previous.plugin.digest),
+            Some(reason.to_string()),
+        );
+        self.live.store(Arc::new(restored));
+        true
+    }
+
+    pub fn status(&self) -> Status {
+        let live = self.live();
+        let describe = |l: &Live| VersionStatus {
+            version: l.version,
+            digest: l.plugin.digest.clone(),
+            origin: l.plugin.origin.to_string(),
+            since: timestamp(l.since),
+        };
+        let books = self.books.lock().unwrap();
+        Status {
+            live: describe(&live),
+            previous: live.previous.as_deref().map(describe),
+            swaps: books.swaps,
+            rejections: books.rejections,
+            rollbacks: books.rollbacks,
+            history: books.history.iter().cloned().collect(),
+        }
+    }
+
+    /// Reads `path` once and compiles it, or finds it in the cache by digest.
+    fn candidate(&self, path: &Path) -> Result<(Plugin, String), LoadError> {
+        let origin = Origin::File(path.to_path_buf());
+        let bytes = std::fs::read(path).map_err(|e| LoadError {
+            origin: origin.clone(),
+            source: LoadFailure::Read(e),
+        })?;
+        let digest = super::digest(&bytes);
+        let cached = self
+            .books
+            .lock()
+            .unwrap()
+            .cache
+            .iter()
+            .find(|p| p.digest == digest)
+            .cloned();
+        let plugin = match cached {
+            Some(plugin) => plugin.with_origin(origin),
+            None => {
+                let plugin = Plugin::from_bytes(&self.runtime, origin, &bytes, &digest)?;
+                let mut books = self.books.lock().unwrap();
+                if books.cache.len() == CACHE_SIZE {
+                    books.cache.pop_front();
+                }
+                books.cache.push_back(plugin.clone());
+                plugin
+            }
+        };
+        Ok((plugin, digest))
+    }
+
+    fn publish(&self, plugin: Plugin, trigger: Trigger) -> Outcome {
+        let old = self.live();
+        let previous = Live {
+            previous: None,
+            ..(*old).clone()
+        };
+        let live = Live {
+            version: old.version + 1,
+            plugin,
+            since: SystemTime::now(),
+            previous: Some(Arc::new(previous)),
+        };
+        let outcome = Outcome {
+            outcome: "live",
+            version: live.version,
+            digest: live.plugin.digest.clone(),
+        };
+        tracing::info!(
+            ?trigger,
+            version = live.version,
+            plugin = %live.plugin.origin,
+            digest = live.plugin.short_digest(),
+            "Plugin validated; workers adopt it at their next batch."
+        );
+        self.books.lock().unwrap().swaps += 1;
+        self.record(
+            trigger,
+            "live",
+            &live.plugin.origin.to_string(),
+            Some(live.version),
+            Some(&live.plugin.digest),
+            None,
+        );
+        self.live.store(Arc::new(live));
+        outcome
+    }
+
+    fn record(
+        &self,
+        trigger: Trigger,
+        event: &'static str,
+        origin: &str,
+        version: Option<u64>,
+        digest: Option<&str>,
+        reason: Option<String>,
+    ) {
+        let mut books = self.books.lock().unwrap();
+        if books.history.len() == HISTORY_SIZE {
+            books.history.pop_front();
+        }
+        books.history.push_back(Event {
+            at: timestamp(SystemTime::now()),
+            event,
+            trigger,
+            origin: origin.to_string(),
+            version,
+            digest: digest.map(str::to_string),
+            reason,
+        });
+    }
+}
+
+/// Starts an instance of `plugin` (running its `init`) and runs the self-tests on it.
+/// The instance has seen the self-test records; workers start their own.
+pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance, LoadError> {
+    let mut instance = plugin.start(settings.limits, &settings.config)?;
+    if settings.self_tests.is_empty() {
+        return Ok(instance);
+    }
+    let fail = |reason: String| LoadError {
+        origin: plugin.origin.clone(),
+        source: LoadFailure::SelfTest(reason),
+    };
+    let mut writer = InputWriter::new();
+    for (offset, test) in settings.self_tests.iter().enumerate() {
+        writer.push(RecordFields {
+            topic: "self-test",
+            partition: 0,
+            offset: offset as i64,
+            timestamp: None,
+            key: test.key.as_deref().map(str::as_bytes),
+            value: test.value.as_deref().map(str::as_bytes),
+            headers: std::iter::empty::<Header<'_>>(),
+        });
+    }
+    let encoded = writer.finish().to_vec();
+    let input = InputBatch::parse(&encoded).expect("a batch the host just encoded");
+    let output = instance
+        .process(&encoded)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut produced: Vec<Vec<String>> = vec![Vec::new(); input.len()];
+    let reader =
+        OutputReader::parse(&output, input.len() as u32).map_err(|e| fail(e.to_string()))?;
+    for op in reader {
+        let op = op.map_err(|e| fail(e.to_string()))?;
+        let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
+        match op {
+            Op::Keep { start, count, .. } => {
+                for i in start..start + count {
+                    produced[i as usize].push(text(input.get(i).and_then(|r| r.value())));
+                }
+            }
+            Op::ReplaceValue { index, value, .. } | Op::Record { index, value, .. } => {
+                produced[index as usize].push(text(value));
+            }
+            Op::Error { index, message } => {
+                return Err(fail(format!(
+                    "record {index}: the plugin reported an error: {message}"
+                )));
+            }
+        }
+    }
+    for (index, (test, got)) in settings.self_tests.iter().zip(&produced).enumerate() {
+        if let Some(expected) = &test.expect_values
+            && expected != got
+        {
+            return Err(fail(format!(
+                "record {index}: expected values {expected:?}, got {got:?}"
+            )));
+        }
+    }
+    Ok(instance)
+}

@@ -1,0 +1,5 @@
+//! Test plugin: forwards every record with the header `tag: A`.
+
+const TAG: &str = "A";
+
+include!("../../tag/tag.rs");
