@@ -74,7 +74,7 @@ impl Sample {
 /// of output records so the work cannot be optimised away.
 fn step(sample: &Sample, writer: &mut InputWriter, instance: &mut Instance) -> usize {
     let encoded = sample.encode(writer);
-    let input = InputBatch::parse(encoded).expect("the host's own encoding parses");
+    let input = InputBatch::open(encoded).expect("the host's own encoding parses");
     let output = instance
         .process(encoded)
         .expect("the pass-through accepts every batch");
@@ -115,7 +115,7 @@ fn transform(c: &mut Criterion) {
             |b, encoded| {
                 b.iter(|| {
                     black_box(
-                        InputBatch::parse(black_box(encoded))
+                        InputBatch::open(black_box(encoded))
                             .expect("the host's own encoding parses")
                             .len(),
                     )

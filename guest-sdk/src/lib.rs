@@ -244,7 +244,8 @@ pub mod __private {
     }
 
     pub fn process<T: Transform>(input: &[u8]) -> Result<Vec<u8>, String> {
-        let batch = InputBatch::parse(input).map_err(|e| e.to_string())?;
+        // The host encoded this batch: decode each record once, as it is read.
+        let batch = InputBatch::open(input).map_err(|e| e.to_string())?;
         INSTANCE.with_borrow_mut(|slot| {
             let plugin = slot
                 .as_mut()

@@ -21,6 +21,14 @@ fn config_source(args: &PipelineArgs) -> ConfigSource {
 }
 
 fn main() -> ExitCode {
+    // glibc gives every thread that allocates an arena of its own; librdkafka's threads,
+    // the async runtime and the compiler's threads would each keep one. Two arenas cut
+    // peak memory with no measurable cost in throughput.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     telemetry::init(&cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

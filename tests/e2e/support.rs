@@ -341,9 +341,11 @@ pub struct Sluice {
 
 pub fn sluice(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    // Hosts run side by side in tests: no admin endpoint unless a test asks for one.
     command
         .args(args)
         .env_remove("BOOTSTRAP_SERVERS")
+        .env("SLUICE_ADMIN", "off")
         .env("NO_COLOR", "1");
     command
 }

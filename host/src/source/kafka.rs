@@ -1,7 +1,7 @@
 //! The Kafka source: a consumer group member that reads the source topic into batches,
 //! applies the startup mode, and commits the offsets the checkpoint tracker allows.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -165,8 +165,9 @@ pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
     topic: String,
     batch_max_records: usize,
-    /// Offset after the last record read into the current batch, per partition.
-    ends: HashMap<Partition, i64>,
+    /// Offset after the last record read into the current batch, by partition number
+    /// (-1: none). A Vec, not a map: this is updated for every record.
+    ends: Vec<i64>,
 }
 
 impl KafkaSource {
@@ -233,7 +234,7 @@ impl KafkaSource {
                 consumer,
                 topic: config.topic.clone(),
                 batch_max_records: config.batch_max_records,
-                ends: HashMap::new(),
+                ends: Vec::new(),
             },
             partitions,
         ))
@@ -248,10 +249,11 @@ impl KafkaSource {
                 None => break,
                 Some(Ok(message)) => {
                     push(batch, &message);
-                    self.ends.insert(
-                        (message.topic().to_string(), message.partition()),
-                        message.offset() + 1,
-                    );
+                    let partition = message.partition() as usize;
+                    if partition >= self.ends.len() {
+                        self.ends.resize(partition + 1, -1);
+                    }
+                    self.ends[partition] = message.offset() + 1;
                 }
                 Some(Err(error)) => self.consume_error(error)?,
             }
@@ -262,7 +264,15 @@ impl KafkaSource {
 
     /// Takes the per-partition end offsets of the batch just filled.
     pub fn take_ends(&mut self) -> Vec<(Partition, i64)> {
-        self.ends.drain().collect()
+        let ends = self
+            .ends
+            .iter()
+            .enumerate()
+            .filter(|(_, end)| **end >= 0)
+            .map(|(partition, end)| ((self.topic.clone(), partition as i32), *end))
+            .collect();
+        self.ends.fill(-1);
+        ends
     }
 
     fn consume_error(&self, error: KafkaError) -> anyhow::Result<()> {
