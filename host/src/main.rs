@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
-use sluice_host::config::ConfigSource;
+use sluice_host::config::{Config, ConfigSource};
 use sluice_host::shutdown::{Shutdown, watch_signals};
 use sluice_host::{admin, app, generate, telemetry};
 
@@ -17,6 +17,23 @@ fn config_source(args: &PipelineArgs) -> ConfigSource {
         (Some(path), _) => ConfigSource::Toml(path.clone()),
         (None, Some(path)) => ConfigSource::Properties(path.clone()),
         (None, None) => unreachable!("clap requires one of --config and --properties"),
+    }
+}
+
+/// Reads and validates the configuration named on the command line; every problem is
+/// printed and the exit code for invalid input returned.
+fn load(args: &PipelineArgs) -> Result<(ConfigSource, Config), ExitCode> {
+    let source = config_source(args);
+    match app::load_config(
+        &source,
+        args.plugin.clone(),
+        args.bootstrap_servers.as_deref(),
+    ) {
+        Ok(config) => Ok((source, config)),
+        Err(invalid) => {
+            eprintln!("error: {invalid}");
+            Err(ExitCode::from(EXIT_INVALID))
+        }
     }
 }
 
@@ -47,17 +64,9 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Run(args) => {
-            let source = config_source(&args);
-            let config = match app::load_config(
-                &source,
-                args.plugin.clone(),
-                args.bootstrap_servers.as_deref(),
-            ) {
-                Ok(config) => config,
-                Err(invalid) => {
-                    eprintln!("error: {invalid}");
-                    return ExitCode::from(EXIT_INVALID);
-                }
+            let (_, config) = match load(&args) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
             };
             let options = app::RunOptions {
                 admin: args.admin.0,
@@ -79,17 +88,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Validate(args) => {
-            let source = config_source(&args);
-            let config = match app::load_config(
-                &source,
-                args.plugin.clone(),
-                args.bootstrap_servers.as_deref(),
-            ) {
-                Ok(config) => config,
-                Err(invalid) => {
-                    eprintln!("error: {invalid}");
-                    return ExitCode::from(EXIT_INVALID);
-                }
+            let (source, config) = match load(&args) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
             };
             match app::start_plugin(&config) {
                 Ok((registry, _)) => {
