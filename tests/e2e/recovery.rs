@@ -7,32 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// Writes `count` numbered records over six partitions at about `per_second`.
-fn produce_steadily(
-    topic: String,
-    count: usize,
-    per_second: usize,
-    done: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let producer = producer();
-        let started = Instant::now();
-        for i in 0..count {
-            let due = started + Duration::from_secs_f64(i as f64 / per_second as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            send(
-                &producer,
-                &topic,
-                &TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
-            );
-        }
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
-        done.store(true, Ordering::SeqCst);
-    })
-}
-
 #[test]
 fn sigkill_mid_stream_then_restart_loses_nothing() {
     const COUNT: usize = 40_000;

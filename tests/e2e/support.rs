@@ -7,7 +7,8 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -478,4 +479,30 @@ pub fn admin_status(address: &str) -> serde_json::Value {
 /// SHA-256 of a file, hex, as the host reports plugin digests.
 pub fn file_digest(path: &Path) -> String {
     sluice_host::plugin::digest(&std::fs::read(path).unwrap())
+}
+
+/// Writes `count` numbered records over six partitions at about `per_second`.
+pub fn produce_steadily(
+    topic: String,
+    count: usize,
+    per_second: usize,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let producer = producer();
+        let started = Instant::now();
+        for i in 0..count {
+            let due = started + Duration::from_secs_f64(i as f64 / per_second as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            send(
+                &producer,
+                &topic,
+                &TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
+            );
+        }
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
+        done.store(true, Ordering::SeqCst);
+    })
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -102,27 +102,8 @@ expect_values = ["probe"]"#,
     host.wait_for_log("Partitions assigned.", Duration::from_secs(30));
 
     let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (input, done) = (input.clone(), done.clone());
-        std::thread::spawn(move || {
-            let producer = producer();
-            let started = Instant::now();
-            for i in 0..COUNT {
-                // About 25 000 records per second, so the swaps land while records flow.
-                let due = started + Duration::from_secs_f64(i as f64 / 25_000.0);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                send(
-                    &producer,
-                    &input,
-                    &TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
-                );
-            }
-            rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
-            done.store(true, Ordering::SeqCst);
-        })
-    };
+    // About 25 000 records per second, so the swaps land while records flow.
+    let writer = produce_steadily(input.clone(), COUNT, 25_000, done.clone());
     wait_until("records flowing", Duration::from_secs(30), || {
         total(&end_offsets(&output)) > 1_000
     });
