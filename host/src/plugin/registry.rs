@@ -12,8 +12,8 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -122,6 +122,8 @@ pub struct Registry {
     /// The path the configuration names, re-read on SIGHUP and watched for changes.
     configured_path: Option<PathBuf>,
     live: ArcSwap<Live>,
+    /// Version numbers are never reused, so a worker can tell any two versions apart.
+    next_version: AtomicU64,
     /// Serialises proposals: one candidate is validated at a time.
     proposing: Mutex<()>,
     books: Mutex<Books>,
@@ -155,6 +157,7 @@ impl Registry {
             settings,
             configured_path: path.map(Path::to_path_buf),
             live: ArcSwap::from_pointee(live),
+            next_version: AtomicU64::new(2),
             proposing: Mutex::new(()),
             books: Mutex::default(),
         };
@@ -218,18 +221,24 @@ impl Registry {
     }
 
     /// Reverts to the previous version if `version` is still live. Returns whether it did.
+    ///
+    /// Called from the hot path: it never waits for a candidate being validated, and a
+    /// compare-and-swap keeps it from undoing a version published meanwhile.
     pub fn roll_back(&self, version: u64, reason: &str) -> bool {
-        let _one_at_a_time = self.proposing.lock().unwrap_or_else(|e| e.into_inner());
         let live = self.live();
         let Some(previous) = live.previous.as_ref().filter(|_| live.version == version) else {
             return false;
         };
-        let restored = Live {
-            version: live.version + 1,
+        let restored = Arc::new(Live {
+            version: self.next_version.fetch_add(1, Ordering::SeqCst),
             plugin: previous.plugin.clone(),
             since: SystemTime::now(),
             previous: None,
-        };
+        });
+        let swapped = self.live.compare_and_swap(&live, restored.clone());
+        if !Arc::ptr_eq(&swapped, &live) {
+            return false;
+        }
         tracing::warn!(
             from = live.plugin.short_digest(),
             to = previous.plugin.short_digest(),
@@ -245,7 +254,6 @@ impl Registry {
             Some(&previous.plugin.digest),
             Some(reason.to_string()),
         );
-        self.live.store(Arc::new(restored));
         true
     }
 
@@ -306,7 +314,7 @@ impl Registry {
             ..(*old).clone()
         };
         let live = Live {
-            version: old.version + 1,
+            version: self.next_version.fetch_add(1, Ordering::SeqCst),
             plugin,
             since: SystemTime::now(),
             previous: Some(Arc::new(previous)),
