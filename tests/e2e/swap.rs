@@ -102,8 +102,8 @@ expect_values = ["probe"]"#,
     host.wait_for_log("Partitions assigned.", Duration::from_secs(30));
 
     let done = Arc::new(AtomicBool::new(false));
-    // About 25 000 records per second, so the swaps land while records flow.
-    let writer = produce_steadily(input.clone(), COUNT, 25_000, done.clone());
+    // About 15 000 records per second, so the swaps land while records flow.
+    let writer = produce_steadily(input.clone(), COUNT, 15_000, done.clone());
     wait_until("records flowing", Duration::from_secs(30), || {
         total(&end_offsets(&output)) > 1_000
     });
