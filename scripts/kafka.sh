@@ -96,14 +96,17 @@ start() {
   classpath >/dev/null
   write_config
   if [[ ! -f $home/data/meta.properties ]]; then
-    run_class kafka.tools.StorageTool format --standalone -t "$(run_class kafka.tools.StorageTool random-uuid)" \
+    run_class kafka.tools.StorageTool format --standalone -t "$(run_class kafka.tools.StorageTool random-uuid 2>/dev/null)" \
       -c "$home/server.properties" >"$home/format.log" 2>&1 || {
       echo "kafka: formatting storage failed; see $home/format.log" >&2
       exit 1
     }
   fi
   # setsid: the broker must not die with the shell that started it, nor get its signals.
-  setsid java -Xms512m -Xmx2g -cp "$(classpath)" -Dlog4j2.configurationFile="$home/log4j2.properties" \
+  # The JVM settings of Kafka's own start script: G1 with a 20 ms pause goal, so the
+  # broker's collections do not pass for pauses of the pipeline under test.
+  setsid java -Xms512m -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -cp "$(classpath)" -Dlog4j2.configurationFile="$home/log4j2.properties" \
     kafka.Kafka "$home/server.properties" >"$log_file" 2>&1 </dev/null &
   echo $! >"$pid_file"
   for _ in $(seq 1 90); do
