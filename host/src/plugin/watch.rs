@@ -124,6 +124,11 @@ impl Relevant {
     }
 
     fn matches(&self, event: &notify::Event) -> bool {
+        // Reads change nothing, and the host's own reads of the file would otherwise
+        // wake the watcher again and again.
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return false;
+        }
         event.paths.iter().any(|p| {
             p.file_name().is_some_and(|name| {
                 self.names.iter().any(|n| n == name) || name.to_string_lossy().starts_with("..data")
