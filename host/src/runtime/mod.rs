@@ -140,6 +140,17 @@ impl Runtime {
 
     /// Compiles and links a component, checking that it targets the transform world.
     pub fn load(&self, bytes: &[u8]) -> Result<Prepared, PluginError> {
+        // The two commonest mistakes, named plainly before the parser's own wording.
+        if !bytes.starts_with(b"\0asm") {
+            return Err(PluginError::Compile(anyhow::anyhow!(
+                "the file does not start with the WebAssembly magic bytes; give the path of a .wasm component"
+            )));
+        }
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0][..]) {
+            return Err(PluginError::Compile(anyhow::anyhow!(
+                "this is a core WebAssembly module, not a component; build the plugin for the wasm32-wasip2 target"
+            )));
+        }
         let component =
             Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(e.into()))?;
         let instance_pre =
@@ -264,5 +275,30 @@ impl Instance {
             message.push_str(&format!(" (plugin stderr: {lines})"));
         }
         PluginError::Trap(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_error(bytes: &[u8]) -> String {
+        match Runtime::new().unwrap().load(bytes) {
+            Ok(_) => panic!("loaded"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_wasm_is_named_as_such() {
+        assert!(load_error(b"# README").contains("does not start with the WebAssembly magic bytes"));
+    }
+
+    #[test]
+    fn a_core_module_is_told_apart_from_a_component() {
+        let empty_core_module = b"\0asm\x01\0\0\0";
+        let error = load_error(empty_core_module);
+        assert!(error.contains("core WebAssembly module, not a component"), "{error}");
+        assert!(error.contains("wasm32-wasip2"), "{error}");
     }
 }
