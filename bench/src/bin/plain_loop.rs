@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", "8192")
         .set("enable.partition.eof", "false")
         .create()
         .context("creating the Kafka consumer (check --bootstrap-servers)")?;
@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         .set("bootstrap.servers", &args.bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("queue.buffering.max.kbytes", "32768")
+        .set("queue.buffering.max.kbytes", "16384")
         .create()
         .context("creating the Kafka producer (check --bootstrap-servers)")?;
     consumer

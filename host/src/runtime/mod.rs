@@ -291,14 +291,19 @@ mod tests {
 
     #[test]
     fn a_file_that_is_not_wasm_is_named_as_such() {
-        assert!(load_error(b"# README").contains("does not start with the WebAssembly magic bytes"));
+        assert!(
+            load_error(b"# README").contains("does not start with the WebAssembly magic bytes")
+        );
     }
 
     #[test]
     fn a_core_module_is_told_apart_from_a_component() {
         let empty_core_module = b"\0asm\x01\0\0\0";
         let error = load_error(empty_core_module);
-        assert!(error.contains("core WebAssembly module, not a component"), "{error}");
+        assert!(
+            error.contains("core WebAssembly module, not a component"),
+            "{error}"
+        );
         assert!(error.contains("wasm32-wasip2"), "{error}");
     }
 }

@@ -83,7 +83,7 @@ impl KafkaSink {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // Bounded queue: when the broker is slow, sending blocks and the source waits.
-            .set("queue.buffering.max.kbytes", "32768")
+            .set("queue.buffering.max.kbytes", "16384")
             .set(
                 "partitioner",
                 match config.partitioning {
