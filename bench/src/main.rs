@@ -3,6 +3,10 @@
 //! as a child process, alternating the two so that drift in the broker or the machine
 //! affects both alike. Prints Markdown tables to stdout, progress to stderr.
 
+mod kafka;
+
+use kafka::{Kafka, PARTITIONS};
+
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,21 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 
-const PARTITIONS: i32 = 6;
 const KEY_LEN: usize = 16;
 const VALUE_LEN: usize = 100;
 /// How often the output topic's end offsets are read.
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a program may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -129,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     let input = format!("{tag}-in");
 
     let result = (|| -> anyhow::Result<(Usage, Vec<Round>)> {
-        kafka.create_topic(&input)?;
+        kafka.create_topic(&input, false)?;
         eprintln!("filling `{input}` with {} records...", args.records);
         let started = Instant::now();
         fill(&args.bootstrap_servers, &input, args.records)?;
@@ -185,112 +183,6 @@ fn binary(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// Topic administration and end-offset reads against the broker.
-struct Kafka {
-    admin: AdminClient<DefaultClientContext>,
-    watcher: BaseConsumer,
-    runtime: tokio::runtime::Runtime,
-    servers: String,
-}
-
-impl Kafka {
-    fn connect(servers: &str) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", servers);
-        let admin = config
-            .create()
-            .context("creating the Kafka admin client (check --bootstrap-servers)")?;
-        let watcher: BaseConsumer = config
-            .create()
-            .context("creating the Kafka client that reads end offsets")?;
-        watcher.fetch_metadata(None, Duration::from_secs(10)).map_err(|error| {
-            anyhow::anyhow!(
-                "could not reach Kafka at {servers}: {error}; start it with scripts/kafka.sh start"
-            )
-        })?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime for the admin client")?;
-        Ok(Kafka {
-            admin,
-            watcher,
-            runtime,
-            servers: servers.to_string(),
-        })
-    }
-
-    fn create_topic(&self, name: &str) -> anyhow::Result<()> {
-        let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
-        let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        let results = self
-            .runtime
-            .block_on(self.admin.create_topics([&topic], &options))
-            .with_context(|| format!("creating topic `{name}` on {}", self.servers))?;
-        for result in results {
-            result.map_err(|(name, code)| anyhow::anyhow!("creating topic `{name}`: {code}"))?;
-        }
-        // A new topic's partitions answer ListOffsets only once their leaders are
-        // settled; the watch loop must not mistake that delay for a failure.
-        let deadline = Instant::now() + KAFKA_TIMEOUT;
-        loop {
-            match self.end_total(name) {
-                Ok(_) => return Ok(()),
-                Err(error) if Instant::now() > deadline => {
-                    return Err(error.context(format!(
-                        "topic `{name}` was created but its partitions are not ready after {KAFKA_TIMEOUT:?}"
-                    )));
-                }
-                Err(_) => {
-                    // ListOffsets goes to leaders from the client's metadata cache,
-                    // which learns of the new topic only when asked.
-                    let _ = self.watcher.fetch_metadata(Some(name), KAFKA_TIMEOUT);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    }
-
-    fn delete_topic(&self, name: &str) -> anyhow::Result<()> {
-        let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        let results = self
-            .runtime
-            .block_on(self.admin.delete_topics(&[name], &options))
-            .with_context(|| format!("deleting topic `{name}`; delete it by hand to free disk"))?;
-        for result in results {
-            result.map_err(|(name, code)| {
-                anyhow::anyhow!("deleting topic `{name}`: {code}; delete it by hand to free disk")
-            })?;
-        }
-        Ok(())
-    }
-
-    /// The sum of the end offsets of all partitions: the record count of a fresh topic.
-    /// One ListOffsets request covers every partition.
-    fn end_total(&self, topic: &str) -> anyhow::Result<i64> {
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, partition, Offset::End)?;
-        }
-        let ends = self
-            .watcher
-            .offsets_for_times(tpl, KAFKA_TIMEOUT)
-            .with_context(|| format!("reading the end offsets of `{topic}`"))?;
-        let mut total = 0;
-        for element in ends.elements() {
-            match element.offset() {
-                Offset::Offset(end) => total += end,
-                other => bail!(
-                    "no end offset for `{topic}` partition {}: {other:?} ({:?})",
-                    element.partition(),
-                    element.error()
-                ),
-            }
-        }
-        Ok(total)
-    }
 }
 
 /// Writes `records` records round-robin over the partitions: 16-byte keys,
@@ -409,7 +301,7 @@ fn run_round(
     let output = format!("{input}-out-{round}-{}", program.name());
     let group = format!("{input}-group-{round}-{}", program.name());
     let result = (|| {
-        kafka.create_topic(&output)?;
+        kafka.create_topic(&output, false)?;
         let log = workdir.join(format!("round-{round}-{}.log", program.name()));
         let mut command = match program {
             Program::Sluice => {

@@ -6,6 +6,11 @@
 //! new version and the longest pause in the output stream around the swap, and checks
 //! that every input arrived exactly once. Markdown to stdout, progress to stderr.
 
+#[path = "../kafka.rs"]
+mod kafka;
+
+use kafka::{Kafka, PARTITIONS};
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write as _;
@@ -17,8 +22,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,10 +29,8 @@ use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-const PARTITIONS: i32 = 6;
 const KEY_LEN: usize = 16;
 const VALUE_LEN: usize = 100;
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the host may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one swap may take to show in the output before the run is abandoned.
@@ -196,111 +197,6 @@ fn read_plugin(exe: &Path, given: Option<PathBuf>, name: &str) -> anyhow::Result
             name.replace('_', "-")
         )
     })
-}
-
-/// Topic administration and end-offset reads against the broker.
-struct Kafka {
-    admin: AdminClient<DefaultClientContext>,
-    watcher: BaseConsumer,
-    runtime: tokio::runtime::Runtime,
-    servers: String,
-}
-
-impl Kafka {
-    fn connect(servers: &str) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", servers);
-        let admin = config
-            .create()
-            .context("creating the Kafka admin client (check --bootstrap-servers)")?;
-        let watcher: BaseConsumer = config
-            .create()
-            .context("creating the Kafka client that reads end offsets")?;
-        watcher.fetch_metadata(None, Duration::from_secs(10)).map_err(|error| {
-            anyhow::anyhow!(
-                "could not reach Kafka at {servers}: {error}; start it with scripts/kafka.sh start"
-            )
-        })?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime for the admin client")?;
-        Ok(Kafka {
-            admin,
-            watcher,
-            runtime,
-            servers: servers.to_string(),
-        })
-    }
-
-    fn create_topic(&self, name: &str, log_append_time: bool) -> anyhow::Result<()> {
-        let mut topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
-        if log_append_time {
-            topic = topic.set("message.timestamp.type", "LogAppendTime");
-        }
-        let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        let results = self
-            .runtime
-            .block_on(self.admin.create_topics([&topic], &options))
-            .with_context(|| format!("creating topic `{name}` on {}", self.servers))?;
-        for result in results {
-            result.map_err(|(name, code)| anyhow::anyhow!("creating topic `{name}`: {code}"))?;
-        }
-        // A new topic's partitions answer ListOffsets only once their leaders are settled.
-        let deadline = Instant::now() + KAFKA_TIMEOUT;
-        loop {
-            match self.end_total(name) {
-                Ok(_) => return Ok(()),
-                Err(error) if Instant::now() > deadline => {
-                    return Err(error.context(format!(
-                        "topic `{name}` was created but its partitions are not ready after {KAFKA_TIMEOUT:?}"
-                    )));
-                }
-                Err(_) => {
-                    let _ = self.watcher.fetch_metadata(Some(name), KAFKA_TIMEOUT);
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    }
-
-    fn delete_topic(&self, name: &str) -> anyhow::Result<()> {
-        let options = AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT));
-        let results = self
-            .runtime
-            .block_on(self.admin.delete_topics(&[name], &options))
-            .with_context(|| format!("deleting topic `{name}`; delete it by hand to free disk"))?;
-        for result in results {
-            result.map_err(|(name, code)| {
-                anyhow::anyhow!("deleting topic `{name}`: {code}; delete it by hand to free disk")
-            })?;
-        }
-        Ok(())
-    }
-
-    /// The sum of the end offsets of all partitions: the record count of a fresh topic.
-    fn end_total(&self, topic: &str) -> anyhow::Result<i64> {
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, partition, Offset::End)?;
-        }
-        let ends = self
-            .watcher
-            .offsets_for_times(tpl, KAFKA_TIMEOUT)
-            .with_context(|| format!("reading the end offsets of `{topic}`"))?;
-        let mut total = 0;
-        for element in ends.elements() {
-            match element.offset() {
-                Offset::Offset(end) => total += end,
-                other => bail!(
-                    "no end offset for `{topic}` partition {}: {other:?} ({:?})",
-                    element.partition(),
-                    element.error()
-                ),
-            }
-        }
-        Ok(total)
-    }
 }
 
 /// `sluice run` as a child process; killed and reaped on drop if still running.
