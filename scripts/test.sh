@@ -10,4 +10,10 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 scripts/kafka.sh start
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+log=$(mktemp -t sluice-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+if cargo test --workspace 2>&1 | tee "$log"; then status=0; else status=$?; fi
+# One closing line for the whole suite: cargo prints one result line per test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i == "passed;") p += $(i - 1); if ($i == "failed;") f += $(i - 1) } }
+     END { printf "sluice: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
