@@ -27,24 +27,7 @@ fn the_original_apps_properties_file_runs_the_same_job() {
     let path = write_file(dir.path(), "application_properties.json", &properties);
     let path = path.to_str().unwrap();
 
-    let generated = sluice(&[
-        "generate",
-        "--topic",
-        &input,
-        "--count",
-        "340",
-        "--rate",
-        "0",
-        "--bootstrap-servers",
-        &bootstrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        generated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generated.stderr)
-    );
+    generate(&input, 340);
 
     let validate = sluice(&["validate", "--properties", path])
         .env("BOOTSTRAP_SERVERS", bootstrap())
@@ -94,24 +77,7 @@ fn the_original_apps_properties_file_runs_the_same_job() {
 fn the_generator_partitions_by_key_as_java_clients_do() {
     let topic = unique("gen");
     create_topic(&topic, 5);
-    let out = sluice(&[
-        "generate",
-        "--topic",
-        &topic,
-        "--count",
-        "170",
-        "--rate",
-        "0",
-        "--bootstrap-servers",
-        &bootstrap(),
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    generate(&topic, 170);
     let records = read_all(&topic, 170, Duration::from_secs(30));
     assert_eq!(records.len(), 170);
     for record in records {
@@ -124,4 +90,26 @@ fn the_generator_partitions_by_key_as_java_clients_do() {
             String::from_utf8_lossy(&key)
         );
     }
+}
+
+/// Writes `count` stock records to `topic` with `sluice generate`, as fast as it can.
+fn generate(topic: &str, count: u32) {
+    let count = count.to_string();
+    let args = [
+        "generate",
+        "--topic",
+        topic,
+        "--count",
+        &count,
+        "--rate",
+        "0",
+        "--bootstrap-servers",
+        &bootstrap(),
+    ];
+    let out = sluice(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

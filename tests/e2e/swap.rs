@@ -23,6 +23,14 @@ fn header<'a>(record: &'a TestRecord, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// Starts a host on `config` with its admin endpoint on a free port; returns the address.
+fn start_with_admin(dir: &Path, config: &Path) -> (Sluice, String) {
+    let admin = free_address();
+    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
+    command.env("SLUICE_ADMIN", &admin);
+    (Sluice::spawn(dir, command), admin)
+}
+
 fn swap(path: &Path, admin: &str) -> std::process::Output {
     sluice(&["plugin", "swap", path.to_str().unwrap(), "--admin", admin])
         .output()
@@ -95,10 +103,7 @@ expect_values = ["probe"]"#,
         "swap.toml",
         &config_text(&input, &output, &group, "", "", &tail),
     );
-    let admin = free_address();
-    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
-    command.env("SLUICE_ADMIN", &admin);
-    let mut host = Sluice::spawn(dir.path(), command);
+    let (mut host, admin) = start_with_admin(dir.path(), &config);
     host.wait_for_log("Partitions assigned.", Duration::from_secs(30));
 
     let done = Arc::new(AtomicBool::new(false));
@@ -228,10 +233,7 @@ fn a_new_version_failing_too_many_records_is_rolled_back_and_nothing_is_lost() {
         "rb.toml",
         &config_text(&input, &output, &group, "", "", &tail),
     );
-    let admin = free_address();
-    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
-    command.env("SLUICE_ADMIN", &admin);
-    let mut host = Sluice::spawn(dir.path(), command);
+    let (mut host, admin) = start_with_admin(dir.path(), &config);
 
     produce(
         &input,
@@ -333,10 +335,7 @@ impl TriggerCase {
             "t.toml",
             &config_text(&input, &output, &group, "", "", &tail),
         );
-        let admin = free_address();
-        let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
-        command.env("SLUICE_ADMIN", &admin);
-        let mut host = Sluice::spawn(dir.path(), command);
+        let (mut host, admin) = start_with_admin(dir.path(), &config);
         host.wait_for_log("Partitions assigned.", Duration::from_secs(30));
         TriggerCase {
             dir,
