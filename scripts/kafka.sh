@@ -8,9 +8,24 @@
 #   scripts/kafka.sh stop          stop the broker started here
 #   scripts/kafka.sh topics ARGS   run kafka-topics against the broker
 #   scripts/kafka.sh classpath     print the resolved classpath
+#   scripts/kafka.sh msk-iam-verify TOKEN NOW_MS REGION KEY:SECRET [MAX_LIFETIME_MS]
+#                                  check one MSK IAM token with the test broker's validator
 #
 # State and logs live in $SLUICE_KAFKA_HOME (default .kafka/ in the repository):
 # broker.log is the broker's output, data/ its log directory.
+#
+# With SLUICE_KAFKA_AUTH=1 the broker also gets authenticated listeners for tests,
+# on the ports below (each overridable by its variable; defaults follow the plain port):
+#   SSL             SLUICE_KAFKA_SSL_PORT             port+2  TLS, server certificate only
+#   MTLS            SLUICE_KAFKA_MTLS_PORT            port+3  TLS with a required client certificate
+#   SASL_SSL        SLUICE_KAFKA_SASL_SSL_PORT        port+4  PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+#   SASL_PLAINTEXT  SLUICE_KAFKA_SASL_PLAINTEXT_PORT  port+5  PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+#   IAM             SLUICE_KAFKA_IAM_PORT             port+6  SASL_SSL OAUTHBEARER, MSK IAM tokens
+#   IAM_SHORT       SLUICE_KAFKA_IAM_SHORT_PORT       port+7  the same, tokens valid for 4 s only
+# A CA, the broker's and a client's certificates are generated into $SLUICE_KAFKA_HOME/auth/,
+# SCRAM users are created at start, and auth/test.env lists every address and test
+# credential for the tests. The IAM listeners check tokens with
+# scripts/kafka/msk-iam/MskIamValidator.java (compiled here) against known test keys.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,6 +37,21 @@ pom=$root/scripts/kafka/pom.xml
 cp_file=$home/classpath.txt
 pid_file=$home/broker.pid
 log_file=$home/broker.log
+auth=${SLUICE_KAFKA_AUTH:-0}
+auth_dir=$home/auth
+ssl_port=${SLUICE_KAFKA_SSL_PORT:-$((port + 2))}
+mtls_port=${SLUICE_KAFKA_MTLS_PORT:-$((port + 3))}
+sasl_ssl_port=${SLUICE_KAFKA_SASL_SSL_PORT:-$((port + 4))}
+sasl_plaintext_port=${SLUICE_KAFKA_SASL_PLAINTEXT_PORT:-$((port + 5))}
+iam_port=${SLUICE_KAFKA_IAM_PORT:-$((port + 6))}
+iam_short_port=${SLUICE_KAFKA_IAM_SHORT_PORT:-$((port + 7))}
+# Test credentials only: this broker is for development and tests on 127.0.0.1.
+sasl_user=sluice
+sasl_password=sluice-test-password
+key_password=sluice-test-key-password
+iam_region=us-west-2
+iam_access_key=AKIASLUICETESTKEY
+iam_secret_key=sluice/test+secret/key
 
 mkdir -p "$home"
 
@@ -42,6 +72,110 @@ run_class() {
   local class=$1
   shift
   java -Xms256m -Xmx1g -cp "$(classpath)" -Dlog4j2.configurationFile="$home/log4j2.properties" "$class" "$@"
+}
+
+validator_classes() {
+  local src=$root/scripts/kafka/msk-iam/MskIamValidator.java out=$home/msk-iam
+  if [[ ! -f $out/sluice/kafka/MskIamValidator.class || $src -nt $out/sluice/kafka/MskIamValidator.class ]]; then
+    mkdir -p "$out"
+    javac -nowarn -cp "$(classpath)" -d "$out" "$src" >"$home/javac.log" 2>&1 || {
+      echo "kafka: compiling $src failed; see $home/javac.log" >&2
+      exit 1
+    }
+  fi
+  echo "$out"
+}
+
+# A CA, a broker certificate for 127.0.0.1 and localhost, and a client certificate whose
+# key is encrypted with a passphrase (as a client's key often is).
+make_certificates() {
+  [[ -s $auth_dir/client.pem ]] && return 0
+  mkdir -p "$auth_dir"
+  command -v openssl >/dev/null || { echo "kafka: openssl not found; install openssl" >&2; exit 1; }
+  (
+    cd "$auth_dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj "/CN=Sluice test CA" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out broker.pem -days 3650 -extfile broker.ext 2>/dev/null
+    # Kafka reads PEM keystores: the PKCS#8 key followed by the certificate.
+    openssl pkcs8 -topk8 -nocrypt -in broker.key -out broker.p8
+    cat broker.p8 broker.pem >broker-keystore.pem
+    openssl req -newkey rsa:2048 -nodes -keyout client-plain.key -out client.csr -subj "/CN=sluice-client" 2>/dev/null
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 3650 2>/dev/null
+    openssl pkcs8 -topk8 -v2 aes-256-cbc -in client-plain.key -out client.key -passout "pass:$key_password"
+    # A certificate from another CA: the broker must refuse it.
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout stranger.key -out stranger.pem -days 3650 -subj "/CN=stranger" 2>/dev/null
+    rm -f broker.csr client.csr broker.ext broker.key broker.p8 client-plain.key
+  )
+}
+
+write_auth_config() {
+  local validator="org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required"
+  validator+=" unsecuredLoginStringClaim_sub=\"broker\" region=\"$iam_region\" credentials=\"$iam_access_key:$iam_secret_key\""
+  cat >>"$home/server.properties" <<PROPS
+
+# Authenticated listeners for tests (SLUICE_KAFKA_AUTH=1).
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SSL://127.0.0.1:$ssl_port,MTLS://127.0.0.1:$mtls_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,SASL_PLAINTEXT://127.0.0.1:$sasl_plaintext_port,IAM://127.0.0.1:$iam_port,IAM_SHORT://127.0.0.1:$iam_short_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SSL://127.0.0.1:$ssl_port,MTLS://127.0.0.1:$mtls_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,SASL_PLAINTEXT://127.0.0.1:$sasl_plaintext_port,IAM://127.0.0.1:$iam_port,IAM_SHORT://127.0.0.1:$iam_short_port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,IAM:SASL_SSL,IAM_SHORT:SASL_SSL
+inter.broker.listener.name=PLAINTEXT
+ssl.keystore.type=PEM
+ssl.keystore.location=$auth_dir/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$auth_dir/ca.pem
+listener.name.mtls.ssl.client.auth=required
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.iam.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.iam.oauthbearer.sasl.server.callback.handler.class=sluice.kafka.MskIamValidator
+listener.name.iam.oauthbearer.sasl.jaas.config=$validator;
+listener.name.iam_short.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.iam_short.oauthbearer.sasl.server.callback.handler.class=sluice.kafka.MskIamValidator
+listener.name.iam_short.oauthbearer.sasl.jaas.config=$validator maxLifetimeMs="4000";
+# Sessions end when their token expires, so clients must re-authenticate with a fresh one.
+listener.name.iam.oauthbearer.connections.max.reauth.ms=900000
+listener.name.iam_short.oauthbearer.connections.max.reauth.ms=900000
+PROPS
+  cat >"$auth_dir/test.env" <<ENV
+SSL=127.0.0.1:$ssl_port
+MTLS=127.0.0.1:$mtls_port
+SASL_SSL=127.0.0.1:$sasl_ssl_port
+SASL_PLAINTEXT=127.0.0.1:$sasl_plaintext_port
+IAM=127.0.0.1:$iam_port
+IAM_SHORT=127.0.0.1:$iam_short_port
+CA=$auth_dir/ca.pem
+CLIENT_CERT=$auth_dir/client.pem
+CLIENT_KEY=$auth_dir/client.key
+CLIENT_KEY_PASSWORD=$key_password
+STRANGER_CERT=$auth_dir/stranger.pem
+STRANGER_KEY=$auth_dir/stranger.key
+SASL_USER=$sasl_user
+SASL_PASSWORD=$sasl_password
+IAM_REGION=$iam_region
+IAM_ACCESS_KEY=$iam_access_key
+IAM_SECRET_KEY=$iam_secret_key
+ENV
+}
+
+# SCRAM credentials live in the cluster metadata: set them through the admin API, one
+# mechanism per request (the broker refuses two changes to one user in one request).
+add_scram_users() {
+  local mechanism
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+    run_class kafka.admin.ConfigCommand --bootstrap-server "$bootstrap" --alter --entity-type users \
+      --entity-name "$sasl_user" --add-config "$mechanism=[iterations=4096,password=$sasl_password]" \
+      >"$home/scram.log" 2>&1 || {
+      echo "kafka: creating the $mechanism user failed; see $home/scram.log" >&2
+      exit 1
+    }
+  done
 }
 
 write_config() {
@@ -89,12 +223,23 @@ running() {
 
 start() {
   if running && answers; then
+    if [[ $auth == 1 ]] && ! grep -q '^listener.name.iam' "$home/server.properties"; then
+      echo "kafka: the broker at $bootstrap runs without the authenticated listeners; stop it and start again with SLUICE_KAFKA_AUTH=1" >&2
+      exit 1
+    fi
     echo "kafka: already running at $bootstrap (pid $(cat "$pid_file"))"
     return 0
   fi
   command -v java >/dev/null || { echo "kafka: java not found; install a JDK 17 or later" >&2; exit 1; }
   classpath >/dev/null
   write_config
+  local broker_cp
+  broker_cp=$(classpath)
+  if [[ $auth == 1 ]]; then
+    make_certificates
+    write_auth_config
+    broker_cp=$(validator_classes):$broker_cp
+  fi
   if [[ ! -f $home/data/meta.properties ]]; then
     run_class kafka.tools.StorageTool format --standalone -t "$(run_class kafka.tools.StorageTool random-uuid 2>/dev/null)" \
       -c "$home/server.properties" >"$home/format.log" 2>&1 || {
@@ -106,12 +251,14 @@ start() {
   # The JVM settings of Kafka's own start script: G1 with a 20 ms pause goal, so the
   # broker's collections do not pass for pauses of the pipeline under test.
   setsid java -Xms512m -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -cp "$(classpath)" -Dlog4j2.configurationFile="$home/log4j2.properties" \
+    -XX:+ExplicitGCInvokesConcurrent -cp "$broker_cp" -Dlog4j2.configurationFile="$home/log4j2.properties" \
     kafka.Kafka "$home/server.properties" >"$log_file" 2>&1 </dev/null &
   echo $! >"$pid_file"
   for _ in $(seq 1 90); do
     if answers; then
+      [[ $auth == 1 ]] && add_scram_users
       echo "kafka: up at $bootstrap (pid $(cat "$pid_file"), log $log_file)"
+      [[ $auth == 1 ]] && echo "kafka: authenticated listeners listed in $auth_dir/test.env"
       return 0
     fi
     if ! running; then
@@ -149,5 +296,6 @@ case "${1:-}" in
     if running && answers; then echo "kafka: running at $bootstrap"; else echo "kafka: not running"; exit 1; fi ;;
   topics) shift; run_class org.apache.kafka.tools.TopicCommand --bootstrap-server "$bootstrap" "$@" ;;
   classpath) classpath ;;
-  *) echo "usage: scripts/kafka.sh start|stop|status|topics ARGS|classpath" >&2; exit 2 ;;
+  msk-iam-verify) shift; java -cp "$(validator_classes):$(classpath)" sluice.kafka.MskIamValidator "$@" ;;
+  *) echo "usage: scripts/kafka.sh start|stop|status|topics ARGS|classpath|msk-iam-verify ARGS" >&2; exit 2 ;;
 esac
