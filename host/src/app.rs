@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 
 use crate::admin;
+use crate::auth::msk_iam::TokenSource;
+use crate::auth::{AuthFailure, ClientAuth};
+use crate::config::security::{Sasl, Security};
 use crate::checkpoint::Tracker;
 use crate::config::{Config, ConfigSource, Invalid};
 use crate::pipeline::{Pipeline, Summary};
@@ -60,6 +63,19 @@ pub fn start_plugin(config: &Config) -> anyhow::Result<(Arc<Registry>, Instance)
     )?)
 }
 
+/// The MSK IAM token source for a client, when it uses MSK IAM.
+fn token_source(
+    security: &Security,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<Arc<TokenSource>>> {
+    match &security.sasl {
+        Some(Sasl::MskIam(iam)) => Ok(Some(Arc::new(
+            TokenSource::new(iam, handle).context("loading the AWS configuration for MSK IAM")?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
 /// Runs the pipeline until shutdown or a fatal error.
 pub fn run(
     config: Config,
@@ -84,13 +100,37 @@ pub fn run(
     }
 
     let tracker = Arc::new(Mutex::new(Tracker::new()));
-    let (source, partitions) = KafkaSource::connect(&config.source, tracker.clone())?;
+    // One failure slot: a refused credential on either side stops the pipeline.
+    let failure = AuthFailure::new();
+    let source_tokens = token_source(&config.source.security, handle)?;
+    let source_auth = ClientAuth::new(
+        "source",
+        &config.source.bootstrap_servers,
+        &config.source.security,
+        source_tokens.clone(),
+        failure.clone(),
+    );
+    let (source, partitions) = KafkaSource::connect(&config.source, tracker.clone(), source_auth)?;
+    let sink_tokens = if config.sink.security == config.source.security {
+        source_tokens
+    } else {
+        token_source(&config.sink.security, handle)?
+    };
     let sink = KafkaSink::connect(
         &config.sink,
         partitions,
         config.source.connect_timeout,
         tracker.clone(),
         handle,
+        || {
+            ClientAuth::new(
+                "sink",
+                &config.sink.bootstrap_servers,
+                &config.sink.security,
+                sink_tokens.clone(),
+                failure.clone(),
+            )
+        },
     )?;
     tracing::info!(
         source = %config.source.topic,

@@ -65,6 +65,8 @@ pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
         &args.bootstrap_servers,
         Duration::from_secs(10),
         "generator",
+        &|| producer.poll(Duration::ZERO),
+        &crate::auth::AuthFailure::default(),
     )?;
     if partitions == 0 {
         bail!(

@@ -18,11 +18,13 @@
 //!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps and status.
 //! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances.
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
+//! - `auth`: Kafka security settings, MSK IAM tokens, and stopping on refused credentials.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
 //! - `shutdown`, `telemetry`: signals, and logging.
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

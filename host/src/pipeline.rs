@@ -91,11 +91,11 @@ impl Pipeline {
                     }
                     tracker.lock().unwrap().seal(seq);
                 }
-                sink.poll(Duration::ZERO);
+                sink.poll(Duration::ZERO)?;
                 while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES
                     && !shutdown.requested()
                 {
-                    sink.poll(Duration::from_millis(10));
+                    sink.poll(Duration::from_millis(10))?;
                 }
                 if let Some(failure) = tracker.lock().unwrap().failure() {
                     anyhow::bail!("{failure}");

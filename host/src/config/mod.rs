@@ -7,6 +7,7 @@
 
 mod properties;
 mod raw;
+pub mod security;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::RawConfig;
+pub use security::Security;
 
 /// The newest configuration file version this host reads.
 pub const CONFIG_VERSION: i64 = 1;
@@ -38,6 +40,7 @@ pub struct SourceConfig {
     pub connect_timeout: Duration,
     /// Extra librdkafka consumer settings, passed through.
     pub kafka: BTreeMap<String, String>,
+    pub security: Security,
 }
 
 /// Where reading starts for a partition that has no committed offset. Committed
@@ -68,6 +71,7 @@ pub struct SinkConfig {
     pub outputs: BTreeMap<String, String>,
     /// Extra librdkafka producer settings, passed through.
     pub kafka: BTreeMap<String, String>,
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! string values. Read here: `consumer.config.0` (`topic.name`, `bootstrap.servers`,
 //! `startup.mode`, optional `group.id`, `startup.timestamp-millis`),
 //! `producer.config.0` (`topic.name`, `bootstrap.servers`), and checkpoint settings
-//! under their Flink or Managed Flink names in `checkpoint.config`. Other groups
+//! under their Flink or Managed Flink names in `checkpoint.config`. A bootstrap address
+//! on port 9098 means AWS MSK IAM authentication, as in the original application. Other groups
 //! (`kinesis.analytics.flink.run.options` holds packaging options) are ignored.
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 use super::Problem;
 use super::raw::RawConfig;
+use super::security::{self, RawSecurity};
 
 const CONSUMER: &str = "consumer.config.0";
 const PRODUCER: &str = "producer.config.0";
@@ -112,6 +114,15 @@ pub fn parse(
     raw.sink.bootstrap_servers =
         override_servers.or_else(|| producer.get("bootstrap.servers").cloned());
     raw.sink.topic = producer.get("topic.name").cloned();
+    // As in the original job: a bootstrap address on MSK's IAM port means IAM auth.
+    let iam = |servers: Option<&String>| servers.is_some_and(|s| security::uses_msk_iam_port(s));
+    let sink_servers = raw.sink.bootstrap_servers.as_ref().or(raw.source.bootstrap_servers.as_ref());
+    match (iam(raw.source.bootstrap_servers.as_ref()), iam(sink_servers)) {
+        (true, true) => raw.security = Some(RawSecurity::msk_iam()),
+        (true, false) => raw.source.security = Some(RawSecurity::msk_iam()),
+        (false, true) => raw.sink.security = Some(RawSecurity::msk_iam()),
+        (false, false) => {}
+    }
 
     for (field, keys) in [
         (
@@ -163,6 +174,7 @@ fn parse_millis(value: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::security::Sasl;
     use crate::config::{Partitioning, Startup};
     use std::time::Duration;
 
@@ -171,10 +183,10 @@ mod tests {
        "PropertyMap": {"python": "processor.py", "jarfile": "package/lib/job.jar"}},
       {"PropertyGroupId": "consumer.config.0",
        "PropertyMap": {"table.name": "source_table", "topic.name": "stocks-in",
-                       "bootstrap.servers": "b-1.example:9098", "startup.mode": "earliest-offset"}},
+                       "bootstrap.servers": "b-1.stocks.x1y2z3.c2.kafka.us-east-1.amazonaws.com:9098", "startup.mode": "earliest-offset"}},
       {"PropertyGroupId": "producer.config.0",
        "PropertyMap": {"table.name": "sink_table", "topic.name": "stocks-out",
-                       "bootstrap.servers": "b-1.example:9098"}}
+                       "bootstrap.servers": "b-1.stocks.x1y2z3.c2.kafka.us-east-1.amazonaws.com:9098"}}
     ]"#;
 
     #[test]
@@ -184,7 +196,18 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(config.source.topic, "stocks-in");
         assert_eq!(config.source.group_id, "source-group");
-        assert_eq!(config.source.bootstrap_servers, "b-1.example:9098");
+        assert_eq!(
+            config.source.bootstrap_servers,
+            "b-1.stocks.x1y2z3.c2.kafka.us-east-1.amazonaws.com:9098"
+        );
+        // Port 9098: IAM, with the region from the broker name, for both clients.
+        for security in [&config.source.security, &config.sink.security] {
+            assert_eq!(security.describe(), "SASL_SSL/AWS_MSK_IAM");
+            let Some(Sasl::MskIam(iam)) = &security.sasl else {
+                panic!("{security:?}")
+            };
+            assert_eq!(iam.region, "us-east-1");
+        }
         assert_eq!(config.source.startup, Startup::Earliest);
         assert_eq!(config.sink.topic, "stocks-out");
         assert_eq!(config.sink.partitioning, Partitioning::Same);
@@ -198,6 +221,9 @@ mod tests {
         let config = raw.validate(&mut problems).unwrap();
         assert_eq!(config.source.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.sink.bootstrap_servers, "127.0.0.1:9092");
+        // Not the IAM port: no authentication.
+        assert_eq!(config.source.security.describe(), "PLAINTEXT");
+        assert_eq!(config.sink.security.describe(), "PLAINTEXT");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::security::RawSecurity;
 use super::{
     CONFIG_VERSION, CheckpointConfig, Config, Fallback, Partitioning, PluginConfig, Problem,
     Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TopicSpec,
@@ -23,6 +24,8 @@ pub struct RawConfig {
     pub plugin: RawPlugin,
     #[serde(default)]
     pub checkpoint: RawCheckpoint,
+    /// Kafka security shared by the source and the sink.
+    pub security: Option<RawSecurity>,
     /// Unknown keys found while reading, by path.
     #[serde(skip)]
     pub unknown: Vec<String>,
@@ -43,6 +46,8 @@ pub struct RawSource {
     pub connect_timeout_ms: Option<i64>,
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
+    /// Replaces `[security]` for the source.
+    pub security: Option<RawSecurity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +60,8 @@ pub struct RawSink {
     pub outputs: BTreeMap<String, String>,
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
+    /// Replaces `[security]` for the sink.
+    pub security: Option<RawSecurity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +307,9 @@ impl RawConfig {
             600_000,
         );
         let source_kafka = scalar_map(&s.kafka, "source.kafka", &mut c);
+        let source_security =
+            super::security::for_side("source", &s.security, &self.security, &bootstrap, c.problems);
+        super::security::check_pass_through("source.kafka", s.kafka.keys(), c.problems);
 
         let k = &self.sink;
         let sink_bootstrap = k
@@ -338,6 +348,9 @@ impl RawConfig {
             }
         }
         let sink_kafka = scalar_map(&k.kafka, "sink.kafka", &mut c);
+        let sink_security =
+            super::security::for_side("sink", &k.security, &self.security, &sink_bootstrap, c.problems);
+        super::security::check_pass_through("sink.kafka", k.kafka.keys(), c.problems);
 
         let p = &self.plugin;
         if let Some(path) = &p.path
@@ -411,6 +424,7 @@ impl RawConfig {
                 batch_max_records: batch_max_records as usize,
                 connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
                 kafka: source_kafka.into_iter().collect(),
+                security: source_security,
             },
             sink: SinkConfig {
                 bootstrap_servers: sink_bootstrap,
@@ -419,6 +433,7 @@ impl RawConfig {
                 create_topic,
                 outputs: self.sink.outputs.clone(),
                 kafka: sink_kafka.into_iter().collect(),
+                security: sink_security,
             },
             plugin: PluginConfig {
                 path: p.path.clone(),

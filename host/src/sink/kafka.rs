@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::OAuthToken;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use sluice_sdk::batch::{Header, Headers, InputBatch, Op};
 
+use crate::auth::ClientAuth;
 use crate::checkpoint::Tracker;
 use crate::config::{Partitioning, SinkConfig};
 use crate::source::kafka::topic_partitions;
@@ -22,15 +23,49 @@ use crate::source::kafka::topic_partitions;
 /// Producer callbacks: each delivery report goes to the tracker.
 pub struct SinkContext {
     tracker: Arc<Mutex<Tracker>>,
+    auth: ClientAuth,
 }
 
 impl ClientContext for SinkContext {
+    // MSK IAM: librdkafka asks for each token while the producer is polled.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::telemetry::librdkafka_log("sink", level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(client = "sink", %error, "Kafka client error: {reason}");
+        auth_error(&self.auth, "sink", error, reason);
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.auth.token()
+    }
+}
+
+fn auth_error(auth: &ClientAuth, client: &str, error: KafkaError, reason: &str) {
+    if auth.observe(&error, reason) {
+        tracing::error!(client, %error, "Kafka authentication failed: {reason}");
+    } else {
+        tracing::warn!(client, %error, "Kafka client error: {reason}");
+    }
+}
+
+/// The admin client's callbacks: errors only (its token is set once, by hand).
+struct AdminContext {
+    auth: ClientAuth,
+}
+
+impl ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log("sink-admin", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        auth_error(&self.auth, "sink", error, reason);
     }
 }
 
@@ -75,8 +110,10 @@ impl KafkaSink {
         connect_timeout: Duration,
         tracker: Arc<Mutex<Tracker>>,
         runtime: &tokio::runtime::Handle,
+        auth: impl Fn() -> ClientAuth,
     ) -> anyhow::Result<Self> {
         let mut client = ClientConfig::new();
+        auth().apply(&mut client);
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
             // Idempotence: retries cannot duplicate or reorder records in a partition.
@@ -96,8 +133,12 @@ impl KafkaSink {
             client.set(key, value);
         }
         let producer: BaseProducer<SinkContext> = client
-            .create_with_context(SinkContext { tracker })
-            .context("creating the Kafka producer (check sink.kafka settings)")?;
+            .create_with_context(SinkContext {
+                tracker,
+                auth: auth(),
+            })
+            .context("creating the Kafka producer (check sink.kafka and [security])")?;
+        let failure = producer.context().auth.failure().clone();
 
         let mut topics: Vec<&str> = vec![&config.topic];
         topics.extend(config.outputs.values().map(String::as_str));
@@ -110,6 +151,8 @@ impl KafkaSink {
                 &config.bootstrap_servers,
                 connect_timeout,
                 "sink",
+                &|| producer.poll(Duration::ZERO),
+                &failure,
             )?;
             if partitions == 0 {
                 let Some(spec) = config.create_topic else {
@@ -125,6 +168,7 @@ impl KafkaSink {
                     wanted,
                     spec.replication_factor,
                     runtime,
+                    auth(),
                 )?;
                 tracing::info!(topic, partitions = wanted, "Sink topic created.");
                 partitions = wanted;
@@ -251,6 +295,9 @@ impl KafkaSink {
                     // Back-pressure: serve delivery reports until there is room.
                     record = back;
                     self.producer.poll(Duration::from_millis(20));
+                    if let Some(failure) = self.producer.context().auth.failure().get() {
+                        return Err(SendError::Fatal(failure));
+                    }
                     if !keep_going() {
                         return Err(SendError::Interrupted);
                     }
@@ -265,9 +312,11 @@ impl KafkaSink {
         }
     }
 
-    /// Serves delivery reports, waiting up to `timeout` for one.
-    pub fn poll(&self, timeout: Duration) {
+    /// Serves delivery reports, waiting up to `timeout` for one. Fails when a client
+    /// was refused authentication.
+    pub fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.poll(timeout);
+        self.producer.context().auth.failure().check()
     }
 
     /// Waits until every queued record is delivered or failed.
@@ -294,14 +343,20 @@ fn create_topic(
     partitions: i32,
     replication: i32,
     runtime: &tokio::runtime::Handle,
+    auth: ClientAuth,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", servers)
-        .create()
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", servers);
+    auth.apply(&mut client);
+    let failure = auth.failure().clone();
+    let admin: AdminClient<AdminContext> = client
+        .create_with_context(AdminContext { auth })
         .context("creating the Kafka admin client")?;
+    admin.inner().context().auth.install_token(admin.inner())?;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let results = runtime
         .block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
+        .map_err(|error| failure.check().err().unwrap_or_else(|| error.into()))
         .with_context(|| format!("creating sink topic `{topic}`"))?;
     for result in results {
         match result {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -11,9 +11,11 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
+use rdkafka::client::OAuthToken;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_sdk::batch::{Header, InputWriter, RecordFields};
 
+use crate::auth::{AuthFailure, ClientAuth};
 use crate::checkpoint::{Partition, Tracker};
 use crate::config::{Fallback, SourceConfig, Startup};
 
@@ -27,15 +29,30 @@ pub struct SourceContext {
     assigned: Mutex<BTreeSet<Partition>>,
     /// What the last successful commit request held, to skip commits with no progress.
     last_commit: Mutex<TopicPartitionList>,
+    auth: ClientAuth,
 }
 
 impl ClientContext for SourceContext {
+    // MSK IAM: librdkafka asks for each token while the consumer is polled.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::telemetry::librdkafka_log("source", level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(client = "source", %error, "Kafka client error: {reason}");
+        if self.auth.observe(&error, reason) {
+            tracing::error!(client = "source", %error, "Kafka authentication failed: {reason}");
+        } else {
+            tracing::warn!(client = "source", %error, "Kafka client error: {reason}");
+        }
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.auth.token()
     }
 }
 
@@ -175,8 +192,10 @@ impl KafkaSource {
     pub fn connect(
         config: &SourceConfig,
         tracker: Arc<Mutex<Tracker>>,
+        auth: ClientAuth,
     ) -> anyhow::Result<(Self, i32)> {
         let mut client = ClientConfig::new();
+        auth.apply(&mut client);
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
             .set("group.id", &config.group_id)
@@ -208,17 +227,24 @@ impl KafkaSource {
             tracker,
             assigned: Mutex::default(),
             last_commit: Mutex::new(TopicPartitionList::new()),
+            auth,
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
-            .context("creating the Kafka consumer (check source.kafka settings)")?;
+            .context("creating the Kafka consumer (check source.kafka and [security])")?;
 
+        let failure = consumer.context().auth.failure().clone();
         let partitions = topic_partitions(
             consumer.client(),
             &config.topic,
             &config.bootstrap_servers,
             config.connect_timeout,
             "source",
+            // Nothing is subscribed yet: polling only serves tokens and errors.
+            &|| {
+                let _ = consumer.poll(Duration::ZERO);
+            },
+            &failure,
         )?;
         if partitions == 0 {
             bail!(
@@ -244,6 +270,7 @@ impl KafkaSource {
     /// Fills `batch` with up to the batch size of records: waits up to `wait` for the
     /// first one, then takes what is already fetched without waiting.
     pub fn fill(&mut self, batch: &mut InputWriter, wait: Duration) -> anyhow::Result<()> {
+        self.consumer.context().auth.failure().check()?;
         let mut timeout = wait;
         while batch.len() < self.batch_max_records {
             match self.consumer.poll(timeout) {
@@ -338,21 +365,39 @@ fn push(batch: &mut InputWriter, message: &BorrowedMessage<'_>) {
     });
 }
 
+/// How long one metadata request may wait before the client is polled again.
+const METADATA_SLICE: Duration = Duration::from_millis(250);
+
 /// The partition count of `topic`, 0 if it does not exist. Fails with a clear error when
-/// the cluster does not answer within `timeout`.
+/// the cluster does not answer within `timeout`, and at once when it refuses the
+/// credentials. `serve` polls the client, so tokens are handed over and errors seen.
 pub fn topic_partitions<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     servers: &str,
     timeout: Duration,
     role: &str,
+    serve: &dyn Fn(),
+    failure: &AuthFailure,
 ) -> anyhow::Result<i32> {
-    let metadata = client.fetch_metadata(Some(topic), timeout).map_err(|error| {
-        anyhow::anyhow!(
-            "could not reach Kafka ({role}) at {servers} within {} s: {error}; check the bootstrap servers and that the brokers are up",
-            timeout.as_secs_f64()
-        )
-    })?;
+    let deadline = Instant::now() + timeout;
+    let metadata = loop {
+        serve();
+        failure.check()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.fetch_metadata(Some(topic), left.min(METADATA_SLICE)) {
+            Ok(metadata) => break metadata,
+            Err(_) if left > METADATA_SLICE => continue,
+            Err(error) => {
+                serve();
+                failure.check()?;
+                anyhow::bail!(
+                    "could not reach Kafka ({role}) at {servers} within {} s: {error}; check the bootstrap servers and that the brokers are up",
+                    timeout.as_secs_f64()
+                )
+            }
+        }
+    };
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(0);
     };

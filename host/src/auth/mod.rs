@@ -1,0 +1,198 @@
+//! Kafka authentication at run time: the librdkafka settings for a configured
+//! [`Security`], MSK IAM tokens for SASL OAUTHBEARER, and the watch that turns an
+//! authentication failure into a clean, prompt stop.
+//!
+//! librdkafka treats a rejected credential like a network blip and retries forever;
+//! a wrong password would then look like a hung host and hammer the broker. Every
+//! client's error callback reports here instead, and the first authentication failure
+//! ends the run with an error that names the client, the broker and the mechanism.
+
+pub mod msk_iam;
+
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+
+use rdkafka::ClientConfig;
+use rdkafka::client::{Client, OAuthToken};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::security::{Protocol, Sasl, Security};
+
+/// The first authentication failure of any client, shared by the source and the sink.
+#[derive(Debug, Default)]
+pub struct AuthFailure(Mutex<Option<String>>);
+
+impl AuthFailure {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Fails with the recorded failure, if there is one.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.get() {
+            Some(failure) => Err(anyhow::anyhow!(failure)),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, message: String) {
+        self.0.lock().unwrap().get_or_insert(message);
+    }
+}
+
+/// Authentication for one Kafka client: its settings, its tokens, its failures.
+pub struct ClientAuth {
+    role: &'static str,
+    servers: String,
+    security: Security,
+    tokens: Option<Arc<msk_iam::TokenSource>>,
+    failure: Arc<AuthFailure>,
+}
+
+impl ClientAuth {
+    /// `role` names the client in messages (`source`, `sink`). For MSK IAM this loads
+    /// the AWS configuration (no network yet: credentials are fetched for the first token).
+    pub fn new(
+        role: &'static str,
+        servers: &str,
+        security: &Security,
+        tokens: Option<Arc<msk_iam::TokenSource>>,
+        failure: Arc<AuthFailure>,
+    ) -> Self {
+        ClientAuth {
+            role,
+            servers: servers.to_string(),
+            security: security.clone(),
+            tokens,
+            failure,
+        }
+    }
+
+    pub fn failure(&self) -> &Arc<AuthFailure> {
+        &self.failure
+    }
+
+    /// Sets the security settings on a client configuration.
+    pub fn apply(&self, client: &mut ClientConfig) {
+        let security = &self.security;
+        client.set("security.protocol", security.protocol.name());
+        let tls = &security.tls;
+        if let Some(file) = &tls.ca_file {
+            client.set("ssl.ca.location", file.display().to_string());
+        }
+        if let Some(file) = &tls.cert_file {
+            client.set("ssl.certificate.location", file.display().to_string());
+        }
+        if let Some(file) = &tls.key_file {
+            client.set("ssl.key.location", file.display().to_string());
+        }
+        if let Some(password) = &tls.key_password {
+            client.set("ssl.key.password", password.expose());
+        }
+        match &security.sasl {
+            Some(Sasl::Password {
+                mechanism,
+                username,
+                password,
+            }) => {
+                client
+                    .set("sasl.mechanism", mechanism.name())
+                    .set("sasl.username", username)
+                    .set("sasl.password", password.expose());
+            }
+            // MSK IAM is OAUTHBEARER with tokens from generate_oauth_token.
+            Some(Sasl::MskIam(_)) => {
+                client.set("sasl.mechanism", "OAUTHBEARER");
+            }
+            None => {}
+        }
+    }
+
+    /// The next OAUTHBEARER token, for `ClientContext::generate_oauth_token`.
+    pub fn token(&self) -> Result<OAuthToken, Box<dyn Error>> {
+        match &self.tokens {
+            Some(tokens) => Ok(tokens.token(self.role)?),
+            None => Err(format!(
+                "the {} asked for an OAUTHBEARER token, but security.mechanism is not AWS_MSK_IAM",
+                self.role
+            )
+            .into()),
+        }
+    }
+
+    /// Sets a token on a client that does not serve refresh events (the admin client,
+    /// which lives for one request).
+    pub fn install_token<C: rdkafka::ClientContext>(&self, client: &Client<C>) -> anyhow::Result<()> {
+        if self.tokens.is_none() {
+            return Ok(());
+        }
+        let token = self.token().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let value = std::ffi::CString::new(token.token)?;
+        let principal = std::ffi::CString::new(token.principal_name)?;
+        let mut error = [0 as std::ffi::c_char; 512];
+        // SAFETY: a live client handle, NUL-terminated strings that outlive the call, no
+        // extensions, and an error buffer of the given size (librdkafka copies what it keeps).
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_oauthbearer_set_token(
+                client.native_ptr(),
+                value.as_ptr(),
+                token.lifetime_ms,
+                principal.as_ptr(),
+                std::ptr::null_mut(),
+                0,
+                error.as_mut_ptr(),
+                error.len(),
+            )
+        };
+        if code != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            // SAFETY: librdkafka writes a NUL-terminated message into the buffer.
+            let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
+            anyhow::bail!("setting the MSK IAM token failed: {}", message.to_string_lossy());
+        }
+        Ok(())
+    }
+
+    /// Looks at a client error; returns true (and records the failure) when it means
+    /// the credentials or the TLS setup were refused.
+    pub fn observe(&self, error: &KafkaError, reason: &str) -> bool {
+        let code = error.rdkafka_error_code();
+        let refused = matches!(
+            code,
+            Some(RDKafkaErrorCode::Authentication)
+                | Some(RDKafkaErrorCode::SaslAuthenticationFailed)
+                | Some(RDKafkaErrorCode::SSL)
+        ) || (self.security.protocol.tls()
+            && code == Some(RDKafkaErrorCode::BrokerTransportFailure)
+            && reason.contains("SSL"));
+        if !refused {
+            return false;
+        }
+        self.failure.record(format!(
+            "Kafka refused the {role}'s credentials: {mechanism} authentication to {servers} failed ({reason}); {hint}",
+            role = self.role,
+            mechanism = self.security.describe(),
+            servers = self.servers,
+            hint = self.hint(),
+        ));
+        true
+    }
+
+    fn hint(&self) -> &'static str {
+        match &self.security.sasl {
+            Some(Sasl::Password { .. }) => {
+                "check security.username and the password in the variable security.password_env names"
+            }
+            Some(Sasl::MskIam(_)) => {
+                "check the AWS credentials Sluice found (environment, profile, web identity, container or instance role), that they allow kafka-cluster:Connect on this cluster, and security.region"
+            }
+            None if self.security.protocol == Protocol::Plaintext => {
+                "the broker expects authentication; set [security]"
+            }
+            None => "check security.ca_file, cert_file and key_file against the broker's certificates",
+        }
+    }
+}
