@@ -224,11 +224,12 @@ running() {
 start() {
   if running && answers; then
     if [[ $auth == 1 ]] && ! grep -q '^listener.name.iam' "$home/server.properties"; then
-      echo "kafka: the broker at $bootstrap runs without the authenticated listeners; stop it and start again with SLUICE_KAFKA_AUTH=1" >&2
-      exit 1
+      echo "kafka: restarting the broker at $bootstrap with the authenticated listeners"
+      stop
+    else
+      echo "kafka: already running at $bootstrap (pid $(cat "$pid_file"))"
+      return 0
     fi
-    echo "kafka: already running at $bootstrap (pid $(cat "$pid_file"))"
-    return 0
   fi
   command -v java >/dev/null || { echo "kafka: java not found; install a JDK 17 or later" >&2; exit 1; }
   classpath >/dev/null

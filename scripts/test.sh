@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Plugins are built for this target; a fresh Rust install lacks it.
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-scripts/kafka.sh start
+# The authentication tests need the broker's authenticated listeners.
+SLUICE_KAFKA_AUTH=${SLUICE_KAFKA_AUTH:-1} scripts/kafka.sh start
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp -t sluice-test.XXXXXX)

@@ -30,6 +30,8 @@ const MAX_IN_FLIGHT_BATCHES: usize = 32;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for outstanding deliveries.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same after the cluster refused a client's credentials.
+const REFUSED_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a finished run did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -126,12 +128,24 @@ impl Pipeline {
             Ok(())
         })();
 
-        // Drain: whatever happened, commit exactly what the broker acknowledged.
-        if let Err(error) = sink.flush(DRAIN_TIMEOUT) {
+        // Drain: whatever happened, commit exactly what the broker acknowledged. After
+        // refused credentials nothing more will be acknowledged: do not wait for it.
+        let refused = sink.refused();
+        let drain = if refused {
+            REFUSED_DRAIN_TIMEOUT
+        } else {
+            DRAIN_TIMEOUT
+        };
+        if let Err(error) = sink.flush(drain) {
             tracing::error!(%error, "Some records were not acknowledged; their offsets stay uncommitted.");
         }
         let delivery_failure = tracker.lock().unwrap().failure().map(str::to_owned);
-        match source.commit(CommitMode::Sync) {
+        let mode = if refused {
+            CommitMode::Async
+        } else {
+            CommitMode::Sync
+        };
+        match source.commit(mode) {
             Ok(partitions) => tracing::info!(partitions, "Final checkpoint committed."),
             Err(error) => {
                 tracing::error!(%error, "Final commit failed; records since the last checkpoint will be read again.")

@@ -2,6 +2,7 @@
 //! (started by `scripts/kafka.sh start`), with plugins built from this repository.
 //! Every test uses its own topics and consumer groups, so tests share the broker.
 
+mod auth;
 mod bad_input;
 mod passthrough;
 mod properties;

@@ -126,7 +126,10 @@ impl ClientAuth {
 
     /// Sets a token on a client that does not serve refresh events (the admin client,
     /// which lives for one request).
-    pub fn install_token<C: rdkafka::ClientContext>(&self, client: &Client<C>) -> anyhow::Result<()> {
+    pub fn install_token<C: rdkafka::ClientContext>(
+        &self,
+        client: &Client<C>,
+    ) -> anyhow::Result<()> {
         if self.tokens.is_none() {
             return Ok(());
         }
@@ -151,7 +154,10 @@ impl ClientAuth {
         if code != rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
             // SAFETY: librdkafka writes a NUL-terminated message into the buffer.
             let message = unsafe { std::ffi::CStr::from_ptr(error.as_ptr()) };
-            anyhow::bail!("setting the MSK IAM token failed: {}", message.to_string_lossy());
+            anyhow::bail!(
+                "setting the MSK IAM token failed: {}",
+                message.to_string_lossy()
+            );
         }
         Ok(())
     }
@@ -187,12 +193,14 @@ impl ClientAuth {
                 "check security.username and the password in the variable security.password_env names"
             }
             Some(Sasl::MskIam(_)) => {
-                "check the AWS credentials Sluice found (environment, profile, web identity, container or instance role), that they allow kafka-cluster:Connect on this cluster, and security.region"
+                "check the AWS credentials Sluice found (environment, profile, web identity, container or instance role), that they allow kafka-cluster:Connect on this cluster, security.region, and the host's clock (a token is valid for 15 minutes from signing)"
             }
             None if self.security.protocol == Protocol::Plaintext => {
                 "the broker expects authentication; set [security]"
             }
-            None => "check security.ca_file, cert_file and key_file against the broker's certificates",
+            None => {
+                "check security.ca_file, cert_file and key_file against the broker's certificates"
+            }
         }
     }
 }

@@ -61,9 +61,9 @@ impl TokenSource {
                 .region(region.clone())
                 .load()
                 .await;
-            let chain = sdk.credentials_provider().ok_or_else(|| {
-                anyhow::anyhow!("the AWS SDK found no credential provider chain")
-            })?;
+            let chain = sdk
+                .credentials_provider()
+                .ok_or_else(|| anyhow::anyhow!("the AWS SDK found no credential provider chain"))?;
             anyhow::Ok(match &config.role_arn {
                 Some(arn) => SharedCredentialsProvider::new(
                     AssumeRoleProvider::builder(arn.clone())
@@ -92,7 +92,9 @@ impl TokenSource {
             Ok(token) => {
                 // Report the shorter of the token's validity and the configured lifetime,
                 // so librdkafka refreshes in time.
-                let expires_ms = token.expires_ms.min(now_ms + self.lifetime.as_millis() as i64);
+                let expires_ms = token
+                    .expires_ms
+                    .min(now_ms + self.lifetime.as_millis() as i64);
                 tracing::info!(
                     client = role,
                     region = %self.region,

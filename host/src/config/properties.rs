@@ -116,8 +116,15 @@ pub fn parse(
     raw.sink.topic = producer.get("topic.name").cloned();
     // As in the original job: a bootstrap address on MSK's IAM port means IAM auth.
     let iam = |servers: Option<&String>| servers.is_some_and(|s| security::uses_msk_iam_port(s));
-    let sink_servers = raw.sink.bootstrap_servers.as_ref().or(raw.source.bootstrap_servers.as_ref());
-    match (iam(raw.source.bootstrap_servers.as_ref()), iam(sink_servers)) {
+    let sink_servers = raw
+        .sink
+        .bootstrap_servers
+        .as_ref()
+        .or(raw.source.bootstrap_servers.as_ref());
+    match (
+        iam(raw.source.bootstrap_servers.as_ref()),
+        iam(sink_servers),
+    ) {
         (true, true) => raw.security = Some(RawSecurity::msk_iam()),
         (true, false) => raw.source.security = Some(RawSecurity::msk_iam()),
         (false, true) => raw.sink.security = Some(RawSecurity::msk_iam()),

@@ -307,8 +307,13 @@ impl RawConfig {
             600_000,
         );
         let source_kafka = scalar_map(&s.kafka, "source.kafka", &mut c);
-        let source_security =
-            super::security::for_side("source", &s.security, &self.security, &bootstrap, c.problems);
+        let source_security = super::security::for_side(
+            "source",
+            &s.security,
+            &self.security,
+            &bootstrap,
+            c.problems,
+        );
         super::security::check_pass_through("source.kafka", s.kafka.keys(), c.problems);
 
         let k = &self.sink;
@@ -348,8 +353,13 @@ impl RawConfig {
             }
         }
         let sink_kafka = scalar_map(&k.kafka, "sink.kafka", &mut c);
-        let sink_security =
-            super::security::for_side("sink", &k.security, &self.security, &sink_bootstrap, c.problems);
+        let sink_security = super::security::for_side(
+            "sink",
+            &k.security,
+            &self.security,
+            &sink_bootstrap,
+            c.problems,
+        );
         super::security::check_pass_through("sink.kafka", k.kafka.keys(), c.problems);
 
         let p = &self.plugin;

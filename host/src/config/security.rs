@@ -118,7 +118,9 @@ impl Security {
     pub fn describe(&self) -> String {
         match &self.sasl {
             Some(sasl) => format!("{}/{}", self.protocol.name(), sasl.mechanism_name()),
-            None if self.tls.cert_file.is_some() => format!("{} (client certificate)", self.protocol.name()),
+            None if self.tls.cert_file.is_some() => {
+                format!("{} (client certificate)", self.protocol.name())
+            }
             None => self.protocol.name().to_string(),
         }
     }
@@ -186,7 +188,10 @@ pub struct MskIam {
 /// `b-1.name.abc123.c2.kafka.us-east-1.amazonaws.com:9098`.
 pub fn region_of_msk_bootstrap(servers: &str) -> Option<String> {
     servers.split(',').find_map(|server| {
-        let host = server.trim().rsplit_once(':').map_or(server.trim(), |(h, _)| h);
+        let host = server
+            .trim()
+            .rsplit_once(':')
+            .map_or(server.trim(), |(h, _)| h);
         let labels: Vec<&str> = host.split('.').collect();
         labels.windows(3).find_map(|w| {
             (w[0] == "kafka" && w[2] == "amazonaws" && !w[1].is_empty()).then(|| w[1].to_string())
@@ -196,30 +201,33 @@ pub fn region_of_msk_bootstrap(servers: &str) -> Option<String> {
 
 /// Whether any bootstrap address uses MSK's IAM port.
 pub fn uses_msk_iam_port(servers: &str) -> bool {
-    servers
-        .split(',')
-        .any(|server| server.trim().rsplit_once(':').is_some_and(|(_, port)| port == MSK_IAM_PORT))
+    servers.split(',').any(|server| {
+        server
+            .trim()
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port == MSK_IAM_PORT)
+    })
 }
 
 /// Reads an environment variable holding a secret; problems name the variable, never a value.
-fn secret_from_env(
-    path: String,
-    variable: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<Secret> {
+fn secret_from_env(path: String, variable: &str, problems: &mut Vec<Problem>) -> Option<Secret> {
     match std::env::var(variable) {
         Ok(value) if !value.is_empty() => Some(Secret(value)),
         Ok(_) => {
             problems.push(Problem {
                 path,
-                message: format!("environment variable `{variable}` is empty; set it to the secret"),
+                message: format!(
+                    "environment variable `{variable}` is empty; set it to the secret"
+                ),
             });
             None
         }
         Err(_) => {
             problems.push(Problem {
                 path,
-                message: format!("environment variable `{variable}` is not set; export it with the secret"),
+                message: format!(
+                    "environment variable `{variable}` is not set; export it with the secret"
+                ),
             });
             None
         }
@@ -245,7 +253,9 @@ impl RawSecurity {
             Some(other) => {
                 report(
                     "mechanism",
-                    format!("`{other}` is not one of `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `AWS_MSK_IAM`"),
+                    format!(
+                        "`{other}` is not one of `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `AWS_MSK_IAM`"
+                    ),
                 );
                 None
             }
@@ -262,7 +272,9 @@ impl RawSecurity {
             Some(other) => {
                 report(
                     "protocol",
-                    format!("`{other}` is not one of `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`"),
+                    format!(
+                        "`{other}` is not one of `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`"
+                    ),
                 );
                 Protocol::Plaintext
             }
@@ -270,13 +282,19 @@ impl RawSecurity {
         if protocol.sasl() && self.mechanism.is_none() {
             report(
                 "mechanism",
-                format!("missing; {} needs one of `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `AWS_MSK_IAM`", protocol.name()),
+                format!(
+                    "missing; {} needs one of `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `AWS_MSK_IAM`",
+                    protocol.name()
+                ),
             );
         }
         if !protocol.sasl() && self.mechanism.is_some() && self.protocol.is_some() {
             report(
                 "mechanism",
-                format!("only applies to `SASL_PLAINTEXT` or `SASL_SSL`, not `{}`", protocol.name()),
+                format!(
+                    "only applies to `SASL_PLAINTEXT` or `SASL_SSL`, not `{}`",
+                    protocol.name()
+                ),
             );
         }
 
@@ -289,16 +307,29 @@ impl RawSecurity {
         ] {
             let Some(file) = file else { continue };
             if !protocol.tls() {
-                report(key, format!("only applies to `SSL` or `SASL_SSL`, not `{}`", protocol.name()));
+                report(
+                    key,
+                    format!(
+                        "only applies to `SSL` or `SASL_SSL`, not `{}`",
+                        protocol.name()
+                    ),
+                );
             } else if !file.is_file() {
-                report(key, format!("{} does not exist or is not a file", file.display()));
+                report(
+                    key,
+                    format!("{} does not exist or is not a file", file.display()),
+                );
             } else {
                 *slot = Some(file.clone());
             }
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             report(
-                if self.cert_file.is_some() { "key_file" } else { "cert_file" },
+                if self.cert_file.is_some() {
+                    "key_file"
+                } else {
+                    "cert_file"
+                },
                 "missing; a client certificate needs both `cert_file` and `key_file`".into(),
             );
         }
@@ -306,7 +337,8 @@ impl RawSecurity {
             if self.key_file.is_none() {
                 report("key_password_env", "only applies with `key_file`".into());
             } else {
-                tls.key_password = secret_from_env(format!("{prefix}.key_password_env"), variable, problems);
+                tls.key_password =
+                    secret_from_env(format!("{prefix}.key_password_env"), variable, problems);
             }
         }
 
@@ -318,11 +350,16 @@ impl RawSecurity {
         let password_mechanism = protocol.sasl() && matches!(mechanism, Some(Some(_)));
         let iam_mechanism = protocol.sasl() && matches!(mechanism, Some(None));
         if !password_mechanism {
-            for (key, set) in [("username", self.username.is_some()), ("password_env", self.password_env.is_some())] {
+            for (key, set) in [
+                ("username", self.username.is_some()),
+                ("password_env", self.password_env.is_some()),
+            ] {
                 if set {
                     problems.push(Problem {
                         path: format!("{prefix}.{key}"),
-                        message: "only applies to mechanism `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`".into(),
+                        message:
+                            "only applies to mechanism `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`"
+                                .into(),
                     });
                 }
             }
@@ -342,7 +379,11 @@ impl RawSecurity {
                 }
             }
         }
-        Security { protocol, tls, sasl }
+        Security {
+            protocol,
+            tls,
+            sasl,
+        }
     }
 
     fn password_sasl(
@@ -366,7 +407,8 @@ impl RawSecurity {
             None => {
                 problems.push(Problem {
                     path: format!("{prefix}.password_env"),
-                    message: "missing; name the environment variable that holds the password".into(),
+                    message: "missing; name the environment variable that holds the password"
+                        .into(),
                 });
                 None
             }
@@ -378,7 +420,12 @@ impl RawSecurity {
         })
     }
 
-    fn msk_iam_sasl(&self, prefix: &str, servers: &str, problems: &mut Vec<Problem>) -> Option<Sasl> {
+    fn msk_iam_sasl(
+        &self,
+        prefix: &str,
+        servers: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Sasl> {
         let from_environment = || {
             ["AWS_REGION", "AWS_DEFAULT_REGION"]
                 .iter()
@@ -426,7 +473,9 @@ impl RawSecurity {
             Some(ms) => {
                 problems.push(Problem {
                     path: format!("{prefix}.token_lifetime_ms"),
-                    message: format!("{ms} is out of range; use 1000 to {max} (a token is valid for 15 minutes)"),
+                    message: format!(
+                        "{ms} is out of range; use 1000 to {max} (a token is valid for 15 minutes)"
+                    ),
                 });
                 max
             }
@@ -447,14 +496,21 @@ impl RawSecurity {
 /// `kafka` pass-through tables, so a secret cannot end up in the file.
 pub fn reserved_client_key(key: &str) -> Option<&'static str> {
     match key {
-        "sasl.password" | "ssl.key.password" | "ssl.keystore.password" | "ssl.key.pem"
-        | "sasl.oauthbearer.client.secret" | "sasl.oauthbearer.config" => Some(
+        "sasl.password"
+        | "ssl.key.password"
+        | "ssl.keystore.password"
+        | "ssl.key.pem"
+        | "sasl.oauthbearer.client.secret"
+        | "sasl.oauthbearer.config" => Some(
             "is a secret and cannot be written in the file; use [security] with `password_env` or `key_password_env`",
         ),
-        "security.protocol" | "sasl.mechanism" | "sasl.mechanisms" | "sasl.username"
-        | "ssl.ca.location" | "ssl.certificate.location" | "ssl.key.location" => {
-            Some("is set by [security]; configure it there")
-        }
+        "security.protocol"
+        | "sasl.mechanism"
+        | "sasl.mechanisms"
+        | "sasl.username"
+        | "ssl.ca.location"
+        | "ssl.certificate.location"
+        | "ssl.key.location" => Some("is set by [security]; configure it there"),
         _ => None,
     }
 }
@@ -520,7 +576,9 @@ mod tests {
             None
         );
         assert_eq!(region_of_msk_bootstrap("127.0.0.1:9098"), None);
-        assert!(uses_msk_iam_port("a:9092, b-1.x.kafka.us-east-1.amazonaws.com:9098"));
+        assert!(uses_msk_iam_port(
+            "a:9092, b-1.x.kafka.us-east-1.amazonaws.com:9098"
+        ));
         assert!(!uses_msk_iam_port("a:9092"));
     }
 
@@ -531,13 +589,18 @@ mod tests {
             "b-1.orders.x1y2z3.c2.kafka.ap-south-1.amazonaws.com:9098",
         );
         assert!(problems.is_empty(), "{problems:?}");
-        let Some(Sasl::MskIam(iam)) = security.sasl else { panic!("{security:?}") };
+        let Some(Sasl::MskIam(iam)) = security.sasl else {
+            panic!("{security:?}")
+        };
         assert_eq!(iam.region, "ap-south-1");
         assert_eq!(iam.token_lifetime, MSK_IAM_TOKEN_LIFETIME);
 
         let (_, problems) = check(RawSecurity::msk_iam(), "127.0.0.1:9098");
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with("security.region: missing"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("security.region: missing"),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -555,7 +618,9 @@ mod tests {
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(security.protocol, Protocol::SaslSsl);
-        let Some(Sasl::Password { password, .. }) = &security.sasl else { panic!() };
+        let Some(Sasl::Password { password, .. }) = &security.sasl else {
+            panic!()
+        };
         assert_eq!(password.expose(), "hunter2-secret");
         assert!(!format!("{security:?}").contains("hunter2"));
         assert_eq!(security.describe(), "SASL_SSL/SCRAM-SHA-512");
@@ -584,7 +649,10 @@ mod tests {
             "security.region: only applies to mechanism `AWS_MSK_IAM`",
         ];
         for want in expected {
-            assert!(problems.iter().any(|p| p.starts_with(want)), "missing {want:?} in {problems:#?}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "missing {want:?} in {problems:#?}"
+            );
         }
         assert_eq!(problems.len(), expected.len(), "{problems:#?}");
 

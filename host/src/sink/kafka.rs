@@ -319,6 +319,11 @@ impl KafkaSink {
         self.producer.context().auth.failure().check()
     }
 
+    /// Whether the cluster refused a client's credentials (the source's or the sink's).
+    pub fn refused(&self) -> bool {
+        self.producer.context().auth.failure().get().is_some()
+    }
+
     /// Waits until every queued record is delivered or failed.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.flush(timeout).map_err(|e| {

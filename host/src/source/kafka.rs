@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use rdkafka::client::OAuthToken;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::client::OAuthToken;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_sdk::batch::{Header, InputWriter, RecordFields};
 
@@ -80,7 +80,13 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Commit what is acknowledged before another member takes over, so it
                 // re-reads as little as possible.
-                if let Err(error) = self.commit(consumer, CommitMode::Sync) {
+                // After refused credentials a synchronous commit would wait for a
+                // coordinator that no longer talks to this member.
+                let mode = match self.auth.failure().get() {
+                    Some(_) => CommitMode::Async,
+                    None => CommitMode::Sync,
+                };
+                if let Err(error) = self.commit(consumer, mode) {
                     tracing::warn!(%error, "Commit before revocation failed; the next owner re-reads from the last checkpoint.");
                 }
                 let revoked = partitions_of(tpl);
