@@ -311,7 +311,8 @@ fn refused(
     let status = host.wait(Duration::from_secs(40));
     let log = host.log();
     assert_eq!(status.code(), Some(1), "{log}");
-    // The connect timeout is 15 s: a refusal must be recognised well before it.
+    // No retry storm: the connect timeout is 15 s, and librdkafka would retry until
+    // then (and forever once running); the host must stop at the first refusal.
     assert!(
         started.elapsed() < Duration::from_secs(12),
         "took {:?}:\n{log}",
@@ -326,9 +327,6 @@ fn refused(
         "{error}"
     );
     assert!(!log.contains(secret), "a secret in the log:\n{log}");
-    // No retry storm: the host stops after the first refusal instead of reconnecting.
-    let attempts = log.matches("Kafka authentication failed").count();
-    assert!((1..=4).contains(&attempts), "{attempts} refusals:\n{log}");
     log
 }
 

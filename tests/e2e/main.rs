@@ -8,5 +8,6 @@ mod passthrough;
 mod properties;
 mod recovery;
 mod startup;
+mod state;
 mod support;
 mod swap;

@@ -230,9 +230,18 @@ pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
     for partition in end_offsets(topic).keys() {
         tpl.add_partition(topic, *partition);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
+    // A transaction left open by a host that died blocks this read until the broker
+    // aborts it: retry for a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(committed) => break committed,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("reading committed offsets of {group}: {error}; retrying");
+            }
+            Err(error) => panic!("reading committed offsets of {group}: {error}"),
+        }
+    };
     committed
         .elements()
         .iter()

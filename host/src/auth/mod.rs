@@ -45,6 +45,7 @@ impl AuthFailure {
 }
 
 /// Authentication for one Kafka client: its settings, its tokens, its failures.
+#[derive(Clone)]
 pub struct ClientAuth {
     role: &'static str,
     servers: String,
@@ -124,8 +125,8 @@ impl ClientAuth {
         }
     }
 
-    /// Sets a token on a client that does not serve refresh events (the admin client,
-    /// which lives for one request).
+    /// Sets the first token on a new client at once, so it can talk to the cluster
+    /// before anything polls it (and on the admin client, which is never polled).
     pub fn install_token<C: rdkafka::ClientContext>(
         &self,
         client: &Client<C>,
@@ -133,7 +134,15 @@ impl ClientAuth {
         if self.tokens.is_none() {
             return Ok(());
         }
-        let token = self.token().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let token = self.token().map_err(|e| {
+            anyhow::anyhow!(
+                "the {role}'s {mechanism} authentication to {servers} failed ({e}); {hint}",
+                role = self.role,
+                mechanism = self.security.describe(),
+                servers = self.servers,
+                hint = self.hint(),
+            )
+        })?;
         let value = std::ffi::CString::new(token.token)?;
         let principal = std::ffi::CString::new(token.principal_name)?;
         let mut error = [0 as std::ffi::c_char; 512];

@@ -9,13 +9,18 @@ use serde::Deserialize;
 
 use super::security::RawSecurity;
 use super::{
-    CONFIG_VERSION, CheckpointConfig, Config, Fallback, Partitioning, PluginConfig, Problem,
-    Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TopicSpec,
+    CONFIG_VERSION, CheckpointConfig, Config, Delivery, Fallback, Partitioning, PluginConfig,
+    Problem, Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TopicSpec,
 };
+
+/// The longest checkpoint interval exactly-once allows: a transaction stays open for
+/// one interval, and brokers cap transactions at 15 minutes by default.
+const MAX_TRANSACTION_INTERVAL_MS: i64 = 300_000;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawConfig {
     pub version: Option<i64>,
+    pub delivery: Option<String>,
     #[serde(default)]
     pub source: RawSource,
     #[serde(default)]
@@ -425,7 +430,34 @@ impl RawConfig {
             86_400_000,
         );
 
+        let delivery = c.choice(
+            "delivery",
+            self.delivery.as_deref(),
+            Delivery::AtLeastOnce,
+            &[
+                ("at-least-once", Delivery::AtLeastOnce),
+                ("exactly-once", Delivery::ExactlyOnce),
+            ],
+        );
+        if delivery == Delivery::ExactlyOnce {
+            if sink_bootstrap != bootstrap {
+                c.report(
+                    "delivery",
+                    "`exactly-once` commits the source offsets in the sink's transactions, so source and sink must be the same cluster (same bootstrap_servers)",
+                );
+            }
+            if interval_ms > MAX_TRANSACTION_INTERVAL_MS {
+                c.report(
+                    "checkpoint.interval_ms",
+                    format!(
+                        "with `delivery = \"exactly-once\"` a checkpoint is one Kafka transaction, which brokers abort after 15 minutes by default; use at most {MAX_TRANSACTION_INTERVAL_MS}"
+                    ),
+                );
+            }
+        }
+
         Some(Config {
+            delivery,
             source: SourceConfig {
                 bootstrap_servers: bootstrap,
                 topic,

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::runtime::{Instance, Limits, PluginError, Prepared, Runtime};
+use crate::state::SharedState;
 
 /// The pass-through transform, built from `plugins/passthrough` and embedded.
 pub const PASSTHROUGH_WASM: &[u8] = include_bytes!(env!("SLUICE_PASSTHROUGH_WASM"));
@@ -131,15 +132,19 @@ impl Plugin {
         }
     }
 
-    /// Starts an instance and runs its `init` with `config`.
+    /// Starts an instance and runs its `init` with `config`; it keeps keyed state in
+    /// `state`.
     pub fn start(
         &self,
         limits: Limits,
         config: &[(String, String)],
+        state: SharedState,
     ) -> Result<Instance, LoadError> {
-        Instance::start(&self.prepared, self.name.clone(), limits, config).map_err(|e| LoadError {
-            origin: self.origin.clone(),
-            source: e.into(),
+        Instance::start(&self.prepared, self.name.clone(), limits, config, state).map_err(|e| {
+            LoadError {
+                origin: self.origin.clone(),
+                source: e.into(),
+            }
         })
     }
 

@@ -1,0 +1,243 @@
+//! The changelog topic: where keyed state is checkpointed, and how it is restored.
+//!
+//! One compacted topic per application, named after the consumer group
+//! ([`topic_name`]), with as many partitions as the source topic: changelog partition
+//! `p` holds the state of input partition `p`, keyed by the state key, the latest
+//! value winning and a null value deleting. It lives on the sink cluster because the
+//! sink producer writes it (in exactly-once mode, inside the checkpoint's
+//! transaction). Restoring reads a partition from its beginning to its end with
+//! `read_committed`, so state from an aborted transaction is never restored.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::auth::ClientAuth;
+use crate::config::SinkConfig;
+use crate::source::kafka::topic_partitions;
+
+/// How long restoring one assignment's state may take before the host gives up.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The changelog topic of the application whose consumer group is `group_id`.
+pub fn topic_name(group_id: &str) -> String {
+    format!("{group_id}-state-changelog")
+}
+
+/// Checks that the changelog topic exists with `partitions` partitions, creating it
+/// (compacted) when it is absent.
+pub fn ensure_topic(
+    sink: &SinkConfig,
+    topic: &str,
+    partitions: i32,
+    connect_timeout: Duration,
+    runtime: &tokio::runtime::Handle,
+    auth: &ClientAuth,
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer<RestoreContext> = client_config(sink, auth)
+        .create_with_context(RestoreContext { auth: auth.clone() })
+        .context("creating the Kafka client for the state changelog")?;
+    auth.install_token(consumer.client())?;
+    let found = topic_partitions(
+        consumer.client(),
+        topic,
+        &sink.bootstrap_servers,
+        connect_timeout,
+        "state changelog",
+        &|| {
+            let _ = consumer.poll(Duration::ZERO);
+        },
+        auth.failure(),
+    )?;
+    if found == 0 {
+        crate::sink::kafka::create_topic(
+            &sink.bootstrap_servers,
+            topic,
+            partitions,
+            sink.create_topic.map_or(1, |spec| spec.replication_factor),
+            &[("cleanup.policy", "compact")],
+            runtime,
+            auth,
+        )?;
+        tracing::info!(topic, partitions, "State changelog topic created.");
+    } else if found != partitions {
+        bail!(
+            "state changelog topic `{topic}` has {found} partitions but the source topic has {partitions}; \
+             state is partitioned like the input, so delete `{topic}` (its state is then lost) or give the \
+             pipeline another source.group_id"
+        );
+    }
+    Ok(())
+}
+
+fn client_config(sink: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    auth.apply(&mut client);
+    client.set("bootstrap.servers", &sink.bootstrap_servers);
+    for (key, value) in &sink.kafka {
+        client.set(key, value);
+    }
+    client
+}
+
+/// The restore reader's callbacks: reaching the end of a partition is the goal here,
+/// not an error worth logging.
+pub struct RestoreContext {
+    auth: ClientAuth,
+}
+
+impl ClientContext for RestoreContext {
+    // MSK IAM: librdkafka asks for each token while the reader is polled.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log("state-restore", level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.auth.observe(&error, reason) {
+            tracing::error!(client = "state-restore", %error, "Kafka authentication failed: {reason}");
+        } else if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(client = "state-restore", %error, "Kafka client error: {reason}");
+        }
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        self.auth.token()
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
+/// Reads changelog partitions back into maps.
+///
+/// Each restore opens its own reader and closes it after: between rebalances nothing
+/// reads the changelog, and an idle reader would keep connections (and, with MSK IAM,
+/// a token nobody refreshes) open for nothing.
+pub struct Restorer {
+    client: ClientConfig,
+    auth: ClientAuth,
+    topic: String,
+}
+
+impl Restorer {
+    pub fn new(sink: &SinkConfig, topic: &str, auth: &ClientAuth) -> anyhow::Result<Self> {
+        let mut client = client_config(sink, auth);
+        client
+            // Assigned, never subscribed: no group, nothing committed.
+            .set("group.id", format!("{topic}-restore"))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            // The end of a partition is reported after one fetch wait: keep it short.
+            .set("fetch.wait.max.ms", "10");
+        let restorer = Restorer {
+            client,
+            auth: auth.clone(),
+            topic: topic.to_string(),
+        };
+        // Settings mistakes show now rather than at the first assignment.
+        drop(restorer.reader()?);
+        Ok(restorer)
+    }
+
+    fn reader(&self) -> anyhow::Result<BaseConsumer<RestoreContext>> {
+        let consumer: BaseConsumer<RestoreContext> = self
+            .client
+            .create_with_context(RestoreContext {
+                auth: self.auth.clone(),
+            })
+            .context("creating the state changelog reader")?;
+        self.auth.install_token(consumer.client())?;
+        Ok(consumer)
+    }
+
+    /// The committed state of each of `partitions`.
+    pub fn restore(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, Values>> {
+        let mut restored: HashMap<i32, Values> =
+            partitions.iter().map(|&p| (p, Values::new())).collect();
+        if partitions.is_empty() {
+            return Ok(restored);
+        }
+        let consumer = self.reader()?;
+        // Empty partitions (a new application, or nothing stateful yet) need no read.
+        let mut tpl = TopicPartitionList::new();
+        let mut to_read = Vec::new();
+        for &partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&self.topic, partition, RESTORE_TIMEOUT)
+                .with_context(|| {
+                    format!(
+                        "reading the end offsets of state changelog `{}`",
+                        self.topic
+                    )
+                })?;
+            if high > low {
+                tpl.add_partition_offset(&self.topic, partition, Offset::Beginning)?;
+                to_read.push(partition);
+            }
+        }
+        if to_read.is_empty() {
+            return Ok(restored);
+        }
+        consumer
+            .assign(&tpl)
+            .with_context(|| format!("reading state changelog `{}`", self.topic))?;
+        let result = self.read_to_end(&consumer, &to_read, &mut restored);
+        let _ = consumer.unassign();
+        result?;
+        Ok(restored)
+    }
+
+    fn read_to_end(
+        &self,
+        consumer: &BaseConsumer<RestoreContext>,
+        partitions: &[i32],
+        restored: &mut HashMap<i32, Values>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + RESTORE_TIMEOUT;
+        let mut pending: Vec<i32> = partitions.to_vec();
+        while !pending.is_empty() {
+            if Instant::now() > deadline {
+                bail!(
+                    "restoring state from changelog `{}` partitions {pending:?} did not finish within {} s; \
+                     check that the sink cluster is reachable",
+                    self.topic,
+                    RESTORE_TIMEOUT.as_secs()
+                );
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Ok(message)) => {
+                    let values = restored.entry(message.partition()).or_default();
+                    let key = message.key().unwrap_or_default().to_vec();
+                    match message.payload() {
+                        Some(value) => values.insert(key, value.to_vec()),
+                        None => values.remove(&key),
+                    };
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    pending.retain(|&p| p != partition);
+                }
+                Some(Err(error)) => {
+                    bail!("reading state changelog `{}`: {error}", self.topic)
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One partition's state.
+pub type Values = HashMap<Vec<u8>, Vec<u8>>;
