@@ -9,7 +9,9 @@ use std::process::Command;
 const PLUGINS: &[&str] = &[
     "sluice-plugin-passthrough",
     "sluice-test-faulty",
+    "sluice-test-hog",
     "sluice-test-other-world",
+    "sluice-test-snoop",
     "sluice-test-tag-a",
     "sluice-test-tag-b",
     "sluice-test-trapper",

@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigSource, Invalid};
 use crate::pipeline::{Pipeline, Summary};
 use crate::plugin::registry::{InstanceSettings, Registry};
 use crate::plugin::watch;
-use crate::runtime::{Instance, Limits, Runtime};
+use crate::runtime::{DirGrant, Instance, Limits, Runtime, Sandbox};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
 use crate::source::kafka::KafkaSource;
@@ -38,15 +38,33 @@ pub struct RunOptions {
     pub admin: Option<SocketAddr>,
 }
 
-fn settings(config: &Config) -> InstanceSettings {
-    InstanceSettings {
+fn settings(config: &Config) -> anyhow::Result<InstanceSettings> {
+    let grants = &config.plugin.sandbox;
+    let mut env = Vec::with_capacity(grants.env.len());
+    for name in &grants.env {
+        // Checked when the file was read; read again here, where it is used.
+        let value = std::env::var(name).with_context(|| {
+            format!("plugin.sandbox.env grants `{name}`, which is not set (as UTF-8) in Sluice's environment")
+        })?;
+        env.push((name.clone(), value));
+    }
+    let dirs = grants
+        .dirs
+        .iter()
+        .map(|d| DirGrant {
+            host: d.host.clone(),
+            guest: d.guest.clone(),
+        })
+        .collect();
+    Ok(InstanceSettings {
         limits: Limits {
             max_memory_bytes: config.plugin.max_memory_bytes,
             call_timeout: config.plugin.call_timeout,
         },
+        sandbox: Sandbox::new(env, dirs),
         config: config.plugin.config.clone(),
         self_tests: config.plugin.self_tests.clone(),
-    }
+    })
 }
 
 /// Compiles, links, initialises and self-tests the configured plugin: everything but
@@ -55,7 +73,7 @@ pub fn start_plugin(config: &Config) -> anyhow::Result<(Arc<Registry>, Instance)
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
     Ok(Registry::start(
         runtime,
-        settings(config),
+        settings(config)?,
         config.plugin.path.as_deref(),
     )?)
 }

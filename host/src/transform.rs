@@ -136,7 +136,7 @@ impl TransformStage {
         let settings = self.registry.settings();
         let instance = live
             .plugin
-            .start(settings.limits, &settings.config)
+            .start(settings.limits, &settings.sandbox, &settings.config)
             .map_err(|error| TransformError::Adopt {
                 plugin: live.plugin.origin.to_string(),
                 error: format!("{:#}", anyhow::Error::new(error)),

@@ -7,6 +7,7 @@
 
 mod properties;
 mod raw;
+mod sandbox;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::RawConfig;
+pub use sandbox::{DirGrantConfig, SandboxConfig};
 
 /// The newest configuration file version this host reads.
 pub const CONFIG_VERSION: i64 = 1;
@@ -101,6 +103,8 @@ pub struct PluginConfig {
     /// Records every candidate must handle as expected before it goes live.
     pub self_tests: Vec<SelfTest>,
     pub rollback: Rollback,
+    /// Environment variables and read-only directories the plugin is granted.
+    pub sandbox: SandboxConfig,
 }
 
 /// One self-test record and, optionally, the values it must produce.

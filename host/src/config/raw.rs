@@ -76,6 +76,8 @@ pub struct RawPlugin {
     pub self_test: Vec<RawSelfTest>,
     #[serde(default)]
     pub rollback: RawRollback,
+    #[serde(default)]
+    pub sandbox: super::sandbox::RawSandbox,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +351,7 @@ impl RawConfig {
             );
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
+        let sandbox = p.sandbox.validate(c.problems);
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
         if let Some(name) = &p.provenance_header
@@ -440,6 +443,7 @@ impl RawConfig {
                     window: Duration::from_millis(window_ms as u64),
                     max_error_rate,
                 },
+                sandbox,
             },
             checkpoint: CheckpointConfig {
                 interval: Duration::from_millis(interval_ms as u64),

@@ -22,7 +22,7 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, Recor
 
 use super::{LoadError, LoadFailure, Origin, Plugin};
 use crate::config::SelfTest;
-use crate::runtime::{Instance, Limits, Runtime};
+use crate::runtime::{Instance, Limits, Runtime, Sandbox};
 
 /// Compiled versions kept for instant swap-back.
 const CACHE_SIZE: usize = 8;
@@ -112,6 +112,9 @@ struct Books {
 #[derive(Debug, Clone)]
 pub struct InstanceSettings {
     pub limits: Limits,
+    /// What every version may reach beyond the WIT world: swapped-in versions get the
+    /// same grants as the first.
+    pub sandbox: Sandbox,
     pub config: Vec<(String, String)>,
     pub self_tests: Vec<SelfTest>,
 }
@@ -145,7 +148,7 @@ impl Registry {
         let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
         validate(&plugin, &settings)?;
         // A fresh instance: the worker's must not have seen the self-test records.
-        let instance = plugin.start(settings.limits, &settings.config)?;
+        let instance = plugin.start(settings.limits, &settings.sandbox, &settings.config)?;
         let live = Live {
             version: 1,
             plugin: plugin.clone(),
@@ -372,7 +375,7 @@ impl Registry {
 /// Starts an instance of `plugin` (running its `init`) and runs the self-tests on it.
 /// The instance has seen the self-test records; workers start their own.
 pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance, LoadError> {
-    let mut instance = plugin.start(settings.limits, &settings.config)?;
+    let mut instance = plugin.start(settings.limits, &settings.sandbox, &settings.config)?;
     if settings.self_tests.is_empty() {
         return Ok(instance);
     }
