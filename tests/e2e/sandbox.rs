@@ -108,7 +108,10 @@ fn a_hostile_plugin_is_denied_files_network_and_environment_and_every_record_sti
     for (i, value) in values.iter().enumerate() {
         assert_eq!(value, &format!("rec-{i}{suffix}"), "record {i}");
     }
-    assert!(!suffix.contains("root:"), "no line of /etc/passwd: {suffix}");
+    assert!(
+        !suffix.contains("root:"),
+        "no line of /etc/passwd: {suffix}"
+    );
 
     // Reported in the host's log: the network attempt by the host itself, each
     // attempt by the plugin through its `log` import, once per instance.
@@ -169,7 +172,10 @@ dirs = [{{ host = "{}", guest = "/ref" }}]
     for (i, value) in values.iter().enumerate() {
         assert_eq!(value, &format!("rec-{i}{suffix}"), "record {i}");
     }
-    assert!(!reference.join("new.csv").exists(), "nothing written:\n{log}");
+    assert!(
+        !reference.join("new.csv").exists(),
+        "nothing written:\n{log}"
+    );
 }
 
 #[test]
@@ -189,7 +195,9 @@ fn grants_that_do_not_exist_on_the_host_are_config_errors_with_their_key_paths()
     let stderr = String::from_utf8_lossy(&answer.stderr);
     assert_eq!(answer.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("plugin.sandbox.env: `SLUICE_TEST_UNSET_VARIABLE` is not set in Sluice's environment"),
+        stderr.contains(
+            "plugin.sandbox.env: `SLUICE_TEST_UNSET_VARIABLE` is not set in Sluice's environment"
+        ),
         "{stderr}"
     );
     assert!(

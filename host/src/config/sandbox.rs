@@ -75,7 +75,10 @@ impl RawSandbox {
         for (i, dir) in self.dirs.iter().enumerate() {
             let key = |field: &str| format!("plugin.sandbox.dirs[{i}].{field}");
             match &dir.host {
-                None => report(key("host"), "missing; give the host directory to grant".into()),
+                None => report(
+                    key("host"),
+                    "missing; give the host directory to grant".into(),
+                ),
                 Some(host) if !host.is_dir() => report(
                     key("host"),
                     format!("{} does not exist or is not a directory", host.display()),

@@ -288,10 +288,8 @@ impl Instance {
         // Instantiation runs guest code (start functions, allocations): time-limit it too.
         let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(ticks as u64);
-        let bindings = prepared
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| match store.data().limits.refused {
+        let bindings = prepared.pre.instantiate(&mut store).map_err(|e| {
+            match store.data().limits.refused {
                 Some(requested) => PluginError::Memory {
                     limit: limits.max_memory_bytes,
                     requested,
@@ -299,7 +297,8 @@ impl Instance {
                 None => PluginError::Link {
                     detail: format!("{e:#}"),
                 },
-            })?;
+            }
+        })?;
         let mut instance = Instance {
             bindings,
             store,

@@ -126,6 +126,13 @@ pub(super) fn deny_network(linker: &mut Linker<HostState>) -> anyhow::Result<()>
         linker
             .instance(&name)?
             .func_new(function, move |mut store, _ty, params, results| {
+                // A borrowed handle passed to a dynamic host function must be ended
+                // before it returns (resolve-addresses borrows the network).
+                for param in params {
+                    if let Val::Resource(handle) = param {
+                        handle.resource_drop(&mut store)?;
+                    }
+                }
                 let state = store.data_mut();
                 state.network_denials += 1;
                 // resolve-addresses(network, name): the name is worth reporting.
@@ -140,11 +147,11 @@ pub(super) fn deny_network(linker: &mut Linker<HostState>) -> anyhow::Result<()>
                 if state.network_denials == 1 {
                     tracing::warn!(
                         plugin = %state.plugin,
-                        name = target.as_deref(),
+                        name = target.as_deref().map(tracing::field::display),
                         "Plugin denied {what}: plugins may not use the network; further attempts are logged at debug level."
                     );
                 } else {
-                    tracing::debug!(plugin = %state.plugin, name = target.as_deref(), "Plugin denied {what}.");
+                    tracing::debug!(plugin = %state.plugin, name = target.as_deref().map(tracing::field::display), "Plugin denied {what}.");
                 }
                 results[0] = Val::Result(Err(Some(Box::new(Val::Enum("access-denied".into())))));
                 Ok(())
@@ -217,7 +224,10 @@ mod tests {
     #[test]
     fn a_plugin_cannot_read_host_files() {
         let got = snoop(&Sandbox::default(), "read", "/etc/passwd");
-        assert!(got.starts_with("v|read:denied: read /etc/passwd: "), "{got}");
+        assert!(
+            got.starts_with("v|read:denied: read /etc/passwd: "),
+            "{got}"
+        );
         assert!(!got.contains("root:"), "{got}");
     }
 
@@ -225,7 +235,11 @@ mod tests {
     fn a_plugin_cannot_open_a_tcp_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let got = snoop(&Sandbox::default(), "connect", &address);
+        let (got, log) = logged(|| snoop(&Sandbox::default(), "connect", &address));
+        assert!(
+            log.contains("Plugin denied a TCP socket") && log.contains("plugin=sluice_test_snoop"),
+            "{log}"
+        );
         assert!(
             got.starts_with(&format!("v|connect:denied: connect {address}: ")),
             "{got}"
@@ -236,6 +250,50 @@ mod tests {
             listener.accept().unwrap_err().kind(),
             std::io::ErrorKind::WouldBlock,
             "nothing connected"
+        );
+    }
+
+    /// Runs `f` with the host's log captured; returns its result and the log text.
+    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || Writer(sink.clone()))
+            .finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        (result, text)
+    }
+
+    struct Writer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_name_lookup_is_denied_and_logged_with_the_plugin_and_the_name() {
+        let (got, log) = logged(|| snoop(&Sandbox::default(), "connect", "localhost:9"));
+        assert_eq!(
+            got,
+            "v|connect:denied: connect localhost:9: Permission denied (os error 2)"
+        );
+        assert!(
+            log.contains("WARN") && log.contains("Plugin denied a name lookup"),
+            "{log}"
+        );
+        assert!(
+            log.contains("plugin=sluice_test_snoop") && log.contains("name=localhost"),
+            "{log}"
         );
     }
 
@@ -271,7 +329,10 @@ mod tests {
             "v|read:allowed: id,name\n1,one"
         );
         let got = snoop(&sandbox, "write", "/ref/new.txt");
-        assert!(got.starts_with("v|write:denied: write /ref/new.txt: "), "{got}");
+        assert!(
+            got.starts_with("v|write:denied: write /ref/new.txt: "),
+            "{got}"
+        );
         assert!(!dir.path().join("new.txt").exists(), "nothing written");
         let got = snoop(&sandbox, "read", "/ref/../../etc/passwd");
         assert!(got.starts_with("v|read:denied: "), "{got}");
@@ -329,6 +390,9 @@ mod tests {
     fn granted_values_are_not_printed() {
         let sandbox = Sandbox::new(vec![("TOKEN".into(), "s3cret".into())], Vec::new());
         let shown = format!("{sandbox:?}");
-        assert!(shown.contains("TOKEN") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("TOKEN") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 }
