@@ -15,11 +15,17 @@ const COUNT: usize = 300;
 /// run`) until all of them are in the sink, and returns the output values by input
 /// number, with the host's log.
 fn run_pipeline(dir: &Path, input: &str, output: &str, command: Command) -> (Vec<String>, String) {
+    collect(Sluice::spawn(dir, command), input, output)
+}
+
+/// Produces `COUNT` records `rec-<i>` over 2 partitions into the running `sluice`,
+/// stops it once all of them are in the sink, and returns the output values by input
+/// number, with the host's log.
+fn collect(mut sluice: Sluice, input: &str, output: &str) -> (Vec<String>, String) {
     let records: Vec<TestRecord> = (0..COUNT)
         .map(|i| TestRecord::value((i % 2) as i32, &format!("rec-{i}")))
         .collect();
     produce(input, &records);
-    let mut sluice = Sluice::spawn(dir, command);
     wait_until("every record in the sink", Duration::from_secs(60), || {
         total(&end_offsets(output)) >= COUNT as i64
     });
@@ -264,6 +270,65 @@ fn a_swapped_in_version_that_grows_without_bound_is_rejected_and_the_previous_ke
             tags,
             [&("tag".to_string(), Some(b"A".to_vec()))],
             "{record:?}"
+        );
+    }
+}
+
+#[test]
+fn a_swapped_in_version_gets_the_same_grants() {
+    let (input, output, group) = topics("sbx-swap");
+    let dir = workdir();
+    let reference = dir.path().join("reference");
+    std::fs::create_dir(&reference).unwrap();
+    std::fs::write(reference.join("rates.csv"), "EUR,1.08\n").unwrap();
+    let snoop = dir.path().join("snoop.wasm");
+    std::fs::copy(test_plugin("sluice_test_snoop"), &snoop).unwrap();
+    // The pass-through goes live first; the snoop plugin arrives by swap.
+    let tail = format!(
+        r#"[plugin]
+watch = false
+[plugin.config]
+read = "/ref/rates.csv"
+env = "SLUICE_TEST_REGION"
+[plugin.sandbox]
+env = ["SLUICE_TEST_REGION"]
+dirs = [{{ host = "{}", guest = "/ref" }}]
+"#,
+        reference.display()
+    );
+    let config = write_file(
+        dir.path(),
+        "swap.toml",
+        &config_text(&input, &output, &group, "", "", &tail),
+    );
+    let admin = free_address();
+    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
+    command
+        .env("SLUICE_ADMIN", &admin)
+        .env("SLUICE_TEST_REGION", "eu-west-1");
+    let mut host = Sluice::spawn(dir.path(), command);
+    host.wait_for_log("Partitions assigned.", Duration::from_secs(30));
+    let answer = sluice(&["plugin", "swap", snoop.to_str().unwrap(), "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    assert_eq!(
+        admin_status(&admin)["live"]["digest"].as_str().unwrap(),
+        file_digest(&snoop)
+    );
+
+    let (values, _) = collect(host, &input, &output);
+    for (i, value) in values.iter().enumerate() {
+        assert_eq!(
+            value,
+            &format!(
+                "rec-{i}|read:allowed: EUR,1.08|env:allowed: SLUICE_TEST_REGION=eu-west-1 (1 visible)"
+            ),
+            "record {i}"
         );
     }
 }
