@@ -30,7 +30,9 @@ use super::HostState;
 use super::stdio::PluginOutput;
 
 /// The WASI sockets version wasmtime-wasi defines; guests importing any earlier 0.2
-/// version are linked against it.
+/// version are linked against it. If an upgrade changes it, the replacements below
+/// would land beside WASI's functions instead of over them; the network tests here
+/// catch that (the denial would no longer be logged).
 const SOCKETS: &str = "wasi:sockets@0.2.12";
 
 /// What the configuration grants a plugin beyond the WIT world.
