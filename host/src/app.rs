@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use crate::admin;
 use crate::checkpoint::Tracker;
 use crate::checkpoint::checkpointer::Checkpointer;
-use crate::config::{Config, ConfigSource, Delivery, Invalid};
+use crate::config::{Config, ConfigSource, Delivery, Fallback, Invalid, Startup};
 use crate::pipeline::{Pipeline, Summary};
 use crate::plugin::registry::{InstanceSettings, Registry};
 use crate::plugin::watch;
@@ -119,6 +119,17 @@ pub fn run(
         handle.spawn(admin::serve(listener, registry.clone()));
     }
 
+    if options.fresh
+        && config.source.startup
+            == (Startup::GroupOffsets {
+                fallback: Fallback::Fail,
+            })
+    {
+        anyhow::bail!(
+            "--fresh ignores committed offsets, but source.startup is `group-offsets` with startup_fallback `fail`, \
+             which names no place to start; set startup_fallback to `earliest` or `latest`"
+        );
+    }
     let tracker = Arc::new(Mutex::new(Tracker::new()));
     let (source, partitions) = KafkaSource::connect(&config.source, options.fresh)?;
     let changelog = changelog::topic_name(&config.source.group_id);

@@ -165,7 +165,13 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn config(&self, input: &str, output: &str, group: &str, mode: &str) -> anyhow::Result<PathBuf> {
+    fn config(
+        &self,
+        input: &str,
+        output: &str,
+        group: &str,
+        mode: &str,
+    ) -> anyhow::Result<PathBuf> {
         let path = self.workdir.join(format!("{group}.toml"));
         let text = format!(
             r#"version = 1
@@ -231,7 +237,10 @@ watch = false
         let mut first: Option<(Instant, i64)> = None;
         let last = loop {
             if let Some(status) = child.try_wait()? {
-                bail!("sluice exited ({status}) during the round; see {}", log.display());
+                bail!(
+                    "sluice exited ({status}) during the round; see {}",
+                    log.display()
+                );
             }
             let done = committed.total().unwrap_or(0);
             let now = Instant::now();
@@ -242,7 +251,11 @@ watch = false
                 break now;
             }
             if now > deadline {
-                bail!("{mode}: {done} records committed after {} s; see {}", self.args.round_timeout, log.display());
+                bail!(
+                    "{mode}: {done} records committed after {} s; see {}",
+                    self.args.round_timeout,
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -270,7 +283,9 @@ watch = false
         }
         topics.push(format!("{group}-state-changelog"));
         eprintln!("restore: writing {keys} state keys...");
-        fill(&self.args.bootstrap_servers, &input, keys, |i| format!("T{i:07}"))?;
+        fill(&self.args.bootstrap_servers, &input, keys, |i| {
+            format!("T{i:07}")
+        })?;
         let config = self.config(&input, &output, &group, "at-least-once")?;
         let committed = Committed::new(&self.args.bootstrap_servers, &group, &input)?;
         let log = self.workdir.join("restore-1.log");
@@ -278,7 +293,10 @@ watch = false
         let deadline = Instant::now() + Duration::from_secs(self.args.round_timeout);
         while committed.total().unwrap_or(0) < keys as i64 {
             if Instant::now() > deadline {
-                bail!("the restore run did not commit its input; see {}", log.display());
+                bail!(
+                    "the restore run did not commit its input; see {}",
+                    log.display()
+                );
             }
             if let Some(status) = child.try_wait()? {
                 bail!("sluice exited ({status}); see {}", log.display());
@@ -304,7 +322,10 @@ watch = false
         };
         stop(&mut child)?;
         if restored != keys {
-            bail!("the host restored {restored} keys, expected {keys}; see {}", log.display());
+            bail!(
+                "the host restored {restored} keys, expected {keys}; see {}",
+                log.display()
+            );
         }
         Ok((millis, restored))
     }
@@ -444,7 +465,9 @@ fn report(args: &Args, rounds: &[Round], restore_ms: f64, keys: u64) {
         "{} stock records keyed by ticker, {PARTITIONS} partitions, `stats` plugin, checkpoint every 1 s, {} rounds per mode\n",
         args.records, args.rounds
     );
-    println!("| round | mode | records/s (committed) | checkpoints | checkpoint p50 ms | checkpoint p99 ms |");
+    println!(
+        "| round | mode | records/s (committed) | checkpoints | checkpoint p50 ms | checkpoint p99 ms |"
+    );
     println!("|---|---|---|---|---|---|");
     for (i, round) in rounds.iter().enumerate() {
         let mut durations = round.checkpoints_ms.clone();

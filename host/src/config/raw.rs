@@ -558,4 +558,42 @@ mod tests {
             "{found:?}"
         );
     }
+
+    #[test]
+    fn exactly_once_needs_one_cluster_and_a_bounded_interval() {
+        let text = r#"
+            version = 1
+            delivery = "exactly-once"
+            [source]
+            bootstrap_servers = "a:9092"
+            topic = "in"
+            group_id = "g"
+            [sink]
+            bootstrap_servers = "b:9092"
+            topic = "out"
+            [checkpoint]
+            interval_ms = 600000
+        "#;
+        let found = problems(text);
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "delivery: `exactly-once` commits the source offsets in the sink's transactions"
+            )),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(
+                |p| p.starts_with("checkpoint.interval_ms: with `delivery = \"exactly-once\"`")
+            ),
+            "{found:#?}"
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+        let found = problems(&text.replace("exactly-once", "at-most-once"));
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "delivery: `at-most-once` is not one of `at-least-once`, `exactly-once`"
+            )),
+            "{found:#?}"
+        );
+    }
 }
