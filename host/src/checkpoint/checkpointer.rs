@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Partition, Tracker};
@@ -231,6 +231,14 @@ impl Checkpointer {
                 Ok(count)
             }
             Err(error) => {
+                if error.is_indefinite() {
+                    // The commit may or may not have happened: never retry it; fence
+                    // this producer with a new one instead, then rewind.
+                    tracing::warn!(%error, "The transaction's outcome is unknown; replacing the producer.");
+                    self.sink.recreate(TRANSACTION_TIMEOUT).context(
+                        "replacing the transactional producer after an unknown commit outcome",
+                    )?;
+                }
                 self.recover(consumer, &error)?;
                 Ok(0)
             }
@@ -415,6 +423,19 @@ enum TransactionError {
     Kafka(KafkaError),
     #[error("{0}")]
     Other(String),
+}
+
+impl TransactionError {
+    /// A timeout or a retriable failure of the commit itself: whether the transaction
+    /// committed is unknown.
+    fn is_indefinite(&self) -> bool {
+        match self {
+            TransactionError::Kafka(KafkaError::Transaction(error)) => {
+                error.is_retriable() || error.code() == RDKafkaErrorCode::OperationTimedOut
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<KafkaError> for TransactionError {
