@@ -11,7 +11,7 @@
 #[path = "../kafka.rs"]
 mod kafka;
 
-use kafka::{Kafka, PARTITIONS};
+use kafka::{Kafka, PARTITIONS, send_waiting};
 
 use std::fs::File;
 use std::io::Write as _;
@@ -23,7 +23,6 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -412,20 +411,10 @@ fn fill(
         let value = format!(
             r#"{{"event_time": "2026-11-26T12:00:00", "ticker": "{ticker}", "price": {price:?}}}"#
         );
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        let record = BaseRecord::<[u8], [u8]>::to(topic)
             .key(key.as_bytes())
             .payload(value.as_bytes());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((error, _)) => bail!("writing to input topic `{topic}`: {error}"),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send_waiting(&producer, record, Duration::from_millis(10))?;
     }
     producer
         .flush(Duration::from_secs(120))
