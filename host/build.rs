@@ -8,6 +8,7 @@ use std::process::Command;
 
 const PLUGINS: &[&str] = &[
     "sluice-plugin-passthrough",
+    "sluice-plugin-stats",
     "sluice-test-faulty",
     "sluice-test-hog",
     "sluice-test-other-world",

@@ -33,9 +33,13 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+#[cfg(feature = "guest")]
+pub mod state;
 
 pub use batch::{Header, NewRecord, Record};
 use batch::{InputBatch, OutputWriter};
+#[cfg(feature = "guest")]
+pub use state::State;
 
 #[cfg(feature = "guest")]
 #[doc(hidden)]

@@ -13,7 +13,9 @@
 //! - `source`: the Kafka consumer group member and the startup modes.
 //! - `transform`: the stage that runs each batch through the live plugin.
 //! - `sink`: the idempotent Kafka producer and output routing.
-//! - `checkpoint`: which offsets are safe to commit (at-least-once).
+//! - `checkpoint`: which offsets are safe to commit, and the checkpoint itself in both
+//!   delivery modes (at-least-once commits, exactly-once transactions).
+//! - `state`: keyed state for plugins and its changelog topic.
 //! - `plugin`: loading and validating plugins, the registry of live versions, and the
 //!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps and status.
 //! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances,
@@ -34,5 +36,6 @@ pub mod runtime;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod telemetry;
 pub mod transform;

@@ -8,5 +8,6 @@ mod properties;
 mod recovery;
 mod sandbox;
 mod startup;
+mod state;
 mod support;
 mod swap;

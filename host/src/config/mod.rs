@@ -23,10 +23,22 @@ pub const CONFIG_VERSION: i64 = 1;
 /// A validated pipeline configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub delivery: Delivery,
     pub source: SourceConfig,
     pub sink: SinkConfig,
     pub plugin: PluginConfig,
     pub checkpoint: CheckpointConfig,
+}
+
+/// The delivery guarantee of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Offsets are committed once every output derived from them is acknowledged; a
+    /// crash may write some outputs twice.
+    AtLeastOnce,
+    /// Each checkpoint is one Kafka transaction holding the outputs, the state
+    /// changes and the offsets: `read_committed` consumers see each input's outputs once.
+    ExactlyOnce,
 }
 
 #[derive(Debug, Clone)]

@@ -10,19 +10,24 @@ mod stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_sdk::batch::InputBatch;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use bindings::{Transformer, TransformerPre, log};
+use bindings::{Transformer, TransformerPre, log, state};
 pub use sandbox::{DirGrant, Sandbox};
 use stdio::PluginOutput;
+
+use crate::state::SharedState;
 
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";
 /// The interface a plugin must export.
 const TRANSFORM_EXPORT: &str = "sluice:plugin/transform@0.1.0";
+/// The keyed-state interface a plugin may import.
+const STATE_IMPORT: &str = "sluice:plugin/state@0.1.0";
 
 /// How often the engine's epoch advances: the resolution of the per-call time limit.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -78,6 +83,45 @@ pub struct HostState {
     limits: MemoryLimit,
     /// Socket and name-lookup attempts refused so far.
     network_denials: u64,
+    state: SharedState,
+    /// The input partition of each record of the batch being processed, filled only
+    /// for plugins that import the state interface.
+    partitions: Vec<i32>,
+}
+
+impl HostState {
+    fn partition_of(&self, record: u32) -> wasmtime::Result<i32> {
+        match self.partitions.get(record as usize) {
+            Some(&partition) => Ok(partition),
+            None if self.partitions.is_empty() => wasmtime::bail!(
+                "state was used outside `process` (record index {record}); state is scoped to the partition of a record being processed"
+            ),
+            None => wasmtime::bail!(
+                "state was used for record index {record}, but the batch has {} records",
+                self.partitions.len()
+            ),
+        }
+    }
+}
+
+impl state::Host for HostState {
+    fn get(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let partition = self.partition_of(record)?;
+        let store = self.state.lock().unwrap();
+        Ok(store.get(partition, &key).map(<[u8]>::to_vec))
+    }
+
+    fn set(&mut self, record: u32, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        let partition = self.partition_of(record)?;
+        self.state.lock().unwrap().set(partition, key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<()> {
+        let partition = self.partition_of(record)?;
+        self.state.lock().unwrap().delete(partition, &key);
+        Ok(())
+    }
 }
 
 /// wasmtime's store limits, remembering a refused memory growth so that the trap it
@@ -221,7 +265,11 @@ impl Runtime {
         let pre = TransformerPre::new(instance_pre).map_err(|e| PluginError::Link {
             detail: format!("{e:#}; it exports {}", self.describe_exports(&component)),
         })?;
-        Ok(Prepared { pre })
+        let uses_state = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name == STATE_IMPORT);
+        Ok(Prepared { pre, uses_state })
     }
 
     fn describe_exports(&self, component: &Component) -> String {
@@ -245,6 +293,14 @@ impl Runtime {
 #[derive(Clone)]
 pub struct Prepared {
     pre: TransformerPre<HostState>,
+    uses_state: bool,
+}
+
+impl Prepared {
+    /// Whether the plugin imports the keyed-state interface.
+    pub fn uses_state(&self) -> bool {
+        self.uses_state
+    }
 }
 
 /// One running plugin instance. Not shared: each worker owns its own.
@@ -253,16 +309,19 @@ pub struct Instance {
     bindings: Transformer,
     stderr: PluginOutput,
     limits: Limits,
+    uses_state: bool,
 }
 
 impl Instance {
-    /// Instantiates the plugin inside `sandbox` and runs its `init` with `config`.
+    /// Instantiates the plugin inside `sandbox` and runs its `init` with `config`. The
+    /// instance keeps its keyed state in `state`.
     pub fn start(
         prepared: &Prepared,
         name: Arc<str>,
         limits: Limits,
         sandbox: &Sandbox,
         config: &[(String, String)],
+        state: SharedState,
     ) -> Result<Self, PluginError> {
         let stdout = PluginOutput::new(name.clone(), "stdout");
         let stderr = PluginOutput::new(name.clone(), "stderr");
@@ -282,6 +341,8 @@ impl Instance {
                 refused: None,
             },
             network_denials: 0,
+            state,
+            partitions: Vec::new(),
         };
         let mut store = Store::new(prepared.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
@@ -304,6 +365,7 @@ impl Instance {
             store,
             stderr,
             limits,
+            uses_state: prepared.uses_state,
         };
         instance.arm_deadline();
         let result = instance
@@ -315,12 +377,25 @@ impl Instance {
         Ok(instance)
     }
 
-    /// Runs one encoded input batch through the plugin, returning the encoded output.
-    pub fn process(&mut self, input: &[u8]) -> Result<Vec<u8>, PluginError> {
+    /// Runs one input batch through the plugin: `input` is the encoded form of `batch`.
+    /// Returns the encoded output.
+    pub fn process(
+        &mut self,
+        input: &[u8],
+        batch: &InputBatch<'_>,
+    ) -> Result<Vec<u8>, PluginError> {
         self.arm_deadline();
-        self.bindings
+        if self.uses_state {
+            let partitions = &mut self.store.data_mut().partitions;
+            partitions.clear();
+            partitions.extend(batch.records().map(|record| record.partition()));
+        }
+        let result = self
+            .bindings
             .sluice_plugin_transform()
-            .call_process(&mut self.store, input)
+            .call_process(&mut self.store, input);
+        self.store.data_mut().partitions.clear();
+        result
             .map_err(|e| self.classify(e))?
             .map_err(PluginError::Batch)
     }

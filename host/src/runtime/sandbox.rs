@@ -1,6 +1,6 @@
 //! What a plugin may reach outside its own memory: by default only what the WIT world
-//! gives it (the batch, its settings, the `log` import) plus stdout/stderr into the
-//! host log, wall and monotonic clocks, and random numbers. Files, sockets, name
+//! gives it (the batch, its settings, the `log` and `state` imports) plus stdout and
+//! stderr into the host log, wall and monotonic clocks, and random numbers. Files, sockets, name
 //! lookup, environment variables and process arguments are denied; the configuration
 //! can grant named environment variables and read-only directories.
 //!
@@ -168,7 +168,7 @@ mod tests {
     use std::net::TcpListener;
     use std::path::Path;
 
-    use sluice_sdk::batch::{Header, InputWriter, Op, OutputReader, RecordFields};
+    use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, RecordFields};
 
     use super::*;
     use crate::runtime::{Instance, Limits, PluginError, Runtime};
@@ -189,7 +189,14 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Instance::start(&prepared, name.into(), limits, sandbox, &config)
+        Instance::start(
+            &prepared,
+            name.into(),
+            limits,
+            sandbox,
+            &config,
+            crate::state::StateStore::shared(),
+        )
     }
 
     /// Runs one record with value `v` through the snoop plugin and returns what it
@@ -212,7 +219,9 @@ mod tests {
             value: Some(b"v"),
             headers: std::iter::empty::<Header<'_>>(),
         });
-        let output = instance.process(writer.finish()).unwrap();
+        let input = writer.finish().to_vec();
+        let batch = InputBatch::parse(&input).unwrap();
+        let output = instance.process(&input, &batch).unwrap();
         let ops: Vec<Op<'_>> = OutputReader::parse(&output, 1)
             .unwrap()
             .collect::<Result<_, _>>()
@@ -357,7 +366,9 @@ mod tests {
             value: Some(b"v"),
             headers: std::iter::empty::<Header<'_>>(),
         });
-        let error = instance.process(writer.finish()).unwrap_err();
+        let input = writer.finish().to_vec();
+        let batch = InputBatch::parse(&input).unwrap();
+        let error = instance.process(&input, &batch).unwrap_err();
         assert!(matches!(error, PluginError::Memory { limit, .. } if limit == 32 << 20));
         let text = error.to_string();
         assert!(
