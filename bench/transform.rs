@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_host::plugin::Plugin;
-use sluice_host::runtime::{Instance, Limits, Runtime};
+use sluice_host::runtime::{Instance, Limits, Runtime, Sandbox};
 use sluice_host::state::StateStore;
 use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, RecordFields};
 
@@ -95,7 +95,12 @@ fn transform(c: &mut Criterion) {
     let runtime = Runtime::new().expect("starting the WebAssembly runtime");
     let plugin = Plugin::load(&runtime, None).expect("loading the built-in pass-through");
     let mut instance = plugin
-        .start(Limits::default(), &[], StateStore::shared())
+        .start(
+            Limits::default(),
+            &Sandbox::default(),
+            &[],
+            StateStore::shared(),
+        )
         .expect("starting the built-in pass-through");
 
     let mut group = c.benchmark_group("transform");

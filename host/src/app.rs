@@ -13,11 +13,11 @@ use crate::auth::{AuthFailure, ClientAuth};
 use crate::checkpoint::Tracker;
 use crate::checkpoint::checkpointer::Checkpointer;
 use crate::config::security::{Sasl, Security};
-use crate::config::{Config, ConfigSource, Delivery, Invalid};
+use crate::config::{Config, ConfigSource, Delivery, Fallback, Invalid, Startup};
 use crate::pipeline::{Pipeline, Summary};
 use crate::plugin::registry::{InstanceSettings, Registry};
 use crate::plugin::watch;
-use crate::runtime::{Instance, Limits, Runtime};
+use crate::runtime::{DirGrant, Instance, Limits, Runtime, Sandbox};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::{KafkaSink, TransactionSettings};
 use crate::source::kafka::KafkaSource;
@@ -71,16 +71,34 @@ fn transaction_timeout(interval: Duration) -> Duration {
     (interval + Duration::from_secs(10)).min(Duration::from_secs(900))
 }
 
-fn settings(config: &Config, state: SharedState) -> InstanceSettings {
-    InstanceSettings {
+fn settings(config: &Config, state: SharedState) -> anyhow::Result<InstanceSettings> {
+    let grants = &config.plugin.sandbox;
+    let mut env = Vec::with_capacity(grants.env.len());
+    for name in &grants.env {
+        // Checked when the file was read; read again here, where it is used.
+        let value = std::env::var(name).with_context(|| {
+            format!("plugin.sandbox.env grants `{name}`, which is not set (as UTF-8) in Sluice's environment")
+        })?;
+        env.push((name.clone(), value));
+    }
+    let dirs = grants
+        .dirs
+        .iter()
+        .map(|d| DirGrant {
+            host: d.host.clone(),
+            guest: d.guest.clone(),
+        })
+        .collect();
+    Ok(InstanceSettings {
         limits: Limits {
             max_memory_bytes: config.plugin.max_memory_bytes,
             call_timeout: config.plugin.call_timeout,
         },
+        sandbox: Sandbox::new(env, dirs),
         config: config.plugin.config.clone(),
         self_tests: config.plugin.self_tests.clone(),
         state,
-    }
+    })
 }
 
 /// Compiles, links, initialises and self-tests the configured plugin: everything but
@@ -93,7 +111,7 @@ pub fn start_plugin(
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
     Ok(Registry::start(
         runtime,
-        settings(config, state),
+        settings(config, state)?,
         config.plugin.path.as_deref(),
     )?)
 }
@@ -135,6 +153,17 @@ pub fn run(
         handle.spawn(admin::serve(listener, registry.clone()));
     }
 
+    if options.fresh
+        && config.source.startup
+            == (Startup::GroupOffsets {
+                fallback: Fallback::Fail,
+            })
+    {
+        anyhow::bail!(
+            "--fresh ignores committed offsets, but source.startup is `group-offsets` with startup_fallback `fail`, \
+             which names no place to start; set startup_fallback to `earliest` or `latest`"
+        );
+    }
     let tracker = Arc::new(Mutex::new(Tracker::new()));
     // One failure slot: a refused credential on any client stops the pipeline.
     let failure = AuthFailure::new();

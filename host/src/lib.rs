@@ -18,7 +18,8 @@
 //! - `state`: keyed state for plugins and its changelog topic.
 //! - `plugin`: loading and validating plugins, the registry of live versions, and the
 //!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps and status.
-//! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances.
+//! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances,
+//!   and the sandbox (what a plugin may reach beyond the WIT world).
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
 //! - `auth`: Kafka security settings, MSK IAM tokens, and stopping on refused credentials.
 //! - `generate`: the stock-record generator of the job Sluice replaces.

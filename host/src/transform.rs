@@ -141,7 +141,12 @@ impl TransformStage {
         let settings = self.registry.settings();
         let instance = live
             .plugin
-            .start(settings.limits, &settings.config, settings.state.clone())
+            .start(
+                settings.limits,
+                &settings.sandbox,
+                &settings.config,
+                settings.state.clone(),
+            )
             .map_err(|error| TransformError::Adopt {
                 plugin: live.plugin.origin.to_string(),
                 error: format!("{:#}", anyhow::Error::new(error)),

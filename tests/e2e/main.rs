@@ -7,6 +7,7 @@ mod bad_input;
 mod passthrough;
 mod properties;
 mod recovery;
+mod sandbox;
 mod startup;
 mod state;
 mod support;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Partition, Tracker};
@@ -231,6 +231,14 @@ impl Checkpointer {
                 Ok(count)
             }
             Err(error) => {
+                if error.is_indefinite() {
+                    // The commit may or may not have happened: never retry it; fence
+                    // this producer with a new one instead, then rewind.
+                    tracing::warn!(%error, "The transaction's outcome is unknown; replacing the producer.");
+                    self.sink.recreate(TRANSACTION_TIMEOUT).context(
+                        "replacing the transactional producer after an unknown commit outcome",
+                    )?;
+                }
                 self.recover(consumer, &error)?;
                 Ok(0)
             }
@@ -312,18 +320,55 @@ impl Checkpointer {
         }
         self.tracker.lock().unwrap().reset();
         self.processed.clear();
-        for ((topic, partition), offset) in &self.rewind {
-            if self.assigned.contains(&(topic.clone(), *partition)) {
-                // Asynchronous (no timeout): a partition the group is taking away at this
-                // moment must not block the worker; records fetched before the seek are
-                // discarded by the client either way.
-                consumer
-                    .seek(topic, *partition, Offset::Offset(*offset), Duration::ZERO)
-                    .with_context(|| format!("rewinding {topic}/{partition} to offset {offset}"))?;
-            }
-        }
+        self.rewind_to_committed(consumer)?;
         let owned: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
         self.restore(&owned, false)
+    }
+
+    /// Seeks every owned partition back to the offset its group last committed, as the
+    /// broker has it: after an unknown commit outcome only the broker knows whether the
+    /// last transaction went through. A partition never committed goes back to the
+    /// first record processed since it was assigned.
+    fn rewind_to_committed(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+    ) -> anyhow::Result<()> {
+        if self.assigned.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.assigned {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, TRANSACTION_TIMEOUT)
+            .context("reading the committed offsets to rewind to")?;
+        for element in committed.elements() {
+            let partition = (element.topic().to_string(), element.partition());
+            let target = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => self.rewind.get(&partition).copied(),
+            };
+            let Some(offset) = target else { continue };
+            // Asynchronous (no timeout): a partition the group is taking away at this
+            // moment must not block the worker; records fetched before the seek are
+            // discarded by the client either way.
+            consumer
+                .seek(
+                    &partition.0,
+                    partition.1,
+                    Offset::Offset(offset),
+                    Duration::ZERO,
+                )
+                .with_context(|| {
+                    format!(
+                        "rewinding {}/{} to offset {offset}",
+                        partition.0, partition.1
+                    )
+                })?;
+            self.rewind.insert(partition, offset);
+        }
+        Ok(())
     }
 
     /// Restores the state of newly assigned partitions (cleared instead when
@@ -377,6 +422,10 @@ impl Checkpointer {
     ) -> anyhow::Result<()> {
         let result = if lost {
             tracing::warn!(partitions = ?partitions, "Partitions lost (the group moved on without this host); their uncommitted progress is discarded.");
+            // Nothing to rewind or restore for partitions that are gone.
+            for partition in partitions {
+                self.assigned.remove(partition);
+            }
             if self.exactly_once() {
                 self.recover(consumer, &"partitions lost")
             } else {
@@ -415,6 +464,19 @@ enum TransactionError {
     Kafka(KafkaError),
     #[error("{0}")]
     Other(String),
+}
+
+impl TransactionError {
+    /// A timeout or a retriable failure of the commit itself: whether the transaction
+    /// committed is unknown.
+    fn is_indefinite(&self) -> bool {
+        match self {
+            TransactionError::Kafka(KafkaError::Transaction(error)) => {
+                error.is_retriable() || error.code() == RDKafkaErrorCode::OperationTimedOut
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<KafkaError> for TransactionError {

@@ -7,6 +7,7 @@
 
 mod properties;
 mod raw;
+mod sandbox;
 pub mod security;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::RawConfig;
+pub use sandbox::{DirGrantConfig, SandboxConfig};
 pub use security::Security;
 
 /// The newest configuration file version this host reads.
@@ -117,6 +119,8 @@ pub struct PluginConfig {
     /// Records every candidate must handle as expected before it goes live.
     pub self_tests: Vec<SelfTest>,
     pub rollback: Rollback,
+    /// Environment variables and read-only directories the plugin is granted.
+    pub sandbox: SandboxConfig,
 }
 
 /// One self-test record and, optionally, the values it must produce.

@@ -88,6 +88,8 @@ pub struct RawPlugin {
     pub self_test: Vec<RawSelfTest>,
     #[serde(default)]
     pub rollback: RawRollback,
+    #[serde(default)]
+    pub sandbox: super::sandbox::RawSandbox,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -377,6 +379,7 @@ impl RawConfig {
             );
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
+        let sandbox = p.sandbox.validate(c.problems);
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
         if let Some(name) = &p.provenance_header
@@ -497,6 +500,7 @@ impl RawConfig {
                     window: Duration::from_millis(window_ms as u64),
                     max_error_rate,
                 },
+                sandbox,
             },
             checkpoint: CheckpointConfig {
                 interval: Duration::from_millis(interval_ms as u64),
@@ -581,6 +585,44 @@ mod tests {
         assert!(
             found.iter().any(|p| p.starts_with("version: missing")),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn exactly_once_needs_one_cluster_and_a_bounded_interval() {
+        let text = r#"
+            version = 1
+            delivery = "exactly-once"
+            [source]
+            bootstrap_servers = "a:9092"
+            topic = "in"
+            group_id = "g"
+            [sink]
+            bootstrap_servers = "b:9092"
+            topic = "out"
+            [checkpoint]
+            interval_ms = 600000
+        "#;
+        let found = problems(text);
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "delivery: `exactly-once` commits the source offsets in the sink's transactions"
+            )),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(
+                |p| p.starts_with("checkpoint.interval_ms: with `delivery = \"exactly-once\"`")
+            ),
+            "{found:#?}"
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+        let found = problems(&text.replace("exactly-once", "at-most-once"));
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "delivery: `at-most-once` is not one of `at-least-once`, `exactly-once`"
+            )),
+            "{found:#?}"
         );
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::runtime::{Instance, Limits, PluginError, Prepared, Runtime};
+use crate::runtime::{Instance, Limits, PluginError, Prepared, Runtime, Sandbox};
 use crate::state::SharedState;
 
 /// The pass-through transform, built from `plugins/passthrough` and embedded.
@@ -132,19 +132,26 @@ impl Plugin {
         }
     }
 
-    /// Starts an instance and runs its `init` with `config`; it keeps keyed state in
-    /// `state`.
+    /// Starts an instance inside `sandbox` and runs its `init` with `config`; it keeps
+    /// keyed state in `state`.
     pub fn start(
         &self,
         limits: Limits,
+        sandbox: &Sandbox,
         config: &[(String, String)],
         state: SharedState,
     ) -> Result<Instance, LoadError> {
-        Instance::start(&self.prepared, self.name.clone(), limits, config, state).map_err(|e| {
-            LoadError {
-                origin: self.origin.clone(),
-                source: e.into(),
-            }
+        Instance::start(
+            &self.prepared,
+            self.name.clone(),
+            limits,
+            sandbox,
+            config,
+            state,
+        )
+        .map_err(|e| LoadError {
+            origin: self.origin.clone(),
+            source: e.into(),
         })
     }
 

@@ -22,7 +22,7 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, Recor
 
 use super::{LoadError, LoadFailure, Origin, Plugin};
 use crate::config::SelfTest;
-use crate::runtime::{Instance, Limits, Runtime};
+use crate::runtime::{Instance, Limits, Runtime, Sandbox};
 use crate::state::{SharedState, StateStore};
 
 /// Compiled versions kept for instant swap-back.
@@ -113,6 +113,9 @@ struct Books {
 #[derive(Debug, Clone)]
 pub struct InstanceSettings {
     pub limits: Limits,
+    /// What every version may reach beyond the WIT world: swapped-in versions get the
+    /// same grants as the first.
+    pub sandbox: Sandbox,
     pub config: Vec<(String, String)>,
     pub self_tests: Vec<SelfTest>,
     /// The pipeline's keyed state. Validation runs on a scratch store instead, so a
@@ -149,7 +152,12 @@ impl Registry {
         let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
         validate(&plugin, &settings)?;
         // A fresh instance: the worker's must not have seen the self-test records.
-        let instance = plugin.start(settings.limits, &settings.config, settings.state.clone())?;
+        let instance = plugin.start(
+            settings.limits,
+            &settings.sandbox,
+            &settings.config,
+            settings.state.clone(),
+        )?;
         let live = Live {
             version: 1,
             plugin: plugin.clone(),
@@ -376,7 +384,12 @@ impl Registry {
 /// Starts an instance of `plugin` (running its `init`) and runs the self-tests on it.
 /// The instance has seen the self-test records; workers start their own.
 pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance, LoadError> {
-    let mut instance = plugin.start(settings.limits, &settings.config, StateStore::shared())?;
+    let mut instance = plugin.start(
+        settings.limits,
+        &settings.sandbox,
+        &settings.config,
+        StateStore::shared(),
+    )?;
     if settings.self_tests.is_empty() {
         return Ok(instance);
     }

@@ -4,6 +4,7 @@
 //! [`Runtime`] that compiles components and an [`Instance`] that runs batches.
 
 mod bindings;
+mod sandbox;
 mod stdio;
 
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use std::time::Duration;
 use sluice_sdk::batch::InputBatch;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use bindings::{Transformer, TransformerPre, log, state};
+pub use sandbox::{DirGrant, Sandbox};
 use stdio::PluginOutput;
 
 use crate::state::SharedState;
@@ -45,6 +47,12 @@ pub enum PluginError {
     Trap(String),
     #[error("exceeded its time limit of {0:?} for one batch")]
     Timeout(Duration),
+    #[error(
+        "exceeded its memory limit of {} MiB (it asked for {} MiB); raise `plugin.max_memory_mb` if the plugin needs more",
+        limit >> 20,
+        requested.div_ceil(1 << 20)
+    )]
+    Memory { limit: usize, requested: usize },
     #[error("failed the whole batch: {0}")]
     Batch(String),
 }
@@ -72,7 +80,9 @@ pub struct HostState {
     plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryLimit,
+    /// Socket and name-lookup attempts refused so far.
+    network_denials: u64,
     state: SharedState,
     /// The input partition of each record of the batch being processed, filled only
     /// for plugins that import the state interface.
@@ -111,6 +121,50 @@ impl state::Host for HostState {
         let partition = self.partition_of(record)?;
         self.state.lock().unwrap().delete(partition, &key);
         Ok(())
+    }
+}
+
+/// wasmtime's store limits, remembering a refused memory growth so that the trap it
+/// leads to (a guest allocator aborts) is reported as the memory limit it is.
+struct MemoryLimit {
+    inner: StoreLimits,
+    max_bytes: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if !allowed && desired > self.max_bytes {
+            self.refused = Some(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 
@@ -161,9 +215,10 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         // WASI is linked so that components built with a language's standard library
-        // instantiate; each instance gets a context that grants nothing (no files,
-        // sockets, environment or arguments), only stdout/stderr into the host log.
+        // instantiate; what each instance may reach through it is decided by its
+        // `Sandbox` (see sandbox.rs): nothing beyond the grants.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        sandbox::deny_network(&mut linker)?;
         Transformer::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |state| state,
@@ -258,29 +313,34 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Instantiates the plugin and runs its `init` with `config`. The instance keeps its
-    /// keyed state in `state`.
+    /// Instantiates the plugin inside `sandbox` and runs its `init` with `config`. The
+    /// instance keeps its keyed state in `state`.
     pub fn start(
         prepared: &Prepared,
         name: Arc<str>,
         limits: Limits,
+        sandbox: &Sandbox,
         config: &[(String, String)],
         state: SharedState,
     ) -> Result<Self, PluginError> {
         let stdout = PluginOutput::new(name.clone(), "stdout");
         let stderr = PluginOutput::new(name.clone(), "stderr");
-        let wasi = WasiCtx::builder()
-            .stdout(stdout)
-            .stderr(stderr.clone())
-            .build();
+        let wasi = sandbox
+            .wasi(&name, stdout, stderr.clone())
+            .map_err(PluginError::Init)?;
         let state = HostState {
             plugin: name,
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.max_memory_bytes)
-                .instances(64)
-                .build(),
+            limits: MemoryLimit {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(limits.max_memory_bytes)
+                    .instances(64)
+                    .build(),
+                max_bytes: limits.max_memory_bytes,
+                refused: None,
+            },
+            network_denials: 0,
             state,
             partitions: Vec::new(),
         };
@@ -289,12 +349,17 @@ impl Instance {
         // Instantiation runs guest code (start functions, allocations): time-limit it too.
         let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(ticks as u64);
-        let bindings = prepared
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| PluginError::Link {
-                detail: format!("{e:#}"),
-            })?;
+        let bindings = prepared.pre.instantiate(&mut store).map_err(|e| {
+            match store.data().limits.refused {
+                Some(requested) => PluginError::Memory {
+                    limit: limits.max_memory_bytes,
+                    requested,
+                },
+                None => PluginError::Link {
+                    detail: format!("{e:#}"),
+                },
+            }
+        })?;
         let mut instance = Instance {
             bindings,
             store,
@@ -336,6 +401,8 @@ impl Instance {
     }
 
     fn arm_deadline(&mut self) {
+        // A refusal counts for the call it happened in only.
+        self.store.data_mut().limits.refused = None;
         let ticks = self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
         self.store.set_epoch_deadline(ticks.max(1) as u64);
     }
@@ -343,6 +410,15 @@ impl Instance {
     fn classify(&self, error: wasmtime::Error) -> PluginError {
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return PluginError::Timeout(self.limits.call_timeout);
+        }
+        // A refused growth ends in a trap of the guest's choosing (an allocator abort,
+        // typically); the limit is the cause worth naming.
+        if let Some(requested) = self.store.data().limits.refused {
+            tracing::debug!("Plugin trap after a refused memory growth: {error:?}");
+            return PluginError::Memory {
+                limit: self.limits.max_memory_bytes,
+                requested,
+            };
         }
         // The trap itself, not the wasm backtrace around it; that goes to the debug log.
         tracing::debug!("Plugin trap: {error:?}");

@@ -159,15 +159,7 @@ fn start_fresh(
             for (topic, partition) in &partitions {
                 lookup.add_partition_offset(topic, *partition, Offset::Offset(millis))?;
             }
-            let found = consumer.offsets_for_times(lookup, LOOKUP_TIMEOUT)?;
-            for element in found.elements() {
-                let offset = match element.offset() {
-                    Offset::Offset(o) if o >= 0 => Offset::Offset(o),
-                    _ => Offset::End,
-                };
-                tpl.set_partition_offset(element.topic(), element.partition(), offset)?;
-            }
-            return Ok(());
+            return start_at_times(consumer, tpl, lookup);
         }
         _ => Offset::Beginning,
     };
@@ -198,6 +190,16 @@ fn seek_to_timestamp(
     if lookup.count() == 0 {
         return Ok(());
     }
+    start_at_times(consumer, tpl, lookup)
+}
+
+/// Sets each partition of `lookup` (offsets holding timestamps) in `tpl` to the first
+/// record at or after its timestamp, or to the end when there is none.
+fn start_at_times(
+    consumer: &BaseConsumer<SourceContext>,
+    tpl: &mut TopicPartitionList,
+    lookup: TopicPartitionList,
+) -> KafkaResult<()> {
     let found = consumer.offsets_for_times(lookup, LOOKUP_TIMEOUT)?;
     for element in found.elements() {
         let offset = match element.offset() {

@@ -61,7 +61,8 @@ pub fn ensure_topic(
             &sink.bootstrap_servers,
             topic,
             partitions,
-            sink.create_topic.map_or(1, |spec| spec.replication_factor),
+            // -1: the broker's default replication factor, unless the sink's is given.
+            sink.create_topic.map_or(-1, |spec| spec.replication_factor),
             &[("cleanup.policy", "compact")],
             runtime,
             auth,
