@@ -21,7 +21,7 @@
 #   SASL_SSL        SLUICE_KAFKA_SASL_SSL_PORT        port+4  PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
 #   SASL_PLAINTEXT  SLUICE_KAFKA_SASL_PLAINTEXT_PORT  port+5  PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
 #   IAM             SLUICE_KAFKA_IAM_PORT             port+6  SASL_SSL OAUTHBEARER, MSK IAM tokens
-#   IAM_SHORT       SLUICE_KAFKA_IAM_SHORT_PORT       port+7  the same, tokens valid for 4 s only
+#   IAM_SHORT       SLUICE_KAFKA_IAM_SHORT_PORT       port+7  the same, tokens valid for 8 s only
 # A CA, the broker's and a client's certificates are generated into $SLUICE_KAFKA_HOME/auth/,
 # SCRAM users are created at start, and auth/test.env lists every address and test
 # credential for the tests. The IAM listeners check tokens with
@@ -138,7 +138,7 @@ listener.name.iam.oauthbearer.sasl.server.callback.handler.class=sluice.kafka.Ms
 listener.name.iam.oauthbearer.sasl.jaas.config=$validator;
 listener.name.iam_short.sasl.enabled.mechanisms=OAUTHBEARER
 listener.name.iam_short.oauthbearer.sasl.server.callback.handler.class=sluice.kafka.MskIamValidator
-listener.name.iam_short.oauthbearer.sasl.jaas.config=$validator maxLifetimeMs="4000";
+listener.name.iam_short.oauthbearer.sasl.jaas.config=$validator maxLifetimeMs="8000";
 # Sessions end when their token expires, so clients must re-authenticate with a fresh one.
 listener.name.iam.oauthbearer.connections.max.reauth.ms=900000
 listener.name.iam_short.oauthbearer.connections.max.reauth.ms=900000
