@@ -19,10 +19,12 @@
 //! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances.
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
+//! - `author`: plugin authoring commands (new, build, test, inspect); no Kafka.
 //! - `shutdown`, `telemetry`: signals, and logging.
 
 pub mod admin;
 pub mod app;
+pub mod author;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -4,6 +4,7 @@
 //! [`Runtime`] that compiles components and an [`Instance`] that runs batches.
 
 mod bindings;
+mod describe;
 mod stdio;
 
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use bindings::{Transformer, TransformerPre, log};
 use stdio::PluginOutput;
+
+pub use describe::Description;
 
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";
