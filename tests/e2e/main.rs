@@ -2,7 +2,10 @@
 //! (started by `scripts/kafka.sh start`), with plugins built from this repository.
 //! Every test uses its own topics and consumer groups, so tests share the broker.
 
+mod authoring;
 mod bad_input;
+mod examples;
+mod languages;
 mod passthrough;
 mod properties;
 mod recovery;

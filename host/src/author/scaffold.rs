@@ -79,7 +79,7 @@ guest = ["dep:wit-bindgen"]
 json = ["dep:serde", "dep:serde_json"]
 
 [dependencies]
-wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"] }
+wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc"], optional = true }
 serde = { version = "1", optional = true }
 serde_json = { version = "1", optional = true }
 "#;
