@@ -34,8 +34,12 @@ pub fn new(args: &NewArgs) -> ExitCode {
     match scaffold::create(&args.name, args.lang, &args.dir) {
         Ok(dir) => {
             println!("created {} ({})", dir.display(), args.lang.name());
+            let setup = match args.lang {
+                builder::Language::Js => "npm install && ",
+                _ => "",
+            };
             println!(
-                "next: cd {} && sluice plugin build && sluice plugin test . --input test/input.jsonl --expect test/expected.jsonl",
+                "next: cd {} && {setup}sluice plugin build && sluice plugin test . --input test/input.jsonl --expect test/expected.jsonl",
                 dir.display()
             );
             ExitCode::SUCCESS
