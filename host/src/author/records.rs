@@ -115,8 +115,11 @@ fn headers_field(value: &Value) -> Result<Vec<(String, Bytes)>, String> {
     }
 }
 
-/// Splits a records file into (line number, JSON object) pairs, skipping blank lines.
-fn objects(file: &str, text: &str) -> Result<Vec<(usize, Map<String, Value>)>, LineError> {
+/// A JSON object and the line number it was on.
+type NumberedObject = (usize, Map<String, Value>);
+
+/// Splits a records file into its JSON objects, skipping blank lines.
+fn objects(file: &str, text: &str) -> Result<Vec<NumberedObject>, LineError> {
     let mut found = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let number = i + 1;
