@@ -141,11 +141,20 @@ fn a_missing_language_tool_is_named_with_its_install_command() {
         ),
         ("redact", "pip install componentize-py==0.25.1"),
     ] {
+        // A copy, so that no node_modules of the checkout is found above it.
+        let project = empty.path().join(example);
+        std::fs::create_dir(&project).unwrap();
+        for entry in std::fs::read_dir(repo().join("plugins").join(example)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), project.join(entry.file_name())).unwrap();
+            }
+        }
         let out = empty.path().join(format!("{example}.wasm"));
         let output = crate::support::sluice(&[
             "plugin",
             "build",
-            repo().join("plugins").join(example).to_str().unwrap(),
+            project.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
         ])
