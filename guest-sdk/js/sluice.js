@@ -79,21 +79,47 @@ export class Config {
   }
 }
 
-/** One input record, decoded lazily from its batch. */
+/** One input record, decoded lazily from its batch: each field is read when asked for. */
 export class Record {
   constructor(batch, index, position) {
     this.batch = batch;
     this.index = index;
-    const view = batch.view;
-    this.topic = batch.topics[view.getUint16(position, true)];
-    this.partition = view.getInt32(position + 2, true);
-    this.offset = Number(view.getBigInt64(position + 6, true));
-    const timestamp = Number(view.getBigInt64(position + 14, true));
-    this.timestamp = timestamp >= 0 ? timestamp : null;
-    let at = position + 22;
-    [this.key, at] = batch.nullable(at);
-    [this.value, at] = batch.nullable(at);
-    this.headersAt = at;
+    this.position = position;
+  }
+
+  /** The topic the record was read from. */
+  get topic() {
+    return this.batch.topics[this.batch.view.getUint16(this.position, true)];
+  }
+
+  /** The partition the record was read from. */
+  get partition() {
+    return this.batch.view.getInt32(this.position + 2, true);
+  }
+
+  /** The record's offset in its partition. */
+  get offset() {
+    return Number(this.batch.view.getBigInt64(this.position + 6, true));
+  }
+
+  /** Milliseconds since the Unix epoch, or null. */
+  get timestamp() {
+    const timestamp = Number(this.batch.view.getBigInt64(this.position + 14, true));
+    return timestamp >= 0 ? timestamp : null;
+  }
+
+  /** The key (a Uint8Array view into the batch), or null. */
+  get key() {
+    return this.batch.nullable(this.position + 22)[0];
+  }
+
+  /** The value (a Uint8Array view into the batch), or null. */
+  get value() {
+    return this.batch.nullable(this.batch.skip(this.position + 22))[0];
+  }
+
+  get headersAt() {
+    return this.batch.skip(this.batch.skip(this.position + 22));
   }
 
   /** The headers in order, duplicates included: [{ name, value }], value a Uint8Array or null. */
@@ -162,6 +188,12 @@ class InputBatch {
     return new Record(this, index, this.view.getUint32(this.indexAt + index * 4, true));
   }
 
+  /** The position after the nullable bytes at `at`. */
+  skip(at) {
+    const length = this.view.getInt32(at, true);
+    return length < 0 ? at + 4 : at + 4 + length;
+  }
+
   nullable(at) {
     const length = this.view.getInt32(at, true);
     if (length < 0) return [null, at + 4];
@@ -174,7 +206,9 @@ class OutputWriter {
     this.bytes = new Uint8Array(256);
     this.length = 8;
     this.ops = 0;
-    this.pending = null; // an unrouted keep range not yet written: [start, count]
+    // An unrouted keep range not yet written; count 0: none.
+    this.pendingStart = 0;
+    this.pendingCount = 0;
   }
 
   reserve(extra) {
@@ -246,9 +280,10 @@ class OutputWriter {
   }
 
   flush() {
-    if (this.pending === null) return;
-    const [start, count] = this.pending;
-    this.pending = null;
+    if (this.pendingCount === 0) return;
+    const start = this.pendingStart;
+    const count = this.pendingCount;
+    this.pendingCount = 0;
     this.ops += 1;
     if (count === 1) {
       this.u8(OP_KEEP);
@@ -264,11 +299,12 @@ class OutputWriter {
     if (output !== undefined && output !== null) {
       this.op(OP_KEEP, output);
       this.u32(index);
-    } else if (this.pending !== null && this.pending[0] + this.pending[1] === index) {
-      this.pending[1] += 1;
+    } else if (this.pendingCount > 0 && this.pendingStart + this.pendingCount === index) {
+      this.pendingCount += 1;
     } else {
       this.flush();
-      this.pending = [index, 1];
+      this.pendingStart = index;
+      this.pendingCount = 1;
     }
   }
 
@@ -300,14 +336,11 @@ class OutputWriter {
     this.raw(bytes);
   }
 
-  mark() {
-    return { length: this.length, ops: this.ops, pending: this.pending && this.pending.slice() };
-  }
-
-  rollback(mark) {
-    this.length = mark.length;
-    this.ops = mark.ops;
-    this.pending = mark.pending;
+  rollback(length, ops, pendingStart, pendingCount) {
+    this.length = length;
+    this.ops = ops;
+    this.pendingStart = pendingStart;
+    this.pendingCount = pendingCount;
   }
 
   finish() {
@@ -402,13 +435,20 @@ export function exportTransform(Plugin) {
         throw messageOf(error);
       }
       const writer = new OutputWriter();
+      // One Output for the batch, pointed at each record in turn.
+      const out = new Output(writer, null);
       for (let i = 0; i < batch.length; i++) {
         const record = batch.record(i);
-        const mark = writer.mark();
+        out.record = record;
+        // Where to roll back to if the record fails: plain numbers, no allocation.
+        const length = writer.length;
+        const ops = writer.ops;
+        const pendingStart = writer.pendingStart;
+        const pendingCount = writer.pendingCount;
         try {
-          plugin.process(record, new Output(writer, record));
+          plugin.process(record, out);
         } catch (error) {
-          writer.rollback(mark);
+          writer.rollback(length, ops, pendingStart, pendingCount);
           writer.error(i, messageOf(error));
         }
       }
