@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use sluice_host::author::builder;
 use sluice_host::plugin::{Origin, PASSTHROUGH_WASM, Plugin, digest};
-use sluice_host::runtime::{Limits, Runtime};
-use sluice_sdk::batch::{Header, InputWriter, RecordFields};
+use sluice_host::runtime::{Limits, Runtime, Sandbox};
+use sluice_host::state::StateStore;
+use sluice_sdk::batch::{Header, InputBatch, InputWriter, RecordFields};
 
 const ROUNDS: usize = 5;
 const ROUND_TIME: Duration = Duration::from_millis(1000);
@@ -76,20 +77,26 @@ fn measure(language: &'static str, bytes: &[u8], build: Option<Duration>) -> any
     }
     let plugin = plugin.expect("compiled at least once");
     let started = Instant::now();
-    let mut instance = plugin.start(Limits::default(), &[])?;
+    let mut instance = plugin.start(
+        Limits::default(),
+        &Sandbox::default(),
+        &[],
+        StateStore::shared(),
+    )?;
     let instantiate = started.elapsed();
     let mut per_record = [0.0; 2];
     for (slot, size) in [100usize, 1000].into_iter().enumerate() {
         let input = batch(size);
+        let opened = InputBatch::open(&input)?;
         for _ in 0..20 {
-            instance.process(&input)?; // warm-up
+            instance.process(&input, &opened)?; // warm-up
         }
         let mut rounds = Vec::new();
         for _ in 0..ROUNDS {
             let started = Instant::now();
             let mut calls = 0u64;
             while started.elapsed() < ROUND_TIME {
-                std::hint::black_box(instance.process(&input)?);
+                std::hint::black_box(instance.process(&input, &opened)?);
                 calls += 1;
             }
             rounds.push(started.elapsed().as_nanos() as f64 / (calls as f64 * size as f64));

@@ -9,7 +9,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_host::plugin::Plugin;
-use sluice_host::runtime::{Instance, Limits, Runtime};
+use sluice_host::runtime::{Instance, Limits, Runtime, Sandbox};
+use sluice_host::state::StateStore;
 use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, RecordFields};
 
 const BATCH_SIZES: [usize; 2] = [100, 1000];
@@ -76,7 +77,7 @@ fn step(sample: &Sample, writer: &mut InputWriter, instance: &mut Instance) -> u
     let encoded = sample.encode(writer);
     let input = InputBatch::open(encoded).expect("the host's own encoding parses");
     let output = instance
-        .process(encoded)
+        .process(encoded, &input)
         .expect("the pass-through accepts every batch");
     let ops: Vec<Op<'_>> = OutputReader::parse(&output, input.len() as u32)
         .expect("the pass-through's output parses")
@@ -94,7 +95,12 @@ fn transform(c: &mut Criterion) {
     let runtime = Runtime::new().expect("starting the WebAssembly runtime");
     let plugin = Plugin::load(&runtime, None).expect("loading the built-in pass-through");
     let mut instance = plugin
-        .start(Limits::default(), &[])
+        .start(
+            Limits::default(),
+            &Sandbox::default(),
+            &[],
+            StateStore::shared(),
+        )
         .expect("starting the built-in pass-through");
 
     let mut group = c.benchmark_group("transform");
@@ -108,6 +114,7 @@ fn transform(c: &mut Criterion) {
         });
 
         let encoded = sample.encode(&mut writer).to_vec();
+        let input = InputBatch::open(&encoded).expect("the host's own encoding parses");
         // The pipeline opens the batch it has just encoded, validating every record again.
         group.bench_with_input(
             BenchmarkId::new("open_input", records),
@@ -130,7 +137,7 @@ fn transform(c: &mut Criterion) {
                 b.iter(|| {
                     black_box(
                         instance
-                            .process(black_box(encoded))
+                            .process(black_box(encoded), &input)
                             .expect("the pass-through accepts every batch")
                             .len(),
                     )

@@ -8,8 +8,11 @@ use std::process::Command;
 
 const PLUGINS: &[&str] = &[
     "sluice-plugin-passthrough",
+    "sluice-plugin-stats",
     "sluice-test-faulty",
+    "sluice-test-hog",
     "sluice-test-other-world",
+    "sluice-test-snoop",
     "sluice-test-tag-a",
     "sluice-test-tag-b",
     "sluice-test-trapper",

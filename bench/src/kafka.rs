@@ -8,6 +8,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 /// Partitions of every benchmark topic.
@@ -118,4 +120,25 @@ impl Kafka {
         }
         Ok(total)
     }
+}
+
+/// Sends `record`, serving delivery reports for `wait` at a time while the producer's
+/// queue is full.
+pub fn send_waiting(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(wait);
+            }
+            Err((error, back)) => bail!("writing to topic `{}`: {error}", back.topic),
+        }
+    }
+    producer.poll(Duration::ZERO);
+    Ok(())
 }

@@ -5,7 +5,7 @@
 
 mod kafka;
 
-use kafka::{Kafka, PARTITIONS};
+use kafka::{Kafka, PARTITIONS, send_waiting};
 
 use std::fs::File;
 use std::io::Write as _;
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -211,22 +210,12 @@ fn fill(servers: &str, topic: &str, records: u64) -> anyhow::Result<()> {
                 key: "seq",
                 value: Some(&seq),
             });
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        let record = BaseRecord::<[u8], [u8]>::to(topic)
             .partition((i % PARTITIONS as u64) as i32)
             .key(key.as_bytes())
             .payload(&value)
             .headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((error, _)) => bail!("writing to input topic `{topic}`: {error}"),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send_waiting(&producer, record, Duration::from_millis(10))?;
     }
     producer
         .flush(Duration::from_secs(120))

@@ -40,9 +40,13 @@
 pub mod batch;
 #[cfg(feature = "json")]
 mod json;
+#[cfg(feature = "guest")]
+pub mod state;
 
 pub use batch::{Header, NewRecord, Record};
 use batch::{InputBatch, OutputWriter};
+#[cfg(feature = "guest")]
+pub use state::State;
 
 #[cfg(feature = "guest")]
 #[doc(hidden)]

@@ -3,19 +3,23 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::admin;
 use crate::checkpoint::Tracker;
-use crate::config::{Config, ConfigSource, Invalid};
+use crate::checkpoint::checkpointer::Checkpointer;
+use crate::config::{Config, ConfigSource, Delivery, Fallback, Invalid, Startup};
 use crate::pipeline::{Pipeline, Summary};
 use crate::plugin::registry::{InstanceSettings, Registry};
 use crate::plugin::watch;
-use crate::runtime::{Instance, Limits, Runtime};
+use crate::runtime::{DirGrant, Instance, Limits, Runtime, Sandbox};
 use crate::shutdown::Shutdown;
-use crate::sink::kafka::KafkaSink;
+use crate::sink::kafka::{KafkaSink, TransactionSettings};
 use crate::source::kafka::KafkaSource;
+use crate::state::changelog::{self, Restorer};
+use crate::state::{SharedState, StateStore};
 use crate::transform::TransformStage;
 
 /// Reads and validates the configuration; `plugin` replaces the configured plugin.
@@ -36,26 +40,75 @@ pub fn load_config(
 pub struct RunOptions {
     /// Where the admin endpoint listens; `None`: no endpoint.
     pub admin: Option<SocketAddr>,
+    /// This host's name among the hosts of one application, for its transactional id;
+    /// `None`: the machine's host name.
+    pub instance: Option<String>,
+    /// Ignore committed offsets and state; start from the configured startup mode.
+    pub fresh: bool,
 }
 
-fn settings(config: &Config) -> InstanceSettings {
-    InstanceSettings {
+/// The transactional id of an exactly-once host: stable across restarts, so a
+/// restarted host fences its previous incarnation and aborts what it left open.
+pub fn transactional_id(group_id: &str, instance: Option<&str>) -> String {
+    let instance = instance.map(str::to_owned).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "0".into())
+    });
+    format!("sluice-{group_id}-{instance}")
+}
+
+/// How long the broker lets an exactly-once checkpoint's transaction stay open before
+/// aborting it: one checkpoint interval and 10 s of slack (Kafka Streams uses 10 s).
+/// Short, because an open transaction of a host that died holds back every
+/// `read_committed` consumer of the sink until it ends.
+fn transaction_timeout(interval: Duration) -> Duration {
+    (interval + Duration::from_secs(10)).min(Duration::from_secs(900))
+}
+
+fn settings(config: &Config, state: SharedState) -> anyhow::Result<InstanceSettings> {
+    let grants = &config.plugin.sandbox;
+    let mut env = Vec::with_capacity(grants.env.len());
+    for name in &grants.env {
+        // Checked when the file was read; read again here, where it is used.
+        let value = std::env::var(name).with_context(|| {
+            format!("plugin.sandbox.env grants `{name}`, which is not set (as UTF-8) in Sluice's environment")
+        })?;
+        env.push((name.clone(), value));
+    }
+    let dirs = grants
+        .dirs
+        .iter()
+        .map(|d| DirGrant {
+            host: d.host.clone(),
+            guest: d.guest.clone(),
+        })
+        .collect();
+    Ok(InstanceSettings {
         limits: Limits {
             max_memory_bytes: config.plugin.max_memory_bytes,
             call_timeout: config.plugin.call_timeout,
         },
+        sandbox: Sandbox::new(env, dirs),
         config: config.plugin.config.clone(),
         self_tests: config.plugin.self_tests.clone(),
-    }
+        state,
+    })
 }
 
 /// Compiles, links, initialises and self-tests the configured plugin: everything but
-/// Kafka. Returns the registry with it live, and an instance for the worker.
-pub fn start_plugin(config: &Config) -> anyhow::Result<(Arc<Registry>, Instance)> {
+/// Kafka. Returns the registry with it live, and an instance for the worker that
+/// keeps its keyed state in `state`.
+pub fn start_plugin(
+    config: &Config,
+    state: SharedState,
+) -> anyhow::Result<(Arc<Registry>, Instance)> {
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
     Ok(Registry::start(
         runtime,
-        settings(config),
+        settings(config, state)?,
         config.plugin.path.as_deref(),
     )?)
 }
@@ -67,7 +120,8 @@ pub fn run(
     shutdown: &Shutdown,
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<Summary> {
-    let (registry, instance) = start_plugin(&config)?;
+    let state = StateStore::shared();
+    let (registry, instance) = start_plugin(&config, state.clone())?;
     let live = registry.live();
     tracing::info!(plugin = %live.plugin.origin, digest = live.plugin.short_digest(), "Plugin loaded.");
 
@@ -83,15 +137,53 @@ pub fn run(
         handle.spawn(admin::serve(listener, registry.clone()));
     }
 
+    if options.fresh
+        && config.source.startup
+            == (Startup::GroupOffsets {
+                fallback: Fallback::Fail,
+            })
+    {
+        anyhow::bail!(
+            "--fresh ignores committed offsets, but source.startup is `group-offsets` with startup_fallback `fail`, \
+             which names no place to start; set startup_fallback to `earliest` or `latest`"
+        );
+    }
     let tracker = Arc::new(Mutex::new(Tracker::new()));
-    let (source, partitions) = KafkaSource::connect(&config.source, tracker.clone())?;
+    let (source, partitions) = KafkaSource::connect(&config.source, options.fresh)?;
+    let changelog = changelog::topic_name(&config.source.group_id);
+    changelog::ensure_topic(
+        &config.sink,
+        &changelog,
+        partitions,
+        config.source.connect_timeout,
+        handle,
+    )?;
+    let restorer = Restorer::new(&config.sink, &changelog)?;
+    let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
+        id: transactional_id(&config.source.group_id, options.instance.as_deref()),
+        timeout: transaction_timeout(config.checkpoint.interval),
+    });
+    if let Some(transaction) = &transaction {
+        tracing::info!(transactional_id = %transaction.id, "Exactly-once delivery: each checkpoint is one transaction.");
+    }
     let sink = KafkaSink::connect(
         &config.sink,
         partitions,
         config.source.connect_timeout,
         tracker.clone(),
+        transaction.as_ref(),
         handle,
     )?;
+    let state_for_pipeline = state.clone();
+    let checkpointer = Arc::new(Mutex::new(Checkpointer::new(
+        config.delivery,
+        sink,
+        tracker.clone(),
+        state,
+        changelog,
+        restorer,
+    )));
+    source.attach(checkpointer.clone());
     tracing::info!(
         source = %config.source.topic,
         sink = %config.sink.topic,
@@ -102,8 +194,9 @@ pub fn run(
     Pipeline {
         source,
         transform: TransformStage::new(registry, instance, config.plugin.rollback),
-        sink,
+        checkpointer,
         tracker,
+        state: state_for_pipeline,
         checkpoint: config.checkpoint,
         provenance_header: config.plugin.provenance_header.clone(),
     }

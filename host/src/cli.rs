@@ -172,6 +172,17 @@ pub struct PipelineArgs {
     /// Where the admin endpoint (plugin swap and status) listens, or `off`.
     #[arg(long, env = "SLUICE_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: AdminAddress,
+
+    /// This host's name within its application (exactly-once: part of its stable
+    /// transactional id). Each host of one application needs its own; default: the
+    /// machine's host name.
+    #[arg(long, env = "SLUICE_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Start fresh: ignore the group's committed offsets and the saved state, and read
+    /// from the configured startup mode (like running without a snapshot).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 #[derive(Debug, Args)]

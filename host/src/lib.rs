@@ -13,10 +13,13 @@
 //! - `source`: the Kafka consumer group member and the startup modes.
 //! - `transform`: the stage that runs each batch through the live plugin.
 //! - `sink`: the idempotent Kafka producer and output routing.
-//! - `checkpoint`: which offsets are safe to commit (at-least-once).
+//! - `checkpoint`: which offsets are safe to commit, and the checkpoint itself in both
+//!   delivery modes (at-least-once commits, exactly-once transactions).
+//! - `state`: keyed state for plugins and its changelog topic.
 //! - `plugin`: loading and validating plugins, the registry of live versions, and the
 //!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps and status.
-//! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances.
+//! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances,
+//!   and the sandbox (what a plugin may reach beyond the WIT world).
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
 //! - `author`: plugin authoring commands (new, build, test, inspect); no Kafka.
@@ -35,5 +38,6 @@ pub mod runtime;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod telemetry;
 pub mod transform;

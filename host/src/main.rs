@@ -7,6 +7,7 @@ use clap::Parser;
 use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
 use sluice_host::config::{Config, ConfigSource};
 use sluice_host::shutdown::{Shutdown, watch_signals};
+use sluice_host::state::StateStore;
 use sluice_host::{admin, app, author, generate, telemetry};
 
 const EXIT_FAILURE: u8 = 1;
@@ -70,6 +71,8 @@ fn main() -> ExitCode {
             };
             let options = app::RunOptions {
                 admin: args.admin.0,
+                instance: args.instance.clone(),
+                fresh: args.fresh,
             };
             match app::run(config, &options, &shutdown, runtime.handle()) {
                 Ok(summary) => {
@@ -92,7 +95,7 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            match app::start_plugin(&config) {
+            match app::start_plugin(&config, StateStore::shared()) {
                 Ok((registry, _)) => {
                     let plugin = registry.live().plugin.clone();
                     println!(

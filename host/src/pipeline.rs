@@ -1,4 +1,4 @@
-//! The pipeline loop: source → transform → sink, with at-least-once checkpoints.
+//! The pipeline loop: source → transform → sink, with checkpoints.
 //!
 //! Strategy: one worker thread owns the consumer, the plugin instance and the producer
 //! and runs them in turn: fill a batch from what the consumer has fetched, run it
@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::CommitMode;
 use sluice_sdk::batch::{Header, InputBatch, InputWriter};
 
 use crate::checkpoint::Tracker;
+use crate::checkpoint::checkpointer::{Checkpointer, Reason};
 use crate::config::CheckpointConfig;
 use crate::shutdown::Shutdown;
-use crate::sink::kafka::{KafkaSink, SendError};
+use crate::sink::kafka::SendError;
 use crate::source::kafka::KafkaSource;
+use crate::state::SharedState;
 use crate::transform::TransformStage;
 
 /// Batches handed to the producer and not yet fully acknowledged, at most.
@@ -42,8 +43,12 @@ pub struct Summary {
 pub struct Pipeline {
     pub source: KafkaSource,
     pub transform: TransformStage,
-    pub sink: KafkaSink,
+    /// The sink producer and the checkpoint logic, shared with the source's rebalance
+    /// callbacks.
+    pub checkpointer: Arc<Mutex<Checkpointer>>,
     pub tracker: Arc<Mutex<Tracker>>,
+    /// The plugins' keyed state.
+    pub state: SharedState,
     pub checkpoint: CheckpointConfig,
     /// Header naming the plugin version on every output, if configured.
     pub provenance_header: Option<String>,
@@ -56,8 +61,9 @@ impl Pipeline {
         let Pipeline {
             mut source,
             mut transform,
-            sink,
+            checkpointer,
             tracker,
+            state,
             checkpoint,
             provenance_header,
         } = self;
@@ -71,54 +77,78 @@ impl Pipeline {
             while !shutdown.requested() {
                 batch.clear();
                 source.fill(&mut batch, IDLE_POLL)?;
+                let mut checkpointer = checkpointer.lock().unwrap();
                 if !batch.is_empty() {
-                    let ends = source.take_ends();
+                    let spans = source.take_spans();
                     let encoded = batch.finish();
                     // Encoded just above: no need to validate every record again.
                     let input = InputBatch::open(encoded).context("encoding the input batch")?;
-                    let output = transform.run(encoded, &input)?;
-                    let ops = transform.ops(&output, &input)?;
+                    // On a fatal transform error the failed batch leaves no trace in
+                    // the state either.
+                    let output = transform
+                        .run(encoded, &input)
+                        .inspect_err(|_| state.lock().unwrap().discard_batch())?;
+                    let ops = transform
+                        .ops(&output, &input)
+                        .inspect_err(|_| state.lock().unwrap().discard_batch())?;
                     summary.records_in += input.len() as u64;
+                    let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
                     let seq = tracker.lock().unwrap().begin(ends);
                     let provenance = provenance_header.as_deref().map(|name| Header {
                         name,
                         value: Some(transform.current().plugin.short_digest().as_bytes()),
                     });
-                    match sink.send(seq, &input, &ops, &tracker, provenance, &keep_going) {
+                    let sent = checkpointer.sink().send(
+                        seq,
+                        &input,
+                        &ops,
+                        &tracker,
+                        provenance,
+                        &keep_going,
+                    );
+                    // The batch's state writes count only if its outputs reached the
+                    // producer; otherwise they are undone with it.
+                    match &sent {
+                        Ok(_) => state.lock().unwrap().commit_batch(),
+                        Err(_) => state.lock().unwrap().discard_batch(),
+                    }
+                    match sent {
                         Ok(sent) => summary.records_out += sent as u64,
                         Err(SendError::Interrupted) => break,
+                        Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
+                            checkpointer.recover(source.consumer(), &message)?;
+                            continue;
+                        }
                         Err(SendError::Fatal(message)) => anyhow::bail!(message),
                     }
                     tracker.lock().unwrap().seal(seq);
+                    checkpointer.processed(&spans);
                 }
-                sink.poll(Duration::ZERO);
+                checkpointer.sink().poll(Duration::ZERO);
                 while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES
                     && !shutdown.requested()
                 {
-                    sink.poll(Duration::from_millis(10));
+                    checkpointer.sink().poll(Duration::from_millis(10));
                 }
-                if let Some(failure) = tracker.lock().unwrap().failure() {
-                    anyhow::bail!("{failure}");
+                let failure = tracker.lock().unwrap().failure().map(str::to_owned);
+                if let Some(failure) = failure {
+                    if !checkpointer.exactly_once() {
+                        anyhow::bail!("{failure}");
+                    }
+                    checkpointer.recover(source.consumer(), &failure)?;
                 }
                 let now = Instant::now();
                 if now >= last_checkpoint + checkpoint.interval
                     && now >= last_commit_end + checkpoint.min_pause
                 {
                     last_checkpoint = now;
-                    match source.commit(CommitMode::Async) {
-                        Err(error) => {
-                            tracing::warn!(%error, "Checkpoint commit failed; the next checkpoint retries it.")
-                        }
-                        Ok(0) => {}
-                        Ok(partitions) => {
-                            summary.checkpoints += 1;
-                            tracing::info!(
-                                partitions,
-                                numRecordsIn = summary.records_in,
-                                numRecordsOut = summary.records_out,
-                                "Checkpoint committed."
-                            );
-                        }
+                    if checkpointer.checkpoint(source.consumer(), Reason::Periodic)? > 0 {
+                        summary.checkpoints += 1;
+                        tracing::info!(
+                            numRecordsIn = summary.records_in,
+                            numRecordsOut = summary.records_out,
+                            "Progress."
+                        );
                     }
                     last_commit_end = Instant::now();
                 }
@@ -126,17 +156,26 @@ impl Pipeline {
             Ok(())
         })();
 
-        // Drain: whatever happened, commit exactly what the broker acknowledged.
-        if let Err(error) = sink.flush(DRAIN_TIMEOUT) {
-            tracing::error!(%error, "Some records were not acknowledged; their offsets stay uncommitted.");
-        }
-        let delivery_failure = tracker.lock().unwrap().failure().map(str::to_owned);
-        match source.commit(CommitMode::Sync) {
-            Ok(partitions) => tracing::info!(partitions, "Final checkpoint committed."),
-            Err(error) => {
-                tracing::error!(%error, "Final commit failed; records since the last checkpoint will be read again.")
+        // Drain: whatever happened, commit exactly what the broker acknowledged (or,
+        // exactly-once, commit the open transaction; abort it after a failure).
+        {
+            let mut checkpointer = checkpointer.lock().unwrap();
+            let delivery_failure = tracker.lock().unwrap().failure().is_some();
+            if checkpointer.exactly_once() && (result.is_err() || delivery_failure) {
+                checkpointer.abandon();
+            } else {
+                if let Err(error) = checkpointer.sink().flush(DRAIN_TIMEOUT) {
+                    tracing::error!(%error, "Some records were not acknowledged; their offsets stay uncommitted.");
+                }
+                match checkpointer.checkpoint(source.consumer(), Reason::Final) {
+                    Ok(partitions) => tracing::info!(partitions, "Final checkpoint committed."),
+                    Err(error) => tracing::error!(
+                        "Final checkpoint failed; records since the last checkpoint will be read again: {error:#}"
+                    ),
+                }
             }
         }
+        let delivery_failure = tracker.lock().unwrap().failure().map(str::to_owned);
         source.close();
         result?;
         if let Some(failure) = delivery_failure {

@@ -80,10 +80,15 @@ impl TransformStage {
 
     /// Runs `input` (the encoded form of `batch`) through the live version and returns
     /// its checked output. Failed records come back as errors (see the module notes).
+    ///
+    /// The batch's state writes stay open: the caller keeps them with
+    /// `StateStore::commit_batch` once the outputs are handed to the sink, or drops
+    /// them with `discard_batch`. A rolled-back attempt's writes are dropped here.
     pub fn run(&mut self, input: &[u8], batch: &InputBatch<'_>) -> Result<Vec<u8>, TransformError> {
         loop {
             self.adopt()?;
-            let output = match self.instance.process(input) {
+            self.state().begin_batch();
+            let output = match self.instance.process(input, batch) {
                 Ok(output) => output,
                 Err(error) => {
                     let error = self.plugin_error(error, batch);
@@ -136,7 +141,12 @@ impl TransformStage {
         let settings = self.registry.settings();
         let instance = live
             .plugin
-            .start(settings.limits, &settings.config)
+            .start(
+                settings.limits,
+                &settings.sandbox,
+                &settings.config,
+                settings.state.clone(),
+            )
             .map_err(|error| TransformError::Adopt {
                 plugin: live.plugin.origin.to_string(),
                 error: format!("{:#}", anyhow::Error::new(error)),
@@ -157,11 +167,20 @@ impl TransformStage {
         Ok(())
     }
 
-    /// Asks the registry to revert the current version if it is on probation.
+    /// Asks the registry to revert the current version if it is on probation. When it
+    /// does, the failed attempt's state writes are undone before the batch runs again.
     fn roll_back(&mut self, reason: &str) -> bool {
         let on_probation = self.current.previous.is_some()
             && self.probation.started.elapsed() < self.rollback.window;
-        on_probation && self.registry.roll_back(self.current.version, reason)
+        let rolled_back = on_probation && self.registry.roll_back(self.current.version, reason);
+        if rolled_back {
+            self.state().discard_batch();
+        }
+        rolled_back
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, crate::state::StateStore> {
+        self.registry.settings().state.lock().unwrap()
     }
 
     /// Counts the records the plugin reported as failed, and describes the first.

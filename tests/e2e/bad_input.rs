@@ -141,6 +141,47 @@ fn a_sink_topic_with_fewer_partitions_than_the_source_is_refused() {
 }
 
 #[test]
+fn a_state_changelog_with_another_partition_count_is_refused() {
+    let dir = workdir();
+    let (input, output, group) = topics("changelog", 4, Some(4));
+    let changelog = format!("{group}-state-changelog");
+    create_topic(&changelog, 3);
+    let config = write_config(dir.path(), &input, &output, &group, "");
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", &config],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "state changelog topic `{changelog}` has 3 partitions but the source topic has 4"
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn fresh_with_a_failing_fallback_is_refused() {
+    let dir = workdir();
+    let (input, output, group) = topics("fresh-fail", 1, Some(1));
+    let config = write_config(
+        dir.path(),
+        &input,
+        &output,
+        &group,
+        "startup = \"group-offsets\"\nstartup_fallback = \"fail\"",
+    );
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", &config, "--fresh"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("--fresh ignores committed offsets"), "{log}");
+}
+
+#[test]
 fn a_file_that_is_not_a_component_is_refused() {
     let dir = workdir();
     let bogus = write_file(dir.path(), "bogus.wasm", "this is not wasm");

@@ -9,6 +9,8 @@ mod languages;
 mod passthrough;
 mod properties;
 mod recovery;
+mod sandbox;
 mod startup;
+mod state;
 mod support;
 mod swap;

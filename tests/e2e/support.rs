@@ -154,12 +154,20 @@ pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
     let partitions = metadata.topics()[0].partitions().len() as i32;
+    // A topic created a moment ago may not have its leaders yet: retry for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
     (0..partitions)
         .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap();
-            (p, high)
+            loop {
+                match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok((_, high)) => break (p, high),
+                    Err(error) if Instant::now() < deadline => {
+                        eprintln!("end offset of {topic}/{p}: {error}; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(error) => panic!("end offset of {topic}/{p}: {error}"),
+                }
+            }
         })
         .collect()
 }
@@ -230,9 +238,18 @@ pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
     for partition in end_offsets(topic).keys() {
         tpl.add_partition(topic, *partition);
     }
-    let committed = consumer
-        .committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap();
+    // A transaction left open by a host that died blocks this read until the broker
+    // aborts it: retry for a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(committed) => break committed,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("reading committed offsets of {group}: {error}; retrying");
+            }
+            Err(error) => panic!("reading committed offsets of {group}: {error}"),
+        }
+    };
     committed
         .elements()
         .iter()

@@ -9,7 +9,7 @@
 #[path = "../kafka.rs"]
 mod kafka;
 
-use kafka::{Kafka, PARTITIONS};
+use kafka::{Kafka, PARTITIONS, send_waiting};
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,7 +24,6 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message, Timestamp};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -456,20 +455,11 @@ fn produce(
         while sent < due {
             let key = format!("{sent:0KEY_LEN$}");
             let payload = value(sent, now_us());
-            let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            let record = BaseRecord::<[u8], [u8]>::to(topic)
                 .partition((sent % PARTITIONS as u64) as i32)
                 .key(key.as_bytes())
                 .payload(&payload);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(1));
-                    }
-                    Err((error, _)) => bail!("writing to input topic `{topic}`: {error}"),
-                }
-            }
+            send_waiting(&producer, record, Duration::from_millis(1))?;
             sent += 1;
         }
         producer.poll(Duration::ZERO);

@@ -11,11 +11,12 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use similar::{ChangeTag, TextDiff};
-use sluice_sdk::batch::{Header, InputWriter, Op, OutputReader, RecordFields};
+use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, RecordFields};
 
 use super::records::{InputRecord, OutputBody, OutputLine};
 use crate::plugin::Plugin;
-use crate::runtime::{Limits, Runtime};
+use crate::runtime::{Limits, Runtime, Sandbox};
+use crate::state::StateStore;
 
 /// How the harness runs the plugin.
 #[derive(Debug, Clone)]
@@ -35,7 +36,14 @@ pub fn run(
 ) -> anyhow::Result<Vec<OutputLine>> {
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
     let plugin = Plugin::load(&runtime, Some(path))?;
-    let mut instance = plugin.start(settings.limits, &settings.config)?;
+    // No sandbox grants and an in-memory state store that lasts for the run: a plugin
+    // with keyed state sees what it wrote for earlier records of the file.
+    let mut instance = plugin.start(
+        settings.limits,
+        &Sandbox::default(),
+        &settings.config,
+        StateStore::shared(),
+    )?;
     let mut lines = Vec::new();
     for (number, chunk) in records.chunks(settings.batch_size.max(1)).enumerate() {
         let mut writer = InputWriter::new();
@@ -59,7 +67,9 @@ pub fn run(
             });
         }
         let first_line = chunk[0].line;
-        let output = instance.process(writer.finish()).map_err(|e| {
+        let encoded = writer.finish();
+        let batch = InputBatch::open(encoded).expect("the host's own encoding");
+        let output = instance.process(encoded, &batch).map_err(|e| {
             anyhow::anyhow!(
                 "plugin {} {e} (batch {} starting at input line {first_line})",
                 path.display(),

@@ -23,6 +23,7 @@ pub const RUST_SDK_SOURCES: &[(&str, &str)] = &[
     ("lib.rs", include_str!("../../../guest-sdk/src/lib.rs")),
     ("batch.rs", include_str!("../../../guest-sdk/src/batch.rs")),
     ("json.rs", include_str!("../../../guest-sdk/src/json.rs")),
+    ("state.rs", include_str!("../../../guest-sdk/src/state.rs")),
 ];
 
 /// The Rust SDK's version.

@@ -10,6 +10,8 @@
 //! A failed delivery stops the prefix for good; the pipeline then shuts down and the
 //! failed batch is read again on restart.
 
+pub mod checkpointer;
+
 use std::collections::{BTreeMap, VecDeque};
 
 /// A source partition: topic and partition number.
@@ -75,10 +77,26 @@ impl Tracker {
                 }
                 self.advance();
             }
+            // A report for a batch dropped by `reset` (an aborted transaction) is moot.
+            Err(_) if seq < self.first_seq => {}
             Err(error) => {
                 self.failure.get_or_insert(error);
             }
         }
+    }
+
+    /// Whether batch `seq` and every batch before it are done.
+    pub fn passed(&self, seq: u64) -> bool {
+        seq < self.first_seq
+    }
+
+    /// Drops every batch in flight and any failure: their outputs belonged to an
+    /// aborted transaction. Sequence numbers keep counting, so late reports for the
+    /// dropped batches are ignored.
+    pub fn reset(&mut self) {
+        self.first_seq += self.pending.len() as u64;
+        self.pending.clear();
+        self.failure = None;
     }
 
     /// The first delivery failure, if any.
@@ -171,6 +189,26 @@ mod tests {
         let a = t.begin(vec![(p(2), 8)]);
         t.seal(a);
         assert_eq!(t.committable().get(&p(2)), Some(&8));
+    }
+
+    #[test]
+    fn a_reset_drops_batches_in_flight_and_ignores_their_late_reports() {
+        let mut t = Tracker::new();
+        let a = t.begin(vec![(p(0), 10)]);
+        t.add_outputs(a, 1);
+        t.seal(a);
+        t.delivered(a, Err("purged by abort".into()));
+        assert!(t.failure().is_some());
+        t.reset();
+        assert_eq!(t.failure(), None);
+        assert_eq!(t.in_flight(), 0);
+        t.delivered(a, Err("another late report".into()));
+        assert_eq!(t.failure(), None);
+        let b = t.begin(vec![(p(0), 20)]);
+        assert!(b > a);
+        t.seal(b);
+        assert!(t.passed(b));
+        assert_eq!(t.committable().get(&p(0)), Some(&20));
     }
 
     #[test]

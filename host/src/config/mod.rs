@@ -7,6 +7,7 @@
 
 mod properties;
 mod raw;
+mod sandbox;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::RawConfig;
+pub use sandbox::{DirGrantConfig, SandboxConfig};
 
 /// The newest configuration file version this host reads.
 pub const CONFIG_VERSION: i64 = 1;
@@ -21,10 +23,22 @@ pub const CONFIG_VERSION: i64 = 1;
 /// A validated pipeline configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub delivery: Delivery,
     pub source: SourceConfig,
     pub sink: SinkConfig,
     pub plugin: PluginConfig,
     pub checkpoint: CheckpointConfig,
+}
+
+/// The delivery guarantee of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Offsets are committed once every output derived from them is acknowledged; a
+    /// crash may write some outputs twice.
+    AtLeastOnce,
+    /// Each checkpoint is one Kafka transaction holding the outputs, the state
+    /// changes and the offsets: `read_committed` consumers see each input's outputs once.
+    ExactlyOnce,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +115,8 @@ pub struct PluginConfig {
     /// Records every candidate must handle as expected before it goes live.
     pub self_tests: Vec<SelfTest>,
     pub rollback: Rollback,
+    /// Environment variables and read-only directories the plugin is granted.
+    pub sandbox: SandboxConfig,
 }
 
 /// One self-test record and, optionally, the values it must produce.

@@ -8,13 +8,18 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    CONFIG_VERSION, CheckpointConfig, Config, Fallback, Partitioning, PluginConfig, Problem,
-    Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TopicSpec,
+    CONFIG_VERSION, CheckpointConfig, Config, Delivery, Fallback, Partitioning, PluginConfig,
+    Problem, Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TopicSpec,
 };
+
+/// The longest checkpoint interval exactly-once allows: a transaction stays open for
+/// one interval, and brokers cap transactions at 15 minutes by default.
+const MAX_TRANSACTION_INTERVAL_MS: i64 = 300_000;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawConfig {
     pub version: Option<i64>,
+    pub delivery: Option<String>,
     #[serde(default)]
     pub source: RawSource,
     #[serde(default)]
@@ -76,6 +81,8 @@ pub struct RawPlugin {
     pub self_test: Vec<RawSelfTest>,
     #[serde(default)]
     pub rollback: RawRollback,
+    #[serde(default)]
+    pub sandbox: super::sandbox::RawSandbox,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +356,7 @@ impl RawConfig {
             );
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
+        let sandbox = p.sandbox.validate(c.problems);
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
         if let Some(name) = &p.provenance_header
@@ -402,7 +410,34 @@ impl RawConfig {
             86_400_000,
         );
 
+        let delivery = c.choice(
+            "delivery",
+            self.delivery.as_deref(),
+            Delivery::AtLeastOnce,
+            &[
+                ("at-least-once", Delivery::AtLeastOnce),
+                ("exactly-once", Delivery::ExactlyOnce),
+            ],
+        );
+        if delivery == Delivery::ExactlyOnce {
+            if sink_bootstrap != bootstrap {
+                c.report(
+                    "delivery",
+                    "`exactly-once` commits the source offsets in the sink's transactions, so source and sink must be the same cluster (same bootstrap_servers)",
+                );
+            }
+            if interval_ms > MAX_TRANSACTION_INTERVAL_MS {
+                c.report(
+                    "checkpoint.interval_ms",
+                    format!(
+                        "with `delivery = \"exactly-once\"` a checkpoint is one Kafka transaction, which brokers abort after 15 minutes by default; use at most {MAX_TRANSACTION_INTERVAL_MS}"
+                    ),
+                );
+            }
+        }
+
         Some(Config {
+            delivery,
             source: SourceConfig {
                 bootstrap_servers: bootstrap,
                 topic,
@@ -440,6 +475,7 @@ impl RawConfig {
                     window: Duration::from_millis(window_ms as u64),
                     max_error_rate,
                 },
+                sandbox,
             },
             checkpoint: CheckpointConfig {
                 interval: Duration::from_millis(interval_ms as u64),
@@ -524,6 +560,44 @@ mod tests {
         assert!(
             found.iter().any(|p| p.starts_with("version: missing")),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn exactly_once_needs_one_cluster_and_a_bounded_interval() {
+        let text = r#"
+            version = 1
+            delivery = "exactly-once"
+            [source]
+            bootstrap_servers = "a:9092"
+            topic = "in"
+            group_id = "g"
+            [sink]
+            bootstrap_servers = "b:9092"
+            topic = "out"
+            [checkpoint]
+            interval_ms = 600000
+        "#;
+        let found = problems(text);
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "delivery: `exactly-once` commits the source offsets in the sink's transactions"
+            )),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(
+                |p| p.starts_with("checkpoint.interval_ms: with `delivery = \"exactly-once\"`")
+            ),
+            "{found:#?}"
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+        let found = problems(&text.replace("exactly-once", "at-most-once"));
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "delivery: `at-most-once` is not one of `at-least-once`, `exactly-once`"
+            )),
+            "{found:#?}"
         );
     }
 }

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::runtime::{Instance, Limits, PluginError, Prepared, Runtime};
+use crate::runtime::{Instance, Limits, PluginError, Prepared, Runtime, Sandbox};
+use crate::state::SharedState;
 
 /// The pass-through transform, built from `plugins/passthrough` and embedded.
 pub const PASSTHROUGH_WASM: &[u8] = include_bytes!(env!("SLUICE_PASSTHROUGH_WASM"));
@@ -131,13 +132,24 @@ impl Plugin {
         }
     }
 
-    /// Starts an instance and runs its `init` with `config`.
+    /// Starts an instance inside `sandbox` and runs its `init` with `config`; it keeps
+    /// keyed state in `state`.
     pub fn start(
         &self,
         limits: Limits,
+        sandbox: &Sandbox,
         config: &[(String, String)],
+        state: SharedState,
     ) -> Result<Instance, LoadError> {
-        Instance::start(&self.prepared, self.name.clone(), limits, config).map_err(|e| LoadError {
+        Instance::start(
+            &self.prepared,
+            self.name.clone(),
+            limits,
+            sandbox,
+            config,
+            state,
+        )
+        .map_err(|e| LoadError {
             origin: self.origin.clone(),
             source: e.into(),
         })

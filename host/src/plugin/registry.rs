@@ -22,7 +22,8 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, Recor
 
 use super::{LoadError, LoadFailure, Origin, Plugin};
 use crate::config::SelfTest;
-use crate::runtime::{Instance, Limits, Runtime};
+use crate::runtime::{Instance, Limits, Runtime, Sandbox};
+use crate::state::{SharedState, StateStore};
 
 /// Compiled versions kept for instant swap-back.
 const CACHE_SIZE: usize = 8;
@@ -112,8 +113,14 @@ struct Books {
 #[derive(Debug, Clone)]
 pub struct InstanceSettings {
     pub limits: Limits,
+    /// What every version may reach beyond the WIT world: swapped-in versions get the
+    /// same grants as the first.
+    pub sandbox: Sandbox,
     pub config: Vec<(String, String)>,
     pub self_tests: Vec<SelfTest>,
+    /// The pipeline's keyed state. Validation runs on a scratch store instead, so a
+    /// candidate's self-tests never touch it.
+    pub state: SharedState,
 }
 
 pub struct Registry {
@@ -145,7 +152,12 @@ impl Registry {
         let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
         validate(&plugin, &settings)?;
         // A fresh instance: the worker's must not have seen the self-test records.
-        let instance = plugin.start(settings.limits, &settings.config)?;
+        let instance = plugin.start(
+            settings.limits,
+            &settings.sandbox,
+            &settings.config,
+            settings.state.clone(),
+        )?;
         let live = Live {
             version: 1,
             plugin: plugin.clone(),
@@ -372,7 +384,12 @@ impl Registry {
 /// Starts an instance of `plugin` (running its `init`) and runs the self-tests on it.
 /// The instance has seen the self-test records; workers start their own.
 pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance, LoadError> {
-    let mut instance = plugin.start(settings.limits, &settings.config)?;
+    let mut instance = plugin.start(
+        settings.limits,
+        &settings.sandbox,
+        &settings.config,
+        StateStore::shared(),
+    )?;
     if settings.self_tests.is_empty() {
         return Ok(instance);
     }
@@ -395,7 +412,7 @@ pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance
     let encoded = writer.finish().to_vec();
     let input = InputBatch::parse(&encoded).expect("a batch the host just encoded");
     let output = instance
-        .process(&encoded)
+        .process(&encoded, &input)
         .map_err(|e| fail(e.to_string()))?;
     let mut produced: Vec<Vec<String>> = vec![Vec::new(); input.len()];
     let reader =

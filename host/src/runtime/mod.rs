@@ -5,25 +5,31 @@
 
 mod bindings;
 mod describe;
+mod sandbox;
 mod stdio;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_sdk::batch::InputBatch;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use bindings::{Transformer, TransformerPre, log};
+use bindings::{Transformer, TransformerPre, log, state};
+pub use sandbox::{DirGrant, Sandbox};
 use stdio::PluginOutput;
 
 pub use describe::Description;
+use crate::state::SharedState;
 
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";
 /// The interface a plugin must export.
 const TRANSFORM_EXPORT: &str = "sluice:plugin/transform@0.1.0";
+/// The keyed-state interface a plugin may import.
+const STATE_IMPORT: &str = "sluice:plugin/state@0.1.0";
 
 /// How often the engine's epoch advances: the resolution of the per-call time limit.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -43,6 +49,12 @@ pub enum PluginError {
     Trap(String),
     #[error("exceeded its time limit of {0:?} for one batch")]
     Timeout(Duration),
+    #[error(
+        "exceeded its memory limit of {} MiB (it asked for {} MiB); raise `plugin.max_memory_mb` if the plugin needs more",
+        limit >> 20,
+        requested.div_ceil(1 << 20)
+    )]
+    Memory { limit: usize, requested: usize },
     #[error("failed the whole batch: {0}")]
     Batch(String),
 }
@@ -70,7 +82,92 @@ pub struct HostState {
     plugin: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryLimit,
+    /// Socket and name-lookup attempts refused so far.
+    network_denials: u64,
+    state: SharedState,
+    /// The input partition of each record of the batch being processed, filled only
+    /// for plugins that import the state interface.
+    partitions: Vec<i32>,
+}
+
+impl HostState {
+    fn partition_of(&self, record: u32) -> wasmtime::Result<i32> {
+        match self.partitions.get(record as usize) {
+            Some(&partition) => Ok(partition),
+            None if self.partitions.is_empty() => wasmtime::bail!(
+                "state was used outside `process` (record index {record}); state is scoped to the partition of a record being processed"
+            ),
+            None => wasmtime::bail!(
+                "state was used for record index {record}, but the batch has {} records",
+                self.partitions.len()
+            ),
+        }
+    }
+}
+
+impl state::Host for HostState {
+    fn get(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        let partition = self.partition_of(record)?;
+        let store = self.state.lock().unwrap();
+        Ok(store.get(partition, &key).map(<[u8]>::to_vec))
+    }
+
+    fn set(&mut self, record: u32, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        let partition = self.partition_of(record)?;
+        self.state.lock().unwrap().set(partition, key, value);
+        Ok(())
+    }
+
+    fn delete(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<()> {
+        let partition = self.partition_of(record)?;
+        self.state.lock().unwrap().delete(partition, &key);
+        Ok(())
+    }
+}
+
+/// wasmtime's store limits, remembering a refused memory growth so that the trap it
+/// leads to (a guest allocator aborts) is reported as the memory limit it is.
+struct MemoryLimit {
+    inner: StoreLimits,
+    max_bytes: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if !allowed && desired > self.max_bytes {
+            self.refused = Some(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 impl WasiView for HostState {
@@ -120,9 +217,10 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         // WASI is linked so that components built with a language's standard library
-        // instantiate; each instance gets a context that grants nothing (no files,
-        // sockets, environment or arguments), only stdout/stderr into the host log.
+        // instantiate; what each instance may reach through it is decided by its
+        // `Sandbox` (see sandbox.rs): nothing beyond the grants.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        sandbox::deny_network(&mut linker)?;
         Transformer::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
             |state| state,
@@ -169,7 +267,11 @@ impl Runtime {
         let pre = TransformerPre::new(instance_pre).map_err(|e| PluginError::Link {
             detail: format!("{e:#}; it exports {}", self.describe_exports(&component)),
         })?;
-        Ok(Prepared { pre })
+        let uses_state = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name == STATE_IMPORT);
+        Ok(Prepared { pre, uses_state })
     }
 
     fn describe_exports(&self, component: &Component) -> String {
@@ -193,6 +295,14 @@ impl Runtime {
 #[derive(Clone)]
 pub struct Prepared {
     pre: TransformerPre<HostState>,
+    uses_state: bool,
+}
+
+impl Prepared {
+    /// Whether the plugin imports the keyed-state interface.
+    pub fn uses_state(&self) -> bool {
+        self.uses_state
+    }
 }
 
 /// One running plugin instance. Not shared: each worker owns its own.
@@ -201,47 +311,63 @@ pub struct Instance {
     bindings: Transformer,
     stderr: PluginOutput,
     limits: Limits,
+    uses_state: bool,
 }
 
 impl Instance {
-    /// Instantiates the plugin and runs its `init` with `config`.
+    /// Instantiates the plugin inside `sandbox` and runs its `init` with `config`. The
+    /// instance keeps its keyed state in `state`.
     pub fn start(
         prepared: &Prepared,
         name: Arc<str>,
         limits: Limits,
+        sandbox: &Sandbox,
         config: &[(String, String)],
+        state: SharedState,
     ) -> Result<Self, PluginError> {
         let stdout = PluginOutput::new(name.clone(), "stdout");
         let stderr = PluginOutput::new(name.clone(), "stderr");
-        let wasi = WasiCtx::builder()
-            .stdout(stdout)
-            .stderr(stderr.clone())
-            .build();
+        let wasi = sandbox
+            .wasi(&name, stdout, stderr.clone())
+            .map_err(PluginError::Init)?;
         let state = HostState {
             plugin: name,
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.max_memory_bytes)
-                .instances(64)
-                .build(),
+            limits: MemoryLimit {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(limits.max_memory_bytes)
+                    .instances(64)
+                    .build(),
+                max_bytes: limits.max_memory_bytes,
+                refused: None,
+            },
+            network_denials: 0,
+            state,
+            partitions: Vec::new(),
         };
         let mut store = Store::new(prepared.pre.engine(), state);
         store.limiter(|state| &mut state.limits);
         // Instantiation runs guest code (start functions, allocations): time-limit it too.
         let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(ticks as u64);
-        let bindings = prepared
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| PluginError::Link {
-                detail: format!("{e:#}"),
-            })?;
+        let bindings = prepared.pre.instantiate(&mut store).map_err(|e| {
+            match store.data().limits.refused {
+                Some(requested) => PluginError::Memory {
+                    limit: limits.max_memory_bytes,
+                    requested,
+                },
+                None => PluginError::Link {
+                    detail: format!("{e:#}"),
+                },
+            }
+        })?;
         let mut instance = Instance {
             bindings,
             store,
             stderr,
             limits,
+            uses_state: prepared.uses_state,
         };
         instance.arm_deadline();
         let result = instance
@@ -253,17 +379,32 @@ impl Instance {
         Ok(instance)
     }
 
-    /// Runs one encoded input batch through the plugin, returning the encoded output.
-    pub fn process(&mut self, input: &[u8]) -> Result<Vec<u8>, PluginError> {
+    /// Runs one input batch through the plugin: `input` is the encoded form of `batch`.
+    /// Returns the encoded output.
+    pub fn process(
+        &mut self,
+        input: &[u8],
+        batch: &InputBatch<'_>,
+    ) -> Result<Vec<u8>, PluginError> {
         self.arm_deadline();
-        self.bindings
+        if self.uses_state {
+            let partitions = &mut self.store.data_mut().partitions;
+            partitions.clear();
+            partitions.extend(batch.records().map(|record| record.partition()));
+        }
+        let result = self
+            .bindings
             .sluice_plugin_transform()
-            .call_process(&mut self.store, input)
+            .call_process(&mut self.store, input);
+        self.store.data_mut().partitions.clear();
+        result
             .map_err(|e| self.classify(e))?
             .map_err(PluginError::Batch)
     }
 
     fn arm_deadline(&mut self) {
+        // A refusal counts for the call it happened in only.
+        self.store.data_mut().limits.refused = None;
         let ticks = self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
         self.store.set_epoch_deadline(ticks.max(1) as u64);
     }
@@ -271,6 +412,15 @@ impl Instance {
     fn classify(&self, error: wasmtime::Error) -> PluginError {
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
             return PluginError::Timeout(self.limits.call_timeout);
+        }
+        // A refused growth ends in a trap of the guest's choosing (an allocator abort,
+        // typically); the limit is the cause worth naming.
+        if let Some(requested) = self.store.data().limits.refused {
+            tracing::debug!("Plugin trap after a refused memory growth: {error:?}");
+            return PluginError::Memory {
+                limit: self.limits.max_memory_bytes,
+                requested,
+            };
         }
         // The trap itself, not the wasm backtrace around it; that goes to the debug log.
         tracing::debug!("Plugin trap: {error:?}");

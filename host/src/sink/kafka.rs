@@ -1,5 +1,5 @@
-//! The Kafka sink: an idempotent producer that writes a transformed batch and reports
-//! each delivery to the checkpoint tracker.
+//! The Kafka sink: an idempotent (or, for exactly-once, transactional) producer that
+//! writes a transformed batch and reports each delivery to the checkpoint tracker.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -7,17 +7,23 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rdkafka::ClientContext;
+use rdkafka::TopicPartitionList;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaResult;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
 use sluice_sdk::batch::{Header, Headers, InputBatch, Op};
 
 use crate::checkpoint::Tracker;
 use crate::config::{Partitioning, SinkConfig};
 use crate::source::kafka::topic_partitions;
+use crate::state::Change;
 
 /// Producer callbacks: each delivery report goes to the tracker.
 pub struct SinkContext {
@@ -62,6 +68,10 @@ pub enum SendError {
 
 pub struct KafkaSink {
     producer: BaseProducer<SinkContext>,
+    /// The producer's settings, to make a new one after an indefinite transaction outcome.
+    client: ClientConfig,
+    tracker: Arc<Mutex<Tracker>>,
+    transactional: bool,
     default_topic: String,
     outputs: BTreeMap<String, String>,
     same_partition: bool,
@@ -69,11 +79,14 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// Connects, checks (or creates) the sink topics against the source's partition count.
+    /// With a `transaction` the producer is transactional and its transactions are
+    /// initialised (fencing any earlier producer with the same id).
     pub fn connect(
         config: &SinkConfig,
         source_partitions: i32,
         connect_timeout: Duration,
         tracker: Arc<Mutex<Tracker>>,
+        transaction: Option<&TransactionSettings>,
         runtime: &tokio::runtime::Handle,
     ) -> anyhow::Result<Self> {
         let mut client = ClientConfig::new();
@@ -95,9 +108,13 @@ impl KafkaSink {
         for (key, value) in &config.kafka {
             client.set(key, value);
         }
-        let producer: BaseProducer<SinkContext> = client
-            .create_with_context(SinkContext { tracker })
-            .context("creating the Kafka producer (check sink.kafka settings)")?;
+        if let Some(transaction) = transaction {
+            client.set("transactional.id", &transaction.id).set(
+                "transaction.timeout.ms",
+                transaction.timeout.as_millis().to_string(),
+            );
+        }
+        let producer = new_producer(&client, &tracker, transaction.is_some(), connect_timeout)?;
 
         let mut topics: Vec<&str> = vec![&config.topic];
         topics.extend(config.outputs.values().map(String::as_str));
@@ -124,6 +141,7 @@ impl KafkaSink {
                     topic,
                     wanted,
                     spec.replication_factor,
+                    &[],
                     runtime,
                 )?;
                 tracing::info!(topic, partitions = wanted, "Sink topic created.");
@@ -140,6 +158,9 @@ impl KafkaSink {
 
         Ok(KafkaSink {
             producer,
+            client,
+            tracker,
+            transactional: transaction.is_some(),
             default_topic: config.topic.clone(),
             outputs: config.outputs.clone(),
             same_partition: config.partitioning == Partitioning::Same,
@@ -265,6 +286,80 @@ impl KafkaSink {
         }
     }
 
+    /// Writes state changes to the changelog `topic`, each to the partition of the input
+    /// partition it belongs to, counted as outputs of batch `seq`.
+    pub fn send_changes(
+        &self,
+        seq: u64,
+        topic: &str,
+        changes: &[Change],
+        tracker: &Mutex<Tracker>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<(), SendError> {
+        tracker.lock().unwrap().add_outputs(seq, changes.len());
+        for change in changes {
+            let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize)
+                .partition(change.partition)
+                .key(&change.key);
+            if let Some(value) = &change.value {
+                record = record.payload(value);
+            }
+            self.send_one(record, keep_going)?;
+        }
+        Ok(())
+    }
+
+    pub fn begin_transaction(&self) -> KafkaResult<()> {
+        self.producer.begin_transaction()
+    }
+
+    /// Adds the consumer `offsets` to the open transaction and commits it, outputs
+    /// and all. The group metadata lets the broker fence a host that lost its group
+    /// membership.
+    pub fn commit_transaction(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> KafkaResult<()> {
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, timeout)?;
+        }
+        self.producer.commit_transaction(timeout)
+    }
+
+    /// Aborts the open transaction: queued records are purged, records in flight are
+    /// waited for (their delivery reports served here, which the client's own abort
+    /// would wait on forever), then the abort goes to the broker.
+    pub fn abort_transaction(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.purge(PurgeConfig::default().queue());
+        self.producer.flush(timeout)?;
+        self.producer.abort_transaction(timeout)
+    }
+
+    /// Replaces the producer with a new one of the same transactional id. Initialising
+    /// its transactions bumps the producer epoch, which fences the old producer and
+    /// aborts whatever it left open: the way out of an indefinite commit outcome,
+    /// which must never be retried.
+    pub fn recreate(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer = new_producer(&self.client, &self.tracker, self.transactional, timeout)?;
+        Ok(())
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    /// The error that made the producer unusable, if one did (for example, another
+    /// producer with the same transactional id fenced it).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
     /// Serves delivery reports, waiting up to `timeout` for one.
     pub fn poll(&self, timeout: Duration) {
         self.producer.poll(timeout);
@@ -281,6 +376,40 @@ impl KafkaSink {
     }
 }
 
+/// The transactional producer's identity and limits.
+#[derive(Debug, Clone)]
+pub struct TransactionSettings {
+    /// Stable across restarts of the same host, so a restart fences its predecessor.
+    pub id: String,
+    /// How long the broker lets a transaction stay open before aborting it.
+    pub timeout: Duration,
+}
+
+fn new_producer(
+    client: &ClientConfig,
+    tracker: &Arc<Mutex<Tracker>>,
+    transactional: bool,
+    timeout: Duration,
+) -> anyhow::Result<BaseProducer<SinkContext>> {
+    let producer: BaseProducer<SinkContext> = client
+        .create_with_context(SinkContext {
+            tracker: tracker.clone(),
+        })
+        .context("creating the Kafka producer (check sink.kafka settings)")?;
+    if transactional {
+        let id = client.get("transactional.id").unwrap_or_default();
+        producer.init_transactions(timeout).with_context(|| {
+            format!(
+                "initialising transactions for transactional id `{id}` (exactly-once needs a broker with transactions enabled)"
+            )
+        })?;
+        producer
+            .begin_transaction()
+            .context("beginning the first transaction")?;
+    }
+    Ok(producer)
+}
+
 fn owned_headers(headers: Headers<'_>, extra: Option<Header<'_>>) -> OwnedHeaders {
     headers.chain(extra).fold(
         OwnedHeaders::new_with_capacity(4),
@@ -288,25 +417,30 @@ fn owned_headers(headers: Headers<'_>, extra: Option<Header<'_>>) -> OwnedHeader
     )
 }
 
-fn create_topic(
+/// Creates `topic` with the given topic-level `configs`; one that already exists is fine.
+pub(crate) fn create_topic(
     servers: &str,
     topic: &str,
     partitions: i32,
     replication: i32,
+    configs: &[(&str, &str)],
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", servers)
         .create()
         .context("creating the Kafka admin client")?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let new_topic = configs.iter().fold(
+        NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
+        |new_topic, (key, value)| new_topic.set(key, value),
+    );
     let results = runtime
         .block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
-        .with_context(|| format!("creating sink topic `{topic}`"))?;
+        .with_context(|| format!("creating topic `{topic}`"))?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => bail!("creating sink topic `{name}` failed: {code}"),
+            Err((name, code)) => bail!("creating topic `{name}` failed: {code}"),
         }
     }
     Ok(())

@@ -1,32 +1,36 @@
 //! The Kafka source: a consumer group member that reads the source topic into batches,
 //! applies the startup mode, and commits the offsets the checkpoint tracker allows.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_sdk::batch::{Header, InputWriter, RecordFields};
 
-use crate::checkpoint::{Partition, Tracker};
+use crate::checkpoint::Partition;
+use crate::checkpoint::checkpointer::Checkpointer;
 use crate::config::{Fallback, SourceConfig, Startup};
 
 /// Time allowed for offset lookups during a rebalance.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Consumer callbacks: the startup mode on assignment, a final commit on revocation.
+/// Consumer callbacks: the startup mode and state restore on assignment, a
+/// checkpoint on revocation.
 pub struct SourceContext {
     startup: Startup,
-    tracker: Arc<Mutex<Tracker>>,
-    assigned: Mutex<BTreeSet<Partition>>,
-    /// What the last successful commit request held, to skip commits with no progress.
-    last_commit: Mutex<TopicPartitionList>,
+    /// Ignore committed offsets and state at the first assignment (`run --fresh`).
+    fresh: AtomicBool,
+    checkpointer: OnceLock<Arc<Mutex<Checkpointer>>>,
+    /// A failure inside a callback that must stop the pipeline before it processes
+    /// another record.
+    fatal: Mutex<Option<String>>,
 }
 
 impl ClientContext for SourceContext {
@@ -48,32 +52,42 @@ impl ConsumerContext for SourceContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                if let Startup::Timestamp { millis } = self.startup
-                    && let Err(error) = seek_to_timestamp(consumer, tpl, millis)
-                {
-                    tracing::error!(%error, "Could not look up offsets for the startup timestamp; using the committed or earliest offsets.");
+                let fresh = self.fresh.swap(false, Ordering::Relaxed);
+                let positioned = if fresh {
+                    start_fresh(consumer, tpl, self.startup)
+                } else if let Startup::Timestamp { millis } = self.startup {
+                    seek_to_timestamp(consumer, tpl, millis)
+                } else {
+                    Ok(())
+                };
+                if let Err(error) = positioned {
+                    tracing::error!(%error, "Could not look up offsets for the startup mode; using the committed or earliest offsets.");
                 }
                 let partitions = partitions_of(tpl);
                 tracing::info!(partitions = ?partitions, "Partitions assigned.");
-                self.assigned.lock().unwrap().extend(partitions);
+                if let Some(checkpointer) = self.checkpointer.get()
+                    && let Err(error) = checkpointer.lock().unwrap().assign(&partitions, fresh)
+                {
+                    self.fail(format!("{error:#}"));
+                }
                 if let Err(error) = consumer.assign(tpl) {
                     tracing::error!(%error, "Assigning partitions failed.");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Commit what is acknowledged before another member takes over, so it
-                // re-reads as little as possible.
-                if let Err(error) = self.commit(consumer, CommitMode::Sync) {
-                    tracing::warn!(%error, "Commit before revocation failed; the next owner re-reads from the last checkpoint.");
-                }
+                // Checkpoint before another member takes over, so it re-reads as
+                // little as possible and finds the state that goes with the offsets.
                 let revoked = partitions_of(tpl);
-                tracing::info!(partitions = ?revoked, "Partitions revoked.");
-                let mut assigned = self.assigned.lock().unwrap();
-                let mut tracker = self.tracker.lock().unwrap();
-                for partition in &revoked {
-                    assigned.remove(partition);
-                    tracker.forget(partition);
+                let lost = consumer.assignment_lost();
+                if let Some(checkpointer) = self.checkpointer.get()
+                    && let Err(error) = checkpointer
+                        .lock()
+                        .unwrap()
+                        .revoke(consumer, &revoked, lost)
+                {
+                    self.fail(format!("{error:#}"));
                 }
+                tracing::info!(partitions = ?revoked, "Partitions revoked.");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "Unassigning partitions failed.");
                 }
@@ -93,31 +107,9 @@ impl ConsumerContext for SourceContext {
 }
 
 impl SourceContext {
-    /// Commits the committable offsets of the partitions this member owns.
-    /// Returns how many partitions were committed.
-    fn commit(&self, consumer: &BaseConsumer<Self>, mode: CommitMode) -> KafkaResult<usize> {
-        let mut tpl = TopicPartitionList::new();
-        {
-            let assigned = self.assigned.lock().unwrap();
-            let tracker = self.tracker.lock().unwrap();
-            for ((topic, partition), offset) in tracker.committable() {
-                if assigned.contains(&(topic.clone(), *partition)) {
-                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-                }
-            }
-        }
-        let mut last = self.last_commit.lock().unwrap();
-        // Periodic commits skip when nothing moved; a final or pre-revocation commit
-        // always goes out, in case the last asynchronous one failed.
-        let unchanged =
-            matches!(mode, CommitMode::Async) && tpl.to_topic_map() == last.to_topic_map();
-        if tpl.count() == 0 || unchanged {
-            return Ok(0);
-        }
-        consumer.commit(&tpl, mode)?;
-        let count = tpl.count();
-        *last = tpl;
-        Ok(count)
+    fn fail(&self, message: String) {
+        tracing::error!("{message}");
+        self.fatal.lock().unwrap().get_or_insert(message);
     }
 }
 
@@ -126,6 +118,35 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
         .iter()
         .map(|e| (e.topic().to_string(), e.partition()))
         .collect()
+}
+
+/// `run --fresh`: every assigned partition starts where the startup mode says,
+/// whatever the group committed.
+fn start_fresh(
+    consumer: &BaseConsumer<SourceContext>,
+    tpl: &mut TopicPartitionList,
+    startup: Startup,
+) -> KafkaResult<()> {
+    let partitions = partitions_of(tpl);
+    tracing::warn!(partitions = ?partitions, startup = ?startup, "Starting fresh: committed offsets are ignored.");
+    let offset = match startup {
+        Startup::Latest
+        | Startup::GroupOffsets {
+            fallback: Fallback::Latest,
+        } => Offset::End,
+        Startup::Timestamp { millis } => {
+            let mut lookup = TopicPartitionList::new();
+            for (topic, partition) in &partitions {
+                lookup.add_partition_offset(topic, *partition, Offset::Offset(millis))?;
+            }
+            return start_at_times(consumer, tpl, lookup);
+        }
+        _ => Offset::Beginning,
+    };
+    for (topic, partition) in &partitions {
+        tpl.set_partition_offset(topic, *partition, offset)?;
+    }
+    Ok(())
 }
 
 /// For partitions the group has not committed, start at the first record at or after
@@ -149,6 +170,16 @@ fn seek_to_timestamp(
     if lookup.count() == 0 {
         return Ok(());
     }
+    start_at_times(consumer, tpl, lookup)
+}
+
+/// Sets each partition of `lookup` (offsets holding timestamps) in `tpl` to the first
+/// record at or after its timestamp, or to the end when there is none.
+fn start_at_times(
+    consumer: &BaseConsumer<SourceContext>,
+    tpl: &mut TopicPartitionList,
+    lookup: TopicPartitionList,
+) -> KafkaResult<()> {
     let found = consumer.offsets_for_times(lookup, LOOKUP_TIMEOUT)?;
     for element in found.elements() {
         let offset = match element.offset() {
@@ -165,17 +196,15 @@ pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
     topic: String,
     batch_max_records: usize,
-    /// Offset after the last record read into the current batch, by partition number
-    /// (-1: none). A Vec, not a map: this is updated for every record.
-    ends: Vec<i64>,
+    /// First offset and offset after the last record read into the current batch, by
+    /// partition number (-1: none). A Vec, not a map: this is updated for every record.
+    spans: Vec<(i64, i64)>,
 }
 
 impl KafkaSource {
-    /// Connects, checks the source topic exists, and joins the group.
-    pub fn connect(
-        config: &SourceConfig,
-        tracker: Arc<Mutex<Tracker>>,
-    ) -> anyhow::Result<(Self, i32)> {
+    /// Connects, checks the source topic exists, and joins the group. `fresh`: ignore
+    /// the group's committed offsets at the first assignment.
+    pub fn connect(config: &SourceConfig, fresh: bool) -> anyhow::Result<(Self, i32)> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
@@ -205,9 +234,9 @@ impl KafkaSource {
         }
         let context = SourceContext {
             startup: config.startup,
-            tracker,
-            assigned: Mutex::default(),
-            last_commit: Mutex::new(TopicPartitionList::new()),
+            fresh: AtomicBool::new(fresh),
+            checkpointer: OnceLock::new(),
+            fatal: Mutex::new(None),
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
@@ -235,7 +264,7 @@ impl KafkaSource {
                 consumer,
                 topic: config.topic.clone(),
                 batch_max_records: config.batch_max_records,
-                ends: Vec::new(),
+                spans: Vec::new(),
             },
             partitions,
         ))
@@ -251,29 +280,48 @@ impl KafkaSource {
                 Some(Ok(message)) => {
                     push(batch, &message);
                     let partition = message.partition() as usize;
-                    if partition >= self.ends.len() {
-                        self.ends.resize(partition + 1, -1);
+                    if partition >= self.spans.len() {
+                        self.spans.resize(partition + 1, (-1, -1));
                     }
-                    self.ends[partition] = message.offset() + 1;
+                    let span = &mut self.spans[partition];
+                    if span.0 < 0 {
+                        span.0 = message.offset();
+                    }
+                    span.1 = message.offset() + 1;
                 }
                 Some(Err(error)) => self.consume_error(error)?,
+            }
+            // A callback (state restore, revocation checkpoint) failed inside poll:
+            // stop before the batch is processed.
+            if let Some(fatal) = self.consumer.context().fatal.lock().unwrap().take() {
+                bail!(fatal);
             }
             timeout = Duration::ZERO;
         }
         Ok(())
     }
 
-    /// Takes the per-partition end offsets of the batch just filled.
-    pub fn take_ends(&mut self) -> Vec<(Partition, i64)> {
-        let ends = self
-            .ends
+    /// Takes the spans of the batch just filled: per partition, the first offset and
+    /// the offset after the last record.
+    pub fn take_spans(&mut self) -> Vec<(Partition, i64, i64)> {
+        let spans = self
+            .spans
             .iter()
             .enumerate()
-            .filter(|(_, end)| **end >= 0)
-            .map(|(partition, end)| ((self.topic.clone(), partition as i32), *end))
+            .filter(|(_, (first, _))| *first >= 0)
+            .map(|(partition, (first, end))| ((self.topic.clone(), partition as i32), *first, *end))
             .collect();
-        self.ends.fill(-1);
-        ends
+        self.spans.fill((-1, -1));
+        spans
+    }
+
+    /// Hands revocations and assignments to `checkpointer` from now on.
+    pub fn attach(&self, checkpointer: Arc<Mutex<Checkpointer>>) {
+        let _ = self.consumer.context().checkpointer.set(checkpointer);
+    }
+
+    pub fn consumer(&self) -> &BaseConsumer<SourceContext> {
+        &self.consumer
     }
 
     fn consume_error(&self, error: KafkaError) -> anyhow::Result<()> {
@@ -293,11 +341,6 @@ impl KafkaSource {
                 Ok(())
             }
         }
-    }
-
-    /// Commits the acknowledged offsets of owned partitions.
-    pub fn commit(&self, mode: CommitMode) -> KafkaResult<usize> {
-        self.consumer.context().commit(&self.consumer, mode)
     }
 
     /// Leaves the group cleanly so partitions move to other members at once.

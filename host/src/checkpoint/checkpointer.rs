@@ -1,0 +1,486 @@
+//! Checkpoints in both delivery modes, and what happens to state on assignment and
+//! revocation.
+//!
+//! Strategy: one `Checkpointer` owns the sink producer, the keyed state's changelog
+//! and the progress bookkeeping. The pipeline loop calls it between batches; the
+//! consumer's rebalance callback (which runs inside the same thread's `poll`) calls it
+//! on assignment and revocation. Both reach it through one mutex, never held across a
+//! `poll`.
+//!
+//! - At-least-once: changed state is written to the changelog and acknowledged before
+//!   the offsets that go with it are committed, so restored state always covers the
+//!   committed input (a replay after a crash may count some records twice, as the
+//!   outputs may be written twice).
+//! - Exactly-once: the producer is transactional; outputs, changelog records and the
+//!   consumer offsets of one checkpoint are one transaction. On any failure the
+//!   transaction is aborted, every partition is sought back to the offsets of the
+//!   last committed transaction and its state is restored from the changelog. An
+//!   indefinite outcome (a timeout, an unknown result) is never retried: the producer
+//!   is dropped and a new one with the same transactional id fences whatever the old
+//!   one may still do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Partition, Tracker};
+use crate::config::Delivery;
+use crate::sink::kafka::KafkaSink;
+use crate::source::kafka::SourceContext;
+use crate::state::SharedState;
+use crate::state::changelog::Restorer;
+
+/// How long a transaction commit, abort or producer restart may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fencings tolerated within [`FENCING_WINDOW`] before the host gives up.
+const FENCING_BUDGET: usize = 3;
+const FENCING_WINDOW: Duration = Duration::from_secs(300);
+/// How long a checkpoint waits for the changelog writes to be acknowledged.
+const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a checkpoint is taken: periodic checkpoints may skip when nothing moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Periodic,
+    /// Shutdown or revocation: always complete, synchronously.
+    Final,
+}
+
+pub struct Checkpointer {
+    delivery: Delivery,
+    sink: KafkaSink,
+    tracker: Arc<Mutex<Tracker>>,
+    state: SharedState,
+    changelog: String,
+    restorer: Restorer,
+    assigned: BTreeSet<Partition>,
+    /// Exactly-once: the offset after the last record processed in the open
+    /// transaction, per partition.
+    processed: BTreeMap<Partition, i64>,
+    /// Exactly-once: where each partition resumes when the open transaction aborts.
+    rewind: BTreeMap<Partition, i64>,
+    /// At-least-once: what the last commit request held, to skip commits that would
+    /// change nothing.
+    last_commit: TopicPartitionList,
+    /// When the producer was last fenced.
+    fenced: Vec<Instant>,
+}
+
+impl Checkpointer {
+    pub fn new(
+        delivery: Delivery,
+        sink: KafkaSink,
+        tracker: Arc<Mutex<Tracker>>,
+        state: SharedState,
+        changelog: String,
+        restorer: Restorer,
+    ) -> Self {
+        Checkpointer {
+            delivery,
+            sink,
+            tracker,
+            state,
+            changelog,
+            restorer,
+            assigned: BTreeSet::new(),
+            processed: BTreeMap::new(),
+            rewind: BTreeMap::new(),
+            last_commit: TopicPartitionList::new(),
+            fenced: Vec::new(),
+        }
+    }
+
+    pub fn sink(&self) -> &KafkaSink {
+        &self.sink
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        self.delivery == Delivery::ExactlyOnce
+    }
+
+    /// Records that a batch covering `spans` (partition, first offset, offset after
+    /// the last) was handed to the producer.
+    pub fn processed(&mut self, spans: &[(Partition, i64, i64)]) {
+        if !self.exactly_once() {
+            return;
+        }
+        for (partition, first, end) in spans {
+            self.rewind.entry(partition.clone()).or_insert(*first);
+            self.processed.insert(partition.clone(), *end);
+        }
+    }
+
+    /// Takes a checkpoint. Returns the number of partitions whose progress was
+    /// committed. An error is fatal for the pipeline.
+    pub fn checkpoint(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        reason: Reason,
+    ) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        let committed = match self.delivery {
+            Delivery::AtLeastOnce => self.checkpoint_at_least_once(consumer, reason)?,
+            Delivery::ExactlyOnce => self.checkpoint_transaction(consumer)?,
+        };
+        if committed > 0 {
+            tracing::info!(
+                partitions = committed,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "Checkpoint committed."
+            );
+        }
+        Ok(committed)
+    }
+
+    fn checkpoint_at_least_once(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        reason: Reason,
+    ) -> anyhow::Result<usize> {
+        self.flush_changelog()?;
+        let mut tpl = TopicPartitionList::new();
+        {
+            let tracker = self.tracker.lock().unwrap();
+            for ((topic, partition), offset) in tracker.committable() {
+                if self.assigned.contains(&(topic.clone(), *partition)) {
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+                }
+            }
+        }
+        // Periodic commits skip when nothing moved; a final or pre-revocation commit
+        // always goes out, in case the last asynchronous one failed.
+        let unchanged =
+            reason == Reason::Periodic && tpl.to_topic_map() == self.last_commit.to_topic_map();
+        if tpl.count() == 0 || unchanged {
+            return Ok(0);
+        }
+        let mode = match reason {
+            Reason::Periodic => CommitMode::Async,
+            Reason::Final => CommitMode::Sync,
+        };
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                let count = tpl.count();
+                self.last_commit = tpl;
+                Ok(count)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Checkpoint commit failed; the next checkpoint retries it.");
+                Ok(0)
+            }
+        }
+    }
+
+    /// At-least-once: writes changed state to the changelog and waits until the
+    /// broker has acknowledged it and every output before it.
+    fn flush_changelog(&mut self) -> anyhow::Result<()> {
+        let changes = {
+            let mut state = self.state.lock().unwrap();
+            if !state.has_changes() {
+                return Ok(());
+            }
+            state.take_changes(None)
+        };
+        let seq = self.tracker.lock().unwrap().begin(Vec::new());
+        self.sink
+            .send_changes(seq, &self.changelog, &changes, &self.tracker, &|| true)
+            .map_err(|e| anyhow::anyhow!("writing state to changelog `{}`: {e}", self.changelog))?;
+        self.tracker.lock().unwrap().seal(seq);
+        let deadline = Instant::now() + CHANGELOG_TIMEOUT;
+        loop {
+            {
+                let tracker = self.tracker.lock().unwrap();
+                if let Some(failure) = tracker.failure() {
+                    bail!("{failure}");
+                }
+                if tracker.passed(seq) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "state changes were not acknowledged by the broker within {} s (changelog `{}`); \
+                     offsets stay uncommitted",
+                    CHANGELOG_TIMEOUT.as_secs(),
+                    self.changelog
+                );
+            }
+            self.sink.poll(Duration::from_millis(5));
+        }
+    }
+
+    /// Exactly-once: commits the open transaction with the changed state and the
+    /// offsets, then opens the next one.
+    fn checkpoint_transaction(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+    ) -> anyhow::Result<usize> {
+        let changes = self.state.lock().unwrap().take_changes(None);
+        if self.processed.is_empty() && changes.is_empty() {
+            return Ok(0);
+        }
+        let result = self.commit_transaction(consumer, &changes);
+        match result {
+            Ok(count) => {
+                self.rewind.extend(std::mem::take(&mut self.processed));
+                Ok(count)
+            }
+            Err(error) => {
+                if error.is_indefinite() {
+                    // The commit may or may not have happened: never retry it; fence
+                    // this producer with a new one instead, then rewind.
+                    tracing::warn!(%error, "The transaction's outcome is unknown; replacing the producer.");
+                    self.sink.recreate(TRANSACTION_TIMEOUT).context(
+                        "replacing the transactional producer after an unknown commit outcome",
+                    )?;
+                }
+                self.recover(consumer, &error)?;
+                Ok(0)
+            }
+        }
+    }
+
+    fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        changes: &[crate::state::Change],
+    ) -> Result<usize, TransactionError> {
+        if !changes.is_empty() {
+            let seq = self.tracker.lock().unwrap().begin(Vec::new());
+            self.sink
+                .send_changes(seq, &self.changelog, changes, &self.tracker, &|| true)
+                .map_err(|e| TransactionError::Other(e.to_string()))?;
+            self.tracker.lock().unwrap().seal(seq);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.processed {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(TransactionError::Kafka)?;
+        }
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| TransactionError::Other("the consumer has no group metadata".into()))?;
+        self.sink
+            .commit_transaction(&offsets, &group, TRANSACTION_TIMEOUT)
+            .map_err(TransactionError::Kafka)?;
+        self.sink
+            .begin_transaction()
+            .map_err(TransactionError::Kafka)?;
+        Ok(offsets.count())
+    }
+
+    /// Exactly-once: aborts the open transaction after `error`, rewinds every owned
+    /// partition to its last committed offset and restores its state. Fails only
+    /// when the producer can no longer be used (another host took its transactional
+    /// id).
+    pub fn recover(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        error: &dyn std::fmt::Display,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.");
+        if let Some(fatal) = self.sink.fatal_error() {
+            // Fenced: either this host stalled past the transaction timeout (the broker
+            // aborted its transaction and bumped the producer epoch), or another host
+            // uses the same transactional id. A new producer recovers from the first;
+            // the budget stops the two hosts of the second from fencing each other
+            // forever.
+            let now = Instant::now();
+            self.fenced
+                .retain(|at| now.duration_since(*at) < FENCING_WINDOW);
+            if self.fenced.len() >= FENCING_BUDGET {
+                bail!(
+                    "the transactional producer was fenced {FENCING_BUDGET} times within {} s ({fatal}): \
+                     another host runs with the same transactional id; give each host its own `--instance`",
+                    FENCING_WINDOW.as_secs()
+                );
+            }
+            self.fenced.push(now);
+            tracing::warn!(%fatal, "The transactional producer was fenced; starting a new one.");
+            self.sink
+                .recreate(TRANSACTION_TIMEOUT)
+                .context("replacing the fenced transactional producer")?;
+        } else if let Err(abort) = self.sink.abort_transaction(TRANSACTION_TIMEOUT) {
+            // The outcome is unknown: never retry, fence the old producer instead.
+            tracing::warn!(error = %abort, "Abort failed; replacing the producer.");
+            self.sink
+                .recreate(TRANSACTION_TIMEOUT)
+                .context("replacing the transactional producer after a failed abort")?;
+        } else if let Err(begin) = self.sink.begin_transaction() {
+            tracing::warn!(error = %begin, "Could not begin a transaction; replacing the producer.");
+            self.sink
+                .recreate(TRANSACTION_TIMEOUT)
+                .context("replacing the transactional producer")?;
+        }
+        self.tracker.lock().unwrap().reset();
+        self.processed.clear();
+        self.rewind_to_committed(consumer)?;
+        let owned: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
+        self.restore(&owned, false)
+    }
+
+    /// Seeks every owned partition back to the offset its group last committed, as the
+    /// broker has it: after an unknown commit outcome only the broker knows whether the
+    /// last transaction went through. A partition never committed goes back to the
+    /// first record processed since it was assigned.
+    fn rewind_to_committed(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+    ) -> anyhow::Result<()> {
+        if self.assigned.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.assigned {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, TRANSACTION_TIMEOUT)
+            .context("reading the committed offsets to rewind to")?;
+        for element in committed.elements() {
+            let partition = (element.topic().to_string(), element.partition());
+            let target = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => self.rewind.get(&partition).copied(),
+            };
+            let Some(offset) = target else { continue };
+            // Asynchronous (no timeout): a partition the group is taking away at this
+            // moment must not block the worker; records fetched before the seek are
+            // discarded by the client either way.
+            consumer
+                .seek(
+                    &partition.0,
+                    partition.1,
+                    Offset::Offset(offset),
+                    Duration::ZERO,
+                )
+                .with_context(|| {
+                    format!(
+                        "rewinding {}/{} to offset {offset}",
+                        partition.0, partition.1
+                    )
+                })?;
+            self.rewind.insert(partition, offset);
+        }
+        Ok(())
+    }
+
+    /// Restores the state of newly assigned partitions (cleared instead when
+    /// starting fresh) before any of their records is processed.
+    pub fn assign(&mut self, partitions: &[Partition], fresh: bool) -> anyhow::Result<()> {
+        self.assigned.extend(partitions.iter().cloned());
+        let numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
+        self.restore(&numbers, fresh)
+    }
+
+    fn restore(&mut self, partitions: &[i32], fresh: bool) -> anyhow::Result<()> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let restored = self.restorer.restore(partitions)?;
+        let mut state = self.state.lock().unwrap();
+        let mut keys = 0;
+        for (partition, values) in restored {
+            keys += values.len();
+            state.install(partition, values);
+            if fresh {
+                state.clear(partition);
+            }
+        }
+        if fresh {
+            tracing::warn!(
+                partitions = ?partitions,
+                keys,
+                "Starting fresh: the state of these partitions is deleted (tombstones go to the changelog at the next checkpoint)."
+            );
+        } else {
+            tracing::info!(
+                partitions = ?partitions,
+                keys,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                changelog = %self.changelog,
+                "State restored."
+            );
+        }
+        Ok(())
+    }
+
+    /// Checkpoints revoked partitions (unless they were lost, when nothing of theirs
+    /// may be committed) and drops their state.
+    pub fn revoke(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        partitions: &[Partition],
+        lost: bool,
+    ) -> anyhow::Result<()> {
+        let result = if lost {
+            tracing::warn!(partitions = ?partitions, "Partitions lost (the group moved on without this host); their uncommitted progress is discarded.");
+            // Nothing to rewind or restore for partitions that are gone.
+            for partition in partitions {
+                self.assigned.remove(partition);
+            }
+            if self.exactly_once() {
+                self.recover(consumer, &"partitions lost")
+            } else {
+                Ok(())
+            }
+        } else {
+            self.checkpoint(consumer, Reason::Final).map(|_| ())
+        };
+        let mut state = self.state.lock().unwrap();
+        let mut tracker = self.tracker.lock().unwrap();
+        for partition in partitions {
+            self.assigned.remove(partition);
+            self.processed.remove(partition);
+            self.rewind.remove(partition);
+            tracker.forget(partition);
+            state.drop_partition(partition.1);
+        }
+        result
+    }
+
+    /// Exactly-once, on a fatal error: abort what is open so `read_committed`
+    /// consumers are not held up until the broker's transaction timeout.
+    pub fn abandon(&mut self) {
+        if self.exactly_once()
+            && self.sink.fatal_error().is_none()
+            && let Err(error) = self.sink.abort_transaction(TRANSACTION_TIMEOUT)
+        {
+            tracing::warn!(%error, "Aborting the open transaction failed; the broker aborts it at its timeout.");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TransactionError {
+    #[error("{0}")]
+    Kafka(KafkaError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl TransactionError {
+    /// A timeout or a retriable failure of the commit itself: whether the transaction
+    /// committed is unknown.
+    fn is_indefinite(&self) -> bool {
+        match self {
+            TransactionError::Kafka(KafkaError::Transaction(error)) => {
+                error.is_retriable() || error.code() == RDKafkaErrorCode::OperationTimedOut
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<KafkaError> for TransactionError {
+    fn from(error: KafkaError) -> Self {
+        TransactionError::Kafka(error)
+    }
+}

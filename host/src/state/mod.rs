@@ -1,0 +1,294 @@
+//! Keyed state for plugins: byte values under byte keys, one map per input partition.
+//!
+//! Strategy: the state lives in the host, not in guest memory, so a hot swap, a
+//! restart or a rebalance never loses it. Every write marks its key dirty; a checkpoint
+//! takes the dirty keys and writes their current values (or tombstones) to the
+//! application's compacted changelog topic, partitioned like the input, before (or, in
+//! exactly-once mode, in the same transaction as) the offsets it goes with. On
+//! assignment a partition's map is rebuilt from its changelog partition
+//! ([`changelog`]); on revocation it is checkpointed and dropped.
+
+pub mod changelog;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// The state store shared by the worker's plugin instance and the checkpoint logic.
+pub type SharedState = Arc<Mutex<StateStore>>;
+
+/// One changed key, as it goes to the changelog: `None` is a deletion (a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    values: HashMap<Vec<u8>, Vec<u8>>,
+    /// Keys written since the last checkpoint.
+    dirty: HashSet<Vec<u8>>,
+}
+
+/// How to undo one write of the open batch: the key's previous value and dirty mark.
+#[derive(Debug)]
+struct Undo {
+    partition: i32,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+/// State of every partition this host owns.
+///
+/// Writes made while a batch is open ([`StateStore::begin_batch`]) can be undone as a
+/// whole: a batch whose outputs never reach the sink (a rolled-back plugin version, a
+/// shutdown while the producer queue is full) must leave no trace in the state either.
+#[derive(Debug, Default)]
+pub struct StateStore {
+    partitions: HashMap<i32, PartitionState>,
+    undo: Option<Vec<Undo>>,
+}
+
+impl StateStore {
+    pub fn shared() -> SharedState {
+        Arc::new(Mutex::new(StateStore::default()))
+    }
+
+    pub fn get(&self, partition: i32, key: &[u8]) -> Option<&[u8]> {
+        self.partitions
+            .get(&partition)?
+            .values
+            .get(key)
+            .map(Vec::as_slice)
+    }
+
+    pub fn set(&mut self, partition: i32, key: Vec<u8>, value: Vec<u8>) {
+        let state = self.partitions.entry(partition).or_default();
+        let was_dirty = !state.dirty.insert(key.clone());
+        let previous = state.values.insert(key.clone(), value);
+        if let Some(undo) = &mut self.undo {
+            undo.push(Undo {
+                partition,
+                key,
+                value: previous,
+                dirty: was_dirty,
+            });
+        }
+    }
+
+    pub fn delete(&mut self, partition: i32, key: &[u8]) {
+        let state = self.partitions.entry(partition).or_default();
+        let previous = state.values.remove(key);
+        let was_dirty = !state.dirty.insert(key.to_vec());
+        if let Some(undo) = &mut self.undo {
+            undo.push(Undo {
+                partition,
+                key: key.to_vec(),
+                value: previous,
+                dirty: was_dirty,
+            });
+        }
+    }
+
+    /// Starts recording writes so that [`StateStore::discard_batch`] can undo them.
+    pub fn begin_batch(&mut self) {
+        self.undo = Some(Vec::new());
+    }
+
+    /// Keeps the open batch's writes.
+    pub fn commit_batch(&mut self) {
+        self.undo = None;
+    }
+
+    /// Undoes every write since [`StateStore::begin_batch`].
+    pub fn discard_batch(&mut self) {
+        let Some(undo) = self.undo.take() else {
+            return;
+        };
+        for entry in undo.into_iter().rev() {
+            let state = self.partitions.entry(entry.partition).or_default();
+            match entry.value {
+                Some(value) => state.values.insert(entry.key.clone(), value),
+                None => state.values.remove(&entry.key),
+            };
+            if !entry.dirty {
+                state.dirty.remove(&entry.key);
+            }
+        }
+    }
+
+    /// Whether any key changed since the last [`StateStore::take_changes`].
+    pub fn has_changes(&self) -> bool {
+        self.partitions.values().any(|p| !p.dirty.is_empty())
+    }
+
+    /// The changed keys of `partitions` (all when `None`) with their current values,
+    /// clearing their dirty marks.
+    pub fn take_changes(&mut self, partitions: Option<&[i32]>) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (&partition, state) in &mut self.partitions {
+            if partitions.is_some_and(|only| !only.contains(&partition)) {
+                continue;
+            }
+            for key in state.dirty.drain() {
+                let value = state.values.get(&key).cloned();
+                changes.push(Change {
+                    partition,
+                    key,
+                    value,
+                });
+            }
+        }
+        changes
+    }
+
+    /// Replaces a partition's state with restored values (nothing dirty).
+    pub fn install(&mut self, partition: i32, values: HashMap<Vec<u8>, Vec<u8>>) {
+        self.partitions.insert(
+            partition,
+            PartitionState {
+                values,
+                dirty: HashSet::new(),
+            },
+        );
+    }
+
+    /// Forgets a partition this host no longer owns, unsaved changes included.
+    pub fn drop_partition(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// Deletes every key of `partition`; the deletions reach the changelog at the next
+    /// checkpoint. Returns how many keys there were.
+    pub fn clear(&mut self, partition: i32) -> usize {
+        let state = self.partitions.entry(partition).or_default();
+        let keys: Vec<Vec<u8>> = state.values.drain().map(|(key, _)| key).collect();
+        let count = keys.len();
+        state.dirty.extend(keys);
+        count
+    }
+
+    /// Keys held for `partition`.
+    pub fn len(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |state| state.values.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(mut changes: Vec<Change>) -> Vec<Change> {
+        changes.sort_by(|a, b| (a.partition, &a.key).cmp(&(b.partition, &b.key)));
+        changes
+    }
+
+    #[test]
+    fn partitions_are_separate_scopes() {
+        let mut store = StateStore::default();
+        store.set(0, b"k".to_vec(), b"zero".to_vec());
+        store.set(1, b"k".to_vec(), b"one".to_vec());
+        assert_eq!(store.get(0, b"k"), Some(&b"zero"[..]));
+        assert_eq!(store.get(1, b"k"), Some(&b"one"[..]));
+        assert_eq!(store.get(2, b"k"), None);
+    }
+
+    #[test]
+    fn changes_carry_the_latest_value_once_and_deletions_as_tombstones() {
+        let mut store = StateStore::default();
+        store.set(0, b"a".to_vec(), b"1".to_vec());
+        store.set(0, b"a".to_vec(), b"2".to_vec());
+        store.set(0, b"b".to_vec(), b"x".to_vec());
+        store.delete(0, b"b");
+        assert!(store.has_changes());
+        assert_eq!(
+            sorted(store.take_changes(None)),
+            vec![
+                Change {
+                    partition: 0,
+                    key: b"a".to_vec(),
+                    value: Some(b"2".to_vec())
+                },
+                Change {
+                    partition: 0,
+                    key: b"b".to_vec(),
+                    value: None
+                },
+            ]
+        );
+        assert!(!store.has_changes());
+        assert!(store.take_changes(None).is_empty());
+    }
+
+    #[test]
+    fn changes_can_be_taken_for_some_partitions_only() {
+        let mut store = StateStore::default();
+        store.set(0, b"a".to_vec(), b"1".to_vec());
+        store.set(3, b"a".to_vec(), b"3".to_vec());
+        let taken = store.take_changes(Some(&[3]));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].partition, 3);
+        assert_eq!(store.take_changes(None).len(), 1);
+    }
+
+    #[test]
+    fn a_discarded_batch_leaves_values_and_changes_as_they_were() {
+        let mut store = StateStore::default();
+        store.set(0, b"kept".to_vec(), b"1".to_vec());
+        store.take_changes(None);
+        store.set(0, b"dirty".to_vec(), b"d".to_vec());
+
+        store.begin_batch();
+        store.set(0, b"kept".to_vec(), b"2".to_vec());
+        store.set(0, b"kept".to_vec(), b"3".to_vec());
+        store.delete(0, b"dirty");
+        store.set(1, b"new".to_vec(), b"n".to_vec());
+        store.discard_batch();
+
+        assert_eq!(store.get(0, b"kept"), Some(&b"1"[..]));
+        assert_eq!(store.get(0, b"dirty"), Some(&b"d"[..]));
+        assert_eq!(store.get(1, b"new"), None);
+        let changes = sorted(store.take_changes(None));
+        assert_eq!(
+            changes,
+            vec![Change {
+                partition: 0,
+                key: b"dirty".to_vec(),
+                value: Some(b"d".to_vec())
+            }],
+            "only the write from before the batch is still to be saved"
+        );
+    }
+
+    #[test]
+    fn a_committed_batch_keeps_its_writes() {
+        let mut store = StateStore::default();
+        store.begin_batch();
+        store.set(0, b"k".to_vec(), b"v".to_vec());
+        store.commit_batch();
+        store.discard_batch();
+        assert_eq!(store.get(0, b"k"), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn clearing_a_partition_writes_a_tombstone_per_key() {
+        let mut store = StateStore::default();
+        store.install(
+            2,
+            HashMap::from([
+                (b"x".to_vec(), b"1".to_vec()),
+                (b"y".to_vec(), b"2".to_vec()),
+            ]),
+        );
+        assert!(!store.has_changes());
+        assert_eq!(store.clear(2), 2);
+        assert_eq!(store.len(2), 0);
+        let changes = sorted(store.take_changes(None));
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| c.value.is_none()));
+    }
+}
