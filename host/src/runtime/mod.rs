@@ -21,8 +21,8 @@ use bindings::{Transformer, TransformerPre, log, state};
 pub use sandbox::{DirGrant, Sandbox};
 use stdio::PluginOutput;
 
-pub use describe::Description;
 use crate::state::SharedState;
+pub use describe::Description;
 
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";
