@@ -16,10 +16,15 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where builds of this test run go; kept until the process ends.
+/// Where builds of this test run go: beside the other plugin builds, replaced by
+/// every run (each example is rebuilt once per run).
 pub fn build_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap().keep())
+    DIR.get_or_init(|| {
+        let dir = wasm_target_dir().join("examples");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
 }
 
 /// Rust plugins build into the target directory the host's build script uses for
