@@ -30,9 +30,16 @@
 //!
 //! Each input record yields zero, one or many outputs (filter, map, flat-map), each to
 //! the default output or to a named one (routing), or an error for that record alone.
+//!
+//! A record's value, key and headers are bytes; with the `json` feature (on by
+//! default) [`Record::json`] reads the value with serde and [`Output::set_json`]
+//! writes one. [`Record::topic`], [`Record::partition`] and [`Record::offset`] are the
+//! record's source coordinates.
 #![deny(missing_docs)]
 
 pub mod batch;
+#[cfg(feature = "json")]
+mod json;
 #[cfg(feature = "guest")]
 pub mod state;
 

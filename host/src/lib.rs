@@ -23,11 +23,13 @@
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
 //! - `auth`: Kafka security settings, MSK IAM tokens, and stopping on refused credentials.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
+//! - `author`: plugin authoring commands (new, build, test, inspect); no Kafka.
 //! - `shutdown`, `telemetry`: signals, and logging.
 
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod author;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

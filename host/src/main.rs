@@ -8,7 +8,7 @@ use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
 use sluice_host::config::{Config, ConfigSource};
 use sluice_host::shutdown::{Shutdown, watch_signals};
 use sluice_host::state::StateStore;
-use sluice_host::{admin, app, generate, telemetry};
+use sluice_host::{admin, app, author, generate, telemetry};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_INVALID: u8 = 2;
@@ -152,6 +152,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Plugin(PluginCommand::New(args)) => author::command::new(&args),
+        Command::Plugin(PluginCommand::Build(args)) => author::command::build(&args),
+        Command::Plugin(PluginCommand::Test(args)) => author::command::test(&args),
+        Command::Plugin(PluginCommand::Inspect { plugin }) => author::command::inspect(&plugin),
         Command::Generate(args) => match generate::run(&args, &shutdown) {
             Ok(sent) => {
                 eprintln!("sent {sent} records to {}", args.topic);

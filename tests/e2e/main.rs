@@ -3,7 +3,10 @@
 //! Every test uses its own topics and consumer groups, so tests share the broker.
 
 mod auth;
+mod authoring;
 mod bad_input;
+mod examples;
+mod languages;
 mod passthrough;
 mod properties;
 mod recovery;

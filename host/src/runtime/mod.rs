@@ -4,6 +4,7 @@
 //! [`Runtime`] that compiles components and an [`Instance`] that runs batches.
 
 mod bindings;
+mod describe;
 mod sandbox;
 mod stdio;
 
@@ -21,6 +22,7 @@ pub use sandbox::{DirGrant, Sandbox};
 use stdio::PluginOutput;
 
 use crate::state::SharedState;
+pub use describe::Description;
 
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";

@@ -1,0 +1,78 @@
+//! `sluice plugin inspect`: what a component is: world and version, imports and exports,
+//! size, content digest, and the SDK and tools that built it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use wasm_metadata::Producers;
+
+use crate::plugin;
+use crate::runtime::{Runtime, WORLD};
+
+/// A readable report on the component at `path`.
+pub fn report(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
+    let description = runtime
+        .describe(&bytes)
+        .with_context(|| format!("{} is not a WebAssembly component", path.display()))?;
+    let mut out = String::new();
+    let _ = writeln!(out, "plugin:  {}", path.display());
+    let _ = writeln!(
+        out,
+        "size:    {} bytes ({:.1} MiB)",
+        bytes.len(),
+        bytes.len() as f64 / (1 << 20) as f64
+    );
+    let _ = writeln!(out, "sha256:  {}", plugin::digest(&bytes));
+    match &description.links {
+        Ok(()) => {
+            let _ = writeln!(out, "world:   {WORLD} (links in this host)");
+        }
+        Err(reason) => {
+            let _ = writeln!(out, "world:   does not link as {WORLD}: {reason}");
+        }
+    }
+    let _ = writeln!(out, "exports:");
+    for name in &description.exports {
+        let _ = writeln!(out, "  {name}");
+    }
+    let _ = writeln!(out, "imports:");
+    for name in &description.imports {
+        let _ = writeln!(out, "  {name}");
+    }
+    let producers = Producers::from_wasm(&bytes)
+        .with_context(|| format!("reading the producers section of {}", path.display()))?;
+    let field = |name: &str| -> Vec<String> {
+        producers
+            .as_ref()
+            .and_then(|p| p.get(name))
+            .map(|f| {
+                f.iter()
+                    .map(|(n, v)| {
+                        if v.is_empty() {
+                            n.clone()
+                        } else {
+                            format!("{n} {v}")
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let sdk = field("sdk");
+    let sdk = if sdk.is_empty() {
+        "unknown (not built by `sluice plugin build`)".to_string()
+    } else {
+        sdk.join(", ")
+    };
+    let _ = writeln!(out, "sdk:     {sdk}");
+    for name in ["language", "processed-by"] {
+        let values = field(name);
+        if !values.is_empty() {
+            let _ = writeln!(out, "{name}: {}", values.join(", "));
+        }
+    }
+    Ok(out)
+}

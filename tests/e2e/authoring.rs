@@ -1,0 +1,328 @@
+//! Plugin authoring without Kafka: every example passes its golden test after a build
+//! from source, new projects in each language build and pass their own test, and the
+//! failure cases say what is wrong.
+
+use std::path::Path;
+
+use crate::examples::*;
+
+/// Runs an example's golden test and asserts it passes.
+fn golden(name: &str) {
+    let plugin = example(name);
+    let dir = repo().join("plugins").join(name);
+    let input = dir.join("test/input.jsonl");
+    let expected = dir.join("test/expected.jsonl");
+    let mut args = vec![
+        "plugin".to_string(),
+        "test".into(),
+        plugin.display().to_string(),
+        "--input".into(),
+        input.display().to_string(),
+        "--expect".into(),
+        expected.display().to_string(),
+    ];
+    args.extend(golden_settings(name));
+    let output = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let lines = std::fs::read_to_string(&expected)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert!(
+        output.status.success(),
+        "golden test of {name}: {}",
+        text(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&format!("{lines} outputs as expected")),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn passthrough_passes_its_golden_test() {
+    golden("passthrough");
+}
+
+#[test]
+fn filter_passes_its_golden_test() {
+    golden("filter");
+}
+
+#[test]
+fn route_passes_its_golden_test() {
+    golden("route");
+}
+
+#[test]
+fn enrich_in_javascript_passes_its_golden_test() {
+    golden("enrich");
+}
+
+#[test]
+fn redact_in_python_passes_its_golden_test() {
+    golden("redact");
+}
+
+/// `plugin new`, then `plugin build` and `plugin test` of the project as it is.
+fn new_project_builds_and_passes_its_test(lang: &str) {
+    let parent = tempfile::tempdir().unwrap();
+    let name = format!("upper-{lang}");
+    let output = run(&[
+        "plugin",
+        "new",
+        &name,
+        "--lang",
+        lang,
+        "--dir",
+        parent.path().to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let dir = parent.path().join(&name);
+    // The default output path, which `plugin test DIR` finds.
+    let output = run(&["plugin", "build", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        dir.join(format!("{name}.wasm")).is_file(),
+        "{}",
+        text(&output)
+    );
+    let output = sluice_in(
+        &dir,
+        &[
+            "plugin",
+            "test",
+            ".",
+            "--input",
+            "test/input.jsonl",
+            "--expect",
+            "test/expected.jsonl",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("3 input records, 3 outputs as expected"),
+        "{}",
+        text(&output)
+    );
+}
+
+fn sluice_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    crate::support::sluice(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_new_rust_project_builds_and_passes_its_own_test() {
+    new_project_builds_and_passes_its_test("rust");
+}
+
+#[test]
+fn a_new_javascript_project_builds_and_passes_its_own_test() {
+    new_project_builds_and_passes_its_test("js");
+}
+
+#[test]
+fn a_new_python_project_builds_and_passes_its_own_test() {
+    new_project_builds_and_passes_its_test("python");
+}
+
+#[test]
+fn a_missing_language_tool_is_named_with_its_install_command() {
+    // An empty PATH: neither componentize-js nor componentize-py can be found.
+    let empty = tempfile::tempdir().unwrap();
+    for (example, expected) in [
+        (
+            "enrich",
+            "npm install -g @bytecodealliance/componentize-js@0.23.0",
+        ),
+        ("redact", "pip install componentize-py==0.25.1"),
+    ] {
+        // A copy, so that no node_modules of the checkout is found above it.
+        let project = empty.path().join(example);
+        std::fs::create_dir(&project).unwrap();
+        for entry in std::fs::read_dir(repo().join("plugins").join(example)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), project.join(entry.file_name())).unwrap();
+            }
+        }
+        let out = empty.path().join(format!("{example}.wasm"));
+        let output = crate::support::sluice(&[
+            "plugin",
+            "build",
+            project.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("was not found"), "{}", text(&output));
+        assert!(stderr.contains(expected), "{}", text(&output));
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn an_output_that_differs_from_the_expected_one_fails_with_a_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = crate::support::write_file(
+        dir.path(),
+        "in.jsonl",
+        "{\"value\": \"a\"}\n{\"value\": \"b\"}\n",
+    );
+    let expected = crate::support::write_file(
+        dir.path(),
+        "expected.jsonl",
+        "{\"input\": 1, \"value\": \"a\"}\n{\"input\": 2, \"value\": \"B\"}\n",
+    );
+    let output = run(&[
+        "plugin",
+        "test",
+        example("passthrough").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--expect",
+        expected.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("- {\"input\":2,\"value\":\"B\"}"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stdout.contains("+ {\"input\":2,\"value\":\"b\"}"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        stdout.contains("  {\"input\":1,\"value\":\"a\"}"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn a_bad_input_line_is_named_by_its_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = crate::support::write_file(
+        dir.path(),
+        "in.jsonl",
+        "{\"value\": \"a\"}\n\n{\"value\": \"b\", \"partiton\": 1}\n",
+    );
+    let output = run(&[
+        "plugin",
+        "test",
+        example("passthrough").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3: unknown field `partiton`", input.display())),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn without_expectations_the_outputs_are_printed_as_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = crate::support::write_file(
+        dir.path(),
+        "in.jsonl",
+        "{\"key\": \"{\\\"ticker\\\": \\\"AAPL\\\"}\", \"value\": \"{\\\"ticker\\\": \\\"AAPL\\\", \\\"price\\\": 70}\"}\n{\"value\": \"{\\\"ticker\\\": \\\"X\\\", \\\"price\\\": 1}\"}\n",
+    );
+    let output = run(&[
+        "plugin",
+        "test",
+        example("route").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--config",
+        "routes=AAPL=tech",
+        "--config",
+        "other=rest",
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", text(&output));
+    assert!(
+        lines[0].starts_with("{\"input\":1,\"output\":\"tech\",\"key\":"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("{\"input\":2,\"output\":\"rest\",\"value\":"),
+        "{}",
+        lines[1]
+    );
+}
+
+#[test]
+fn a_plugin_that_rejects_its_settings_fails_the_test_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = crate::support::write_file(dir.path(), "in.jsonl", "{\"value\": \"a\"}\n");
+    let output = run(&[
+        "plugin",
+        "test",
+        example("route").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("init failed: missing plugin setting `routes`"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn inspect_names_world_digest_and_the_sdk_that_built_it() {
+    let plugin = example("route");
+    let output = run(&["plugin", "inspect", plugin.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let size = std::fs::metadata(&plugin).unwrap().len();
+    assert!(
+        stdout.contains("world:   sluice:plugin/transformer@0.1.0 (links in this host)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  sluice:plugin/transform@0.1.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("size:    {size} bytes")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "sha256:  {}",
+            crate::support::file_digest(&plugin)
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("sdk:     sluice-sdk 0.1.0"), "{stdout}");
+    let other = crate::support::test_plugin("sluice_test_other_world");
+    let output = run(&["plugin", "inspect", other.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("world:   does not link as sluice:plugin/transformer@0.1.0"),
+        "{}",
+        text(&output)
+    );
+    assert!(stdout.contains("sdk:     unknown"), "{}", text(&output));
+}
