@@ -161,6 +161,18 @@ fn check_sink(output: &str, count: usize, exactly_once: bool) -> usize {
     0
 }
 
+/// New input and output topics (with `PARTITIONS` partitions each) and a group name.
+fn stock_topics(prefix: &str) -> (String, String, String) {
+    let (input, output, group) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+        unique(&format!("{prefix}-g")),
+    );
+    create_topic(&input, PARTITIONS);
+    create_topic(&output, PARTITIONS);
+    (input, output, group)
+}
+
 fn stats_config(
     dir: &std::path::Path,
     input: &str,
@@ -240,9 +252,7 @@ fn produce_stocks(
 /// is killed `kills` times at random moments, then lets a last host finish. Returns
 /// the sink topic.
 fn run_with_kills(delivery: &str, count: usize, per_second: usize, kills: usize) -> String {
-    let (input, output, group) = (unique("st-in"), unique("st-out"), unique("st-g"));
-    create_topic(&input, PARTITIONS);
-    create_topic(&output, PARTITIONS);
+    let (input, output, group) = stock_topics("st");
     let dir = workdir();
     // Static membership: a restarted host takes its partitions back at once instead
     // of waiting for the killed one's session to expire.
@@ -303,9 +313,7 @@ fn at_least_once_survives_sigkills_without_losing_records() {
 #[test]
 fn a_stopped_hosts_partitions_and_state_move_to_the_other_host() {
     const COUNT: usize = 60_000;
-    let (input, output, group) = (unique("rb-in"), unique("rb-out"), unique("rb-g"));
-    create_topic(&input, PARTITIONS);
-    create_topic(&output, PARTITIONS);
+    let (input, output, group) = stock_topics("rb");
     let dir = workdir();
     let config = stats_config(dir.path(), &input, &output, &group, "exactly-once", "");
     let mut a = Sluice::start(dir.path(), &["run", "--config", &config, "--instance", "a"]);
@@ -345,9 +353,7 @@ fn a_stopped_hosts_partitions_and_state_move_to_the_other_host() {
 #[test]
 fn a_zombie_host_is_fenced_and_cannot_commit() {
     const COUNT: usize = 30_000;
-    let (input, output, group) = (unique("zo-in"), unique("zo-out"), unique("zo-g"));
-    create_topic(&input, PARTITIONS);
-    create_topic(&output, PARTITIONS);
+    let (input, output, group) = stock_topics("zo");
     let dir = workdir();
     let config = stats_config(
         dir.path(),
@@ -401,9 +407,7 @@ fn a_zombie_host_is_fenced_and_cannot_commit() {
 #[test]
 fn starting_fresh_ignores_committed_offsets_and_state() {
     const COUNT: usize = 2_000;
-    let (input, output, group) = (unique("fr-in"), unique("fr-out"), unique("fr-g"));
-    create_topic(&input, PARTITIONS);
-    create_topic(&output, PARTITIONS);
+    let (input, output, group) = stock_topics("fr");
     produce(&input, &(0..COUNT).map(stock).collect::<Vec<_>>());
     let dir = workdir();
     let config = stats_config(dir.path(), &input, &output, &group, "exactly-once", "");

@@ -175,6 +175,12 @@ impl ClientAuth {
     /// the credentials or the TLS setup were refused.
     pub fn observe(&self, error: &KafkaError, reason: &str) -> bool {
         let code = error.rdkafka_error_code();
+        // A connection that drops during the SASL handshake (a client closing, a broker
+        // restarting) is reported as an authentication error, but nothing was refused:
+        // librdkafka reconnects.
+        if reason.contains("handshake failed: Local: Broker transport failure") {
+            return false;
+        }
         let refused = matches!(
             code,
             Some(RDKafkaErrorCode::Authentication)
