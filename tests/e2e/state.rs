@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_host::generate::TICKERS;
 
@@ -224,30 +224,6 @@ impl Moments {
     }
 }
 
-/// Writes stock records `0..count` at about `per_second`, then sets `done`.
-fn produce_stocks(
-    topic: String,
-    count: usize,
-    per_second: usize,
-    done: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let producer = producer();
-        let started = Instant::now();
-        for seq in 0..count {
-            if seq % 100 == 0 {
-                let due = started + Duration::from_secs_f64(seq as f64 / per_second as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            send(&producer, &topic, &stock(seq));
-        }
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
-        done.store(true, Ordering::SeqCst);
-    })
-}
-
 /// Runs the stats plugin over `count` records, written at `per_second` while the host
 /// is killed `kills` times at random moments, then lets a last host finish. Returns
 /// the sink topic.
@@ -266,7 +242,7 @@ fn run_with_kills(delivery: &str, count: usize, per_second: usize, kills: usize)
     );
     let run = ["run", "--config", config.as_str(), "--instance", "host-1"];
     let done = Arc::new(AtomicBool::new(false));
-    let writer = produce_stocks(input.clone(), count, per_second, done.clone());
+    let writer = produce_paced(input.clone(), count, per_second, done.clone(), stock);
     let mut moments = Moments::new();
     for kill in 0..kills {
         let mut host = Sluice::start(dir.path(), &run);
@@ -367,7 +343,7 @@ fn a_zombie_host_is_fenced_and_cannot_commit() {
     zombie.wait_for_log("Partitions assigned", Duration::from_secs(30));
 
     let done = Arc::new(AtomicBool::new(false));
-    let writer = produce_stocks(input.clone(), COUNT, 2_000, done.clone());
+    let writer = produce_paced(input.clone(), COUNT, 2_000, done.clone(), stock);
     wait_until("the zombie-to-be to write", Duration::from_secs(60), || {
         total(&end_offsets(&output)) > 1_000
     });

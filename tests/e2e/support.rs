@@ -505,6 +505,19 @@ pub fn produce_steadily(
     per_second: usize,
     done: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
+    produce_paced(topic, count, per_second, done, |i| {
+        TestRecord::value((i % 6) as i32, &format!("rec-{i}"))
+    })
+}
+
+/// Writes `record(i)` for `i` in `0..count` at about `per_second`, then sets `done`.
+pub fn produce_paced(
+    topic: String,
+    count: usize,
+    per_second: usize,
+    done: Arc<AtomicBool>,
+    record: impl Fn(usize) -> TestRecord + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let producer = producer();
         let started = Instant::now();
@@ -513,11 +526,7 @@ pub fn produce_steadily(
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            send(
-                &producer,
-                &topic,
-                &TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
-            );
+            send(&producer, &topic, &record(i));
         }
         rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
         done.store(true, Ordering::SeqCst);
