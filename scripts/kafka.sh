@@ -232,6 +232,13 @@ start() {
     fi
   fi
   command -v java >/dev/null || { echo "kafka: java not found; install a JDK 17 or later" >&2; exit 1; }
+  # Another broker (another SLUICE_KAFKA_HOME) or program on the port would answer in
+  # this broker's place.
+  if ! running && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "kafka: port $port is already taken by a process this script did not start from $home;" \
+      "stop it (scripts/kafka.sh stop with its SLUICE_KAFKA_HOME) or choose another port with SLUICE_KAFKA_PORT" >&2
+    exit 1
+  fi
   classpath >/dev/null
   write_config
   local broker_cp
@@ -250,9 +257,11 @@ start() {
   fi
   # setsid: the broker must not die with the shell that started it, nor get its signals.
   # The JVM settings of Kafka's own start script: G1 with a 20 ms pause goal, so the
-  # broker's collections do not pass for pauses of the pipeline under test.
-  setsid java -Xms512m -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
-    -XX:+ExplicitGCInvokesConcurrent -cp "$broker_cp" -Dlog4j2.configurationFile="$home/log4j2.properties" \
+  # broker's collections do not pass for pauses of the pipeline under test. Each
+  # collection's pause is logged to gc.log (wall-clock times), to tell them apart.
+  local gc_opts=${SLUICE_KAFKA_GC_OPTS:--Xms512m -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}
+  # shellcheck disable=SC2086 # the options are separate words
+  setsid java $gc_opts -Xlog:gc:file="$home/gc.log":time:filecount=2,filesize=20m -cp "$broker_cp" -Dlog4j2.configurationFile="$home/log4j2.properties" \
     kafka.Kafka "$home/server.properties" >"$log_file" 2>&1 </dev/null &
   echo $! >"$pid_file"
   for _ in $(seq 1 90); do

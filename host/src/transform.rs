@@ -138,6 +138,7 @@ impl TransformStage {
         if live.version == self.current.version {
             return Ok(());
         }
+        let started = Instant::now();
         let settings = self.registry.settings();
         let instance = live
             .plugin
@@ -155,6 +156,7 @@ impl TransformStage {
             version = live.version,
             plugin = %live.plugin.origin,
             digest = live.plugin.short_digest(),
+            adopt_us = started.elapsed().as_micros() as u64,
             "Plugin swapped."
         );
         self.instance = instance;

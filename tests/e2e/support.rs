@@ -435,10 +435,25 @@ impl Sluice {
     }
 }
 
+/// How much of a host's log a failing test prints.
+const LOG_TAIL_LINES: usize = 60;
+
 impl Drop for Sluice {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A test failing on what it reads from Kafka says nothing of the hosts: show
+        // the end of each host's log with the failure.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last {} lines of sluice log {} ---\n{}",
+                LOG_TAIL_LINES.min(lines.len()),
+                self.log.display(),
+                lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+            );
+        }
     }
 }
 

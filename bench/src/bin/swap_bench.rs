@@ -94,6 +94,11 @@ struct Args {
     /// The tag-b plugin [default: target/wasm32-wasip2/release/sluice_test_tag_b.wasm].
     #[arg(long)]
     tag_b: Option<PathBuf>,
+    /// The broker's garbage-collection log (`-Xlog:gc` with wall-clock times, as
+    /// scripts/kafka.sh writes it), to tell the broker's own pauses apart
+    /// [default: `$SLUICE_KAFKA_HOME/gc.log`, else `.kafka/gc.log`, if present].
+    #[arg(long)]
+    broker_gc_log: Option<PathBuf>,
     /// Also write every output's times, sequence number, partition and tag to this CSV
     /// file, and each file change's time to `<PATH>.swaps.csv`, for a closer look.
     #[arg(long)]
@@ -154,7 +159,17 @@ fn main() -> anyhow::Result<()> {
             eprintln!("warning: {error:#}");
         }
     }
-    let run = result?;
+    let mut run = result?;
+    if let Some(path) = broker_gc_log(args.broker_gc_log.as_deref()) {
+        let log = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the broker's gc log {}", path.display()))?;
+        run.broker_pauses = broker_pauses(&log, run.load_from_us, run.load_until_us);
+        eprintln!(
+            "broker gc log {}: {} pauses during the load",
+            path.display(),
+            run.broker_pauses.len()
+        );
+    }
     if let Some(path) = &args.dump_csv {
         dump_csv(path, &run)?;
     }
@@ -496,8 +511,11 @@ struct Run {
     /// Producer start and stop (µs since the epoch).
     load_from_us: i64,
     load_until_us: i64,
-    /// When the host logged `Plugin swapped.` for each version (µs since the epoch).
-    adopted_us: HashMap<u64, i64>,
+    /// When the host logged `Plugin swapped.` for each version (µs since the epoch),
+    /// and how long the worker took to start that version (µs).
+    adopted_us: HashMap<u64, (i64, Option<f64>)>,
+    /// The broker's pauses during the run: (start, end) in µs since the epoch.
+    broker_pauses: Vec<(i64, i64)>,
     /// `swaps`, `rejections` and `rollbacks` from the final `GET /status`.
     final_counts: (u64, u64, u64),
     host_exit: i32,
@@ -653,6 +671,7 @@ provenance_header = "{PROVENANCE_HEADER}"
             load_from_us,
             load_until_us,
             adopted_us: adoption_times(&host.log_text()),
+            broker_pauses: Vec::new(),
             final_counts,
             host_exit,
         })
@@ -783,20 +802,62 @@ fn status(admin: &str) -> anyhow::Result<serde_json::Value> {
         .with_context(|| format!("reading the answer of http://{admin}/status"))
 }
 
-/// The `Plugin swapped.` lines of the host log: when its worker adopted each version.
-fn adoption_times(log: &str) -> HashMap<u64, i64> {
+/// The `Plugin swapped.` lines of the host log: when its worker adopted each version,
+/// and how long starting it took (`adopt_us`).
+fn adoption_times(log: &str) -> HashMap<u64, (i64, Option<f64>)> {
     log.lines()
         .filter(|line| line.contains("Plugin swapped."))
         .filter_map(|line| {
             let at = chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next()?).ok()?;
-            let version = line
-                .split_whitespace()
-                .find_map(|field| field.strip_prefix("version="))?
-                .parse()
-                .ok()?;
-            Some((version, at.timestamp_micros()))
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|field| field.strip_prefix(name))
+                    .and_then(|value| value.parse::<u64>().ok())
+            };
+            let version = field("version=")?;
+            let took = field("adopt_us=").map(|us| us as f64);
+            Some((version, (at.timestamp_micros(), took)))
         })
         .collect()
+}
+
+/// The broker's gc log, if one is given or found where scripts/kafka.sh writes it.
+fn broker_gc_log(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = given {
+        return Some(path.to_path_buf());
+    }
+    let home = std::env::var_os("SLUICE_KAFKA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".kafka"));
+    Some(home.join("gc.log")).filter(|path| path.is_file())
+}
+
+/// The pauses in a JVM `-Xlog:gc:...:time` log between `from` and `to` (µs since the
+/// epoch), as (start, end). A line such as
+/// `[2026-11-27T14:09:23.977+0000] GC(30) Pause Young (Normal) (G1 Evacuation Pause) 370M->209M(820M) 17.920ms`
+/// is written when the pause ends.
+fn broker_pauses(log: &str, from: i64, to: i64) -> Vec<(i64, i64)> {
+    log.lines()
+        .filter(|line| line.contains(" Pause "))
+        .filter_map(|line| {
+            let stamp = line.strip_prefix('[')?.split(']').next()?;
+            let end = chrono::DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%.3f%z")
+                .ok()?
+                .timestamp_micros();
+            let ms: f64 = line.rsplit(' ').next()?.strip_suffix("ms")?.parse().ok()?;
+            Some((end - (ms * 1e3) as i64, end))
+        })
+        .filter(|&(start, end)| end >= from && start <= to)
+        .collect()
+}
+
+/// The longest broker pause overlapping `[from, to]`, in ms (0 when none does).
+fn broker_pause_in(pauses: &[(i64, i64)], from: i64, to: i64) -> f64 {
+    pauses
+        .iter()
+        .filter(|&&(start, end)| end >= from && start <= to)
+        .map(|&(start, end)| (end - start) as f64 / 1e3)
+        .fold(0.0, f64::max)
 }
 
 fn dump_csv(path: &Path, run: &Run) -> anyhow::Result<()> {
@@ -850,6 +911,8 @@ struct SwapResult {
     live_ms: Option<f64>,
     registry_ms: Option<f64>,
     adopted_ms: Option<f64>,
+    /// How long the worker took to start the new version (instance + `init`).
+    adopt_us: Option<f64>,
     version_ok: bool,
     window_ms: f64,
     /// From the last old-tag output received before the first new-tag one to that one.
@@ -860,6 +923,8 @@ struct SwapResult {
     append_gap_ms: f64,
     send_gap_ms: f64,
     max_latency_ms: f64,
+    /// The longest broker pause within the window (0 when none).
+    broker_pause_ms: f64,
 }
 
 /// Measurements outside the swap windows, after warm-up.
@@ -870,6 +935,8 @@ struct Baseline {
     /// Longest receipt gap in each swap-free window as long as the median swap window.
     window_gaps_ms: Vec<f64>,
     window_append_gaps_ms: Vec<f64>,
+    /// The same windows' longest gaps, for those without a broker pause.
+    window_gaps_quiet_ms: Vec<f64>,
     window_ms: f64,
     latency_ms: [f64; 3],
 }
@@ -988,7 +1055,14 @@ fn analyse(run: &Run) -> Report {
             to: swap.to,
             live_ms: first_new.map(ms),
             registry_ms: swap.since_us.map(ms),
-            adopted_ms: run.adopted_us.get(&swap.expected_version).copied().map(ms),
+            adopted_ms: run
+                .adopted_us
+                .get(&swap.expected_version)
+                .map(|(at, _)| ms(*at)),
+            adopt_us: run
+                .adopted_us
+                .get(&swap.expected_version)
+                .and_then(|(_, took)| *took),
             version_ok: swap.status_version == Some(swap.expected_version),
             window_ms: (to - from) as f64 / 1e3,
             switch_gap_ms: switch_gap,
@@ -999,6 +1073,7 @@ fn analyse(run: &Run) -> Report {
             append_gap_ms: longest_gap(&appended, from, to) as f64 / 1e3,
             send_gap_ms: longest_gap(&sent, from, to) as f64 / 1e3,
             max_latency_ms: max_latency as f64 / 1e3,
+            broker_pause_ms: broker_pause_in(&run.broker_pauses, from, to),
         });
     }
 
@@ -1036,11 +1111,16 @@ fn analyse(run: &Run) -> Report {
     let length = (window_ms * 1e3) as i64;
     let mut window_gaps_ms = Vec::new();
     let mut window_append_gaps_ms = Vec::new();
+    let mut window_gaps_quiet_ms = Vec::new();
     if length > 0 {
         for &(from, to) in &free {
             let mut start = from;
             while start + length <= to {
-                window_gaps_ms.push(longest_gap(&received, start, start + length) as f64 / 1e3);
+                let gap = longest_gap(&received, start, start + length) as f64 / 1e3;
+                window_gaps_ms.push(gap);
+                if broker_pause_in(&run.broker_pauses, start, start + length) == 0.0 {
+                    window_gaps_quiet_ms.push(gap);
+                }
                 window_append_gaps_ms
                     .push(longest_gap(&appended, start, start + length) as f64 / 1e3);
                 start += length;
@@ -1056,6 +1136,7 @@ fn analyse(run: &Run) -> Report {
             max_gap_ms: gaps.last().copied().unwrap_or(f64::NAN) / 1e3,
             window_gaps_ms: sorted(window_gaps_ms),
             window_append_gaps_ms: sorted(window_append_gaps_ms),
+            window_gaps_quiet_ms: sorted(window_gaps_quiet_ms),
             window_ms,
             latency_ms: [
                 percentile(&latencies, 0.5),
@@ -1080,13 +1161,13 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
     );
 
     println!(
-        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → worker adopted (log) ms | last old → first new output ms | longest output gap ±{} ms around it | longest output gap in window ms | same, broker append time ms | longest input send gap in window ms | max latency in window ms |",
+        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → worker adopted (log) ms | last old → first new output ms | longest output gap ±{} ms around it | longest output gap in window ms | same, broker append time ms | longest input send gap in window ms | max latency in window ms | worker started new version µs | longest broker GC pause in window ms |",
         SWITCH_US / 1000
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, swap) in report.swaps.iter().enumerate() {
         println!(
-            "| {} | {}{} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} |",
+            "| {} | {}{} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} |",
             i + 1,
             swap.to as char,
             if swap.version_ok {
@@ -1102,7 +1183,14 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
             swap.gap_ms,
             swap.append_gap_ms,
             swap.send_gap_ms,
-            swap.max_latency_ms
+            swap.max_latency_ms,
+            swap.adopt_us
+                .map_or_else(|| "–".to_string(), |us| format!("{us:.0}")),
+            if run.broker_pauses.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{:.1}", swap.broker_pause_ms)
+            }
         );
     }
 
@@ -1117,6 +1205,8 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
     let gap = column(&|s| Some(s.gap_ms));
     let append_gap = column(&|s| Some(s.append_gap_ms));
     let latency = column(&|s| Some(s.max_latency_ms));
+    let adopt = column(&|s| s.adopt_us);
+    let quiet_gap = column(&|s| Some(s.gap_ms).filter(|_| s.broker_pause_ms == 0.0));
     let verdict = |met: bool| if met { "met" } else { "**missed**" };
     println!(
         "\nOver {n} swaps (nearest-rank percentiles: with fewer than 100 swaps p99 is the maximum):\n"
@@ -1169,6 +1259,23 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         None,
     );
     row("max end-to-end latency in window", &latency, "", None);
+    println!(
+        "| worker starts the new version (instance + `init`), µs | {:.0} | {:.0} | {:.0} | | |",
+        percentile(&adopt, 0.5),
+        percentile(&adopt, 0.99),
+        adopt.last().copied().unwrap_or(f64::NAN)
+    );
+    if !run.broker_pauses.is_empty() {
+        row(
+            &format!(
+                "processing pause in the {} windows without a broker GC pause",
+                quiet_gap.len()
+            ),
+            &quiet_gap,
+            "",
+            None,
+        );
+    }
 
     let b = &report.baseline;
     println!(
@@ -1199,6 +1306,28 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         percentile(&b.window_append_gaps_ms, 0.99),
         b.window_append_gaps_ms.last().copied().unwrap_or(f64::NAN)
     );
+    if !run.broker_pauses.is_empty() {
+        println!(
+            "| longest output gap per swap-free window without a broker GC pause ({} windows): p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+            b.window_gaps_quiet_ms.len(),
+            percentile(&b.window_gaps_quiet_ms, 0.5),
+            percentile(&b.window_gaps_quiet_ms, 0.99),
+            b.window_gaps_quiet_ms.last().copied().unwrap_or(f64::NAN)
+        );
+        let pauses = sorted(
+            run.broker_pauses
+                .iter()
+                .map(|(start, end)| (end - start) as f64 / 1e3)
+                .collect(),
+        );
+        println!(
+            "| broker GC pauses during the load ({} in {:.0} s): p50 / max | {:.1} / {:.1} ms |",
+            pauses.len(),
+            (run.load_until_us - run.load_from_us) as f64 / 1e6,
+            percentile(&pauses, 0.5),
+            pauses.last().copied().unwrap_or(f64::NAN)
+        );
+    }
     println!(
         "| end-to-end latency (send → receipt) p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
         b.latency_ms[0], b.latency_ms[1], b.latency_ms[2]

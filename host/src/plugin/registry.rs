@@ -136,6 +136,55 @@ pub struct Registry {
     books: Mutex<Books>,
 }
 
+/// Runs `work` on a thread of lower CPU priority and returns its result.
+///
+/// Compiling and validating a candidate costs from a tenth of a second of CPU (a small
+/// Rust component) to several seconds (JavaScript and Python components). At a lower
+/// priority that work yields the cores to the pipeline and the Kafka clients when
+/// they need them, and still finishes on a busy machine.
+fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let work = Mutex::new(Some(work));
+    let take = || work.lock().unwrap().take().expect("the work runs once");
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("sluice-validate".into())
+            .spawn_scoped(scope, || {
+                lower_thread_priority();
+                take()()
+            });
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(error) => {
+                tracing::warn!(%error, "Could not start a validation thread; validating at normal priority.");
+                take()()
+            }
+        }
+    })
+}
+
+/// The nice value background work runs at. Against one busy thread at the default
+/// priority (0) it gets about a tenth of a core; the lowest (19) would get about 1.5%,
+/// and a swap on a saturated host could then take minutes.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread (only it: Linux keeps a nice value per thread) to
+/// `BACKGROUND_NICE`. Failing to is harmless: the work then runs at normal priority.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority only read and change this thread's own priority.
+        let result = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE)
+        };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "Could not lower the validation thread's priority.");
+        }
+    }
+}
+
 fn timestamp(at: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -201,7 +250,8 @@ impl Registry {
     pub fn propose(&self, trigger: Trigger, path: &Path) -> Result<Outcome, Rejection> {
         let _one_at_a_time = self.proposing.lock().unwrap_or_else(|e| e.into_inner());
         let origin = Origin::File(path.to_path_buf());
-        let result = self.candidate(path).and_then(|(plugin, bytes_digest)| {
+        let result = in_background(|| -> Result<Outcome, LoadError> {
+            let (plugin, bytes_digest) = self.candidate(path)?;
             let live = self.live();
             if live.plugin.digest == bytes_digest {
                 return Ok(Outcome {
@@ -446,4 +496,22 @@ pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance
         }
     }
     Ok(instance)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    fn own_nice() -> i32 {
+        // SAFETY: reads the calling thread's own priority.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn background_work_runs_on_its_own_thread_at_the_lowest_priority() {
+        let before = own_nice();
+        let (nice, name) =
+            super::in_background(|| (own_nice(), std::thread::current().name().map(str::to_owned)));
+        assert_eq!(nice, super::BACKGROUND_NICE);
+        assert_eq!(name.as_deref(), Some("sluice-validate"));
+        assert_eq!(own_nice(), before, "the caller's priority is left alone");
+    }
 }
