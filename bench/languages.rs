@@ -68,7 +68,8 @@ fn measure(language: &'static str, bytes: &[u8], build: Option<Duration>) -> any
     let mut compiles = Vec::new();
     let mut plugin = None;
     for _ in 0..COMPILES {
-        // A fresh runtime each time: nothing is cached between compiles.
+        // A fresh runtime each time, and no compilation cache (see `main`): nothing is
+        // cached between compiles.
         let runtime = Runtime::new()?;
         let started = Instant::now();
         let loaded = Plugin::from_bytes(&runtime, Origin::BuiltIn, bytes, &digest(bytes))?;
@@ -121,6 +122,9 @@ fn built(dir: &Path, out: &Path) -> anyhow::Result<(Vec<u8>, Duration)> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Cold compiles are measured: the runtime's on-disk cache stays off.
+    // SAFETY: set before any other thread of this program starts.
+    unsafe { std::env::set_var("SLUICE_CACHE_DIR", "off") };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/plugins");
     let out = tempfile::tempdir()?;
     eprintln!("building the JavaScript and Python pass-throughs...");

@@ -263,6 +263,8 @@ fn sluice_startup(
         .arg("validate")
         .arg("--config")
         .arg(&config)
+        // Start-up as on a new machine: the plugin is compiled, not loaded from the cache.
+        .env("SLUICE_CACHE_DIR", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = Child::spawn(command, "sluice validate")?;
@@ -304,6 +306,7 @@ fn run_round(
                     .arg("run")
                     .arg("--config")
                     .arg(&config)
+                    .env("SLUICE_CACHE_DIR", "off")
                     .env_remove("BOOTSTRAP_SERVERS")
                     .env_remove("RUST_LOG")
                     .env("NO_COLOR", "1");

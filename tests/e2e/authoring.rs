@@ -326,3 +326,89 @@ fn inspect_names_world_digest_and_the_sdk_that_built_it() {
     );
     assert!(stdout.contains("sdk:     unknown"), "{}", text(&output));
 }
+
+/// Runs `sluice plugin inspect PATH` with debug logs, with `home` as `HOME` and
+/// `cache` (if any) as `SLUICE_CACHE_DIR`; returns the exit success, stdout and stderr.
+fn inspect_cached(plugin: &Path, home: &Path, cache: Option<&str>) -> (bool, String, String) {
+    let mut command = crate::support::sluice(&["plugin", "inspect", &plugin.display().to_string()]);
+    command
+        .env("HOME", home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("SLUICE_CACHE_DIR")
+        .env("RUST_LOG", "sluice_host=debug");
+    if let Some(cache) = cache {
+        command.env("SLUICE_CACHE_DIR", cache);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_compiled_plugin_is_loaded_from_the_compilation_cache_next_time() {
+    const HIT: &str = "Plugin loaded from the compilation cache.";
+    let plugin = crate::support::test_plugin("sluice_test_tag_a");
+    let dir = crate::support::workdir();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+
+    // Off: compiled, and nothing is written anywhere.
+    let (ok, off_out, log) = inspect_cached(&plugin, &home, Some("off"));
+    assert!(ok && !log.contains(HIT), "{log}");
+    assert!(walk(&home).is_empty(), "{:?}", walk(&home));
+
+    // By default the cache is under $HOME/.cache/sluice/compiled.
+    let (ok, first_out, first) = inspect_cached(&plugin, &home, None);
+    assert!(ok, "{first}");
+    assert!(!first.contains(HIT), "nothing was cached yet: {first}");
+    assert_eq!(first_out, off_out);
+    assert!(
+        !walk(&home.join(".cache/sluice/compiled")).is_empty(),
+        "the first run stores the compiled plugin"
+    );
+    let (ok, second_out, second) = inspect_cached(&plugin, &home, None);
+    assert!(ok, "{second}");
+    assert!(second.contains(HIT), "{second}");
+    assert_eq!(
+        first_out, second_out,
+        "the cached plugin describes the same"
+    );
+
+    // SLUICE_CACHE_DIR names another directory.
+    let elsewhere = dir.path().join("elsewhere");
+    let elsewhere_text = elsewhere.display().to_string();
+    let (ok, _, log) = inspect_cached(&plugin, &home, Some(&elsewhere_text));
+    assert!(ok && !log.contains(HIT), "{log}");
+    assert!(!walk(&elsewhere).is_empty());
+
+    // An unusable directory costs the compile, never the command.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let unusable = blocker.join("cache").display().to_string();
+    let (ok, out, log) = inspect_cached(&plugin, &home, Some(&unusable));
+    assert!(ok, "{log}");
+    assert_eq!(out, first_out);
+    assert!(
+        log.contains("The compilation cache is unusable") && log.contains("SLUICE_CACHE_DIR"),
+        "{log}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}

@@ -230,6 +230,8 @@ impl Host {
             .arg("--config")
             .arg(config)
             .args(["--admin", admin])
+            // Each run's first swap to tag-b compiles it, as a never-seen version would.
+            .env("SLUICE_CACHE_DIR", "off")
             .env_remove("BOOTSTRAP_SERVERS")
             .env_remove("RUST_LOG")
             .env_remove("SLUICE_ADMIN")

@@ -1,8 +1,6 @@
 //! What a component imports and exports, and whether it links as a transform here:
 //! the facts `sluice plugin inspect` reports.
 
-use wasmtime::component::Component;
-
 use super::bindings::TransformerPre;
 use super::{PluginError, Runtime};
 
@@ -20,8 +18,7 @@ pub struct Description {
 impl Runtime {
     /// Compiles `bytes` and describes the component (see [`Description`]).
     pub fn describe(&self, bytes: &[u8]) -> Result<Description, PluginError> {
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(e.into()))?;
+        let component = self.compile(bytes)?;
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)

@@ -8,13 +8,17 @@ mod describe;
 mod sandbox;
 mod stdio;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_sdk::batch::InputBatch;
 use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder,
+    Trap,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use bindings::{Transformer, TransformerPre, log, state};
@@ -198,6 +202,47 @@ impl log::Host for HostState {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// Compiled components on disk, by digest of their bytes and the engine settings.
+    cache: Option<Cache>,
+}
+
+/// Where compiled components are kept between runs: `SLUICE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/sluice/compiled`, else `$HOME/.cache/sluice/compiled`.
+/// `SLUICE_CACHE_DIR=off` turns the cache off.
+pub fn compile_cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("SLUICE_CACHE_DIR") {
+        Some(dir) if dir == "off" => None,
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .map(|dir| dir.join("sluice").join("compiled")),
+    }
+}
+
+/// The compilation cache, or none (with a warning) when its directory is unusable:
+/// plugins are then compiled at every start, which is slower but correct.
+fn compile_cache() -> Option<Cache> {
+    let dir = compile_cache_dir()?;
+    let opened = std::fs::create_dir_all(&dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            let mut config = CacheConfig::new();
+            config.with_directory(&dir);
+            Cache::new(config).map_err(|e| anyhow::anyhow!("{e:#}"))
+        });
+    match opened {
+        Ok(cache) => Some(cache),
+        Err(error) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = format!("{error:#}"),
+                "The compilation cache is unusable; plugins are compiled at every start. Set SLUICE_CACHE_DIR to a writable directory, or to `off`."
+            );
+            None
+        }
+    }
 }
 
 impl Runtime {
@@ -213,6 +258,11 @@ impl Runtime {
         // must not take every core from the running pipeline (measured on 2 cores: a
         // parallel first-time compile stretched one output gap to 78 ms).
         config.parallel_compilation(false);
+        // A restarted host, a swap back to a version compiled by an earlier run, and
+        // every `sluice plugin` command skip the compile (seconds for JavaScript and
+        // Python components) when the same bytes were compiled before.
+        let cache = compile_cache();
+        config.cache(cache.clone());
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -240,7 +290,21 @@ impl Runtime {
         Ok(Runtime {
             engine,
             linker: Arc::new(linker),
+            cache,
         })
+    }
+
+    /// Compiles a component, or loads it from the compilation cache.
+    fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        let hits = self.cache.as_ref().map(Cache::cache_hits);
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(e.into()))?;
+        if let (Some(cache), Some(hits)) = (&self.cache, hits)
+            && cache.cache_hits() > hits
+        {
+            tracing::debug!(dir = %cache.directory().display(), "Plugin loaded from the compilation cache.");
+        }
+        Ok(component)
     }
 
     /// Compiles and links a component, checking that it targets the transform world.
@@ -256,8 +320,7 @@ impl Runtime {
                 "this is a core WebAssembly module, not a component; build the plugin for the wasm32-wasip2 target"
             )));
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(e.into()))?;
+        let component = self.compile(bytes)?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
