@@ -139,24 +139,31 @@ impl TransformStage {
             return Ok(());
         }
         let started = Instant::now();
-        let settings = self.registry.settings();
-        let instance = live
-            .plugin
-            .start(
-                settings.limits,
-                &settings.sandbox,
-                &settings.config,
-                settings.state.clone(),
-            )
-            .map_err(|error| TransformError::Adopt {
-                plugin: live.plugin.origin.to_string(),
-                error: format!("{:#}", anyhow::Error::new(error)),
-            })?;
+        let standby = live.standby.take();
+        let prepared = standby.is_some();
+        let instance = match standby {
+            Some(instance) => instance,
+            None => {
+                let settings = self.registry.settings();
+                live.plugin
+                    .start(
+                        settings.limits,
+                        &settings.sandbox,
+                        &settings.config,
+                        settings.state.clone(),
+                    )
+                    .map_err(|error| TransformError::Adopt {
+                        plugin: live.plugin.origin.to_string(),
+                        error: format!("{:#}", anyhow::Error::new(error)),
+                    })?
+            }
+        };
         tracing::info!(
             version = live.version,
             plugin = %live.plugin.origin,
             digest = live.plugin.short_digest(),
             adopt_us = started.elapsed().as_micros() as u64,
+            prepared,
             "Plugin swapped."
         );
         self.instance = instance;

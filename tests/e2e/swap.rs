@@ -166,6 +166,18 @@ expect_values = ["probe"]"#,
     assert_eq!(status["swaps"], 20, "{status:#}");
     assert_eq!(status["rejections"], 5, "{status:#}");
     assert!(host.terminate().success(), "{}", host.log());
+    // Each version was started off the hot path when it was published; the worker
+    // only took the waiting instance.
+    let log = host.log();
+    let adoptions: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Plugin swapped."))
+        .collect();
+    assert!(adoptions.len() >= 10, "{log}");
+    assert!(
+        adoptions.iter().all(|line| line.contains("prepared=true")),
+        "{adoptions:#?}"
+    );
 
     let written = read_all(&output, COUNT + 1, Duration::from_secs(10));
     assert_eq!(
@@ -282,7 +294,23 @@ fn a_new_version_failing_too_many_records_is_rolled_back_and_nothing_is_lost() {
         "{status:#}"
     );
     assert!(host.terminate().success(), "{}", host.log());
-    assert!(host.log().contains("Plugin rolled back."));
+    let log = host.log();
+    let rolled_back = log
+        .find("Plugin rolled back.")
+        .expect("a rollback in the log");
+    // The candidate was started ahead; the restored version, on the hot path, by the
+    // worker itself (a rollback never waits on another thread).
+    let adoptions: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("Plugin swapped."))
+        .collect();
+    assert!(adoptions[0].contains("prepared=true"), "{log}");
+    assert!(
+        log[rolled_back..]
+            .lines()
+            .any(|line| line.contains("Plugin swapped.") && line.contains("prepared=false")),
+        "{log}"
+    );
 
     let written = read_all(&output, 1501, Duration::from_secs(10));
     assert_eq!(written.len(), 1500, "nothing lost, nothing doubled");

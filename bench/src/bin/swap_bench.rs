@@ -913,7 +913,7 @@ struct SwapResult {
     live_ms: Option<f64>,
     registry_ms: Option<f64>,
     adopted_ms: Option<f64>,
-    /// How long the worker took to start the new version (instance + `init`).
+    /// How long the worker took to adopt the new version (`adopt_us` in the log).
     adopt_us: Option<f64>,
     version_ok: bool,
     window_ms: f64,
@@ -1163,7 +1163,7 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
     );
 
     println!(
-        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → worker adopted (log) ms | last old → first new output ms | longest output gap ±{} ms around it | longest output gap in window ms | same, broker append time ms | longest input send gap in window ms | max latency in window ms | worker started new version µs | longest broker GC pause in window ms |",
+        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → worker adopted (log) ms | last old → first new output ms | longest output gap ±{} ms around it | longest output gap in window ms | same, broker append time ms | longest input send gap in window ms | max latency in window ms | worker adopted new version µs | longest broker GC pause in window ms |",
         SWITCH_US / 1000
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -1262,7 +1262,7 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
     );
     row("max end-to-end latency in window", &latency, "", None);
     println!(
-        "| worker starts the new version (instance + `init`), µs | {:.0} | {:.0} | {:.0} | | |",
+        "| worker adopts the new version (takes the instance started ahead, or starts one), µs | {:.0} | {:.0} | {:.0} | | |",
         percentile(&adopt, 0.5),
         percentile(&adopt, 0.99),
         adopt.last().copied().unwrap_or(f64::NAN)

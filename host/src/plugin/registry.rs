@@ -50,6 +50,25 @@ pub struct Live {
     pub since: SystemTime,
     /// What a rollback returns to (one level deep).
     pub previous: Option<Arc<Live>>,
+    /// An instance started (with `init` run) off the hot path when the version was
+    /// published; the first worker to adopt the version takes it, so that starting the
+    /// version costs the pipeline nothing. Later workers start their own.
+    pub standby: Standby,
+}
+
+/// A started instance waiting for a worker to take it.
+#[derive(Clone, Default)]
+pub struct Standby(Arc<Mutex<Option<Instance>>>);
+
+impl Standby {
+    fn new(instance: Instance) -> Self {
+        Standby(Arc::new(Mutex::new(Some(instance))))
+    }
+
+    /// The instance, if no worker took it yet.
+    pub fn take(&self) -> Option<Instance> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// A candidate that did not go live.
@@ -212,6 +231,8 @@ impl Registry {
             plugin: plugin.clone(),
             since: SystemTime::now(),
             previous: None,
+            // The first worker gets `instance`, returned below.
+            standby: Standby::default(),
         };
         let registry = Registry {
             runtime,
@@ -296,6 +317,9 @@ impl Registry {
             plugin: previous.plugin.clone(),
             since: SystemTime::now(),
             previous: None,
+            // A rollback must not wait for a start on another thread: the worker
+            // starts the restored version itself.
+            standby: Standby::default(),
         });
         let swapped = self.live.compare_and_swap(&live, restored.clone());
         if !Arc::ptr_eq(&swapped, &live) {
@@ -373,13 +397,29 @@ impl Registry {
         let old = self.live();
         let previous = Live {
             previous: None,
+            standby: Standby::default(),
             ..(*old).clone()
+        };
+        // Validation passed, so this start succeeds but for a transient failure; then
+        // the worker starts the version itself and reports what went wrong.
+        let standby = match plugin.start(
+            self.settings.limits,
+            &self.settings.sandbox,
+            &self.settings.config,
+            self.settings.state.clone(),
+        ) {
+            Ok(instance) => Standby::new(instance),
+            Err(error) => {
+                tracing::warn!(error = %anyhow::Error::new(error), "Could not start the new version ahead of its adoption; the worker will.");
+                Standby::default()
+            }
         };
         let live = Live {
             version: self.next_version.fetch_add(1, Ordering::SeqCst),
             plugin,
             since: SystemTime::now(),
             previous: Some(Arc::new(previous)),
+            standby,
         };
         let outcome = Outcome {
             outcome: "live",
