@@ -143,20 +143,14 @@ impl TransformStage {
         let prepared = standby.is_some();
         let instance = match standby {
             Some(instance) => instance,
-            None => {
-                let settings = self.registry.settings();
-                live.plugin
-                    .start(
-                        settings.limits,
-                        &settings.sandbox,
-                        &settings.config,
-                        settings.state.clone(),
-                    )
-                    .map_err(|error| TransformError::Adopt {
-                        plugin: live.plugin.origin.to_string(),
-                        error: format!("{:#}", anyhow::Error::new(error)),
-                    })?
-            }
+            None => self
+                .registry
+                .settings()
+                .start(&live.plugin)
+                .map_err(|error| TransformError::Adopt {
+                    plugin: live.plugin.origin.to_string(),
+                    error: format!("{:#}", anyhow::Error::new(error)),
+                })?,
         };
         tracing::info!(
             version = live.version,

@@ -142,6 +142,14 @@ pub struct InstanceSettings {
     pub state: SharedState,
 }
 
+impl InstanceSettings {
+    /// Starts an instance of `plugin` for a worker: these limits, sandbox and
+    /// configuration, and the pipeline's keyed state.
+    pub fn start(&self, plugin: &Plugin) -> Result<Instance, LoadError> {
+        plugin.start(self.limits, &self.sandbox, &self.config, self.state.clone())
+    }
+}
+
 pub struct Registry {
     runtime: Runtime,
     settings: InstanceSettings,
@@ -220,12 +228,7 @@ impl Registry {
         let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
         validate(&plugin, &settings)?;
         // A fresh instance: the worker's must not have seen the self-test records.
-        let instance = plugin.start(
-            settings.limits,
-            &settings.sandbox,
-            &settings.config,
-            settings.state.clone(),
-        )?;
+        let instance = settings.start(&plugin)?;
         let live = Live {
             version: 1,
             plugin: plugin.clone(),
@@ -402,12 +405,7 @@ impl Registry {
         };
         // Validation passed, so this start succeeds but for a transient failure; then
         // the worker starts the version itself and reports what went wrong.
-        let standby = match plugin.start(
-            self.settings.limits,
-            &self.settings.sandbox,
-            &self.settings.config,
-            self.settings.state.clone(),
-        ) {
+        let standby = match self.settings.start(&plugin) {
             Ok(instance) => Standby::new(instance),
             Err(error) => {
                 tracing::warn!(error = %anyhow::Error::new(error), "Could not start the new version ahead of its adoption; the worker will.");

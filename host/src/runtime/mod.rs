@@ -209,7 +209,7 @@ pub struct Runtime {
 /// Where compiled components are kept between runs: `SLUICE_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/sluice/compiled`, else `$HOME/.cache/sluice/compiled`.
 /// `SLUICE_CACHE_DIR=off` turns the cache off.
-pub fn compile_cache_dir() -> Option<PathBuf> {
+fn compile_cache_dir() -> Option<PathBuf> {
     match std::env::var_os("SLUICE_CACHE_DIR") {
         Some(dir) if dir == "off" => None,
         Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
