@@ -10,7 +10,8 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 
 records=${DEMO_RECORDS:-1700}
 partitions=6
-sluice=target/release/sluice
+# Where cargo puts the build: the checkout's target/ unless CARGO_TARGET_DIR says otherwise.
+sluice=${CARGO_TARGET_DIR:-target}/release/sluice
 
 scripts/kafka.sh start
 echo "demo: building sluice (release; the first build takes several minutes)"
