@@ -108,7 +108,9 @@ pub fn start_plugin(
     config: &Config,
     state: SharedState,
 ) -> anyhow::Result<(Arc<Registry>, Instance)> {
-    let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
+    let runtime = Runtime::new()
+        .context("starting the WebAssembly runtime")?
+        .compile_in_child_process();
     Ok(Registry::start(
         runtime,
         settings(config, state)?,

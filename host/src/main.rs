@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
 use sluice_host::config::{Config, ConfigSource};
+use sluice_host::runtime::child as compiler_child;
 use sluice_host::shutdown::{Shutdown, watch_signals};
 use sluice_host::state::StateStore;
 use sluice_host::{admin, app, author, generate, telemetry};
@@ -39,6 +40,14 @@ fn load(args: &PipelineArgs) -> Result<(ConfigSource, Config), ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // A compiler child started by a running host (see runtime::child): nothing else to
+    // set up.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == compiler_child::COMMAND)
+    {
+        return compiler_child::main();
+    }
     // glibc gives every thread that allocates an arena of its own; librdkafka's threads,
     // the async runtime and the compiler's threads would each keep one. Two arenas cut
     // peak memory with no measurable cost in throughput.

@@ -384,6 +384,35 @@ fn a_compiled_plugin_is_loaded_from_the_compilation_cache_next_time() {
     assert!(ok && !log.contains(HIT), "{log}");
     assert!(!walk(&elsewhere).is_empty());
 
+    // A pipeline host compiles in a child process; the child uses the same cache and
+    // says when it found the plugin there.
+    let config = crate::support::write_config(dir.path(), "in", "out", "g", "");
+    let validate = |cache: &Path| {
+        let output = crate::support::sluice(&[
+            "validate",
+            "--config",
+            &config,
+            "--plugin",
+            &plugin.display().to_string(),
+        ])
+        .env("SLUICE_CACHE_DIR", cache)
+        .env("RUST_LOG", "sluice_host=debug")
+        .output()
+        .unwrap();
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{log}");
+        log
+    };
+    let log = validate(&elsewhere);
+    assert!(log.contains(HIT), "{log}");
+    let fresh = dir.path().join("fresh");
+    let log = validate(&fresh);
+    assert!(!log.contains(HIT), "{log}");
+    assert!(
+        !walk(&fresh).is_empty(),
+        "the compiler process fills the cache"
+    );
+
     // An unusable directory costs the compile, never the command.
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, "").unwrap();

@@ -103,6 +103,11 @@ struct Args {
     /// file, and each file change's time to `<PATH>.swaps.csv`, for a closer look.
     #[arg(long)]
     dump_csv: Option<PathBuf>,
+    /// Give every candidate bytes the host has not seen (a custom section naming the
+    /// swap is appended), so every swap compiles, as a new release of a plugin does.
+    /// Without it, swaps from the third on return to versions compiled before.
+    #[arg(long)]
+    new_build_each_swap: bool,
 }
 
 fn now_us() -> i64 {
@@ -709,8 +714,13 @@ fn swap_all(
         if let Some(wait) = next_us.checked_sub(now_us()).filter(|w| *w > 0) {
             std::thread::sleep(Duration::from_micros(wait as u64));
         }
+        let bytes = if args.new_build_each_swap {
+            with_build_section(&plugins[to_index], i + 1)
+        } else {
+            plugins[to_index].clone()
+        };
         // As deployments do it: the new bytes appear under the watched name at once.
-        std::fs::write(&staging, &plugins[to_index])
+        std::fs::write(&staging, &bytes)
             .with_context(|| format!("writing {}", staging.display()))?;
         let renamed_us = now_us();
         std::fs::rename(&staging, plugin)
@@ -760,6 +770,34 @@ fn swap_all(
         std::thread::sleep(Duration::from_micros(wait as u64));
     }
     Ok(swaps)
+}
+
+/// The component with a custom section `sluice-bench-build` holding `build` appended:
+/// the same code under a new digest. Custom sections may follow any section of a
+/// component and do not change what it does.
+fn with_build_section(component: &[u8], build: usize) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"sluice-bench-build";
+    let payload = build.to_string();
+    let mut contents = Vec::new();
+    leb128(name.len(), &mut contents);
+    contents.extend_from_slice(name);
+    contents.extend_from_slice(payload.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb128(contents.len(), &mut out);
+    out.extend_from_slice(&contents);
+    out
 }
 
 fn wait_for_count(
@@ -1156,10 +1194,18 @@ fn optional(value: Option<f64>) -> String {
 fn print_report(args: &Args, run: &Run, report: &Report) {
     let n = report.swaps.len();
     println!(
-        "Hot swap under load: {n} swaps (plugin file replaced by rename, alternating tag-b / tag-a), \
+        "Hot swap under load: {n} swaps (plugin file replaced by rename, alternating tag-b / tag-a{}), \
          {} records/s offered ({PARTITIONS} partitions, {KEY_LEN}-byte keys, {VALUE_LEN}-byte values), \
          swaps at least {} ms apart, {} s of load before the first and {} s after the last window.\n",
-        args.rate, args.interval_ms, args.settle_s, args.tail_s
+        if args.new_build_each_swap {
+            ", every candidate a new build that compiles"
+        } else {
+            ""
+        },
+        args.rate,
+        args.interval_ms,
+        args.settle_s,
+        args.tail_s
     );
 
     println!(

@@ -4,6 +4,7 @@
 //! [`Runtime`] that compiles components and an [`Instance`] that runs batches.
 
 mod bindings;
+pub mod child;
 mod describe;
 mod sandbox;
 mod stdio;
@@ -204,6 +205,9 @@ pub struct Runtime {
     linker: Arc<Linker<HostState>>,
     /// Compiled components on disk, by digest of their bytes and the engine settings.
     cache: Option<Cache>,
+    /// The executable that compiles components in a child process (see `child`);
+    /// none: on the calling thread.
+    compiler: Option<PathBuf>,
 }
 
 /// Where compiled components are kept between runs: `SLUICE_CACHE_DIR`, else
@@ -291,20 +295,76 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             cache,
+            compiler: None,
         })
+    }
+
+    /// Compiles components in a child process from now on (see `child`), where the
+    /// platform lets a process start its own executable; else on the calling thread.
+    pub fn compile_in_child_process(mut self) -> Self {
+        self.compiler = child::own_executable();
+        if self.compiler.is_none() {
+            tracing::debug!(
+                "Plugins are compiled in this process: its executable cannot be started again."
+            );
+        }
+        self
     }
 
     /// Compiles a component, or loads it from the compilation cache.
     fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
-        let hits = self.cache.as_ref().map(Cache::cache_hits);
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile(e.into()))?;
-        if let (Some(cache), Some(hits)) = (&self.cache, hits)
-            && cache.cache_hits() > hits
-        {
-            tracing::debug!(dir = %cache.directory().display(), "Plugin loaded from the compilation cache.");
+        let Some(program) = &self.compiler else {
+            return self.compile_logged(bytes);
+        };
+        let compiled = match child::compile(program, bytes) {
+            Ok(compiled) => compiled,
+            Err(child::ChildError::Failed(error)) => return Err(PluginError::Compile(error)),
+            Err(child::ChildError::Spawn(error)) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "Could not start a compiler process; compiling in the host instead, which may hold up the pipeline while it runs."
+                );
+                return self.compile_logged(bytes);
+            }
+        };
+        if compiled.cached {
+            self.log_cache_hit();
+        }
+        // SAFETY: the artifact was written by `Component::serialize` in a child
+        // running this very executable (`/proc/self/exe`) with the engine settings of
+        // `Runtime::new`, and reached us through a pipe only we and the child hold.
+        // wasmtime also checks the artifact's header (its version, target and engine
+        // settings) and refuses one that does not match this engine.
+        unsafe { Component::deserialize(&self.engine, &compiled.artifact) }.map_err(|e| {
+            PluginError::Compile(
+                anyhow::Error::from(e)
+                    .context("loading the component compiled by the compiler process"),
+            )
+        })
+    }
+
+    fn compile_logged(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        let (component, cached) = self.compile_here(bytes).map_err(PluginError::Compile)?;
+        if cached {
+            self.log_cache_hit();
         }
         Ok(component)
+    }
+
+    /// Compiles a component on the calling thread, or loads it from the compilation
+    /// cache; tells which.
+    fn compile_here(&self, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
+        let hits = self.cache.as_ref().map(Cache::cache_hits);
+        let component = Component::new(&self.engine, bytes)?;
+        let cached =
+            matches!((&self.cache, hits), (Some(cache), Some(hits)) if cache.cache_hits() > hits);
+        Ok((component, cached))
+    }
+
+    fn log_cache_hit(&self) {
+        if let Some(cache) = &self.cache {
+            tracing::debug!(dir = %cache.directory().display(), "Plugin loaded from the compilation cache.");
+        }
     }
 
     /// Compiles and links a component, checking that it targets the transform world.
