@@ -31,6 +31,8 @@ const MAX_IN_FLIGHT_BATCHES: usize = 32;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for outstanding deliveries.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A turn of the loop slower than this is logged (debug) with where it spent its time.
+const SLOW_TURN: Duration = Duration::from_millis(15);
 
 /// What a finished run did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -76,8 +78,11 @@ impl Pipeline {
         let result = (|| -> anyhow::Result<()> {
             while !shutdown.requested() {
                 batch.clear();
+                let mut turn = Turn::start();
                 source.fill(&mut batch, IDLE_POLL)?;
+                turn.lap(Phase::Fill);
                 let mut checkpointer = checkpointer.lock().unwrap();
+                turn.lap(Phase::Lock);
                 if !batch.is_empty() {
                     let spans = source.take_spans();
                     let encoded = batch.finish();
@@ -91,6 +96,7 @@ impl Pipeline {
                     let ops = transform
                         .ops(&output, &input)
                         .inspect_err(|_| state.lock().unwrap().discard_batch())?;
+                    turn.lap(Phase::Transform);
                     summary.records_in += input.len() as u64;
                     let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
                     let seq = tracker.lock().unwrap().begin(ends);
@@ -123,6 +129,7 @@ impl Pipeline {
                     }
                     tracker.lock().unwrap().seal(seq);
                     checkpointer.processed(&spans);
+                    turn.lap(Phase::Send);
                 }
                 checkpointer.sink().poll(Duration::ZERO)?;
                 while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES
@@ -137,6 +144,7 @@ impl Pipeline {
                     }
                     checkpointer.recover(source.consumer(), &failure)?;
                 }
+                turn.lap(Phase::Acknowledge);
                 let now = Instant::now();
                 if now >= last_checkpoint + checkpoint.interval
                     && now >= last_commit_end + checkpoint.min_pause
@@ -151,7 +159,9 @@ impl Pipeline {
                         );
                     }
                     last_commit_end = Instant::now();
+                    turn.lap(Phase::Checkpoint);
                 }
+                turn.report(batch.len());
             }
             Ok(())
         })();
@@ -188,5 +198,93 @@ impl Pipeline {
             anyhow::bail!("{failure}");
         }
         Ok(summary)
+    }
+}
+
+/// The parts of one turn of the loop.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Waiting for and reading records from the consumer.
+    Fill,
+    /// Taking the producer and checkpoint lock (a rebalance callback may hold it).
+    Lock,
+    /// The plugin, adopting a new version first when one was published.
+    Transform,
+    /// Handing the outputs to the producer (blocks while its queue is full).
+    Send,
+    /// Delivery reports, and waiting while too many batches are unacknowledged.
+    Acknowledge,
+    Checkpoint,
+}
+
+const PHASES: usize = 6;
+
+/// Where one turn of the loop spent its time. A turn whose work (everything but
+/// waiting for input) took longer than [`SLOW_TURN`] is logged at debug level: the
+/// first place to look when outputs stall. No such line during a stall means the
+/// loop was waiting for records.
+struct Turn {
+    started: Instant,
+    last: Instant,
+    spent: [Duration; PHASES],
+}
+
+impl Turn {
+    fn start() -> Self {
+        let now = Instant::now();
+        Turn {
+            started: now,
+            last: now,
+            spent: [Duration::ZERO; PHASES],
+        }
+    }
+
+    fn lap(&mut self, phase: Phase) {
+        let now = Instant::now();
+        self.spent[phase as usize] += now - self.last;
+        self.last = now;
+    }
+
+    /// Whether the work of the turn, not counting the wait for input, was slow.
+    fn slow(&self) -> bool {
+        self.last - self.started - self.spent[Phase::Fill as usize] >= SLOW_TURN
+    }
+
+    fn report(&self, records: usize) {
+        if !self.slow() || !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let total = self.last - self.started;
+        let ms = |phase: Phase| self.spent[phase as usize].as_secs_f64() * 1000.0;
+        tracing::debug!(
+            records,
+            total_ms = total.as_secs_f64() * 1000.0,
+            fill_ms = ms(Phase::Fill),
+            lock_ms = ms(Phase::Lock),
+            transform_ms = ms(Phase::Transform),
+            send_ms = ms(Phase::Send),
+            acknowledge_ms = ms(Phase::Acknowledge),
+            checkpoint_ms = ms(Phase::Checkpoint),
+            "Slow turn."
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_input_does_not_make_a_turn_slow_and_work_does() {
+        let mut turn = Turn::start();
+        std::thread::sleep(SLOW_TURN + Duration::from_millis(5));
+        turn.lap(Phase::Fill);
+        turn.lap(Phase::Transform);
+        assert!(!turn.slow());
+        std::thread::sleep(SLOW_TURN);
+        turn.lap(Phase::Send);
+        assert!(turn.slow());
+        assert!(turn.spent[Phase::Send as usize] >= SLOW_TURN);
+        assert!(turn.spent[Phase::Transform as usize] < SLOW_TURN);
     }
 }

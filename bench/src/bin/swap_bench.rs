@@ -108,6 +108,14 @@ struct Args {
     /// Without it, swaps from the third on return to versions compiled before.
     #[arg(long)]
     new_build_each_swap: bool,
+    /// Keep the host's log here, written at this `RUST_LOG` filter
+    /// (`--host-log-level`); by default it is deleted after a successful run.
+    #[arg(long)]
+    host_log: Option<PathBuf>,
+    /// The host's log filter with `--host-log`, e.g. `sluice_host=debug` for the
+    /// pipeline's slow turns.
+    #[arg(long, default_value = "info")]
+    host_log_level: String,
 }
 
 fn now_us() -> i64 {
@@ -194,6 +202,10 @@ fn main() -> anyhow::Result<()> {
             workdir.join("sluice.log").display()
         );
     }
+    if let Some(keep) = &args.host_log {
+        std::fs::copy(workdir.join("sluice.log"), keep)
+            .with_context(|| format!("keeping the host's log as {}", keep.display()))?;
+    }
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(())
 }
@@ -226,7 +238,13 @@ struct Host {
 }
 
 impl Host {
-    fn spawn(sluice: &Path, config: &Path, admin: &str, log: PathBuf) -> anyhow::Result<Self> {
+    fn spawn(
+        sluice: &Path,
+        config: &Path,
+        admin: &str,
+        log: PathBuf,
+        log_level: &str,
+    ) -> anyhow::Result<Self> {
         let log_file =
             File::create(&log).with_context(|| format!("creating log {}", log.display()))?;
         let mut command = Command::new(sluice);
@@ -238,7 +256,7 @@ impl Host {
             // Each run's first swap to tag-b compiles it, as a never-seen version would.
             .env("SLUICE_CACHE_DIR", "off")
             .env_remove("BOOTSTRAP_SERVERS")
-            .env_remove("RUST_LOG")
+            .env("RUST_LOG", log_level)
             .env_remove("SLUICE_ADMIN")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -596,7 +614,13 @@ provenance_header = "{PROVENANCE_HEADER}"
         })
     };
 
-    let mut host = Host::spawn(sluice, &config, &admin, workdir.join("sluice.log"))?;
+    let mut host = Host::spawn(
+        sluice,
+        &config,
+        &admin,
+        workdir.join("sluice.log"),
+        &args.host_log_level,
+    )?;
     let result = (|| -> anyhow::Result<Run> {
         eprintln!("starting sluice (log: {})...", host.log.display());
         host.wait_for_log("Partitions assigned.", Duration::from_secs(60))?;

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -163,6 +163,16 @@ pub struct Registry {
     books: Mutex<Books>,
 }
 
+/// How long a candidate took to read and compile (or find in memory), and to validate.
+struct Spent {
+    load: Duration,
+    validate: Duration,
+}
+
+fn ms(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e4).round() / 10.0
+}
+
 /// Runs `work` on a thread of lower CPU priority and returns its result.
 ///
 /// Compiling and validating a candidate costs from a tenth of a second of CPU (a small
@@ -275,7 +285,9 @@ impl Registry {
         let _one_at_a_time = self.proposing.lock().unwrap_or_else(|e| e.into_inner());
         let origin = Origin::File(path.to_path_buf());
         let result = in_background(|| -> Result<Outcome, LoadError> {
+            let started = Instant::now();
             let (plugin, bytes_digest) = self.candidate(path)?;
+            let loaded = Instant::now();
             let live = self.live();
             if live.plugin.digest == bytes_digest {
                 return Ok(Outcome {
@@ -285,7 +297,11 @@ impl Registry {
                 });
             }
             validate(&plugin, &self.settings)?;
-            Ok(self.publish(plugin, trigger))
+            let spent = Spent {
+                load: loaded - started,
+                validate: loaded.elapsed(),
+            };
+            Ok(self.publish(plugin, trigger, spent))
         });
         match result {
             Ok(outcome) => Ok(outcome),
@@ -396,7 +412,7 @@ impl Registry {
         Ok((plugin, digest))
     }
 
-    fn publish(&self, plugin: Plugin, trigger: Trigger) -> Outcome {
+    fn publish(&self, plugin: Plugin, trigger: Trigger, spent: Spent) -> Outcome {
         let old = self.live();
         let previous = Live {
             previous: None,
@@ -405,6 +421,7 @@ impl Registry {
         };
         // Validation passed, so this start succeeds but for a transient failure; then
         // the worker starts the version itself and reports what went wrong.
+        let starting = Instant::now();
         let standby = match self.settings.start(&plugin) {
             Ok(instance) => Standby::new(instance),
             Err(error) => {
@@ -429,6 +446,9 @@ impl Registry {
             version = live.version,
             plugin = %live.plugin.origin,
             digest = live.plugin.short_digest(),
+            load_ms = ms(spent.load),
+            validate_ms = ms(spent.validate),
+            start_ms = ms(starting.elapsed()),
             "Plugin validated; workers adopt it at their next batch."
         );
         self.books.lock().unwrap().swaps += 1;
