@@ -36,6 +36,11 @@ const TRANSFORM_EXPORT: &str = "sluice:plugin/transform@0.1.0";
 /// The keyed-state interface a plugin may import.
 const STATE_IMPORT: &str = "sluice:plugin/state@0.1.0";
 
+/// How long a compiler process may take. A large JavaScript or Python component
+/// compiles in seconds on an idle machine and in a minute or two on a busy one, at
+/// the lower priority of validation; a compile still running after this is stuck.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How often the engine's epoch advances: the resolution of the per-call time limit.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -316,7 +321,7 @@ impl Runtime {
         let Some(program) = &self.compiler else {
             return self.compile_logged(bytes);
         };
-        let compiled = match child::compile(program, bytes) {
+        let compiled = match child::compile(program, bytes, COMPILE_TIMEOUT) {
             Ok(compiled) => compiled,
             Err(child::ChildError::Failed(error)) => return Err(PluginError::Compile(error)),
             Err(child::ChildError::Spawn(error)) => {
