@@ -108,6 +108,11 @@ struct Args {
     /// Without it, swaps from the third on return to versions compiled before.
     #[arg(long)]
     new_build_each_swap: bool,
+    /// Before each file change, compile the candidate into a compilation cache that
+    /// the host shares, with `sluice plugin inspect`, as a deploy step can. The swap
+    /// then loads the compiled version. Without it the host's cache is off.
+    #[arg(long)]
+    precompile: bool,
     /// Keep the host's log here, written at this `RUST_LOG` filter
     /// (`--host-log-level`); by default it is deleted after a successful run.
     #[arg(long)]
@@ -244,6 +249,7 @@ impl Host {
         admin: &str,
         log: PathBuf,
         log_level: &str,
+        cache: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let log_file =
             File::create(&log).with_context(|| format!("creating log {}", log.display()))?;
@@ -253,8 +259,12 @@ impl Host {
             .arg("--config")
             .arg(config)
             .args(["--admin", admin])
-            // Each run's first swap to tag-b compiles it, as a never-seen version would.
-            .env("SLUICE_CACHE_DIR", "off")
+            // Unless precompiled, each run's first swap to tag-b compiles it, as a
+            // never-seen version would.
+            .env(
+                "SLUICE_CACHE_DIR",
+                cache.map_or_else(|| "off".into(), |dir| dir.as_os_str().to_owned()),
+            )
             .env_remove("BOOTSTRAP_SERVERS")
             .env("RUST_LOG", log_level)
             .env_remove("SLUICE_ADMIN")
@@ -560,6 +570,7 @@ fn run(
     // The host watches the plugin's directory and the one above it; neither holds
     // anything else, so only the swaps themselves wake the watcher.
     let plugin_dir = workdir.join("plugins").join("live");
+    let cache = args.precompile.then(|| workdir.join("compiled"));
     std::fs::create_dir_all(&plugin_dir)
         .with_context(|| format!("creating {}", plugin_dir.display()))?;
     let plugin = plugin_dir.join("plugin.wasm");
@@ -620,6 +631,7 @@ provenance_header = "{PROVENANCE_HEADER}"
         &admin,
         workdir.join("sluice.log"),
         &args.host_log_level,
+        cache.as_deref(),
     )?;
     let result = (|| -> anyhow::Result<Run> {
         eprintln!("starting sluice (log: {})...", host.log.display());
@@ -651,7 +663,15 @@ provenance_header = "{PROVENANCE_HEADER}"
                     host.log.display()
                 );
             }
-            let swaps = swap_all(args, &mut host, &progress, &plugin, plugins, &admin)?;
+            let swaps = swap_all(
+                args,
+                &mut host,
+                &progress,
+                &plugin,
+                plugins,
+                &admin,
+                cache.as_deref().map(|cache| (sluice, cache)),
+            )?;
             std::thread::sleep(Duration::from_secs(args.tail_s));
             Ok(swaps)
         })();
@@ -726,6 +746,8 @@ fn swap_all(
     plugin: &Path,
     plugins: &[Vec<u8>; 2],
     admin: &str,
+    // With --precompile: the sluice binary and the cache it compiles into.
+    precompile_with: Option<(&Path, &Path)>,
 ) -> anyhow::Result<Vec<Swap>> {
     let staging = plugin.with_file_name(".plugin.wasm.new");
     let interval = args.interval_ms as i64 * 1000;
@@ -746,6 +768,9 @@ fn swap_all(
         // As deployments do it: the new bytes appear under the watched name at once.
         std::fs::write(&staging, &bytes)
             .with_context(|| format!("writing {}", staging.display()))?;
+        if let Some((sluice, cache)) = precompile_with {
+            precompile(sluice, &staging, cache)?;
+        }
         let renamed_us = now_us();
         std::fs::rename(&staging, plugin)
             .with_context(|| format!("renaming {} over {}", staging.display(), plugin.display()))?;
@@ -794,6 +819,29 @@ fn swap_all(
         std::thread::sleep(Duration::from_micros(wait as u64));
     }
     Ok(swaps)
+}
+
+/// Compiles `plugin` into the compilation cache `cache` with `sluice plugin inspect`.
+fn precompile(sluice: &Path, plugin: &Path, cache: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let output = Command::new(sluice)
+        .args(["plugin", "inspect"])
+        .arg(plugin)
+        .env("SLUICE_CACHE_DIR", cache)
+        .output()
+        .with_context(|| format!("starting {}", sluice.display()))?;
+    if !output.status.success() {
+        bail!(
+            "precompiling {}: {}",
+            plugin.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    eprintln!(
+        "precompiled in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 /// The component with a custom section `sluice-bench-build` holding `build` appended:
@@ -1221,10 +1269,12 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         "Hot swap under load: {n} swaps (plugin file replaced by rename, alternating tag-b / tag-a{}), \
          {} records/s offered ({PARTITIONS} partitions, {KEY_LEN}-byte keys, {VALUE_LEN}-byte values), \
          swaps at least {} ms apart, {} s of load before the first and {} s after the last window.\n",
-        if args.new_build_each_swap {
-            ", every candidate a new build that compiles"
-        } else {
-            ""
+        match (args.new_build_each_swap, args.precompile) {
+            (true, true) =>
+                ", every candidate a new build, compiled into the cache before its file change",
+            (true, false) => ", every candidate a new build that compiles",
+            (false, true) => ", candidates compiled into the cache before their file change",
+            (false, false) => "",
         },
         args.rate,
         args.interval_ms,
