@@ -53,8 +53,8 @@ pub struct Compiled {
 /// Compiles `bytes` in a child process started from `program`, stopping it after
 /// `timeout`.
 ///
-/// Errors are either the child's own report (the component does not compile), a
-/// child that ran out of time, or a failure to run the child at all;
+/// Errors are the child's own report (the component does not compile), a child that
+/// ran out of time or died, or a failure to run the child at all;
 /// [`ChildError::Spawn`] tells the caller it may compile in-process instead.
 pub fn compile(program: &Path, bytes: &[u8], timeout: Duration) -> Result<Compiled, ChildError> {
     let mut child = Command::new(program)
@@ -89,11 +89,13 @@ pub fn compile(program: &Path, bytes: &[u8], timeout: Duration) -> Result<Compil
         let status = wait(&mut child, timeout)?;
         let report = report.join().unwrap_or_default();
         if !status.success() {
-            return Err(ChildError::Failed(if report.is_empty() {
-                anyhow::anyhow!("the compiler process ended with {status} and no report")
+            return Err(if report.is_empty() {
+                ChildError::Failed(anyhow::anyhow!(
+                    "the compiler process ended with {status} and no report"
+                ))
             } else {
-                anyhow::anyhow!("{report}")
-            }));
+                ChildError::Rejected(anyhow::anyhow!("{report}"))
+            });
         }
         let artifact = artifact
             .join()
@@ -140,7 +142,9 @@ fn wait(child: &mut Child, timeout: Duration) -> Result<ExitStatus, ChildError> 
 pub enum ChildError {
     /// The child could not be started or waited for.
     Spawn(anyhow::Error),
-    /// The child ran and reported a failure.
+    /// The child refused the component and said why.
+    Rejected(anyhow::Error),
+    /// The child ran out of time or died without a report.
     Failed(anyhow::Error),
 }
 
@@ -204,10 +208,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "echo 'failed to parse: bad magic' >&2; exit 3");
         match compile(&program, b"\0asm-not-really", LONG) {
-            Err(ChildError::Failed(error)) => {
+            Err(ChildError::Rejected(error)) => {
                 assert_eq!(error.to_string(), "failed to parse: bad magic")
             }
-            Err(ChildError::Spawn(error)) => panic!("not started: {error:#}"),
+            Err(ChildError::Spawn(error) | ChildError::Failed(error)) => {
+                panic!("not its report: {error:#}")
+            }
             Ok(_) => panic!("compiled"),
         }
     }
@@ -267,7 +273,7 @@ mod tests {
         let mut runtime = Runtime::new().unwrap();
         runtime.compiler = Some(program(dir.path(), "printf 'not an artifact'"));
         match runtime.load(&tag_plugin()) {
-            Err(PluginError::Compile(error)) => {
+            Err(PluginError::Compiler(error)) => {
                 let text = format!("{error:#}");
                 assert!(text.contains("compiled by the compiler process"), "{text}");
             }

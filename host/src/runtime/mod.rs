@@ -49,6 +49,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub enum PluginError {
     #[error("not a valid WebAssembly component: {0:#}")]
     Compile(anyhow::Error),
+    /// The compiler process failed for a reason of its own, not the component's.
+    #[error("could not be compiled: {0:#}")]
+    Compiler(anyhow::Error),
     #[error(
         "not a Sluice transform: it must export `{TRANSFORM_EXPORT}` (world `{WORLD}`); {detail}"
     )]
@@ -323,7 +326,8 @@ impl Runtime {
         };
         let compiled = match child::compile(program, bytes, COMPILE_TIMEOUT) {
             Ok(compiled) => compiled,
-            Err(child::ChildError::Failed(error)) => return Err(PluginError::Compile(error)),
+            Err(child::ChildError::Rejected(error)) => return Err(PluginError::Compile(error)),
+            Err(child::ChildError::Failed(error)) => return Err(PluginError::Compiler(error)),
             Err(child::ChildError::Spawn(error)) => {
                 tracing::warn!(
                     error = format!("{error:#}"),
@@ -341,7 +345,7 @@ impl Runtime {
         // wasmtime also checks the artifact's header (its version, target and engine
         // settings) and refuses one that does not match this engine.
         unsafe { Component::deserialize(&self.engine, &compiled.artifact) }.map_err(|e| {
-            PluginError::Compile(
+            PluginError::Compiler(
                 anyhow::Error::from(e)
                     .context("loading the component compiled by the compiler process"),
             )
