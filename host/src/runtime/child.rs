@@ -14,9 +14,12 @@
 //! only argument. It reads the component from stdin, compiles it with the same engine
 //! settings (through the compilation cache), and writes the compiled artifact to
 //! stdout. On failure it writes the reason to stderr and exits non-zero. It inherits
-//! the calling thread's priority.
+//! the calling thread's priority, runs in a process group of its own (a terminal's
+//! Ctrl-C is the host's to handle) and dies with the host. `ps` shows it as
+//! `sluice-compile`.
 
 use std::io::{Read as _, Write as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -58,7 +61,11 @@ pub struct Compiled {
 /// [`ChildError::Spawn`] tells the caller it may compile in-process instead.
 pub fn compile(program: &Path, bytes: &[u8], timeout: Duration) -> Result<Compiled, ChildError> {
     let mut child = Command::new(program)
+        .arg0("sluice")
         .arg(COMMAND)
+        // A Ctrl-C in a terminal reaches the host, which decides what stops; the
+        // child dies with it (see `main`), not before it.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -150,6 +157,17 @@ pub enum ChildError {
 
 /// The child's side: compiles the component on stdin to stdout.
 pub fn main() -> ExitCode {
+    // A host that dies (even by SIGKILL) takes its compiler with it. Should it die
+    // before this line, the child finishes and fails writing to the closed pipe.
+    // Its name in `ps` and `top` says what it is (started as /proc/self/exe, it would
+    // show as `exe`).
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and prctl(PR_SET_NAME, a NUL-terminated name of
+    // at most 16 bytes) only set attributes of this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NAME, c"sluice-compile".as_ptr());
+    }
     match run_child() {
         Ok(cached) => {
             if cached {
