@@ -848,27 +848,14 @@ fn precompile(sluice: &Path, plugin: &Path, cache: &Path) -> anyhow::Result<()> 
 /// the same code under a new digest. Custom sections may follow any section of a
 /// component and do not change what it does.
 fn with_build_section(component: &[u8], build: usize) -> Vec<u8> {
-    fn leb128(mut value: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (value & 0x7f) as u8;
-            value >>= 7;
-            if value == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-    let name = b"sluice-bench-build";
+    use wasm_encoder::ComponentSection as _;
     let payload = build.to_string();
-    let mut contents = Vec::new();
-    leb128(name.len(), &mut contents);
-    contents.extend_from_slice(name);
-    contents.extend_from_slice(payload.as_bytes());
+    let section = wasm_encoder::CustomSection {
+        name: "sluice-bench-build".into(),
+        data: payload.as_bytes().into(),
+    };
     let mut out = component.to_vec();
-    out.push(0); // custom section id
-    leb128(contents.len(), &mut out);
-    out.extend_from_slice(&contents);
+    section.append_to_component(&mut out);
     out
 }
 
@@ -1522,4 +1509,20 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         args.producer_linger_ms,
         args.consumer_fetch_wait_ms
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_build_section_is_a_custom_section_appended_to_the_component() {
+        let component = b"\0asm\x0d\0\x01\0";
+        let built = super::with_build_section(component, 12);
+        let name = b"sluice-bench-build";
+        let mut expected = component.to_vec();
+        // id 0, then the size of name length + name + payload, then those.
+        expected.extend([0, (1 + name.len() + 2) as u8, name.len() as u8]);
+        expected.extend(name);
+        expected.extend(b"12");
+        assert_eq!(built, expected);
+    }
 }

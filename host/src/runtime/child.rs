@@ -216,6 +216,15 @@ mod tests {
         path
     }
 
+    /// The text of a [`ChildError::Failed`]; anything else fails the test.
+    fn failure(result: Result<Compiled, ChildError>) -> String {
+        match result {
+            Err(ChildError::Failed(error)) => error.to_string(),
+            Err(other) => panic!("expected a failed child, got {other:?}"),
+            Ok(_) => panic!("expected a failed child, got an artifact"),
+        }
+    }
+
     fn tag_plugin() -> Vec<u8> {
         let path = Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_tag_a.wasm");
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -240,16 +249,11 @@ mod tests {
     fn a_child_that_dies_without_a_word_is_named_with_its_status() {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "exit 7");
-        match compile(&program, b"bytes", LONG) {
-            Err(ChildError::Failed(error)) => {
-                let text = error.to_string();
-                assert!(
-                    text.contains("exit status: 7") && text.contains("no report"),
-                    "{text}"
-                );
-            }
-            _ => panic!("expected a failure"),
-        }
+        let text = failure(compile(&program, b"bytes", LONG));
+        assert!(
+            text.contains("exit status: 7") && text.contains("no report"),
+            "{text}"
+        );
     }
 
     const LONG: Duration = Duration::from_secs(60);
@@ -259,13 +263,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "exec sleep 30");
         let started = Instant::now();
-        match compile(&program, b"bytes", Duration::from_millis(200)) {
-            Err(ChildError::Failed(error)) => {
-                let text = error.to_string();
-                assert!(text.contains("longer than 200ms"), "{text}");
-            }
-            _ => panic!("expected a failure"),
-        }
+        let text = failure(compile(&program, b"bytes", Duration::from_millis(200)));
+        assert!(text.contains("longer than 200ms"), "{text}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
