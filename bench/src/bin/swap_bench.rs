@@ -556,6 +556,9 @@ struct Run {
     adopted_us: HashMap<u64, (i64, Option<f64>)>,
     /// The broker's pauses during the run: (start, end) in µs since the epoch.
     broker_pauses: Vec<(i64, i64)>,
+    /// CPU time the hypervisor gave to others while this machine's work waited (steal
+    /// time): when the counter was seen to grow (µs since the epoch), and by how many µs.
+    stolen: Vec<(i64, i64)>,
     /// `swaps`, `rejections` and `rollbacks` from the final `GET /status`.
     final_counts: (u64, u64, u64),
     host_exit: i32,
@@ -654,6 +657,10 @@ provenance_header = "{PROVENANCE_HEADER}"
             let (rate, linger) = (args.rate, args.producer_linger_ms);
             std::thread::spawn(move || produce(&servers, &topic, rate, linger, &stop))
         };
+        let steal = {
+            let stop = stop_producer.clone();
+            std::thread::spawn(move || sample_steal(&stop))
+        };
         let swaps = (|| -> anyhow::Result<Vec<Swap>> {
             eprintln!(
                 "writing {} records/s; {} s of steady load first...",
@@ -685,6 +692,9 @@ provenance_header = "{PROVENANCE_HEADER}"
         let produced = producer
             .join()
             .map_err(|_| anyhow::anyhow!("the input producer thread panicked"))??;
+        let stolen = steal
+            .join()
+            .map_err(|_| anyhow::anyhow!("the steal-time sampler panicked"))?;
         let swaps = swaps?;
 
         let input_total = kafka.end_total(input)?;
@@ -728,6 +738,7 @@ provenance_header = "{PROVENANCE_HEADER}"
             load_until_us,
             adopted_us: adoption_times(&host.log_text()),
             broker_pauses: Vec::new(),
+            stolen,
             final_counts,
             host_exit,
         })
@@ -956,6 +967,54 @@ fn broker_pauses(log: &str, from: i64, to: i64) -> Vec<(i64, i64)> {
 }
 
 /// The longest broker pause overlapping `[from, to]`, in ms (0 when none does).
+/// How often the steal-time counter is read.
+const STEAL_SAMPLE: Duration = Duration::from_millis(2);
+
+/// Reads the machine's steal time (`/proc/stat`, all CPUs) until `stop`, and returns
+/// each growth of it: when it was seen and by how many µs. Empty where there is no
+/// such counter (not Linux, not a virtual machine).
+fn sample_steal(stop: &AtomicBool) -> Vec<(i64, i64)> {
+    // SAFETY: sysconf only reads a system setting.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let us_per_tick = if ticks > 0 { 1_000_000 / ticks } else { 10_000 };
+    let read = || -> Option<i64> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        steal_ticks(text.lines().next()?)
+    };
+    let mut growth = Vec::new();
+    let Some(mut last) = read() else {
+        return growth;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(STEAL_SAMPLE);
+        if let Some(now) = read()
+            && now > last
+        {
+            growth.push((now_us(), (now - last) * us_per_tick));
+            last = now;
+        }
+    }
+    growth
+}
+
+/// The steal time (8th value, in clock ticks) of `/proc/stat`'s `cpu` line.
+fn steal_ticks(cpu_line: &str) -> Option<i64> {
+    let mut fields = cpu_line.split_whitespace();
+    (fields.next()? == "cpu").then_some(())?;
+    fields.nth(7)?.parse().ok()
+}
+
+/// CPU time stolen within `[from, to]`, in ms: the growth seen in it, and up to one
+/// sample interval after it (the counter is read every STEAL_SAMPLE).
+fn stolen_in(stolen: &[(i64, i64)], from: i64, to: i64) -> f64 {
+    let slack = STEAL_SAMPLE.as_micros() as i64;
+    stolen
+        .iter()
+        .filter(|&&(at, _)| at >= from && at <= to + slack)
+        .map(|&(_, us)| us as f64 / 1e3)
+        .sum()
+}
+
 fn broker_pause_in(pauses: &[(i64, i64)], from: i64, to: i64) -> f64 {
     pauses
         .iter()
@@ -1032,6 +1091,11 @@ struct SwapResult {
     /// The broker's longest pause within that swap window and within its control.
     swap_broker_pause_ms: f64,
     control_broker_pause_ms: f64,
+    /// CPU time stolen by the hypervisor within the swap window, its control and the
+    /// wide window.
+    swap_stolen_ms: f64,
+    control_stolen_ms: f64,
+    stolen_ms: f64,
     gap_ms: f64,
     append_gap_ms: f64,
     send_gap_ms: f64,
@@ -1184,6 +1248,9 @@ fn analyse(run: &Run) -> Report {
                 broker_pause_in(&run.broker_pauses, start, end)
             })
         };
+        let stolen = |window: Option<(i64, i64)>| {
+            window.map_or(0.0, |(start, end)| stolen_in(&run.stolen, start, end))
+        };
         let max_latency = records
             .iter()
             .filter(|r| (from..=to).contains(&r.at_us))
@@ -1212,6 +1279,9 @@ fn analyse(run: &Run) -> Report {
             control_gap_ms: gap_in(control_window),
             swap_broker_pause_ms: pause_in(swap_window),
             control_broker_pause_ms: pause_in(control_window),
+            swap_stolen_ms: stolen(swap_window),
+            control_stolen_ms: stolen(control_window),
+            stolen_ms: stolen_in(&run.stolen, from, to),
             gap_ms: longest_gap(&received, from, to) as f64 / 1e3,
             append_gap_ms: longest_gap(&appended, from, to) as f64 / 1e3,
             send_gap_ms: longest_gap(&sent, from, to) as f64 / 1e3,
@@ -1313,14 +1383,14 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
     );
 
     println!(
-        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → worker adopted (log) ms | last old → first new output ms | longest output gap ±{0} ms around it | **pause: longest output gap from the file change to {0} ms after the first new-tag output** | same-length control window {1} ms before the file change | longest output gap in wide window ms | same, broker append time ms | longest input send gap in wide window ms | max latency in wide window ms | worker adopted new version µs | longest broker GC pause in swap window / control / wide window ms |",
+        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → worker adopted (log) ms | last old → first new output ms | longest output gap ±{0} ms around it | **pause: longest output gap from the file change to {0} ms after the first new-tag output** | same-length control window {1} ms before the file change | longest output gap in wide window ms | same, broker append time ms | longest input send gap in wide window ms | max latency in wide window ms | worker adopted new version µs | longest broker GC pause in swap window / control / wide window ms | CPU time stolen by the hypervisor in swap window / control / wide window ms |",
         SWITCH_US / 1000,
         CONTROL_LEAD_US / 1000
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, swap) in report.swaps.iter().enumerate() {
         println!(
-            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} |",
+            "| {} | {}{} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {} | {} | {:.0} / {} / {:.0} |",
             i + 1,
             swap.to as char,
             if swap.version_ok {
@@ -1354,7 +1424,14 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
                     },
                     swap.broker_pause_ms
                 )
-            }
+            },
+            swap.swap_stolen_ms,
+            if swap.control_gap_ms.is_some() {
+                format!("{:.0}", swap.control_stolen_ms)
+            } else {
+                "–".to_string()
+            },
+            swap.stolen_ms
         );
     }
 
@@ -1370,13 +1447,18 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
     let append_gap = column(&|s| Some(s.append_gap_ms));
     let latency = column(&|s| Some(s.max_latency_ms));
     let adopt = column(&|s| s.adopt_us);
-    let quiet_gap = column(&|s| Some(s.gap_ms).filter(|_| s.broker_pause_ms == 0.0));
+    // Undisturbed: no broker GC pause and no stolen CPU time in the window.
+    let quiet_gap =
+        column(&|s| Some(s.gap_ms).filter(|_| s.broker_pause_ms == 0.0 && s.stolen_ms == 0.0));
     let swap_gap = column(&|s| s.swap_gap_ms);
     let control_gap = column(&|s| s.control_gap_ms);
-    let quiet_swap_gap = column(&|s| s.swap_gap_ms.filter(|_| s.swap_broker_pause_ms == 0.0));
+    let quiet_swap_gap = column(&|s| {
+        s.swap_gap_ms
+            .filter(|_| s.swap_broker_pause_ms == 0.0 && s.swap_stolen_ms == 0.0)
+    });
     let quiet_control_gap = column(&|s| {
         s.control_gap_ms
-            .filter(|_| s.control_broker_pause_ms == 0.0)
+            .filter(|_| s.control_broker_pause_ms == 0.0 && s.control_stolen_ms == 0.0)
     });
     let verdict = |met: bool| if met { "met" } else { "**missed**" };
     println!(
@@ -1460,10 +1542,10 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         percentile(&adopt, 0.99),
         adopt.last().copied().unwrap_or(f64::NAN)
     );
-    if !run.broker_pauses.is_empty() {
+    if !run.broker_pauses.is_empty() || !run.stolen.is_empty() {
         row(
             &format!(
-                "processing pause in the {} swap windows without a broker GC pause",
+                "processing pause in the {} swap windows without a broker GC pause or stolen CPU time",
                 quiet_swap_gap.len()
             ),
             &quiet_swap_gap,
@@ -1472,7 +1554,7 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         );
         row(
             &format!(
-                "control, in the {} control windows without a broker GC pause",
+                "control, in the {} control windows without either",
                 quiet_control_gap.len()
             ),
             &quiet_control_gap,
@@ -1481,7 +1563,7 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         );
         row(
             &format!(
-                "longest output gap in the {} wide windows without a broker GC pause",
+                "longest output gap in the {} wide windows without either",
                 quiet_gap.len()
             ),
             &quiet_gap,
@@ -1541,6 +1623,13 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
             pauses.last().copied().unwrap_or(f64::NAN)
         );
     }
+    let stolen: f64 = run.stolen.iter().map(|(_, us)| *us as f64 / 1e3).sum();
+    println!(
+        "| CPU time stolen by the hypervisor during the load (all CPUs; growth seen {} times) | {:.0} ms in {:.0} s |",
+        run.stolen.len(),
+        stolen,
+        (run.load_until_us - run.load_from_us) as f64 / 1e6
+    );
     println!(
         "| end-to-end latency (send → receipt) p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
         b.latency_ms[0], b.latency_ms[1], b.latency_ms[2]
@@ -1651,6 +1740,24 @@ mod tests {
         // A long swap window (a first-time compile) needs as long a quiet stretch.
         let long = changed - CONTROL_LEAD_US;
         assert_eq!(control_window((changed, changed + long), 0), None);
+    }
+
+    #[test]
+    fn steal_time_is_the_eighth_value_of_the_cpu_line() {
+        let line = "cpu  1452876 15605 279950 1193482 19263 0 29390 17354 0 0";
+        assert_eq!(super::steal_ticks(line), Some(17354));
+        assert_eq!(super::steal_ticks("cpu0 1 2 3 4 5 6 7 8 9 10"), None);
+        assert_eq!(super::steal_ticks("cpu  1 2 3"), None);
+    }
+
+    #[test]
+    fn stolen_time_counts_growth_seen_in_the_window_or_just_after() {
+        let stolen = [(1_000, 10_000), (5_000, 20_000), (9_000, 10_000)];
+        assert_eq!(super::stolen_in(&stolen, 4_000, 6_000), 20.0);
+        assert_eq!(super::stolen_in(&stolen, 0, 6_000), 30.0);
+        // Seen 1 ms after the window ends: within one sample interval.
+        assert_eq!(super::stolen_in(&stolen, 6_000, 8_000), 10.0);
+        assert_eq!(super::stolen_in(&stolen, 1_500, 2_000), 0.0);
     }
 
     #[test]
