@@ -1011,8 +1011,9 @@ fn stolen_in(stolen: &[(i64, i64)], from: i64, to: i64) -> f64 {
     stolen
         .iter()
         .filter(|&&(at, _)| at >= from && at <= to + slack)
-        .map(|&(_, us)| us as f64 / 1e3)
-        .sum()
+        .map(|&(_, us)| us)
+        .sum::<i64>() as f64
+        / 1e3
 }
 
 fn broker_pause_in(pauses: &[(i64, i64)], from: i64, to: i64) -> f64 {
@@ -1623,7 +1624,7 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
             pauses.last().copied().unwrap_or(f64::NAN)
         );
     }
-    let stolen: f64 = run.stolen.iter().map(|(_, us)| *us as f64 / 1e3).sum();
+    let stolen = run.stolen.iter().map(|(_, us)| us).sum::<i64>() as f64 / 1e3;
     println!(
         "| CPU time stolen by the hypervisor during the load (all CPUs; growth seen {} times) | {:.0} ms in {:.0} s |",
         run.stolen.len(),
@@ -1757,7 +1758,11 @@ mod tests {
         assert_eq!(super::stolen_in(&stolen, 0, 6_000), 30.0);
         // Seen 1 ms after the window ends: within one sample interval.
         assert_eq!(super::stolen_in(&stolen, 6_000, 8_000), 10.0);
-        assert_eq!(super::stolen_in(&stolen, 1_500, 2_000), 0.0);
+        // None: zero, printed without a sign.
+        assert_eq!(
+            format!("{:.0}", super::stolen_in(&stolen, 1_500, 2_000)),
+            "0"
+        );
     }
 
     #[test]
