@@ -235,7 +235,12 @@ pub fn run(
     );
     Pipeline {
         source,
-        transform: TransformStage::new(registry, instance, config.plugin.rollback),
+        transform: TransformStage::new(
+            registry,
+            instance,
+            config.plugin.rollback,
+            config.sink.dead_letter_topic.is_some(),
+        ),
         checkpointer,
         tracker,
         state: state_for_pipeline,

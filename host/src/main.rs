@@ -88,6 +88,7 @@ fn main() -> ExitCode {
                     tracing::info!(
                         numRecordsIn = summary.records_in,
                         numRecordsOut = summary.records_out,
+                        numRecordsDeadLettered = summary.records_dead_lettered,
                         "Stopped cleanly."
                     );
                     ExitCode::SUCCESS

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sluice_sdk::batch::{Header, InputBatch, InputWriter};
+use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op};
 
 use crate::checkpoint::Tracker;
 use crate::checkpoint::checkpointer::{Checkpointer, Reason};
@@ -39,6 +39,8 @@ const SLOW_TURN: Duration = Duration::from_millis(15);
 pub struct Summary {
     pub records_in: u64,
     pub records_out: u64,
+    /// Input records the plugin failed, sent to the dead-letter topic.
+    pub records_dead_lettered: u64,
     pub checkpoints: u64,
 }
 
@@ -119,7 +121,14 @@ impl Pipeline {
                         Err(_) => state.lock().unwrap().discard_batch(),
                     }
                     match sent {
-                        Ok(sent) => summary.records_out += sent as u64,
+                        Ok(sent) => {
+                            let dead_lettered = ops
+                                .iter()
+                                .filter(|op| matches!(op, Op::Error { .. }))
+                                .count();
+                            summary.records_out += (sent - dead_lettered) as u64;
+                            summary.records_dead_lettered += dead_lettered as u64;
+                        }
                         Err(SendError::Interrupted) => break,
                         Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
                             checkpointer.recover(source.consumer(), &message)?;
@@ -155,6 +164,7 @@ impl Pipeline {
                         tracing::info!(
                             numRecordsIn = summary.records_in,
                             numRecordsOut = summary.records_out,
+                            numRecordsDeadLettered = summary.records_dead_lettered,
                             "Progress."
                         );
                     }

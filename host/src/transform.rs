@@ -7,7 +7,9 @@
 //! less than the rollback window ago is on probation: if it traps, or fails more than
 //! the allowed share of records, the registry reverts to the previous version and the
 //! same batch is run again by it, so nothing is lost and no output of the failed
-//! attempt reaches the sink. Outside probation, a failed record stops the pipeline.
+//! attempt reaches the sink. Outside probation, a failed record stops the pipeline,
+//! unless the sink has a dead-letter topic: then the batch goes on, and the sink sends
+//! the failed records there.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,10 +58,28 @@ pub struct TransformStage {
     instance: Instance,
     rollback: Rollback,
     probation: Probation,
+    /// Failed records go to the sink's dead-letter topic instead of stopping the pipeline.
+    dead_letter: bool,
+    /// Failed records not yet reported in the log, and when the last report was.
+    dead_lettered: DeadLettered,
 }
 
+/// Reports dead-lettered records at most once per DEAD_LETTER_REPORT.
+#[derive(Default)]
+struct DeadLettered {
+    unreported: u64,
+    reported: Option<Instant>,
+}
+
+const DEAD_LETTER_REPORT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl TransformStage {
-    pub fn new(registry: Arc<Registry>, instance: Instance, rollback: Rollback) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        instance: Instance,
+        rollback: Rollback,
+        dead_letter: bool,
+    ) -> Self {
         TransformStage {
             current: registry.live(),
             registry,
@@ -70,6 +90,8 @@ impl TransformStage {
                 records: 0,
                 failed: 0,
             },
+            dead_letter,
+            dead_lettered: DeadLettered::default(),
         }
     }
 
@@ -116,6 +138,10 @@ impl TransformStage {
                 ))
             {
                 continue;
+            }
+            if self.dead_letter {
+                self.report_dead_lettered(failed, &first);
+                return Ok(output);
             }
             return Err(first);
         }
@@ -212,6 +238,23 @@ impl TransformStage {
             }
         }
         Ok((failed, first))
+    }
+
+    fn report_dead_lettered(&mut self, failed: u64, first: &TransformError) {
+        let log = &mut self.dead_lettered;
+        log.unreported += failed;
+        if log
+            .reported
+            .is_none_or(|at| at.elapsed() >= DEAD_LETTER_REPORT)
+        {
+            tracing::warn!(
+                records = log.unreported,
+                last = %first,
+                "Records failed; they go to the dead-letter topic."
+            );
+            log.unreported = 0;
+            log.reported = Some(Instant::now());
+        }
     }
 
     fn plugin_error(&self, error: PluginError, batch: &InputBatch<'_>) -> TransformError {

@@ -1,5 +1,6 @@
 //! Bad input gets a clear error and a non-zero exit, never a hang or a panic.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -362,6 +363,114 @@ fn a_record_the_plugin_fails_stops_the_pipeline_and_stays_uncommitted() {
     );
     assert_eq!(code, 1);
     assert!(log.contains(&format!("{input}/0@12")), "{log}");
+}
+
+#[test]
+fn with_a_dead_letter_topic_failed_records_go_there_and_the_rest_flows_on() {
+    let dir = workdir();
+    let (input, output, group) = topics("dead", 2, Some(2));
+    let dead_letter = unique("dead-letter");
+    create_topic(&dead_letter, 1);
+    // Every tenth record of 60 is poison; each carries a key and a header of its own.
+    let records: Vec<TestRecord> = (0..60)
+        .map(|i| TestRecord {
+            partition: i % 2,
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(
+                if i % 10 == 3 {
+                    format!("poison {i}")
+                } else {
+                    format!("fine {i}")
+                }
+                .into_bytes(),
+            ),
+            headers: vec![("n".to_string(), Some(i.to_string().into_bytes()))],
+            timestamp: None,
+        })
+        .collect();
+    produce(&input, &records);
+    let plugin = test_plugin("sluice_test_faulty");
+    let tail = format!(
+        "[plugin]\npath = \"{}\"\n[plugin.config]\nfail_on = \"poison\"",
+        plugin.display()
+    );
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        &config_text(
+            &input,
+            &output,
+            &group,
+            "",
+            &format!("dead_letter_topic = \"{dead_letter}\""),
+            &tail,
+        ),
+    );
+    let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+
+    let fine = read_all(&output, 54, Duration::from_secs(60));
+    let failed = read_all(&dead_letter, 6, Duration::from_secs(30));
+    let values = |records: &[TestRecord]| {
+        let mut values: Vec<String> = records.iter().map(TestRecord::value_text).collect();
+        values.sort();
+        values
+    };
+    let mut expected_fine: Vec<String> = (0..60)
+        .filter(|i| i % 10 != 3)
+        .map(|i| format!("fine {i}"))
+        .collect();
+    expected_fine.sort();
+    assert_eq!(values(&fine), expected_fine);
+    let mut expected_failed: Vec<String> = (0..60)
+        .filter(|i| i % 10 == 3)
+        .map(|i| format!("poison {i}"))
+        .collect();
+    expected_failed.sort();
+    assert_eq!(values(&failed), expected_failed);
+    // Each failed record arrives as it was read, with the reason and its origin.
+    let mut offsets = [0i64; 2];
+    for (i, record) in records.iter().enumerate() {
+        let offset = offsets[record.partition as usize];
+        offsets[record.partition as usize] += 1;
+        if i % 10 != 3 {
+            continue;
+        }
+        let dead = failed
+            .iter()
+            .find(|r| r.value == record.value)
+            .expect("every poison record is in the dead-letter topic");
+        assert_eq!(dead.key, record.key);
+        let header = |name: &str| {
+            dead.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| v.clone())
+                .map(|v| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(header("n"), Some(i.to_string()));
+        assert_eq!(
+            header("sluice-error").as_deref(),
+            Some("value matched `fail_on`")
+        );
+        assert_eq!(
+            header("sluice-source"),
+            Some(format!("{input}/{}@{offset}", record.partition))
+        );
+    }
+
+    host.wait_for_log(
+        "Records failed; they go to the dead-letter topic.",
+        Duration::from_secs(10),
+    );
+    let status = host.terminate();
+    let log = host.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("numRecordsDeadLettered=6"), "{log}");
+    // Every input is behind the committed offsets: nothing will be read again.
+    assert_eq!(
+        committed(&group, &input),
+        BTreeMap::from([(0, 30), (1, 30)])
+    );
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //!
 //! librdkafka treats a rejected credential like a network blip and retries forever;
 //! a wrong password would then look like a hung host and hammer the broker. Every
-//! client's error callback reports here instead, and the first authentication failure
-//! ends the run with an error that names the client, the broker and the mechanism.
+//! client's error callback reports here instead (and its log callback, for TLS
+//! certificate refusals), and the first authentication failure ends the run with an
+//! error that names the client, the broker and the mechanism.
 
 pub mod msk_iam;
 
@@ -192,6 +193,31 @@ impl ClientAuth {
         if !refused {
             return false;
         }
+        self.refused(reason);
+        true
+    }
+
+    /// Looks at a librdkafka log line; returns true (and records the failure) when it
+    /// says a TLS handshake was refused over a certificate. librdkafka logs that at
+    /// once, from the thread that saw it, while the matching error event waits in the
+    /// client's queue until the client is next served, which can be late.
+    pub fn observe_log(&self, facility: &str, message: &str) -> bool {
+        const REFUSALS: [&str; 4] = [
+            "certificate verify failed",
+            "alert bad certificate",
+            "alert unknown ca",
+            "alert certificate required",
+        ];
+        let refused = self.security.protocol.tls()
+            && facility == "FAIL"
+            && REFUSALS.iter().any(|refusal| message.contains(refusal));
+        if refused {
+            self.refused(message);
+        }
+        refused
+    }
+
+    fn refused(&self, reason: &str) {
         self.failure.record(format!(
             "Kafka refused the {role}'s credentials: {mechanism} authentication to {servers} failed ({reason}); {hint}",
             role = self.role,
@@ -199,7 +225,6 @@ impl ClientAuth {
             servers = self.servers,
             hint = self.hint(),
         ));
-        true
     }
 
     fn hint(&self) -> &'static str {
@@ -217,5 +242,51 @@ impl ClientAuth {
                 "check security.ca_file, cert_file and key_file against the broker's certificates"
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(protocol: Protocol) -> ClientAuth {
+        let security = Security {
+            protocol,
+            ..Security::default()
+        };
+        ClientAuth::new(
+            "source",
+            "127.0.0.1:9094",
+            &security,
+            None,
+            AuthFailure::new(),
+        )
+    }
+
+    const UNTRUSTED: &str = "ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: \
+        ../ssl/statem/statem_clnt.c:1889:tls_post_process_server_certificate \
+        error:0A000086:SSL routines::certificate verify failed (after 9ms in state SSL_HANDSHAKE)";
+
+    #[test]
+    fn a_certificate_refusal_in_the_log_stops_the_client() {
+        let auth = auth(Protocol::Ssl);
+        assert!(auth.observe_log("FAIL", UNTRUSTED));
+        let failure = auth.failure().get().expect("recorded");
+        assert!(
+            failure.contains("SSL authentication to 127.0.0.1:9094 failed"),
+            "{failure}"
+        );
+        assert!(failure.contains("certificate verify failed"), "{failure}");
+    }
+
+    #[test]
+    fn other_log_lines_and_plaintext_clients_are_left_alone() {
+        let tls = auth(Protocol::Ssl);
+        let dropped = "ssl://127.0.0.1:9094/bootstrap: SSL handshake failed: Disconnected \
+            (after 3ms in state SSL_HANDSHAKE)";
+        assert!(!tls.observe_log("FAIL", dropped));
+        assert!(!tls.observe_log("CONFWARN", UNTRUSTED));
+        assert!(!auth(Protocol::Plaintext).observe_log("FAIL", UNTRUSTED));
+        assert_eq!(tls.failure().get(), None);
     }
 }

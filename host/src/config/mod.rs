@@ -83,6 +83,9 @@ pub struct SinkConfig {
     pub create_topic: Option<TopicSpec>,
     /// Named plugin outputs and the topic each one writes to.
     pub outputs: BTreeMap<String, String>,
+    /// Where the input records the plugin fails go, with the reason in headers. Without
+    /// one, a failed record stops the pipeline.
+    pub dead_letter_topic: Option<String>,
     /// Extra librdkafka producer settings, passed through.
     pub kafka: BTreeMap<String, String>,
     pub security: Security,

@@ -63,6 +63,7 @@ pub struct RawSink {
     pub create_topic: Option<RawTopicSpec>,
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
+    pub dead_letter_topic: Option<String>,
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
     /// Replaces `[security]` for the sink.
@@ -359,6 +360,21 @@ impl RawConfig {
                 );
             }
         }
+        if let Some(dead_letter) = &k.dead_letter_topic {
+            if dead_letter.trim().is_empty() {
+                c.report(
+                    "sink.dead_letter_topic",
+                    "empty topic name; name a topic, or leave the key out to stop at a failed record",
+                );
+            } else if *dead_letter == topic && sink_bootstrap == bootstrap {
+                c.report(
+                    "sink.dead_letter_topic",
+                    format!(
+                        "`{dead_letter}` is the source topic: failed records would come back to the plugin, and fail again, for ever; name another topic"
+                    ),
+                );
+            }
+        }
         let sink_kafka = scalar_map(&k.kafka, "sink.kafka", &mut c);
         let sink_security = super::security::for_side(
             "sink",
@@ -477,6 +493,7 @@ impl RawConfig {
                 partitioning,
                 create_topic,
                 outputs: self.sink.outputs.clone(),
+                dead_letter_topic: self.sink.dead_letter_topic.clone(),
                 kafka: sink_kafka.into_iter().collect(),
                 security: sink_security,
             },
@@ -577,6 +594,46 @@ mod tests {
             );
         }
         assert_eq!(found.len(), expected.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn a_dead_letter_topic_must_be_named_and_not_be_the_source_topic() {
+        let with = |dead_letter: &str, sink_servers: &str| {
+            format!(
+                r#"
+                version = 1
+                [source]
+                bootstrap_servers = "127.0.0.1:9092"
+                topic = "stocks-in"
+                group_id = "g"
+                [sink]
+                {sink_servers}
+                topic = "stocks-out"
+                dead_letter_topic = "{dead_letter}"
+            "#
+            )
+        };
+        let (raw, mut found) = parse_toml(&with("stocks-failed", "")).unwrap();
+        let config = raw.validate(&mut found).unwrap();
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(
+            config.sink.dead_letter_topic.as_deref(),
+            Some("stocks-failed")
+        );
+
+        let found = problems(&with(" ", ""));
+        assert!(
+            found[0].starts_with("sink.dead_letter_topic: empty topic name"),
+            "{found:?}"
+        );
+        let found = problems(&with("stocks-in", ""));
+        assert!(
+            found[0].starts_with("sink.dead_letter_topic: `stocks-in` is the source topic"),
+            "{found:?}"
+        );
+        // On another cluster, a topic of the same name is another topic.
+        let other = r#"bootstrap_servers = "10.0.0.1:9092""#;
+        assert!(problems(&with("stocks-in", other)).is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
-use sluice_sdk::batch::{Header, Headers, InputBatch, Op};
+use sluice_sdk::batch::{Header, Headers, InputBatch, Op, Record};
 
 use crate::auth::ClientAuth;
 use crate::checkpoint::Tracker;
@@ -38,6 +38,7 @@ impl ClientContext for SinkContext {
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::telemetry::librdkafka_log("sink", level, fac, log_message);
+        self.auth.observe_log(fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -68,6 +69,7 @@ struct AdminContext {
 impl ClientContext for AdminContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::telemetry::librdkafka_log("sink-admin", level, fac, log_message);
+        self.auth.observe_log(fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -110,8 +112,14 @@ pub struct KafkaSink {
     transactional: bool,
     default_topic: String,
     outputs: BTreeMap<String, String>,
+    dead_letter_topic: Option<String>,
     same_partition: bool,
 }
+
+/// Headers a dead-lettered record carries besides its own: the plugin's message, and
+/// where the record was read (`topic/partition@offset`).
+pub const ERROR_HEADER: &str = "sluice-error";
+pub const SOURCE_HEADER: &str = "sluice-source";
 
 impl KafkaSink {
     /// Connects, checks (or creates) the sink topics against the source's partition count.
@@ -163,9 +171,15 @@ impl KafkaSink {
 
         let mut topics: Vec<&str> = vec![&config.topic];
         topics.extend(config.outputs.values().map(String::as_str));
+        topics.extend(config.dead_letter_topic.as_deref());
         topics.sort_unstable();
         topics.dedup();
         for topic in topics {
+            // Failed records go wherever the partitioner puts them: the dead-letter topic
+            // needs no partition per source partition.
+            let dead_letter_only = Some(topic) == config.dead_letter_topic.as_deref()
+                && topic != config.topic
+                && !config.outputs.values().any(|output| output == topic);
             let mut partitions = topic_partitions(
                 producer.client(),
                 topic,
@@ -195,7 +209,10 @@ impl KafkaSink {
                 tracing::info!(topic, partitions = wanted, "Sink topic created.");
                 partitions = wanted;
             }
-            if config.partitioning == Partitioning::Same && partitions < source_partitions {
+            if config.partitioning == Partitioning::Same
+                && !dead_letter_only
+                && partitions < source_partitions
+            {
                 bail!(
                     "sink topic `{topic}` has {partitions} partitions but the source has {source_partitions}; \
                      `sink.partitioning = \"same\"` writes each record to its source partition number, so add partitions \
@@ -212,6 +229,7 @@ impl KafkaSink {
             transactional: transaction.is_some(),
             default_topic: config.topic.clone(),
             outputs: config.outputs.clone(),
+            dead_letter_topic: config.dead_letter_topic.clone(),
             same_partition: config.partitioning == Partitioning::Same,
         })
     }
@@ -240,6 +258,14 @@ impl KafkaSink {
         tracker.lock().unwrap().add_outputs(seq, total);
         let mut sent = 0;
         for op in ops {
+            if let Op::Error { index, message } = op {
+                let source = input
+                    .get(*index)
+                    .expect("ops were checked against the input");
+                self.dead_letter(seq, &source, message, provenance, keep_going)?;
+                sent += 1;
+                continue;
+            }
             let (indices, output) = match op {
                 Op::Keep {
                     start,
@@ -249,7 +275,7 @@ impl KafkaSink {
                 Op::ReplaceValue { index, output, .. } | Op::Record { index, output, .. } => {
                     (*index..*index + 1, *output)
                 }
-                Op::Error { .. } => unreachable!("errors are handled before sending"),
+                Op::Error { .. } => unreachable!("dead-lettered above"),
             };
             let topic = match output {
                 None => self.default_topic.as_str(),
@@ -307,6 +333,53 @@ impl KafkaSink {
             }
         }
         Ok(sent)
+    }
+
+    /// Sends input record `source`, which the plugin failed with `message`, to the
+    /// dead-letter topic as it was read, with the reason and its origin in headers.
+    fn dead_letter(
+        &self,
+        seq: u64,
+        source: &Record<'_>,
+        message: &str,
+        provenance: Option<Header<'_>>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<(), SendError> {
+        let Some(topic) = &self.dead_letter_topic else {
+            return Err(SendError::Fatal(format!(
+                "the plugin failed record {}/{}@{} ({message}) and no [sink] dead_letter_topic is set",
+                source.topic(),
+                source.partition(),
+                source.offset()
+            )));
+        };
+        let origin = format!(
+            "{}/{}@{}",
+            source.topic(),
+            source.partition(),
+            source.offset()
+        );
+        let headers = owned_headers(source.headers(), provenance)
+            .insert(KafkaHeader {
+                key: ERROR_HEADER,
+                value: Some(message),
+            })
+            .insert(KafkaHeader {
+                key: SOURCE_HEADER,
+                value: Some(&origin),
+            });
+        let mut record =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize).headers(headers);
+        if let Some(key) = source.key() {
+            record = record.key(key);
+        }
+        if let Some(value) = source.value() {
+            record = record.payload(value);
+        }
+        if let Some(timestamp) = source.timestamp() {
+            record = record.timestamp(timestamp);
+        }
+        self.send_one(record, keep_going)
     }
 
     fn send_one<'a>(

@@ -42,6 +42,7 @@ impl ClientContext for SourceContext {
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::telemetry::librdkafka_log("source", level, fac, log_message);
+        self.auth.observe_log(fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {

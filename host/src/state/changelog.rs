@@ -100,6 +100,7 @@ impl ClientContext for RestoreContext {
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::telemetry::librdkafka_log("state-restore", level, fac, log_message);
+        self.auth.observe_log(fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
