@@ -318,6 +318,26 @@ fn unknown_keys_and_sections_are_rejected() {
     assert!(log.contains("metrics: unknown key"), "{log}");
 }
 
+/// A pipeline file whose plugin fails every record with `poison` in its value.
+fn failing_on_poison(
+    dir: &std::path::Path,
+    input: &str,
+    output: &str,
+    group: &str,
+    sink_extra: &str,
+) -> std::path::PathBuf {
+    let plugin = test_plugin("sluice_test_faulty");
+    let tail = format!(
+        "[plugin]\npath = \"{}\"\n[plugin.config]\nfail_on = \"poison\"",
+        plugin.display()
+    );
+    write_file(
+        dir,
+        "c.toml",
+        &config_text(input, output, group, "", sink_extra, &tail),
+    )
+}
+
 #[test]
 fn a_record_the_plugin_fails_stops_the_pipeline_and_stays_uncommitted() {
     let dir = workdir();
@@ -326,16 +346,7 @@ fn a_record_the_plugin_fails_stops_the_pipeline_and_stays_uncommitted() {
         .map(|i| TestRecord::value(0, if i == 12 { "poison pill" } else { "fine" }))
         .collect();
     produce(&input, &records);
-    let plugin = test_plugin("sluice_test_faulty");
-    let tail = format!(
-        "[plugin]\npath = \"{}\"\n[plugin.config]\nfail_on = \"poison\"",
-        plugin.display()
-    );
-    let config = write_file(
-        dir.path(),
-        "c.toml",
-        &config_text(&input, &output, &group, "", "", &tail),
-    );
+    let config = failing_on_poison(dir.path(), &input, &output, &group, "");
     let config = config.to_str().unwrap();
     let (code, log) = run_to_end(
         dir.path(),
@@ -389,22 +400,12 @@ fn with_a_dead_letter_topic_failed_records_go_there_and_the_rest_flows_on() {
         })
         .collect();
     produce(&input, &records);
-    let plugin = test_plugin("sluice_test_faulty");
-    let tail = format!(
-        "[plugin]\npath = \"{}\"\n[plugin.config]\nfail_on = \"poison\"",
-        plugin.display()
-    );
-    let config = write_file(
+    let config = failing_on_poison(
         dir.path(),
-        "c.toml",
-        &config_text(
-            &input,
-            &output,
-            &group,
-            "",
-            &format!("dead_letter_topic = \"{dead_letter}\""),
-            &tail,
-        ),
+        &input,
+        &output,
+        &group,
+        &format!("dead_letter_topic = \"{dead_letter}\""),
     );
     let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
 
