@@ -378,6 +378,18 @@ fn a_record_the_plugin_fails_stops_the_pipeline_and_stays_uncommitted() {
 
 #[test]
 fn with_a_dead_letter_topic_failed_records_go_there_and_the_rest_flows_on() {
+    dead_letter_case("at-least-once");
+}
+
+#[test]
+fn exactly_once_dead_letters_each_failed_record_once_in_the_checkpoint_transaction() {
+    dead_letter_case("exactly-once");
+}
+
+/// Every tenth of 60 records fails in the plugin: those reach the dead-letter topic
+/// as they were read, with the reason, the others reach the sink, each exactly once,
+/// and every offset is committed.
+fn dead_letter_case(delivery: &str) {
     let dir = workdir();
     let (input, output, group) = topics("dead", 2, Some(2));
     let dead_letter = unique("dead-letter");
@@ -407,6 +419,12 @@ fn with_a_dead_letter_topic_failed_records_go_there_and_the_rest_flows_on() {
         &group,
         &format!("dead_letter_topic = \"{dead_letter}\""),
     );
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "version = 1\n",
+        &format!("version = 1\ndelivery = \"{delivery}\"\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
 
     let fine = read_all(&output, 54, Duration::from_secs(60));
@@ -472,6 +490,9 @@ fn with_a_dead_letter_topic_failed_records_go_there_and_the_rest_flows_on() {
         committed(&group, &input),
         BTreeMap::from([(0, 30), (1, 30)])
     );
+    // And nothing was written twice.
+    assert_eq!(read_all(&output, 55, Duration::from_secs(3)).len(), 54);
+    assert_eq!(read_all(&dead_letter, 7, Duration::from_secs(3)).len(), 6);
 }
 
 #[test]
