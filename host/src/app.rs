@@ -119,7 +119,7 @@ pub fn start_plugin(
 }
 
 /// The MSK IAM token source for a client, when it uses MSK IAM.
-fn token_source(
+pub(crate) fn token_source(
     security: &Security,
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<Option<Arc<TokenSource>>> {

@@ -187,13 +187,23 @@ pub struct PipelineArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Kafka bootstrap servers, comma-separated.
-    #[arg(long, env = "BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
-    pub bootstrap_servers: String,
+    /// Kafka bootstrap servers, comma-separated [default: the pipeline file's source,
+    /// else 127.0.0.1:9092].
+    #[arg(long, env = "BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
 
-    /// Topic to write to.
-    #[arg(long, env = "TOPIC_NAME", default_value = "stocks-in")]
-    pub topic: String,
+    /// Topic to write to [default: the pipeline file's source topic, else stocks-in].
+    #[arg(long, env = "TOPIC_NAME")]
+    pub topic: Option<String>,
+
+    /// Write to the source of this sluice.toml pipeline, with its security settings
+    /// (TLS, SASL, MSK IAM).
+    #[arg(long, conflicts_with = "properties")]
+    pub config: Option<PathBuf>,
+
+    /// The same, from a Managed Flink application_properties.json.
+    #[arg(long)]
+    pub properties: Option<PathBuf>,
 
     /// Stop after this many records (default: run until interrupted).
     #[arg(long)]

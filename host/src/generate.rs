@@ -2,6 +2,9 @@
 //! byte for byte: the same JSON (field order and Python's spacing), the same 17
 //! tickers, the same key, Java's murmur2 key partitioning, and by default the same
 //! rhythm of one record per ticker followed by a 5 to 10 second pause.
+//!
+//! With a pipeline file it writes to that pipeline's source topic, with the source's
+//! security settings, so it reaches an MSK cluster with IAM as the pipeline does.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -9,13 +12,105 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
-use rdkafka::config::ClientConfig;
+use rdkafka::ClientContext;
+use rdkafka::client::OAuthToken;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
+use crate::auth::{AuthFailure, ClientAuth};
 use crate::cli::GenerateArgs;
+use crate::config::ConfigSource;
+use crate::config::security::Security;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::topic_partitions;
+
+const DEFAULT_SERVERS: &str = "127.0.0.1:9092";
+const DEFAULT_TOPIC: &str = "stocks-in";
+
+/// Where the generator writes, and how it authenticates.
+pub struct Target {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    pub security: Security,
+}
+
+impl Target {
+    /// The command line's servers and topic, else the pipeline file's source, else the
+    /// original job's defaults; security from the pipeline file, else none.
+    pub fn resolve(args: &GenerateArgs) -> anyhow::Result<Target> {
+        let source = match (&args.config, &args.properties) {
+            (Some(path), _) => Some(ConfigSource::Toml(path.clone())),
+            (None, Some(path)) => Some(ConfigSource::Properties(path.clone())),
+            (None, None) => None,
+        };
+        let pipeline = source
+            .map(|source| {
+                crate::app::load_config(&source, None, None)
+                    .map_err(|invalid| anyhow::anyhow!("{invalid}"))
+            })
+            .transpose()?;
+        Ok(Target {
+            bootstrap_servers: args
+                .bootstrap_servers
+                .clone()
+                .or_else(|| {
+                    pipeline
+                        .as_ref()
+                        .map(|c| c.source.bootstrap_servers.clone())
+                })
+                .unwrap_or_else(|| DEFAULT_SERVERS.to_string()),
+            topic: args
+                .topic
+                .clone()
+                .or_else(|| pipeline.as_ref().map(|c| c.source.topic.clone()))
+                .unwrap_or_else(|| DEFAULT_TOPIC.to_string()),
+            security: pipeline.map(|c| c.source.security).unwrap_or_default(),
+        })
+    }
+}
+
+/// The generator's callbacks: MSK IAM tokens, refused credentials and undelivered
+/// records noticed.
+struct GeneratorContext {
+    auth: ClientAuth,
+    /// The first record the broker did not take, and how many it did not.
+    undelivered: std::sync::Mutex<(u64, Option<String>)>,
+}
+
+impl ProducerContext for GeneratorContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            let mut undelivered = self.undelivered.lock().unwrap();
+            undelivered.0 += 1;
+            undelivered.1.get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
+impl ClientContext for GeneratorContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log("generator", level, fac, log_message);
+        self.auth.observe_log(fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !self.auth.observe(&error, reason) {
+            tracing::warn!(client = "generator", %error, "Kafka client error: {reason}");
+        }
+    }
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.auth.token()
+    }
+}
 
 pub const TICKERS: [&str; 17] = [
     "AAPL", "ACN", "ADBE", "AMD", "AVGO", "CRM", "CSCO", "IBM", "INTC", "MA", "MSFT", "NVDA",
@@ -51,28 +146,48 @@ fn random_price(rng: &mut impl Rng) -> f64 {
     (rng.random::<f64>() * 100.0 * 100.0).round() / 100.0
 }
 
-pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap_servers)
+pub fn run(
+    args: &GenerateArgs,
+    target: &Target,
+    shutdown: &Shutdown,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<u64> {
+    let failure = AuthFailure::new();
+    let auth = ClientAuth::new(
+        "generator",
+        &target.bootstrap_servers,
+        &target.security,
+        crate::app::token_source(&target.security, handle)?,
+        failure.clone(),
+    );
+    let mut client = ClientConfig::new();
+    auth.apply(&mut client);
+    let producer: BaseProducer<GeneratorContext> = client
+        .set("bootstrap.servers", &target.bootstrap_servers)
         // Java's default partitioner (murmur2 of the key), as kafka-python uses.
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
-        .create()
+        .create_with_context(GeneratorContext {
+            auth,
+            undelivered: Default::default(),
+        })
         .context("creating the Kafka producer")?;
+    let topic = target.topic.as_str();
     let partitions = topic_partitions(
         producer.client(),
-        &args.topic,
-        &args.bootstrap_servers,
+        topic,
+        &target.bootstrap_servers,
         Duration::from_secs(10),
         "generator",
-        &|| producer.poll(Duration::ZERO),
-        &crate::auth::AuthFailure::default(),
+        &|| {
+            producer.poll(Duration::ZERO);
+        },
+        &failure,
     )?;
     if partitions == 0 {
         bail!(
-            "topic `{}` does not exist on {}; create it first",
-            args.topic,
-            args.bootstrap_servers
+            "topic `{topic}` does not exist on {}; create it first",
+            target.bootstrap_servers
         );
     }
 
@@ -112,20 +227,20 @@ pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
                 .to_string();
             let value = record_value(&event_time, ticker, random_price(&mut rng));
             let key = record_key(ticker);
-            let mut record = BaseRecord::<str, str>::to(&args.topic)
-                .key(&key)
-                .payload(&value);
+            let mut record = BaseRecord::<str, str>::to(topic).key(&key).payload(&value);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         producer.poll(Duration::from_millis(10));
+                        failure.check()?;
                     }
-                    Err((error, _)) => bail!("sending to `{}` failed: {error}", args.topic),
+                    Err((error, _)) => bail!("sending to `{topic}` failed: {error}"),
                 }
             }
             producer.poll(Duration::ZERO);
+            failure.check()?;
             sent += 1;
             progress.set_position(sent);
         }
@@ -144,6 +259,10 @@ pub fn run(args: &GenerateArgs, shutdown: &Shutdown) -> anyhow::Result<u64> {
         .flush(Duration::from_secs(60))
         .context("records still undelivered after 60 s")?;
     progress.finish_and_clear();
+    failure.check()?;
+    if let (count @ 1.., Some(first)) = &*producer.context().undelivered.lock().unwrap() {
+        bail!("the broker did not take {count} of {sent} records to `{topic}`; the first: {first}");
+    }
     Ok(sent)
 }
 

@@ -166,9 +166,12 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Build(args)) => author::command::build(&args),
         Command::Plugin(PluginCommand::Test(args)) => author::command::test(&args),
         Command::Plugin(PluginCommand::Inspect { plugin }) => author::command::inspect(&plugin),
-        Command::Generate(args) => match generate::run(&args, &shutdown) {
-            Ok(sent) => {
-                eprintln!("sent {sent} records to {}", args.topic);
+        Command::Generate(args) => match generate::Target::resolve(&args).and_then(|target| {
+            generate::run(&args, &target, &shutdown, runtime.handle())
+                .map(|sent| (sent, target.topic))
+        }) {
+            Ok((sent, topic)) => {
+                eprintln!("sent {sent} records to {topic}");
                 ExitCode::SUCCESS
             }
             Err(error) => {

@@ -674,3 +674,69 @@ fn the_brokers_msk_iam_validator_checks_the_reference_vector() {
         "rejected: action is kafka-cluster:ReadData, not kafka-cluster:Connect"
     );
 }
+
+#[test]
+fn generate_writes_to_the_pipelines_source_with_its_msk_iam_settings() {
+    let l = listeners();
+    let (input, output, group) = (unique("gen-in"), unique("gen-out"), unique("gen-g"));
+    create_topic(&input, 3);
+    let dir = workdir();
+    let text = auth_config(
+        &l["IAM"],
+        None,
+        &input,
+        &output,
+        &group,
+        &iam_security(&l, ""),
+    );
+    let config = write_file(dir.path(), "generate.toml", &text);
+    let generate = |secret: &str| {
+        let mut command = hermetic(sluice(&[
+            "generate",
+            "--config",
+            config.to_str().unwrap(),
+            "--count",
+            "34",
+            "--rate",
+            "0",
+        ]));
+        command
+            .env_remove("TOPIC_NAME")
+            .env("AWS_ACCESS_KEY_ID", &l["IAM_ACCESS_KEY"])
+            .env("AWS_SECRET_ACCESS_KEY", secret);
+        let started = Instant::now();
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr, started.elapsed())
+    };
+
+    let (code, stderr, _) = generate(&l["IAM_SECRET_KEY"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("sent 34 records to {input}")),
+        "{stderr}"
+    );
+    // Read back over the plaintext listener: two records of each of the 17 tickers.
+    let records = read_all(&input, 35, Duration::from_secs(5));
+    assert_eq!(records.len(), 34);
+    let mut tickers: HashMap<String, usize> = HashMap::new();
+    for record in &records {
+        let key = String::from_utf8(record.key.clone().unwrap()).unwrap();
+        *tickers.entry(key).or_default() += 1;
+    }
+    assert_eq!(tickers.len(), 17, "{tickers:?}");
+    assert!(tickers.values().all(|n| *n == 2), "{tickers:?}");
+
+    // Refused credentials stop it at once, with the reason, and nothing is written.
+    let (code, stderr, took) = generate("wrong/secret+key/for-this-test");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "SASL_SSL/AWS_MSK_IAM authentication to {} failed",
+            l["IAM"]
+        )),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    assert_eq!(read_all(&input, 35, Duration::from_secs(3)).len(), 34);
+}
