@@ -19,6 +19,7 @@
 //   export const transform = exportTransform(DropTombstones);
 
 import { write as writeLog } from "sluice:plugin/log@0.1.0";
+import { get as getState, set as setState, delete as deleteState } from "sluice:plugin/state@0.1.0";
 
 /** The SDK's name and version, recorded in every component `sluice plugin build` makes. */
 export const SDK_NAME = "sluice-sdk-js";
@@ -404,6 +405,47 @@ export const log = {
   warn: (message) => writeLog("warn", String(message)),
   error: (message) => writeLog("error", String(message)),
 };
+
+function bytes(value, what) {
+  if (value instanceof Uint8Array) return value;
+  if (typeof value === "string") return encoder.encode(value);
+  throw new TypeError(`a state ${what} is a string or a Uint8Array, not ${typeof value}`);
+}
+
+/**
+ * The keyed state of the partition `record` came from: byte values under byte keys
+ * (strings are stored as UTF-8), kept by the host. The host checkpoints it with the
+ * partition's offsets, restores it after a restart or a rebalance and keeps it across
+ * hot swaps, so a plugin keeps nothing of value in its own memory. Records that share
+ * state must share a partition: key the input by what the state is keyed by.
+ *
+ *   const seen = state(record);
+ *   const count = Number(seen.getText("count") ?? "0") + 1;
+ *   seen.set("count", String(count));
+ */
+export function state(record) {
+  const index = record.index;
+  return {
+    /** The value under `key` as bytes, or `undefined`. */
+    get: (key) => getState(index, bytes(key, "key")) ?? undefined,
+    /** The value under `key` as text, or `undefined`. */
+    getText(key) {
+      const value = this.get(key);
+      return value === undefined ? undefined : decoder.decode(value);
+    },
+    /** The value under `key` parsed as JSON, or `undefined`. */
+    getJson(key) {
+      const text = this.getText(key);
+      return text === undefined ? undefined : JSON.parse(text);
+    },
+    /** Stores `value` (bytes or text) under `key`. */
+    set: (key, value) => setState(index, bytes(key, "key"), bytes(value, "value")),
+    /** Stores `value` as JSON under `key`. */
+    setJson: (key, value) => setState(index, bytes(key, "key"), encoder.encode(JSON.stringify(value))),
+    /** Removes `key`; nothing happens when it is absent. */
+    delete: (key) => deleteState(index, bytes(key, "key")),
+  };
+}
 
 function messageOf(error) {
   return error instanceof Error ? error.message : String(error);

@@ -65,6 +65,16 @@ fn redact_in_python_passes_its_golden_test() {
     golden("redact");
 }
 
+#[test]
+fn change_in_javascript_keeps_state_and_passes_its_golden_test() {
+    golden("change");
+}
+
+#[test]
+fn dedupe_in_python_keeps_state_and_passes_its_golden_test() {
+    golden("dedupe");
+}
+
 /// `plugin new`, then `plugin build` and `plugin test` of the project as it is.
 fn new_project_builds_and_passes_its_test(lang: &str) {
     let parent = tempfile::tempdir().unwrap();

@@ -117,6 +117,26 @@ fn the_javascript_enrich_example_runs_in_the_pipeline() {
 }
 
 #[test]
+fn the_javascript_change_example_keeps_its_state_in_the_host() {
+    let records = stocks(40);
+    let written = pipeline(
+        "js-state",
+        example("change").to_str().unwrap(),
+        "",
+        &records,
+    );
+    // Record i shares its partition and ticker with record i - 12, whose price is 12
+    // lower; the first twelve are the first of theirs.
+    assert_transformed(&records, &written, |sent, got| {
+        let mut want = sent.clone();
+        if sent["seq"].as_u64().unwrap() >= 12 {
+            want["change"] = 12.into();
+        }
+        assert_eq!(got, &want);
+    });
+}
+
+#[test]
 fn the_python_redact_example_runs_in_the_pipeline() {
     let records = stocks(40);
     let written = pipeline(

@@ -42,6 +42,17 @@ _U32 = struct.Struct("<I")
 
 Bytes = Union[bytes, bytearray, memoryview, str, None]
 
+# The host's interfaces. componentize-py builds into the component the bindings that
+# are imported while it builds (not those first imported when a record comes), so they
+# are imported here; outside a component (a type checker, a test of the SDK's own
+# code) they are absent.
+try:
+    from wit_world.imports import log as _wit_log
+    from wit_world.imports import state as _wit_state
+except ImportError:
+    _wit_log = None
+    _wit_state = None
+
 
 class Error(Exception):
     """A plugin's failure to handle one record (or to start). Any exception works the
@@ -371,7 +382,6 @@ class Transform:
 
 
 def _log(level: str, message: str) -> None:
-    from wit_world.imports import log as _wit_log  # only present inside a component
     _wit_log.write(getattr(_wit_log.Level, level), str(message))
 
 
@@ -393,6 +403,61 @@ class log:
     @staticmethod
     def error(message: str) -> None:
         _log("ERROR", message)
+
+
+def _state_bytes(value: Bytes, what: str) -> bytes:
+    if value is None:
+        raise TypeError(f"a state {what} is bytes or str, not None")
+    return _to_bytes(value)  # type: ignore[return-value]
+
+
+class State:
+    """The keyed state of the partition a record came from: byte values under byte keys
+    (``str`` is stored as UTF-8), kept by the host. The host checkpoints it with the
+    partition's offsets, restores it after a restart or a rebalance and keeps it across
+    hot swaps, so a plugin keeps nothing of value in its own memory. Records that share
+    state must share a partition: key the input by what the state is keyed by.
+
+        seen = sluice.State.of(record)
+        count = int(seen.get_text("count") or "0") + 1
+        seen.set("count", str(count))
+    """
+
+    __slots__ = ("_index",)
+
+    def __init__(self, record: Record):
+        self._index = record.index
+
+    @staticmethod
+    def of(record: Record) -> "State":
+        """The state of ``record``'s input partition."""
+        return State(record)
+
+    def get(self, key: Bytes) -> Optional[bytes]:
+        """The value under ``key``, or None."""
+        return _wit_state.get(self._index, _state_bytes(key, "key"))
+
+    def get_text(self, key: Bytes) -> Optional[str]:
+        """The value under ``key`` as text, or None."""
+        value = self.get(key)
+        return None if value is None else value.decode("utf-8")
+
+    def get_json(self, key: Bytes) -> Any:
+        """The value under ``key`` parsed as JSON, or None."""
+        text = self.get_text(key)
+        return None if text is None else _json.loads(text)
+
+    def set(self, key: Bytes, value: Bytes) -> None:
+        """Stores ``value`` under ``key``."""
+        _wit_state.set(self._index, _state_bytes(key, "key"), _state_bytes(value, "value"))
+
+    def set_json(self, key: Bytes, value: Any) -> None:
+        """Stores ``value`` as JSON under ``key``."""
+        self.set(key, _json.dumps(value, separators=(",", ":")))
+
+    def delete(self, key: Bytes) -> None:
+        """Removes ``key``; nothing happens when it is absent."""
+        _wit_state.delete(self._index, _state_bytes(key, "key"))
 
 
 def _fail(message: str) -> Exception:
