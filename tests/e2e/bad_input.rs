@@ -82,6 +82,35 @@ fn a_missing_source_topic_is_named() {
 }
 
 #[test]
+fn a_missing_dead_letter_topic_is_named() {
+    let dir = workdir();
+    let (input, output, group) = topics("nodead", 1, Some(1));
+    let dead_letter = unique("nodead-letter");
+    let text = config_text(
+        &input,
+        &output,
+        &group,
+        "",
+        &format!("dead_letter_topic = \"{dead_letter}\""),
+        "",
+    );
+    let config = write_file(dir.path(), "c.toml", &text);
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "dead-letter topic `{dead_letter}` does not exist on {}; create it",
+            bootstrap()
+        )),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_missing_sink_topic_is_named_unless_creation_is_configured() {
     let dir = workdir();
     let (input, output, group) = topics("nosink", 2, None);

@@ -191,6 +191,12 @@ impl KafkaSink {
             )?;
             if partitions == 0 {
                 let Some(spec) = config.create_topic else {
+                    if dead_letter_only {
+                        bail!(
+                            "dead-letter topic `{topic}` does not exist on {}; create it (any partition count will do), or add [sink.create_topic] to create it",
+                            config.bootstrap_servers
+                        );
+                    }
                     bail!(
                         "sink topic `{topic}` does not exist on {}; create it with at least {source_partitions} partitions, or add [sink.create_topic] to create it",
                         config.bootstrap_servers
