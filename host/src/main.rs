@@ -109,12 +109,18 @@ fn main() -> ExitCode {
                 Ok((registry, _)) => {
                     let plugin = registry.live().plugin.clone();
                     println!(
-                        "{}: valid ({} → plugin {} sha256:{} → {})",
+                        "{}: valid ({} → plugin {} sha256:{} → {}{})",
                         source.path().display(),
                         config.source.topic,
                         plugin.origin,
                         plugin.short_digest(),
-                        config.sink.topic
+                        config.sink.topic,
+                        config
+                            .sink
+                            .dead_letter_topic
+                            .as_ref()
+                            .map(|topic| format!("; failed records → {topic}"))
+                            .unwrap_or_default()
                     );
                     ExitCode::SUCCESS
                 }

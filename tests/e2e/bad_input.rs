@@ -95,6 +95,16 @@ fn a_missing_dead_letter_topic_is_named() {
         "",
     );
     let config = write_file(dir.path(), "c.toml", &text);
+    // `validate` checks the file, not the cluster, and says where failed records go.
+    let validated = sluice(&["validate", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&validated.stdout);
+    assert!(validated.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("→ {output}; failed records → {dead_letter})")),
+        "{stdout}"
+    );
     let (code, log) = run_to_end(
         dir.path(),
         &["run", "--config", config.to_str().unwrap()],
