@@ -61,6 +61,28 @@ pub fn create_topic(name: &str, partitions: i32) {
     for result in results {
         result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
     }
+    // The controller has the topic; the broker learns of it a moment later. A client
+    // asking in that moment (over any listener) would be told it does not exist.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    wait_until(
+        &format!("topic {name} with its {partitions} partitions led"),
+        Duration::from_secs(30),
+        || {
+            consumer
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .is_ok_and(|metadata| {
+                    metadata.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+        },
+    );
 }
 
 /// A record as written to or read from Kafka.
