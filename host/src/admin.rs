@@ -3,6 +3,8 @@
 //!
 //! - `GET /status`: the live plugin version, when it went live, and the history of
 //!   swaps, rejections and rollbacks (JSON).
+//! - `GET /metrics`: the pipeline's counters in Prometheus' text format (see
+//!   [`crate::metrics`]).
 //! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}`: validates the component
 //!   and makes it live; answers 200 with the outcome, or 422 with the reason it was
 //!   rejected (the live version then stays).
@@ -19,6 +21,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use crate::metrics::Metrics;
 use crate::plugin::registry::{Registry, Status, Trigger};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,11 +50,16 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<Metrics>) {
     let app = Router::new()
         .route("/status", get(status))
         .route("/plugin/swap", post(swap))
-        .with_state(registry);
+        .with_state(registry.clone())
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics_text))
+                .with_state((registry, metrics)),
+        );
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "Admin endpoint stopped.");
     }
@@ -59,6 +67,18 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
 
 async fn status(State(registry): State<Arc<Registry>>) -> Json<Status> {
     Json(registry.status())
+}
+
+async fn metrics_text(
+    State((registry, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(&registry.status()),
+    )
 }
 
 async fn swap(

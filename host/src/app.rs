@@ -14,6 +14,7 @@ use crate::checkpoint::Tracker;
 use crate::checkpoint::checkpointer::Checkpointer;
 use crate::config::security::{Sasl, Security};
 use crate::config::{Config, ConfigSource, Delivery, Fallback, Invalid, Startup};
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Summary};
 use crate::plugin::registry::{InstanceSettings, Registry};
 use crate::plugin::watch;
@@ -150,9 +151,10 @@ pub fn run(
         watch::spawn(registry.clone(), path.to_path_buf(), shutdown.clone())?;
     }
     handle.spawn(watch::on_sighup(registry.clone()));
+    let metrics = Arc::new(Metrics::default());
     if let Some(address) = options.admin {
         let listener = handle.block_on(admin::bind(address))?;
-        handle.spawn(admin::serve(listener, registry.clone()));
+        handle.spawn(admin::serve(listener, registry.clone(), metrics.clone()));
     }
 
     if options.fresh
@@ -246,6 +248,7 @@ pub fn run(
         state: state_for_pipeline,
         checkpoint: config.checkpoint,
         provenance_header: config.plugin.provenance_header.clone(),
+        metrics,
     }
     .run(shutdown)
 }

@@ -34,6 +34,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod runtime;

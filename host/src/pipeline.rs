@@ -19,6 +19,7 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op};
 use crate::checkpoint::Tracker;
 use crate::checkpoint::checkpointer::{Checkpointer, Reason};
 use crate::config::CheckpointConfig;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::SendError;
 use crate::source::kafka::KafkaSource;
@@ -56,6 +57,8 @@ pub struct Pipeline {
     pub checkpoint: CheckpointConfig,
     /// Header naming the plugin version on every output, if configured.
     pub provenance_header: Option<String>,
+    /// Counters for the admin endpoint's `GET /metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -70,6 +73,7 @@ impl Pipeline {
             state,
             checkpoint,
             provenance_header,
+            metrics,
         } = self;
         let mut summary = Summary::default();
         let mut batch = InputWriter::new();
@@ -126,8 +130,10 @@ impl Pipeline {
                                 .iter()
                                 .filter(|op| matches!(op, Op::Error { .. }))
                                 .count();
-                            summary.records_out += (sent - dead_lettered) as u64;
+                            let out = (sent - dead_lettered) as u64;
+                            summary.records_out += out;
                             summary.records_dead_lettered += dead_lettered as u64;
+                            metrics.batch(input.len() as u64, out, dead_lettered as u64);
                         }
                         Err(SendError::Interrupted) => break,
                         Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
@@ -161,6 +167,7 @@ impl Pipeline {
                     last_checkpoint = now;
                     if checkpointer.checkpoint(source.consumer(), Reason::Periodic)? > 0 {
                         summary.checkpoints += 1;
+                        metrics.checkpoint(now.elapsed());
                         tracing::info!(
                             numRecordsIn = summary.records_in,
                             numRecordsOut = summary.records_out,

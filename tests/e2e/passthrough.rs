@@ -121,3 +121,64 @@ fn key_hash_partitioning_places_records_where_java_clients_would() {
         );
     }
 }
+
+/// `GET /metrics` of the admin endpoint at `address`: the content type and the text.
+fn metrics(address: &str) -> (String, String) {
+    let mut response = ureq::get(format!("http://{address}/metrics"))
+        .call()
+        .unwrap_or_else(|e| panic!("admin endpoint at {address}: {e}"));
+    let kind = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (kind, response.body_mut().read_to_string().unwrap())
+}
+
+/// The value of the sample `name` in a Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_admin_endpoint_serves_the_counters_under_flink_names() {
+    let dir = workdir();
+    let (input, output, group) = (
+        unique("metrics-in"),
+        unique("metrics-out"),
+        unique("metrics-g"),
+    );
+    create_topic(&input, 2);
+    create_topic(&output, 2);
+    let records: Vec<TestRecord> = (0..100)
+        .map(|i| TestRecord::value(i % 2, &format!("record {i}")))
+        .collect();
+    produce(&input, &records);
+    let config = write_config(dir.path(), &input, &output, &group, "");
+    let admin = free_address();
+    let mut command = sluice(&["run", "--config", &config]);
+    command.env("SLUICE_ADMIN", &admin);
+    let mut host = Sluice::spawn(dir.path(), command);
+
+    assert_eq!(read_all(&output, 100, Duration::from_secs(60)).len(), 100);
+    // Counted once the batch is handed to the producer; checkpointed every 200 ms.
+    wait_until("a checkpoint of all 100", Duration::from_secs(20), || {
+        let (_, text) = metrics(&admin);
+        sample(&text, "numRecordsOut") == 100.0
+            && sample(&text, "numberOfCompletedCheckpoints") >= 1.0
+    });
+    let (kind, text) = metrics(&admin);
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    assert_eq!(sample(&text, "numRecordsIn"), 100.0);
+    assert_eq!(sample(&text, "numRecordsOut"), 100.0);
+    assert_eq!(sample(&text, "numRecordsDeadLettered"), 0.0);
+    assert_eq!(sample(&text, "pluginVersion"), 1.0);
+    assert_eq!(sample(&text, "pluginSwaps"), 0.0);
+    assert!(sample(&text, "uptime") > 0.0, "{text}");
+    assert!(host.terminate().success());
+}
