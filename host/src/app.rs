@@ -179,7 +179,8 @@ pub fn run(
         source_tokens.clone(),
         failure.clone(),
     );
-    let (source, partitions) = KafkaSource::connect(&config.source, options.fresh, source_auth)?;
+    let (source, partitions) =
+        KafkaSource::connect(&config.source, options.fresh, source_auth, metrics.clone())?;
     let sink_tokens = if config.sink.security == config.source.security {
         source_tokens
     } else {

@@ -7,7 +7,31 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::statistics::Statistics;
+
 use crate::plugin::registry::Status;
+
+/// The largest lag in records among the partitions the consumer reads: from the
+/// partition's end (the last stable offset, as the source reads committed records) to
+/// the next record it hands the pipeline, or, before it has handed any, to the committed
+/// offset. `None` when no partition's lag is known yet.
+fn lag_max(statistics: &Statistics) -> Option<u64> {
+    statistics
+        .topics
+        .values()
+        .flat_map(|topic| topic.partitions.values())
+        // librdkafka lists an internal partition -1 per topic.
+        .filter(|p| p.partition >= 0 && p.desired)
+        .filter_map(|p| partition_lag(p.ls_offset, p.hi_offset, p.app_offset, p.committed_offset))
+        .max()
+}
+
+/// One partition's lag from librdkafka's offsets (negative: not known).
+fn partition_lag(stable_end: i64, end: i64, handed: i64, committed: i64) -> Option<u64> {
+    let end = if stable_end >= 0 { stable_end } else { end };
+    let read = if handed >= 0 { handed } else { committed };
+    (end >= 0 && read >= 0).then(|| (end - read).max(0) as u64)
+}
 
 /// The pipeline's counters, written by its thread and read by the admin endpoint.
 #[derive(Debug)]
@@ -18,6 +42,9 @@ pub struct Metrics {
     records_dead_lettered: AtomicU64,
     checkpoints: AtomicU64,
     last_checkpoint_us: AtomicU64,
+    /// The source's largest partition lag in records; `u64::MAX` until the consumer's
+    /// first statistics.
+    lag_max: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -29,6 +56,7 @@ impl Default for Metrics {
             records_dead_lettered: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             last_checkpoint_us: AtomicU64::new(0),
+            lag_max: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -47,6 +75,13 @@ impl Metrics {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.last_checkpoint_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Takes the source consumer's statistics: the largest lag of its partitions.
+    pub fn consumer_statistics(&self, statistics: &Statistics) {
+        if let Some(lag) = lag_max(statistics) {
+            self.lag_max.store(lag, Ordering::Relaxed);
+        }
     }
 
     /// The text `GET /metrics` answers, with the plugin registry's `status`.
@@ -90,6 +125,15 @@ impl Metrics {
             "Milliseconds the last checkpoint took.",
             count(&self.last_checkpoint_us) / 1e3,
         );
+        let lag = self.lag_max.load(Ordering::Relaxed);
+        if lag != u64::MAX {
+            metric(
+                "records_lag_max",
+                "gauge",
+                "Records in the source partitions not yet read: the largest per partition.",
+                lag as f64,
+            );
+        }
         metric(
             "uptime",
             "gauge",
@@ -152,6 +196,27 @@ mod tests {
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
             .parse()
             .unwrap()
+    }
+
+    #[test]
+    fn a_partitions_lag_runs_from_its_stable_end_to_the_next_record_handed_over() {
+        assert_eq!(partition_lag(120, 130, 100, 50), Some(20));
+        // Nothing handed over since the assignment: from the committed offset.
+        assert_eq!(partition_lag(120, 130, -1001, 50), Some(70));
+        // No stable end known: the high watermark.
+        assert_eq!(partition_lag(-1, 130, 100, 50), Some(30));
+        assert_eq!(partition_lag(-1, -1, 100, 50), None);
+        assert_eq!(partition_lag(120, 130, -1001, -1001), None);
+        // Offsets read a moment apart can cross: never below zero.
+        assert_eq!(partition_lag(100, 100, 105, 50), Some(0));
+    }
+
+    #[test]
+    fn the_lag_is_absent_until_known() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render(&status()).contains("records_lag_max"));
+        metrics.lag_max.store(7, Ordering::Relaxed);
+        assert_eq!(value(&metrics.render(&status()), "records_lag_max"), 7.0);
     }
 
     #[test]

@@ -180,5 +180,15 @@ fn the_admin_endpoint_serves_the_counters_under_flink_names() {
     assert_eq!(sample(&text, "pluginVersion"), 1.0);
     assert_eq!(sample(&text, "pluginSwaps"), 0.0);
     assert!(sample(&text, "uptime") > 0.0, "{text}");
+    // The consumer's statistics come every second: the lag shows, at zero, once every
+    // record was read.
+    wait_until(
+        "the lag of a source read to its end",
+        Duration::from_secs(10),
+        || {
+            let (_, text) = metrics(&admin);
+            text.contains("\nrecords_lag_max ") && sample(&text, "records_lag_max") == 0.0
+        },
+    );
     assert!(host.terminate().success());
 }

@@ -11,6 +11,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_sdk::batch::{Header, InputWriter, RecordFields};
@@ -19,6 +20,7 @@ use crate::auth::{AuthFailure, ClientAuth};
 use crate::checkpoint::Partition;
 use crate::checkpoint::checkpointer::Checkpointer;
 use crate::config::{Fallback, SourceConfig, Startup};
+use crate::metrics::Metrics;
 
 /// Time allowed for offset lookups during a rebalance.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +36,7 @@ pub struct SourceContext {
     /// another record.
     fatal: Mutex<Option<String>>,
     auth: ClientAuth,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientContext for SourceContext {
@@ -43,6 +46,10 @@ impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::telemetry::librdkafka_log("source", level, fac, log_message);
         self.auth.observe_log(fac, log_message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.consumer_statistics(&statistics);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -229,6 +236,7 @@ impl KafkaSource {
         config: &SourceConfig,
         fresh: bool,
         auth: ClientAuth,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<(Self, i32)> {
         let mut client = ClientConfig::new();
         auth.apply(&mut client);
@@ -254,7 +262,9 @@ impl KafkaSource {
             // Bounded prefetch: a stalled sink must not let the fetch queue grow. 8 MB is
             // about half a second of input at full speed here, and keeps memory in bounds.
             .set("queued.max.messages.kbytes", "8192")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Statistics every second, for the lag in `GET /metrics`.
+            .set("statistics.interval.ms", "1000");
         for (key, value) in &config.kafka {
             client.set(key, value);
         }
@@ -264,6 +274,7 @@ impl KafkaSource {
             checkpointer: OnceLock::new(),
             fatal: Mutex::new(None),
             auth,
+            metrics,
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
