@@ -1,7 +1,7 @@
 //! The Kafka source: a consumer group member that reads the source topic into batches,
 //! applies the startup mode, and commits the offsets the checkpoint tracker allows.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,10 @@ pub struct SourceContext {
     fatal: Mutex<Option<String>>,
     auth: ClientAuth,
     metrics: Arc<Metrics>,
+    /// Revocations so far. Every revocation unassigns every partition, and whoever is
+    /// assigned one next reads it again from its committed offset: records read into
+    /// a batch before a revocation must not be processed after it.
+    revocations: AtomicU64,
 }
 
 impl ClientContext for SourceContext {
@@ -115,6 +119,7 @@ impl ConsumerContext for SourceContext {
                 {
                     self.fail(format!("{error:#}"));
                 }
+                self.revocations.fetch_add(1, Ordering::SeqCst);
                 tracing::info!(partitions = ?revoked, "Partitions revoked.");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "Unassigning partitions failed.");
@@ -275,6 +280,7 @@ impl KafkaSource {
             fatal: Mutex::new(None),
             auth,
             metrics,
+            revocations: AtomicU64::new(0),
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
@@ -319,9 +325,28 @@ impl KafkaSource {
     /// first one, then takes what is already fetched without waiting.
     pub fn fill(&mut self, batch: &mut InputWriter, wait: Duration) -> anyhow::Result<()> {
         self.consumer.context().auth.failure().check()?;
+        let revocations = &self.consumer.context().revocations;
+        let mut seen = revocations.load(Ordering::SeqCst);
         let mut timeout = wait;
         while batch.len() < self.batch_max_records {
-            match self.consumer.poll(timeout) {
+            let polled = self.consumer.poll(timeout);
+            // Partitions were revoked during this poll: what the batch holds was read
+            // before, and will be read again by the partitions' next owner (this host
+            // too, from the offset the revocation committed). A record this poll
+            // returned was read after the new assignment and is kept.
+            let now = revocations.load(Ordering::SeqCst);
+            if now != seen {
+                seen = now;
+                if !batch.is_empty() {
+                    tracing::info!(
+                        records = batch.len(),
+                        "Partitions were revoked while a batch was read; its records are read again."
+                    );
+                }
+                batch.clear();
+                self.spans.fill((-1, -1));
+            }
+            match polled {
                 None => break,
                 Some(Ok(message)) => {
                     push(batch, &message);
