@@ -94,14 +94,11 @@ impl ClientContext for GeneratorContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::telemetry::librdkafka_log("generator", level, fac, log_message);
-        self.auth.observe_log(fac, log_message);
+        self.auth.log("generator", level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if !self.auth.observe(&error, reason) {
-            tracing::warn!(client = "generator", %error, "Kafka client error: {reason}");
-        }
+        self.auth.error("generator", &error, reason);
     }
 
     fn generate_oauth_token(

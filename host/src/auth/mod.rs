@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientConfig;
 use rdkafka::client::{Client, OAuthToken};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::security::{Protocol, Sasl, Security};
@@ -170,6 +171,23 @@ impl ClientAuth {
             );
         }
         Ok(())
+    }
+
+    /// A librdkafka log line of the client named `client`: into the host's log, and a
+    /// certificate refusal in it recorded (see [`ClientAuth::observe_log`]).
+    pub fn log(&self, client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::telemetry::librdkafka_log(client, level, facility, message);
+        self.observe_log(facility, message);
+    }
+
+    /// A client error of the client named `client`: a refused credential is recorded
+    /// and logged as an error, anything else as a warning.
+    pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
+        if self.observe(error, reason) {
+            tracing::error!(client, %error, "Kafka authentication failed: {reason}");
+        } else {
+            tracing::warn!(client, %error, "Kafka client error: {reason}");
+        }
     }
 
     /// Looks at a client error; returns true (and records the failure) when it means

@@ -37,12 +37,11 @@ impl ClientContext for SinkContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::telemetry::librdkafka_log("sink", level, fac, log_message);
-        self.auth.observe_log(fac, log_message);
+        self.auth.log("sink", level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        auth_error(&self.auth, "sink", error, reason);
+        self.auth.error("sink", &error, reason);
     }
 
     fn generate_oauth_token(
@@ -53,14 +52,6 @@ impl ClientContext for SinkContext {
     }
 }
 
-fn auth_error(auth: &ClientAuth, client: &str, error: KafkaError, reason: &str) {
-    if auth.observe(&error, reason) {
-        tracing::error!(client, %error, "Kafka authentication failed: {reason}");
-    } else {
-        tracing::warn!(client, %error, "Kafka client error: {reason}");
-    }
-}
-
 /// The admin client's callbacks: errors only (its token is set once, by hand).
 struct AdminContext {
     auth: ClientAuth,
@@ -68,12 +59,11 @@ struct AdminContext {
 
 impl ClientContext for AdminContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::telemetry::librdkafka_log("sink-admin", level, fac, log_message);
-        self.auth.observe_log(fac, log_message);
+        self.auth.log("sink-admin", level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        auth_error(&self.auth, "sink", error, reason);
+        self.auth.error("sink", &error, reason);
     }
 }
 

@@ -48,8 +48,7 @@ impl ClientContext for SourceContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::telemetry::librdkafka_log("source", level, fac, log_message);
-        self.auth.observe_log(fac, log_message);
+        self.auth.log("source", level, fac, log_message);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -57,11 +56,7 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if self.auth.observe(&error, reason) {
-            tracing::error!(client = "source", %error, "Kafka authentication failed: {reason}");
-        } else {
-            tracing::warn!(client = "source", %error, "Kafka client error: {reason}");
-        }
+        self.auth.error("source", &error, reason);
     }
 
     fn generate_oauth_token(

@@ -99,8 +99,7 @@ impl ClientContext for RestoreContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::telemetry::librdkafka_log("state-restore", level, fac, log_message);
-        self.auth.observe_log(fac, log_message);
+        self.auth.log("state-restore", level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
