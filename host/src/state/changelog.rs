@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -103,10 +103,12 @@ impl ClientContext for RestoreContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if self.auth.observe(&error, reason) {
-            tracing::error!(client = "state-restore", %error, "Kafka authentication failed: {reason}");
-        } else if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::warn!(client = "state-restore", %error, "Kafka client error: {reason}");
+        // The end of a partition arrives as a client-wide error too
+        // (`Global(PartitionEOF)`); for the restore reader it is the goal, not news.
+        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !end_of_partition {
+            self.auth.error("state-restore", &error, reason);
         }
     }
 
