@@ -39,7 +39,8 @@ pub struct SourceContext {
     metrics: Arc<Metrics>,
     /// Revocations so far. Every revocation unassigns every partition, and whoever is
     /// assigned one next reads it again from its committed offset: records read into
-    /// a batch before a revocation must not be processed after it.
+    /// a batch before a revocation must not be processed after it. Written by the
+    /// rebalance callback, which runs inside `poll` on the pipeline's thread.
     revocations: AtomicU64,
 }
 
@@ -114,7 +115,7 @@ impl ConsumerContext for SourceContext {
                 {
                     self.fail(format!("{error:#}"));
                 }
-                self.revocations.fetch_add(1, Ordering::SeqCst);
+                self.revocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(partitions = ?revoked, "Partitions revoked.");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "Unassigning partitions failed.");
@@ -321,7 +322,7 @@ impl KafkaSource {
     pub fn fill(&mut self, batch: &mut InputWriter, wait: Duration) -> anyhow::Result<()> {
         self.consumer.context().auth.failure().check()?;
         let revocations = &self.consumer.context().revocations;
-        let mut seen = revocations.load(Ordering::SeqCst);
+        let mut seen = revocations.load(Ordering::Relaxed);
         let mut timeout = wait;
         while batch.len() < self.batch_max_records {
             let polled = self.consumer.poll(timeout);
@@ -329,7 +330,7 @@ impl KafkaSource {
             // before, and will be read again by the partitions' next owner (this host
             // too, from the offset the revocation committed). A record this poll
             // returned was read after the new assignment and is kept.
-            let now = revocations.load(Ordering::SeqCst);
+            let now = revocations.load(Ordering::Relaxed);
             if now != seen {
                 seen = now;
                 if !batch.is_empty() {
