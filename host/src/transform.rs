@@ -9,12 +9,17 @@
 //! same batch is run again by it, so nothing is lost and no output of the failed
 //! attempt reaches the sink. Outside probation, a failed record stops the pipeline,
 //! unless the sink has a dead-letter topic: then the batch goes on, and the sink sends
-//! the failed records there.
+//! the failed records there. A batch that fails as a whole (a trap, the time or memory
+//! limit) is then run again record by record, so that only the records that fail on
+//! their own go there.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_sdk::batch::{DecodeError, InputBatch, Op, OutputReader};
+use sluice_sdk::batch::{
+    DecodeError, Header, InputBatch, InputWriter, NewRecord, Op, OutputReader, OutputWriter,
+    RecordFields,
+};
 use thiserror::Error;
 
 use crate::config::Rollback;
@@ -43,6 +48,12 @@ pub enum TransformError {
     Malformed { plugin: String, error: DecodeError },
     #[error("plugin {plugin} could not be started after a swap: {error}")]
     Adopt { plugin: String, error: String },
+    #[error("plugin {plugin} could not be started again after it failed ({cause}): {error}")]
+    Restart {
+        plugin: String,
+        cause: String,
+        error: String,
+    },
 }
 
 /// How the current version has done since it went live.
@@ -113,11 +124,15 @@ impl TransformStage {
             let output = match self.instance.process(input, batch) {
                 Ok(output) => output,
                 Err(error) => {
+                    let restart = error.leaves_instance_unusable();
                     let error = self.plugin_error(error, batch);
                     if self.roll_back(&error.to_string()) {
                         continue;
                     }
-                    return Err(error);
+                    if !self.dead_letter {
+                        return Err(error);
+                    }
+                    self.isolate(batch, restart, &error)?
                 }
             };
             let (failed, first) = match self.failures(&output, batch) {
@@ -145,6 +160,79 @@ impl TransformStage {
             }
             return Err(first);
         }
+    }
+
+    /// Runs a batch that failed as a whole (a trap, the time or memory limit, or an
+    /// error for the whole batch) again one record at a time, so that only the records
+    /// that fail on their own are reported failed, and go to the dead-letter topic.
+    /// Each record's state writes are kept only if it succeeds. An instance that
+    /// trapped is not called again: a new one of the same version takes over.
+    fn isolate(
+        &mut self,
+        batch: &InputBatch<'_>,
+        restart: bool,
+        cause: &TransformError,
+    ) -> Result<Vec<u8>, TransformError> {
+        self.state().discard_batch();
+        self.state().begin_batch();
+        if restart {
+            self.restart(cause)?;
+        }
+        let mut output = OutputWriter::new();
+        let mut single = InputWriter::new();
+        let mut failed = 0;
+        for record in batch.records() {
+            single.clear();
+            single.push(RecordFields {
+                topic: record.topic(),
+                partition: record.partition(),
+                offset: record.offset(),
+                timestamp: record.timestamp(),
+                key: record.key(),
+                value: record.value(),
+                headers: record.headers(),
+            });
+            let encoded = single.finish();
+            let one = InputBatch::open(encoded).map_err(|error| self.malformed(error))?;
+            let savepoint = self.state().savepoint();
+            match self.instance.process(encoded, &one) {
+                Ok(result) => copy_ops(&result, record.index(), &mut output)
+                    .map_err(|error| self.malformed(error))?,
+                Err(error) => {
+                    self.state().rollback_to(savepoint);
+                    failed += 1;
+                    let message = match &error {
+                        PluginError::Batch(message) => message.clone(),
+                        other => other.to_string(),
+                    };
+                    output.error(record.index(), &message);
+                    if error.leaves_instance_unusable() {
+                        self.restart(cause)?;
+                    }
+                }
+            }
+        }
+        tracing::warn!(
+            records = batch.len(),
+            failed,
+            cause = %cause,
+            "A batch failed as a whole; it was run again record by record, and the records that fail alone go to the dead-letter topic."
+        );
+        Ok(output.finish())
+    }
+
+    /// Replaces the instance with a new one of the same version.
+    fn restart(&mut self, cause: &TransformError) -> Result<(), TransformError> {
+        self.instance = self
+            .registry
+            .settings()
+            .start(&self.current.plugin)
+            .map_err(|error| TransformError::Restart {
+                plugin: self.current.plugin.origin.to_string(),
+                cause: cause.to_string(),
+                error: format!("{:#}", anyhow::Error::new(error)),
+            })?;
+        Ok(())
     }
 
     /// Reads the output ops of a batch that [`TransformStage::run`] returned.
@@ -273,5 +361,129 @@ impl TransformStage {
             plugin: self.current.plugin.origin.to_string(),
             error,
         }
+    }
+}
+
+/// Appends the output of a one-record batch to `output`, as the output of input
+/// record `index`.
+fn copy_ops(result: &[u8], index: u32, output: &mut OutputWriter) -> Result<(), DecodeError> {
+    for op in OutputReader::parse(result, 1)? {
+        match op? {
+            Op::Keep { output: None, .. } => output.keep(index),
+            Op::Keep {
+                output: Some(name), ..
+            } => output.keep_to(index, name),
+            Op::ReplaceValue {
+                value, output: to, ..
+            } => output.replace_value(index, value, to),
+            Op::Record {
+                timestamp,
+                key,
+                value,
+                headers,
+                output: to,
+                ..
+            } => {
+                let headers: Vec<Header<'_>> = headers.collect();
+                let record = NewRecord {
+                    key,
+                    value,
+                    headers: &headers,
+                    timestamp,
+                };
+                output.record(index, &record, to);
+            }
+            Op::Error { message, .. } => output.error(index, message),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_record_output_is_copied_as_the_output_of_its_input_record() {
+        let mut one = OutputWriter::new();
+        one.keep(0);
+        one.keep_to(0, "audit");
+        one.replace_value(0, Some(b"new"), None);
+        let headers = [Header {
+            name: "h",
+            value: Some(b"v"),
+        }];
+        one.record(
+            0,
+            &NewRecord {
+                key: Some(b"k"),
+                value: None,
+                headers: &headers,
+                timestamp: Some(7),
+            },
+            Some("side"),
+        );
+        one.error(0, "bad");
+        let one = one.finish();
+
+        let mut merged = OutputWriter::new();
+        merged.keep(0);
+        copy_ops(&one, 5, &mut merged).unwrap();
+        let merged = merged.finish();
+        let ops: Vec<Op<'_>> = OutputReader::parse(&merged, 6)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let text: Vec<String> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Keep {
+                    start,
+                    count,
+                    output,
+                } => format!("keep {start}+{count} {output:?}"),
+                Op::ReplaceValue {
+                    index,
+                    value,
+                    output,
+                } => format!("replace {index} {value:?} {output:?}"),
+                Op::Record {
+                    index,
+                    timestamp,
+                    key,
+                    value,
+                    headers,
+                    output,
+                } => format!(
+                    "record {index} {timestamp:?} {key:?} {value:?} {:?} {output:?}",
+                    headers
+                        .clone()
+                        .map(|h| (h.name, h.value))
+                        .collect::<Vec<_>>()
+                ),
+                Op::Error { index, message } => format!("error {index} {message}"),
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "keep 0+1 None".to_string(),
+                "keep 5+1 None".to_string(),
+                "keep 5+1 Some(\"audit\")".to_string(),
+                format!("replace 5 {:?} None", Some(&b"new"[..])),
+                format!(
+                    "record 5 Some(7) {:?} None {:?} Some(\"side\")",
+                    Some(&b"k"[..]),
+                    vec![("h", Some(&b"v"[..]))]
+                ),
+                "error 5 bad".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_one_record_output_is_an_error() {
+        let mut merged = OutputWriter::new();
+        assert!(copy_ops(b"not an output batch", 0, &mut merged).is_err());
     }
 }

@@ -365,9 +365,33 @@ fn failing_on_poison(
     group: &str,
     sink_extra: &str,
 ) -> std::path::PathBuf {
+    poison_config(dir, input, output, group, sink_extra, Poison::Fails)
+}
+
+/// What the faulty plugin does with a record whose value contains "poison".
+#[derive(Clone, Copy, PartialEq)]
+enum Poison {
+    /// Reports it failed.
+    Fails,
+    /// Panics: the whole batch traps.
+    Traps,
+}
+
+fn poison_config(
+    dir: &std::path::Path,
+    input: &str,
+    output: &str,
+    group: &str,
+    sink_extra: &str,
+    poison: Poison,
+) -> std::path::PathBuf {
     let plugin = test_plugin("sluice_test_faulty");
+    let setting = match poison {
+        Poison::Fails => "fail_on",
+        Poison::Traps => "trap_on",
+    };
     let tail = format!(
-        "[plugin]\npath = \"{}\"\n[plugin.config]\nfail_on = \"poison\"",
+        "[plugin]\npath = \"{}\"\n[plugin.config]\n{setting} = \"poison\"",
         plugin.display()
     );
     write_file(
@@ -417,18 +441,29 @@ fn a_record_the_plugin_fails_stops_the_pipeline_and_stays_uncommitted() {
 
 #[test]
 fn with_a_dead_letter_topic_failed_records_go_there_and_the_rest_flows_on() {
-    dead_letter_case("at-least-once");
+    dead_letter_case("at-least-once", Poison::Fails);
 }
 
 #[test]
 fn exactly_once_dead_letters_each_failed_record_once_in_the_checkpoint_transaction() {
-    dead_letter_case("exactly-once");
+    dead_letter_case("exactly-once", Poison::Fails);
 }
 
-/// Every tenth of 60 records fails in the plugin: those reach the dead-letter topic
-/// as they were read, with the reason, the others reach the sink, each exactly once,
-/// and every offset is committed.
-fn dead_letter_case(delivery: &str) {
+#[test]
+fn with_a_dead_letter_topic_a_record_that_traps_goes_there_alone() {
+    dead_letter_case("at-least-once", Poison::Traps);
+}
+
+#[test]
+fn exactly_once_dead_letters_only_the_records_that_trap() {
+    dead_letter_case("exactly-once", Poison::Traps);
+}
+
+/// Every tenth of 60 records fails in the plugin (reported failed, or a trap of the
+/// whole batch): those reach the dead-letter topic as they were read, with the
+/// reason, the others reach the sink, each exactly once, and every offset is
+/// committed.
+fn dead_letter_case(delivery: &str, poison: Poison) {
     let dir = workdir();
     let (input, output, group) = topics("dead", 2, Some(2));
     let dead_letter = unique("dead-letter");
@@ -451,12 +486,13 @@ fn dead_letter_case(delivery: &str) {
         })
         .collect();
     produce(&input, &records);
-    let config = failing_on_poison(
+    let config = poison_config(
         dir.path(),
         &input,
         &output,
         &group,
         &format!("dead_letter_topic = \"{dead_letter}\""),
+        poison,
     );
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "version = 1\n",
@@ -506,10 +542,16 @@ fn dead_letter_case(delivery: &str) {
                 .map(|v| String::from_utf8(v).unwrap())
         };
         assert_eq!(header("n"), Some(i.to_string()));
-        assert_eq!(
-            header("sluice-error").as_deref(),
-            Some("value matched `fail_on`")
-        );
+        let error = header("sluice-error").expect("the reason is in a header");
+        match poison {
+            Poison::Fails => assert_eq!(error, "value matched `fail_on`"),
+            // The trap of this record alone, with the plugin's panic message.
+            Poison::Traps => assert!(
+                error.starts_with("trapped: ")
+                    && error.contains(&format!("asked to trap at offset {offset}")),
+                "{error}"
+            ),
+        }
         assert_eq!(
             header("sluice-source"),
             Some(format!("{input}/{}@{offset}", record.partition))
@@ -524,14 +566,19 @@ fn dead_letter_case(delivery: &str) {
     let log = host.log();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("numRecordsDeadLettered=6"), "{log}");
+    assert_eq!(
+        log.contains("A batch failed as a whole"),
+        poison == Poison::Traps,
+        "{log}"
+    );
     // Every input is behind the committed offsets: nothing will be read again.
     assert_eq!(
         committed(&group, &input),
         BTreeMap::from([(0, 30), (1, 30)])
     );
-    // And nothing was written twice.
-    assert_eq!(read_all(&output, 55, Duration::from_secs(3)).len(), 54);
-    assert_eq!(read_all(&dead_letter, 7, Duration::from_secs(3)).len(), 6);
+    // And nothing was written twice (both topics read to their ends).
+    assert_eq!(read_all(&output, 54, Duration::from_secs(30)).len(), 54);
+    assert_eq!(read_all(&dead_letter, 6, Duration::from_secs(30)).len(), 6);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -198,14 +199,19 @@ pub fn total(offsets: &BTreeMap<i32, i64>) -> i64 {
     offsets.values().sum()
 }
 
-/// Reads every record of `topic` from the beginning until `expected` have arrived or
-/// `timeout` passes (then returns what arrived).
+/// Reads `topic` from the beginning: until at least `expected` records have arrived
+/// and every partition has been read to its end (the last committed record, with
+/// `read_committed`), or until `timeout` passes; returns what arrived.
+///
+/// Reading to the end, not stopping at `expected`, lets a caller tell a duplicate
+/// from a missing record: a topic holding one duplicate returns `expected + 1`.
 pub fn read_all(topic: &str, expected: usize, timeout: Duration) -> Vec<TestRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
         .create()
         .unwrap();
     let ends = end_offsets(topic);
@@ -217,22 +223,30 @@ pub fn read_all(topic: &str, expected: usize, timeout: Duration) -> Vec<TestReco
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
-    while records.len() < expected && Instant::now() < deadline {
+    // Partitions whose end was reached after their last record so far.
+    let mut at_end = std::collections::BTreeSet::new();
+    while (records.len() < expected || at_end.len() < ends.len()) && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => records.push(TestRecord {
-                partition: m.partition(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                timestamp: m.timestamp().to_millis(),
-            }),
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                records.push(TestRecord {
+                    partition: m.partition(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    timestamp: m.timestamp().to_millis(),
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
             None => {}
         }

@@ -72,6 +72,15 @@ pub enum PluginError {
     Batch(String),
 }
 
+impl PluginError {
+    /// Whether the instance that returned this error must not be called again: it
+    /// was stopped in the middle of a call (a trap, or a limit), so its memory may be
+    /// inconsistent. An error the plugin returned for a batch leaves it usable.
+    pub fn leaves_instance_unusable(&self) -> bool {
+        !matches!(self, PluginError::Batch(_))
+    }
+}
+
 /// Limits applied to every plugin instance.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

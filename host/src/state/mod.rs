@@ -40,6 +40,10 @@ struct Undo {
     dirty: bool,
 }
 
+/// A position in the open batch's writes (see [`StateStore::savepoint`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Savepoint(usize);
+
 /// State of every partition this host owns.
 ///
 /// Writes made while a batch is open ([`StateStore::begin_batch`]) can be undone as a
@@ -104,10 +108,23 @@ impl StateStore {
 
     /// Undoes every write since [`StateStore::begin_batch`].
     pub fn discard_batch(&mut self) {
-        let Some(undo) = self.undo.take() else {
+        self.rollback_to(Savepoint(0));
+        self.undo = None;
+    }
+
+    /// A point of the open batch that [`StateStore::rollback_to`] can return to.
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint(self.undo.as_ref().map_or(0, Vec::len))
+    }
+
+    /// Undoes the open batch's writes made after `savepoint`, keeping the batch open
+    /// and the writes before it.
+    pub fn rollback_to(&mut self, savepoint: Savepoint) {
+        let Some(undo) = &mut self.undo else {
             return;
         };
-        for entry in undo.into_iter().rev() {
+        let undone: Vec<Undo> = undo.drain(savepoint.0.min(undo.len())..).collect();
+        for entry in undone.into_iter().rev() {
             let state = self.partitions.entry(entry.partition).or_default();
             match entry.value {
                 Some(value) => state.values.insert(entry.key.clone(), value),
@@ -272,6 +289,32 @@ mod tests {
         store.commit_batch();
         store.discard_batch();
         assert_eq!(store.get(0, b"k"), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn rolling_back_to_a_savepoint_undoes_only_the_later_writes_of_the_batch() {
+        let mut store = StateStore::default();
+        store.set(0, b"before".to_vec(), b"0".to_vec());
+        store.take_changes(None);
+
+        store.begin_batch();
+        store.set(0, b"first".to_vec(), b"1".to_vec());
+        let savepoint = store.savepoint();
+        store.set(0, b"first".to_vec(), b"2".to_vec());
+        store.delete(0, b"before");
+        store.set(0, b"second".to_vec(), b"x".to_vec());
+        store.rollback_to(savepoint);
+
+        assert_eq!(store.get(0, b"first"), Some(&b"1"[..]));
+        assert_eq!(store.get(0, b"before"), Some(&b"0"[..]));
+        assert_eq!(store.get(0, b"second"), None);
+        // The batch is still open: what came before the savepoint can be undone too.
+        store.set(0, b"third".to_vec(), b"3".to_vec());
+        store.discard_batch();
+        assert_eq!(store.get(0, b"first"), None);
+        assert_eq!(store.get(0, b"third"), None);
+        assert_eq!(store.get(0, b"before"), Some(&b"0"[..]));
+        assert!(!store.has_changes());
     }
 
     #[test]
