@@ -72,7 +72,7 @@ fn transaction_timeout(interval: Duration) -> Duration {
     (interval + Duration::from_secs(10)).min(Duration::from_secs(900))
 }
 
-fn settings(config: &Config, state: SharedState) -> anyhow::Result<InstanceSettings> {
+fn settings(config: &Config, states: Vec<SharedState>) -> anyhow::Result<InstanceSettings> {
     let grants = &config.plugin.sandbox;
     let mut env = Vec::with_capacity(grants.env.len());
     for name in &grants.env {
@@ -98,23 +98,23 @@ fn settings(config: &Config, state: SharedState) -> anyhow::Result<InstanceSetti
         sandbox: Sandbox::new(env, dirs),
         config: config.plugin.config.clone(),
         self_tests: config.plugin.self_tests.clone(),
-        state,
+        states,
     })
 }
 
 /// Compiles, links, initialises and self-tests the configured plugin: everything but
-/// Kafka. Returns the registry with it live, and an instance for the worker that
-/// keeps its keyed state in `state`.
+/// Kafka. Returns the registry with it live, and an instance for each worker, which
+/// keeps its keyed state in its entry of `states`.
 pub fn start_plugin(
     config: &Config,
-    state: SharedState,
-) -> anyhow::Result<(Arc<Registry>, Instance)> {
+    states: Vec<SharedState>,
+) -> anyhow::Result<(Arc<Registry>, Vec<Instance>)> {
     let runtime = Runtime::new()
         .context("starting the WebAssembly runtime")?
         .compile_in_child_process();
     Ok(Registry::start(
         runtime,
-        settings(config, state)?,
+        settings(config, states)?,
         config.plugin.path.as_deref(),
     )?)
 }
@@ -133,14 +133,20 @@ pub(crate) fn token_source(
 }
 
 /// Runs the pipeline until shutdown or a fatal error.
+///
+/// With `parallelism` above 1 the host runs that many workers, each on a thread of
+/// its own with its own consumer (a member of the group), producer, plugin instance
+/// and keyed state; they share the plugin registry, so a swap reaches every worker
+/// at its next batch. A fatal error in one stops the others gracefully.
 pub fn run(
     config: Config,
     options: &RunOptions,
     shutdown: &Shutdown,
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<Summary> {
-    let state = StateStore::shared();
-    let (registry, instance) = start_plugin(&config, state.clone())?;
+    let workers = config.parallelism;
+    let states: Vec<SharedState> = (0..workers).map(|_| StateStore::shared()).collect();
+    let (registry, instances) = start_plugin(&config, states.clone())?;
     let live = registry.live();
     tracing::info!(plugin = %live.plugin.origin, digest = live.plugin.short_digest(), "Plugin loaded.");
 
@@ -151,7 +157,7 @@ pub fn run(
         watch::spawn(registry.clone(), path.to_path_buf(), shutdown.clone())?;
     }
     handle.spawn(watch::on_sighup(registry.clone()));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(workers));
     if let Some(address) = options.admin {
         let listener = handle.block_on(admin::bind(address))?;
         handle.spawn(admin::serve(listener, registry.clone(), metrics.clone()));
@@ -168,7 +174,6 @@ pub fn run(
              which names no place to start; set startup_fallback to `earliest` or `latest`"
         );
     }
-    let tracker = Arc::new(Mutex::new(Tracker::new()));
     // One failure slot: a refused credential on any client stops the pipeline.
     let failure = AuthFailure::new();
     let source_tokens = token_source(&config.source.security, handle)?;
@@ -179,8 +184,6 @@ pub fn run(
         source_tokens.clone(),
         failure.clone(),
     );
-    let (source, partitions) =
-        KafkaSource::connect(&config.source, options.fresh, source_auth, metrics.clone())?;
     let sink_tokens = if config.sink.security == config.source.security {
         source_tokens
     } else {
@@ -193,63 +196,138 @@ pub fn run(
         sink_tokens,
         failure,
     );
-    let changelog = changelog::topic_name(&config.source.group_id);
-    changelog::ensure_topic(
-        &config.sink,
-        &changelog,
-        partitions,
-        config.source.connect_timeout,
-        handle,
-        &sink_auth,
-    )?;
-    let restorer = Restorer::new(&config.sink, &changelog, &sink_auth)?;
-    let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
-        id: transactional_id(&config.source.group_id, options.instance.as_deref()),
-        timeout: transaction_timeout(config.checkpoint.interval),
-    });
-    if let Some(transaction) = &transaction {
-        tracing::info!(transactional_id = %transaction.id, "Exactly-once delivery: each checkpoint is one transaction.");
+    let transactional_id = transactional_id(&config.source.group_id, options.instance.as_deref());
+    if config.delivery == Delivery::ExactlyOnce {
+        tracing::info!(%transactional_id, workers, "Exactly-once delivery: each checkpoint is one transaction.");
     }
-    let sink = KafkaSink::connect(
-        &config.sink,
-        partitions,
-        config.source.connect_timeout,
-        tracker.clone(),
-        transaction.as_ref(),
-        handle,
-        sink_auth,
-    )?;
-    let state_for_pipeline = state.clone();
-    let checkpointer = Arc::new(Mutex::new(Checkpointer::new(
-        config.delivery,
-        sink,
-        tracker.clone(),
-        state,
-        changelog,
-        restorer,
-    )));
-    source.attach(checkpointer.clone());
+    let changelog = changelog::topic_name(&config.source.group_id);
+    let mut pipelines = Vec::with_capacity(workers);
+    for (worker, (instance, state)) in instances.into_iter().zip(states).enumerate() {
+        let (source, partitions) = KafkaSource::connect(
+            &config.source,
+            options.fresh,
+            source_auth.clone(),
+            metrics.clone(),
+            worker,
+        )?;
+        if worker == 0 {
+            changelog::ensure_topic(
+                &config.sink,
+                &changelog,
+                partitions,
+                config.source.connect_timeout,
+                handle,
+                &sink_auth,
+            )?;
+            if workers > partitions as usize {
+                tracing::warn!(
+                    workers,
+                    partitions,
+                    "More workers than source partitions: some stay idle until partitions are added."
+                );
+            }
+        }
+        let restorer = Restorer::new(&config.sink, &changelog, &sink_auth)?;
+        // Worker 0 keeps the host's transactional id, so a host that runs one worker
+        // fences its previous run as before; the others add their number.
+        let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
+            id: match worker {
+                0 => transactional_id.clone(),
+                _ => format!("{transactional_id}-{worker}"),
+            },
+            timeout: transaction_timeout(config.checkpoint.interval),
+        });
+        let tracker = Arc::new(Mutex::new(Tracker::new()));
+        let sink = KafkaSink::connect(
+            &config.sink,
+            partitions,
+            config.source.connect_timeout,
+            tracker.clone(),
+            transaction.as_ref(),
+            handle,
+            sink_auth.clone(),
+        )?;
+        let checkpointer = Arc::new(Mutex::new(Checkpointer::new(
+            config.delivery,
+            sink,
+            tracker.clone(),
+            state.clone(),
+            changelog.clone(),
+            restorer,
+        )));
+        source.attach(checkpointer.clone());
+        pipelines.push(Pipeline {
+            source,
+            transform: TransformStage::new(
+                registry.clone(),
+                worker,
+                instance,
+                config.plugin.rollback,
+                config.sink.dead_letter_topic.is_some(),
+            ),
+            checkpointer,
+            tracker,
+            state,
+            checkpoint: config.checkpoint,
+            provenance_header: config.plugin.provenance_header.clone(),
+            metrics: metrics.clone(),
+        });
+    }
     tracing::info!(
         source = %config.source.topic,
         sink = %config.sink.topic,
         group = %config.source.group_id,
-        partitions,
+        workers,
         "Pipeline running."
     );
-    Pipeline {
-        source,
-        transform: TransformStage::new(
-            registry,
-            instance,
-            config.plugin.rollback,
-            config.sink.dead_letter_topic.is_some(),
-        ),
-        checkpointer,
-        tracker,
-        state: state_for_pipeline,
-        checkpoint: config.checkpoint,
-        provenance_header: config.plugin.provenance_header.clone(),
-        metrics,
+    if workers == 1 {
+        let pipeline = pipelines.pop().expect("one worker");
+        return pipeline.run(shutdown);
     }
-    .run(shutdown)
+    let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
+        let running: Vec<_> = pipelines
+            .into_iter()
+            .enumerate()
+            .map(|(worker, pipeline)| {
+                std::thread::Builder::new()
+                    .name(format!("sluice-worker-{worker}"))
+                    .spawn_scoped(scope, move || {
+                        let result = tracing::info_span!("worker", worker)
+                            .in_scope(|| pipeline.run(shutdown));
+                        if result.is_err() {
+                            // The others drain and commit what they did.
+                            shutdown.request();
+                        }
+                        result
+                    })
+            })
+            .collect();
+        if running.iter().any(Result::is_err) {
+            shutdown.request();
+        }
+        running
+            .into_iter()
+            .enumerate()
+            .map(|(worker, spawned)| {
+                spawned
+                    .with_context(|| format!("starting worker {worker}"))?
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("worker {worker} panicked"))?
+            })
+            .collect()
+    });
+    let mut total = Summary::default();
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(summary) => total.add(&summary),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(total),
+    }
 }

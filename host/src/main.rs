@@ -105,11 +105,11 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            match app::start_plugin(&config, StateStore::shared()) {
+            match app::start_plugin(&config, vec![StateStore::shared()]) {
                 Ok((registry, _)) => {
                     let plugin = registry.live().plugin.clone();
                     println!(
-                        "{}: valid ({} → plugin {} sha256:{} → {}{})",
+                        "{}: valid ({} → plugin {} sha256:{} → {}{}{})",
                         source.path().display(),
                         config.source.topic,
                         plugin.origin,
@@ -120,7 +120,11 @@ fn main() -> ExitCode {
                             .dead_letter_topic
                             .as_ref()
                             .map(|topic| format!("; failed records → {topic}"))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        match config.parallelism {
+                            1 => String::new(),
+                            workers => format!("; {workers} workers"),
+                        }
                     );
                     ExitCode::SUCCESS
                 }

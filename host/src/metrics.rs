@@ -42,13 +42,20 @@ pub struct Metrics {
     records_dead_lettered: AtomicU64,
     checkpoints: AtomicU64,
     last_checkpoint_us: AtomicU64,
-    /// The source's largest partition lag in records; `u64::MAX` until the consumer's
-    /// first statistics.
-    lag_max: AtomicU64,
+    /// Each worker's source consumer's largest partition lag in records; `u64::MAX`
+    /// until that consumer's first statistics.
+    lag_max: Vec<AtomicU64>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(1)
+    }
+}
+
+impl Metrics {
+    /// Counters for a host of `workers` workers.
+    pub fn new(workers: usize) -> Self {
         Metrics {
             started: Instant::now(),
             records_in: AtomicU64::new(0),
@@ -56,12 +63,12 @@ impl Default for Metrics {
             records_dead_lettered: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             last_checkpoint_us: AtomicU64::new(0),
-            lag_max: AtomicU64::new(u64::MAX),
+            lag_max: (0..workers.max(1))
+                .map(|_| AtomicU64::new(u64::MAX))
+                .collect(),
         }
     }
-}
 
-impl Metrics {
     /// Counts one batch: records read, records written, failed records dead-lettered.
     pub fn batch(&self, records_in: u64, records_out: u64, dead_lettered: u64) {
         self.records_in.fetch_add(records_in, Ordering::Relaxed);
@@ -77,10 +84,11 @@ impl Metrics {
             .store(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Takes the source consumer's statistics: the largest lag of its partitions.
-    pub fn consumer_statistics(&self, statistics: &Statistics) {
-        if let Some(lag) = lag_max(statistics) {
-            self.lag_max.store(lag, Ordering::Relaxed);
+    /// Takes worker `worker`'s source consumer's statistics: the largest lag of its
+    /// partitions.
+    pub fn consumer_statistics(&self, worker: usize, statistics: &Statistics) {
+        if let (Some(lag), Some(slot)) = (lag_max(statistics), self.lag_max.get(worker)) {
+            slot.store(lag, Ordering::Relaxed);
         }
     }
 
@@ -125,8 +133,13 @@ impl Metrics {
             "Milliseconds the last checkpoint took.",
             count(&self.last_checkpoint_us) / 1e3,
         );
-        let lag = self.lag_max.load(Ordering::Relaxed);
-        if lag != u64::MAX {
+        let lag = self
+            .lag_max
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .filter(|lag| *lag != u64::MAX)
+            .max();
+        if let Some(lag) = lag {
             metric(
                 "records_lag_max",
                 "gauge",
@@ -212,11 +225,14 @@ mod tests {
     }
 
     #[test]
-    fn the_lag_is_absent_until_known() {
-        let metrics = Metrics::default();
+    fn the_lag_is_absent_until_known_then_the_largest_of_the_workers() {
+        let metrics = Metrics::new(3);
         assert!(!metrics.render(&status()).contains("records_lag_max"));
-        metrics.lag_max.store(7, Ordering::Relaxed);
+        metrics.lag_max[1].store(7, Ordering::Relaxed);
         assert_eq!(value(&metrics.render(&status()), "records_lag_max"), 7.0);
+        metrics.lag_max[2].store(40, Ordering::Relaxed);
+        metrics.lag_max[0].store(3, Ordering::Relaxed);
+        assert_eq!(value(&metrics.render(&status()), "records_lag_max"), 40.0);
     }
 
     #[test]

@@ -45,6 +45,16 @@ pub struct Summary {
     pub checkpoints: u64,
 }
 
+impl Summary {
+    /// Adds another worker's counts.
+    pub fn add(&mut self, other: &Summary) {
+        self.records_in += other.records_in;
+        self.records_out += other.records_out;
+        self.records_dead_lettered += other.records_dead_lettered;
+        self.checkpoints += other.checkpoints;
+    }
+}
+
 pub struct Pipeline {
     pub source: KafkaSource,
     pub transform: TransformStage,

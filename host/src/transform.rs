@@ -65,6 +65,8 @@ struct Probation {
 
 pub struct TransformStage {
     registry: Arc<Registry>,
+    /// This stage's worker: which keyed state its instances use.
+    worker: usize,
     current: Arc<Live>,
     instance: Instance,
     rollback: Rollback,
@@ -87,6 +89,7 @@ const DEAD_LETTER_REPORT: std::time::Duration = std::time::Duration::from_secs(1
 impl TransformStage {
     pub fn new(
         registry: Arc<Registry>,
+        worker: usize,
         instance: Instance,
         rollback: Rollback,
         dead_letter: bool,
@@ -94,6 +97,7 @@ impl TransformStage {
         TransformStage {
             current: registry.live(),
             registry,
+            worker,
             instance,
             rollback,
             probation: Probation {
@@ -226,7 +230,7 @@ impl TransformStage {
         self.instance = self
             .registry
             .settings()
-            .start(&self.current.plugin)
+            .start(&self.current.plugin, self.worker)
             .map_err(|error| TransformError::Restart {
                 plugin: self.current.plugin.origin.to_string(),
                 cause: cause.to_string(),
@@ -253,14 +257,14 @@ impl TransformStage {
             return Ok(());
         }
         let started = Instant::now();
-        let standby = live.standby.take();
+        let standby = live.standby.take(self.worker);
         let prepared = standby.is_some();
         let instance = match standby {
             Some(instance) => instance,
             None => self
                 .registry
                 .settings()
-                .start(&live.plugin)
+                .start(&live.plugin, self.worker)
                 .map_err(|error| TransformError::Adopt {
                     plugin: live.plugin.origin.to_string(),
                     error: format!("{:#}", anyhow::Error::new(error)),
@@ -297,7 +301,7 @@ impl TransformStage {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, crate::state::StateStore> {
-        self.registry.settings().state.lock().unwrap()
+        self.registry.settings().states[self.worker].lock().unwrap()
     }
 
     /// Counts the records the plugin reported as failed, and describes the first.

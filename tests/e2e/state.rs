@@ -440,3 +440,57 @@ fn starting_fresh_ignores_committed_offsets_and_state() {
         );
     }
 }
+
+/// `parallelism = 4`: one host runs four workers, each with a consumer in the group,
+/// a producer and keyed state of its own. Every partition goes to one worker, and the
+/// sink holds each input once, in order, with each ticker's statistics exact.
+#[test]
+fn one_host_with_parallelism_spreads_the_partitions_over_its_workers() {
+    const COUNT: usize = 20_000;
+    let (input, output, group) = stock_topics("par");
+    let dir = workdir();
+    let config = stats_config(dir.path(), &input, &output, &group, "exactly-once", "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "version = 1\n",
+        "version = 1\nparallelism = 4\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let producer = producer();
+    for seq in 0..COUNT {
+        send(&producer, &input, &stock(seq));
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+
+    let mut host = Sluice::start(dir.path(), &["run", "--config", &config]);
+    wait_until(
+        "the host to process every input",
+        Duration::from_secs(120),
+        || committed(&group, &input) == end_offsets(&input),
+    );
+    assert!(host.terminate().success(), "{}", host.log());
+    let log = host.log();
+    assert!(log.contains("workers=4"), "{log}");
+    // Each worker took part: it was assigned partitions and committed its share.
+    for worker in 0..4 {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains(&format!("worker{{worker={worker}}}")))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l.contains("Partitions assigned")),
+            "worker {worker} was never assigned a partition: {log}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("Final checkpoint committed")),
+            "worker {worker} did not commit at the end: {log}"
+        );
+    }
+    assert!(
+        log.contains(&format!("numRecordsIn={COUNT} ")),
+        "the workers' counts add up: {log}"
+    );
+    check_sink(&output, COUNT, true);
+}

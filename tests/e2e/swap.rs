@@ -483,3 +483,77 @@ fn sighup_rereads_the_plugin_file() {
     case.expect_swap(&file_digest(&b), "sighup", "B");
     assert!(case.host.terminate().success());
 }
+
+/// With `parallelism = 3`, one `plugin swap` reaches every worker: each adopts the
+/// new version at its next batch, and every partition's records switch tags.
+#[test]
+fn a_swap_reaches_every_worker_of_a_parallel_host() {
+    const PARTITIONS: i32 = 3;
+    let (input, output, group) = (unique("pswap-in"), unique("pswap-out"), unique("pswap-g"));
+    create_topic(&input, PARTITIONS);
+    create_topic(&output, PARTITIONS);
+    let dir = workdir();
+    let a = copy_plugin("sluice_test_tag_a", &dir.path().join("a.wasm"));
+    let b = copy_plugin("sluice_test_tag_b", &dir.path().join("b.wasm"));
+    let tail = format!("[plugin]\npath = \"{}\"\nwatch = false", a.display());
+    let config = write_file(
+        dir.path(),
+        "p.toml",
+        &config_text(&input, &output, &group, "", "", &tail).replacen(
+            "version = 1\n",
+            "version = 1\nparallelism = 3\n",
+            1,
+        ),
+    );
+    let (mut host, admin) = start_with_admin(dir.path(), &config);
+    wait_until(
+        "every worker to be assigned a partition",
+        Duration::from_secs(60),
+        || {
+            let log = host.log();
+            (0..3).all(|w| {
+                log.lines().any(|l| {
+                    l.contains(&format!("worker{{worker={w}}}"))
+                        && l.contains("Partitions assigned")
+                })
+            })
+        },
+    );
+    // Each round sends one record to every partition and waits for all of them.
+    let mut sent = 0;
+    let mut round = |tag: &str| {
+        let records: Vec<TestRecord> = (0..PARTITIONS)
+            .map(|p| TestRecord::value(p, &format!("r{sent}-{p}")))
+            .collect();
+        produce(&input, &records);
+        sent += records.len();
+        let written = read_all(&output, sent, Duration::from_secs(30));
+        assert_eq!(written.len(), sent);
+        let prefix = format!("r{}-", sent - records.len());
+        let tags: Vec<(i32, Vec<&str>)> = written
+            .iter()
+            .filter(|r| r.value_text().starts_with(&prefix))
+            .map(|r| (r.partition, header(r, "tag")))
+            .collect();
+        assert_eq!(tags.len(), PARTITIONS as usize);
+        assert!(
+            tags.iter().all(|(_, t)| t == &[tag]),
+            "every partition tagged {tag}: {tags:?}"
+        );
+    };
+    round("A");
+    let answer = swap(&b, &admin);
+    assert!(answer.status.success(), "{answer:?}");
+    round("B");
+    assert!(host.terminate().success(), "{}", host.log());
+    let log = host.log();
+    for worker in 0..3 {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("worker{{worker={worker}}}"))
+                    && l.contains("Plugin swapped.")
+                    && l.contains("prepared=true")),
+            "worker {worker} adopted the new version, started ahead for it: {log}"
+        );
+    }
+}

@@ -26,6 +26,9 @@ pub const CONFIG_VERSION: i64 = 1;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub delivery: Delivery,
+    /// Workers in this host, each with its own consumer (in the group), producer,
+    /// plugin instance and keyed state.
+    pub parallelism: usize,
     pub source: SourceConfig,
     pub sink: SinkConfig,
     pub plugin: PluginConfig,

@@ -17,10 +17,15 @@ use super::{
 /// one interval, and brokers cap transactions at 15 minutes by default.
 const MAX_TRANSACTION_INTERVAL_MS: i64 = 300_000;
 
+/// The most workers one host runs. Each has its own consumer, producer and plugin
+/// instance; more hosts in the group scale further.
+const MAX_PARALLELISM: i64 = 64;
+
 #[derive(Debug, Default, Deserialize)]
 pub struct RawConfig {
     pub version: Option<i64>,
     pub delivery: Option<String>,
+    pub parallelism: Option<i64>,
     #[serde(default)]
     pub source: RawSource,
     #[serde(default)]
@@ -449,6 +454,7 @@ impl RawConfig {
             86_400_000,
         );
 
+        let parallelism = c.range("parallelism", self.parallelism, 1, 1, MAX_PARALLELISM);
         let delivery = c.choice(
             "delivery",
             self.delivery.as_deref(),
@@ -477,6 +483,7 @@ impl RawConfig {
 
         Some(Config {
             delivery,
+            parallelism: parallelism as usize,
             source: SourceConfig {
                 bootstrap_servers: bootstrap,
                 topic,
@@ -681,5 +688,26 @@ mod tests {
             )),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn parallelism_is_between_one_and_the_maximum() {
+        let text = |parallelism: &str| {
+            format!(
+                "version = 1\n{parallelism}\n[source]\nbootstrap_servers = \"a:9092\"\ntopic = \"in\"\ngroup_id = \"g\"\n[sink]\ntopic = \"out\"\n"
+            )
+        };
+        assert!(problems(&text("parallelism = 4")).is_empty());
+        for wrong in ["parallelism = 0", "parallelism = 65"] {
+            let found = problems(&text(wrong));
+            assert_eq!(
+                found,
+                [format!(
+                    "parallelism: {} is out of range; use 1 to 64",
+                    &wrong["parallelism = ".len()..]
+                )],
+                "{wrong}"
+            );
+        }
     }
 }

@@ -50,24 +50,29 @@ pub struct Live {
     pub since: SystemTime,
     /// What a rollback returns to (one level deep).
     pub previous: Option<Arc<Live>>,
-    /// An instance started (with `init` run) off the hot path when the version was
-    /// published; the first worker to adopt the version takes it, so that starting the
-    /// version costs the pipeline nothing. Later workers start their own.
+    /// Instances started (with `init` run) off the hot path when the version was
+    /// published, one per worker, so that starting the version costs the pipeline
+    /// nothing.
     pub standby: Standby,
 }
 
-/// A started instance waiting for a worker to take it.
+/// Started instances waiting for their workers to take them: slot `w` holds worker
+/// `w`'s, bound to its keyed state.
 #[derive(Clone, Default)]
-pub struct Standby(Arc<Mutex<Option<Instance>>>);
+pub struct Standby(Arc<Mutex<Vec<Option<Instance>>>>);
 
 impl Standby {
-    fn new(instance: Instance) -> Self {
-        Standby(Arc::new(Mutex::new(Some(instance))))
+    fn new(instances: Vec<Option<Instance>>) -> Self {
+        Standby(Arc::new(Mutex::new(instances)))
     }
 
-    /// The instance, if no worker took it yet.
-    pub fn take(&self) -> Option<Instance> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// Worker `worker`'s instance, if it was started and not taken yet.
+    pub fn take(&self, worker: usize) -> Option<Instance> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(worker)
+            .and_then(Option::take)
     }
 }
 
@@ -137,16 +142,26 @@ pub struct InstanceSettings {
     pub sandbox: Sandbox,
     pub config: Vec<(String, String)>,
     pub self_tests: Vec<SelfTest>,
-    /// The pipeline's keyed state. Validation runs on a scratch store instead, so a
-    /// candidate's self-tests never touch it.
-    pub state: SharedState,
+    /// Each worker's keyed state, by worker. Validation runs on a scratch store
+    /// instead, so a candidate's self-tests never touch it.
+    pub states: Vec<SharedState>,
 }
 
 impl InstanceSettings {
-    /// Starts an instance of `plugin` for a worker: these limits, sandbox and
-    /// configuration, and the pipeline's keyed state.
-    pub fn start(&self, plugin: &Plugin) -> Result<Instance, LoadError> {
-        plugin.start(self.limits, &self.sandbox, &self.config, self.state.clone())
+    /// Starts an instance of `plugin` for worker `worker`: these limits, sandbox and
+    /// configuration, and that worker's keyed state.
+    pub fn start(&self, plugin: &Plugin, worker: usize) -> Result<Instance, LoadError> {
+        plugin.start(
+            self.limits,
+            &self.sandbox,
+            &self.config,
+            self.states[worker].clone(),
+        )
+    }
+
+    /// How many workers instances are started for.
+    pub fn workers(&self) -> usize {
+        self.states.len()
     }
 }
 
@@ -228,23 +243,25 @@ fn timestamp(at: SystemTime) -> String {
 
 impl Registry {
     /// Validates the initial plugin and makes it live. Returns the registry and an
-    /// instance of that plugin for the first worker.
+    /// instance of that plugin for each worker.
     pub fn start(
         runtime: Runtime,
         settings: InstanceSettings,
         path: Option<&Path>,
-    ) -> Result<(Arc<Registry>, Instance), LoadError> {
+    ) -> Result<(Arc<Registry>, Vec<Instance>), LoadError> {
         let (origin, bytes) = super::read(path)?;
         let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
         validate(&plugin, &settings)?;
-        // A fresh instance: the worker's must not have seen the self-test records.
-        let instance = settings.start(&plugin)?;
+        // Fresh instances: the workers' must not have seen the self-test records.
+        let instances = (0..settings.workers())
+            .map(|worker| settings.start(&plugin, worker))
+            .collect::<Result<Vec<_>, _>>()?;
         let live = Live {
             version: 1,
             plugin: plugin.clone(),
             since: SystemTime::now(),
             previous: None,
-            // The first worker gets `instance`, returned below.
+            // The workers get `instances`, returned below.
             standby: Standby::default(),
         };
         let registry = Registry {
@@ -265,7 +282,7 @@ impl Registry {
             None,
         );
         registry.books.lock().unwrap().cache.push_back(plugin);
-        Ok((Arc::new(registry), instance))
+        Ok((Arc::new(registry), instances))
     }
 
     pub fn live(&self) -> Arc<Live> {
@@ -419,16 +436,19 @@ impl Registry {
             standby: Standby::default(),
             ..(*old).clone()
         };
-        // Validation passed, so this start succeeds but for a transient failure; then
+        // Validation passed, so these starts succeed but for a transient failure; then
         // the worker starts the version itself and reports what went wrong.
         let starting = Instant::now();
-        let standby = match self.settings.start(&plugin) {
-            Ok(instance) => Standby::new(instance),
-            Err(error) => {
-                tracing::warn!(error = %anyhow::Error::new(error), "Could not start the new version ahead of its adoption; the worker will.");
-                Standby::default()
-            }
-        };
+        let standby = (0..self.settings.workers())
+            .map(|worker| match self.settings.start(&plugin, worker) {
+                Ok(instance) => Some(instance),
+                Err(error) => {
+                    tracing::warn!(worker, error = %anyhow::Error::new(error), "Could not start the new version ahead of its adoption; the worker will.");
+                    None
+                }
+            })
+            .collect();
+        let standby = Standby::new(standby);
         let live = Live {
             version: self.next_version.fetch_add(1, Ordering::SeqCst),
             plugin,

@@ -37,6 +37,8 @@ pub struct SourceContext {
     fatal: Mutex<Option<String>>,
     auth: ClientAuth,
     metrics: Arc<Metrics>,
+    /// This consumer's worker, for its lag in the metrics.
+    worker: usize,
     /// Revocations so far. Every revocation unassigns every partition, and whoever is
     /// assigned one next reads it again from its committed offset: records read into
     /// a batch before a revocation must not be processed after it. Written by the
@@ -53,7 +55,7 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        self.metrics.consumer_statistics(&statistics);
+        self.metrics.consumer_statistics(self.worker, &statistics);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -238,6 +240,7 @@ impl KafkaSource {
         fresh: bool,
         auth: ClientAuth,
         metrics: Arc<Metrics>,
+        worker: usize,
     ) -> anyhow::Result<(Self, i32)> {
         let mut client = ClientConfig::new();
         auth.apply(&mut client);
@@ -276,6 +279,7 @@ impl KafkaSource {
             fatal: Mutex::new(None),
             auth,
             metrics,
+            worker,
             revocations: AtomicU64::new(0),
         };
         let consumer: BaseConsumer<SourceContext> = client
