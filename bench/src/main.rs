@@ -54,6 +54,9 @@ struct Args {
     /// Seconds a round may take to copy every record before it is abandoned.
     #[arg(long, default_value_t = 600)]
     round_timeout: u64,
+    /// Sluice's `parallelism`: workers in the host (the baseline stays one loop).
+    #[arg(long, default_value_t = 1)]
+    parallelism: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,9 +226,16 @@ fn fill(servers: &str, topic: &str, records: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sluice_config(servers: &str, input: &str, output: &str, group: &str) -> String {
+fn sluice_config(
+    servers: &str,
+    input: &str,
+    output: &str,
+    group: &str,
+    parallelism: usize,
+) -> String {
     format!(
         r#"version = 1
+parallelism = {parallelism}
 
 [source]
 bootstrap_servers = "{servers}"
@@ -257,7 +267,10 @@ fn sluice_startup(
     input: &str,
 ) -> anyhow::Result<Usage> {
     let config = workdir.join("validate.toml");
-    write_file(&config, &sluice_config(servers, input, "unused", "unused"))?;
+    write_file(
+        &config,
+        &sluice_config(servers, input, "unused", "unused", 1),
+    )?;
     let mut command = Command::new(sluice);
     command
         .arg("validate")
@@ -299,7 +312,13 @@ fn run_round(
                 let config = workdir.join(format!("round-{round}.toml"));
                 write_file(
                     &config,
-                    &sluice_config(&args.bootstrap_servers, input, &output, &group),
+                    &sluice_config(
+                        &args.bootstrap_servers,
+                        input,
+                        &output,
+                        &group,
+                        args.parallelism,
+                    ),
                 )?;
                 let mut command = Command::new(sluice);
                 command
@@ -542,7 +561,8 @@ fn medians(rounds: &[Round], program: Program, records: u64) -> Medians {
 fn print_report(args: &Args, startup: &Usage, rounds: &[Round]) {
     let n = args.records;
     println!(
-        "Records per round: {n} ({PARTITIONS} partitions, {KEY_LEN}-byte keys, {VALUE_LEN}-byte values, 2 headers)\n"
+        "Records per round: {n} ({PARTITIONS} partitions, {KEY_LEN}-byte keys, {VALUE_LEN}-byte values, 2 headers); Sluice with parallelism = {}\n",
+        args.parallelism
     );
     println!(
         "| round | program | records/s | first→last output s | user CPU s | system CPU s | CPU s per 1M records | peak RSS MB |"

@@ -462,29 +462,24 @@ fn one_host_with_parallelism_spreads_the_partitions_over_its_workers() {
     }
     rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
 
+    // The host is stopped once every input is committed and every worker holds
+    // partitions.
     let mut host = Sluice::start(dir.path(), &["run", "--config", &config]);
     wait_until(
-        "the host to process every input",
+        "the host to process every input with all its workers",
         Duration::from_secs(120),
-        || committed(&group, &input) == end_offsets(&input),
+        || {
+            let log = host.log();
+            (0..4).all(|worker| worker_logged(&log, worker, "Partitions assigned"))
+                && committed(&group, &input) == end_offsets(&input)
+        },
     );
     assert!(host.terminate().success(), "{}", host.log());
     let log = host.log();
     assert!(log.contains("workers=4"), "{log}");
-    // Each worker took part: it was assigned partitions and committed its share.
     for worker in 0..4 {
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|line| line.contains(&format!("worker{{worker={worker}}}")))
-            .collect();
         assert!(
-            lines.iter().any(|l| l.contains("Partitions assigned")),
-            "worker {worker} was never assigned a partition: {log}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("Final checkpoint committed")),
+            worker_logged(&log, worker, "Final checkpoint committed"),
             "worker {worker} did not commit at the end: {log}"
         );
     }
@@ -493,4 +488,73 @@ fn one_host_with_parallelism_spreads_the_partitions_over_its_workers() {
         "the workers' counts add up: {log}"
     );
     check_sink(&output, COUNT, true);
+}
+
+/// Whether worker `worker` of a parallel host logged a line containing `text`.
+fn worker_logged(log: &str, worker: usize, text: &str) -> bool {
+    log.lines()
+        .any(|line| line.contains(&format!("worker{{worker={worker}}}")) && line.contains(text))
+}
+
+/// At-least-once, a second host joins the group while records flow and outputs are
+/// in flight (the producers hold each for 300 ms). The plugin is the stateless
+/// pass-through, so no changelog write waits for the outputs: the revoking workers
+/// do, before they commit, and the rebalance writes nothing twice.
+#[test]
+fn at_least_once_a_graceful_rebalance_writes_nothing_twice() {
+    const COUNT: usize = 40_000;
+    let (input, output, group) = stock_topics("alo-rebalance");
+    let dir = workdir();
+    let text = config_text(
+        &input,
+        &output,
+        &group,
+        "",
+        "[sink.kafka]\n\"linger.ms\" = \"300\"",
+        "",
+    )
+    .replacen("version = 1\n", "version = 1\nparallelism = 2\n", 1);
+    let config = write_file(dir.path(), "alo.toml", &text);
+    let config = config.to_str().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = produce_paced(input.clone(), COUNT, 5_000, done.clone(), stock);
+    let mut a = Sluice::start(dir.path(), &["run", "--config", config, "--instance", "a"]);
+    wait_until(
+        "host a to write to the sink",
+        Duration::from_secs(60),
+        || total(&end_offsets(&output)) > 2_000,
+    );
+    let mut b = Sluice::start(dir.path(), &["run", "--config", config, "--instance", "b"]);
+    b.wait_for_log("Partitions assigned", Duration::from_secs(60));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "host b joined after the whole input was written; the run proves nothing"
+    );
+    writer.join().unwrap();
+    wait_until(
+        "both hosts to commit the whole input",
+        Duration::from_secs(120),
+        || committed(&group, &input) == end_offsets(&input),
+    );
+    let log_a = a.log();
+    assert!(a.terminate().success(), "{log_a}");
+    assert!(b.terminate().success(), "{}", b.log());
+    assert!(
+        log_a.contains("Partitions revoked"),
+        "host a gave partitions up while records flowed: {log_a}"
+    );
+    // The sink holds each input once: the pass-through copies the input's `seq`.
+    let written = read_all(&output, COUNT, Duration::from_secs(60));
+    let mut seen = HashSet::new();
+    let duplicates = written
+        .iter()
+        .map(|record| {
+            let value: serde_json::Value =
+                serde_json::from_slice(record.value.as_ref().unwrap()).expect("a stock record");
+            value["seq"].as_u64().unwrap()
+        })
+        .filter(|seq| !seen.insert(*seq))
+        .count();
+    assert_eq!(seen.len(), COUNT, "inputs missing from the sink");
+    assert_eq!(duplicates, 0, "{log_a}");
 }

@@ -42,6 +42,9 @@ const FENCING_BUDGET: usize = 3;
 const FENCING_WINDOW: Duration = Duration::from_secs(300);
 /// How long a checkpoint waits for the changelog writes to be acknowledged.
 const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a revocation waits for the outputs in flight before it commits what was
+/// acknowledged (well within the group's `max.poll.interval.ms`).
+const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a checkpoint is taken: periodic checkpoints may skip when nothing moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,6 +435,14 @@ impl Checkpointer {
                 Ok(())
             }
         } else {
+            // At-least-once: wait for the outputs in flight, so that the offsets
+            // committed below cover them and the next owner writes nothing again.
+            // (Exactly-once commits its transaction, which flushes anyway.)
+            if !self.exactly_once()
+                && let Err(error) = self.sink.flush(REVOKE_FLUSH_TIMEOUT)
+            {
+                tracing::warn!(%error, "Not every output was acknowledged before the partitions were revoked; their next owner writes those again.");
+            }
             self.checkpoint(consumer, Reason::Final).map(|_| ())
         };
         let mut state = self.state.lock().unwrap();
