@@ -88,6 +88,11 @@ fn client_config(sink: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
     client
 }
 
+/// Whether librdkafka says it ignores a producer setting given to a consumer.
+fn is_producer_property_notice(facility: &str, message: &str) -> bool {
+    facility == "CONFWARN" && message.contains("is a producer property")
+}
+
 /// The restore reader's callbacks: reaching the end of a partition is the goal here,
 /// not an error worth logging.
 pub struct RestoreContext {
@@ -99,6 +104,12 @@ impl ClientContext for RestoreContext {
     const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // `[sink.kafka]` is written for the producer; this reader takes it too (for
+        // the connection settings in it) and ignoring its producer settings is right.
+        if is_producer_property_notice(fac, log_message) {
+            tracing::debug!(client = "state-restore", "librdkafka: {log_message}");
+            return;
+        }
         self.auth.log("state-restore", level, fac, log_message);
     }
 
@@ -244,3 +255,24 @@ impl Restorer {
 
 /// One partition's state.
 pub type Values = HashMap<Vec<u8>, Vec<u8>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_notice_about_ignored_producer_settings_is_quieted() {
+        assert!(is_producer_property_notice(
+            "CONFWARN",
+            "[thrd:app]: Configuration property linger.ms is a producer property and will be ignored by this consumer instance"
+        ));
+        assert!(!is_producer_property_notice(
+            "CONFWARN",
+            "[thrd:app]: Configuration property foo.bar is deprecated"
+        ));
+        assert!(!is_producer_property_notice(
+            "FAIL",
+            "is a producer property"
+        ));
+    }
+}
