@@ -292,8 +292,12 @@ pub fn run(
                 std::thread::Builder::new()
                     .name(format!("sluice-worker-{worker}"))
                     .spawn_scoped(scope, move || {
-                        let result = tracing::info_span!("worker", worker)
-                            .in_scope(|| pipeline.run(shutdown));
+                        // A panic is an error too: the others must not run on alone.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            tracing::info_span!("worker", worker)
+                                .in_scope(|| pipeline.run(shutdown))
+                        }))
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("worker {worker} panicked")));
                         if result.is_err() {
                             // The others drain and commit what they did.
                             shutdown.request();
