@@ -192,3 +192,51 @@ fn the_admin_endpoint_serves_the_counters_under_flink_names() {
     );
     assert!(host.terminate().success());
 }
+
+/// A backlog shows in `records_lag_max`: 200 000 records wait before the host
+/// starts, read ten per batch, and the lag reported while it catches up is large,
+/// never more than the backlog, and falls to zero at the end.
+#[test]
+fn the_lag_shows_a_backlog_and_falls_to_zero_as_it_is_read() {
+    const COUNT: usize = 200_000;
+    let dir = workdir();
+    let (input, output, group) = (unique("lag-in"), unique("lag-out"), unique("lag-g"));
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    let records: Vec<TestRecord> = (0..COUNT)
+        .map(|i| TestRecord::value(0, &format!("record {i}")))
+        .collect();
+    produce(&input, &records);
+    let config = write_config(
+        dir.path(),
+        &input,
+        &output,
+        &group,
+        "batch_max_records = 10\n[source.kafka]\n\"statistics.interval.ms\" = \"100\"",
+    );
+    let admin = free_address();
+    let mut command = sluice(&["run", "--config", &config]);
+    command.env("SLUICE_ADMIN", &admin);
+    let mut host = Sluice::spawn(dir.path(), command);
+    host.wait_for_log("Admin endpoint listening", Duration::from_secs(30));
+
+    let mut seen = Vec::new();
+    wait_until(
+        "the host to read the whole backlog",
+        Duration::from_secs(120),
+        || {
+            let (_, text) = metrics(&admin);
+            if text.contains("\nrecords_lag_max ") {
+                seen.push(sample(&text, "records_lag_max"));
+            }
+            sample(&text, "numRecordsIn") == COUNT as f64 && seen.last() == Some(&0.0)
+        },
+    );
+    let largest = seen.iter().copied().fold(0.0, f64::max);
+    assert!(
+        largest >= 10_000.0,
+        "a backlog of {COUNT} shows as a lag: largest seen {largest} in {seen:?}"
+    );
+    assert!(largest <= COUNT as f64, "{seen:?}");
+    assert!(host.terminate().success(), "{}", host.log());
+}
