@@ -21,7 +21,7 @@ use crate::plugin::watch;
 use crate::runtime::{DirGrant, Instance, Limits, Runtime, Sandbox};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::{KafkaSink, TransactionSettings};
-use crate::source::kafka::KafkaSource;
+use crate::source::kafka::{FreshStart, KafkaSource};
 use crate::state::changelog::{self, Restorer};
 use crate::state::{SharedState, StateStore};
 use crate::transform::TransformStage;
@@ -201,11 +201,12 @@ pub fn run(
         tracing::info!(%transactional_id, workers, "Exactly-once delivery: each checkpoint is one transaction.");
     }
     let changelog = changelog::topic_name(&config.source.group_id);
+    let fresh = options.fresh.then(FreshStart::default);
     let mut pipelines = Vec::with_capacity(workers);
     for (worker, (instance, state)) in instances.into_iter().zip(states).enumerate() {
         let (source, partitions) = KafkaSource::connect(
             &config.source,
-            options.fresh,
+            fresh.clone(),
             source_auth.clone(),
             metrics.clone(),
             worker,

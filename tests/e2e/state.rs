@@ -385,11 +385,29 @@ fn a_zombie_host_is_fenced_and_cannot_commit() {
 
 #[test]
 fn starting_fresh_ignores_committed_offsets_and_state() {
+    fresh_case(1);
+}
+
+/// With four workers, each partition starts fresh once: when it moves to another
+/// worker of the host (they join one after the other), that one resumes from what
+/// the first committed, and nothing is read twice.
+#[test]
+fn starting_fresh_with_parallel_workers_resets_each_partition_once() {
+    fresh_case(4);
+}
+
+fn fresh_case(parallelism: usize) {
     const COUNT: usize = 2_000;
     let (input, output, group) = stock_topics("fr");
     produce(&input, &(0..COUNT).map(stock).collect::<Vec<_>>());
     let dir = workdir();
     let config = stats_config(dir.path(), &input, &output, &group, "exactly-once", "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "version = 1\n",
+        &format!("version = 1\nparallelism = {parallelism}\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     // Runs a host until the sink holds `outputs` committed records and the input is
     // committed, then stops it and returns its log.
     let run = |extra: &[&str], outputs: usize| {

@@ -374,12 +374,16 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// Restores the state of newly assigned partitions (cleared instead when
-    /// starting fresh) before any of their records is processed.
-    pub fn assign(&mut self, partitions: &[Partition], fresh: bool) -> anyhow::Result<()> {
+    /// Restores the state of newly assigned partitions before any of their records
+    /// is processed; the state of those in `fresh` (`run --fresh`) is deleted instead.
+    pub fn assign(&mut self, partitions: &[Partition], fresh: &[Partition]) -> anyhow::Result<()> {
         self.assigned.extend(partitions.iter().cloned());
-        let numbers: Vec<i32> = partitions.iter().map(|(_, p)| *p).collect();
-        self.restore(&numbers, fresh)
+        let (cleared, restored): (Vec<i32>, Vec<i32>) = partitions
+            .iter()
+            .map(|(_, p)| *p)
+            .partition(|p| fresh.iter().any(|(_, f)| f == p));
+        self.restore(&restored, false)?;
+        self.restore(&cleared, true)
     }
 
     fn restore(&mut self, partitions: &[i32], fresh: bool) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! The Kafka source: a consumer group member that reads the source topic into batches,
 //! applies the startup mode, and commits the offsets the checkpoint tracker allows.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,11 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// checkpoint on revocation.
 pub struct SourceContext {
     startup: Startup,
-    /// Ignore committed offsets and state at the first assignment (`run --fresh`).
-    fresh: AtomicBool,
+    /// `run --fresh`: the partitions this host has started fresh so far, shared by
+    /// its workers. A partition starts fresh (committed offsets and state ignored)
+    /// the first time any worker of the host is assigned it, and never again: after
+    /// a rebalance its next owner resumes from what the first one committed.
+    fresh: Option<FreshStart>,
     checkpointer: OnceLock<Arc<Mutex<Checkpointer>>>,
     /// A failure inside a callback that must stop the pipeline before it processes
     /// another record.
@@ -79,21 +83,26 @@ impl ConsumerContext for SourceContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let fresh = self.fresh.swap(false, Ordering::Relaxed);
-                let positioned = if fresh {
-                    start_fresh(consumer, tpl, self.startup)
-                } else if let Startup::Timestamp { millis } = self.startup {
-                    seek_to_timestamp(consumer, tpl, millis)
+                let fresh: Vec<Partition> = match &self.fresh {
+                    Some(started) => started.first_time(&partitions_of(tpl)),
+                    None => Vec::new(),
+                };
+                let positioned = if !fresh.is_empty() {
+                    start_fresh(consumer, tpl, &fresh, self.startup)
                 } else {
                     Ok(())
-                };
+                }
+                .and_then(|()| match self.startup {
+                    Startup::Timestamp { millis } => seek_to_timestamp(consumer, tpl, millis),
+                    _ => Ok(()),
+                });
                 if let Err(error) = positioned {
                     tracing::error!(%error, "Could not look up offsets for the startup mode; using the committed or earliest offsets.");
                 }
                 let partitions = partitions_of(tpl);
                 tracing::info!(partitions = ?partitions, "Partitions assigned.");
                 if let Some(checkpointer) = self.checkpointer.get()
-                    && let Err(error) = checkpointer.lock().unwrap().assign(&partitions, fresh)
+                    && let Err(error) = checkpointer.lock().unwrap().assign(&partitions, &fresh)
                 {
                     self.fail(format!("{error:#}"));
                 }
@@ -151,14 +160,31 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
         .collect()
 }
 
-/// `run --fresh`: every assigned partition starts where the startup mode says,
-/// whatever the group committed.
+/// The partitions a host started fresh (`run --fresh`), shared by its workers.
+#[derive(Debug, Clone, Default)]
+pub struct FreshStart(Arc<Mutex<HashSet<Partition>>>);
+
+impl FreshStart {
+    /// Which of `partitions` start fresh now: those not started before. They count
+    /// as started from now on.
+    fn first_time(&self, partitions: &[Partition]) -> Vec<Partition> {
+        let mut started = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        partitions
+            .iter()
+            .filter(|partition| started.insert((*partition).clone()))
+            .cloned()
+            .collect()
+    }
+}
+
+/// `run --fresh`: `partitions` start where the startup mode says, whatever the group
+/// committed.
 fn start_fresh(
     consumer: &BaseConsumer<SourceContext>,
     tpl: &mut TopicPartitionList,
+    partitions: &[Partition],
     startup: Startup,
 ) -> KafkaResult<()> {
-    let partitions = partitions_of(tpl);
     tracing::warn!(partitions = ?partitions, startup = ?startup, "Starting fresh: committed offsets are ignored.");
     let offset = match startup {
         Startup::Latest
@@ -167,14 +193,14 @@ fn start_fresh(
         } => Offset::End,
         Startup::Timestamp { millis } => {
             let mut lookup = TopicPartitionList::new();
-            for (topic, partition) in &partitions {
+            for (topic, partition) in partitions {
                 lookup.add_partition_offset(topic, *partition, Offset::Offset(millis))?;
             }
             return start_at_times(consumer, tpl, lookup);
         }
         _ => Offset::Beginning,
     };
-    for (topic, partition) in &partitions {
+    for (topic, partition) in partitions {
         tpl.set_partition_offset(topic, *partition, offset)?;
     }
     Ok(())
@@ -237,7 +263,7 @@ impl KafkaSource {
     /// the group's committed offsets at the first assignment.
     pub fn connect(
         config: &SourceConfig,
-        fresh: bool,
+        fresh: Option<FreshStart>,
         auth: ClientAuth,
         metrics: Arc<Metrics>,
         worker: usize,
@@ -274,7 +300,7 @@ impl KafkaSource {
         }
         let context = SourceContext {
             startup: config.startup,
-            fresh: AtomicBool::new(fresh),
+            fresh,
             checkpointer: OnceLock::new(),
             fatal: Mutex::new(None),
             auth,
@@ -491,5 +517,28 @@ pub fn topic_partitions<C: ClientContext>(
     match found.error() {
         Some(_) => Ok(0),
         None => Ok(found.partitions().len() as i32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partitions(numbers: &[i32]) -> Vec<Partition> {
+        numbers.iter().map(|p| ("in".to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn a_partition_starts_fresh_the_first_time_any_worker_gets_it_only() {
+        let host = FreshStart::default();
+        let (first, second) = (host.clone(), host.clone());
+        assert_eq!(
+            first.first_time(&partitions(&[0, 1, 2, 3])),
+            partitions(&[0, 1, 2, 3])
+        );
+        // Another worker of the host takes two of them over, and one it never had.
+        assert_eq!(second.first_time(&partitions(&[2, 3, 4])), partitions(&[4]));
+        // Given back after a rebalance, none is fresh again.
+        assert!(first.first_time(&partitions(&[0, 1, 2, 3, 4])).is_empty());
     }
 }
