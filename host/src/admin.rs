@@ -1,8 +1,8 @@
 //! The admin endpoint: a small HTTP API on 127.0.0.1 by default, for operators and for
 //! `sluice plugin swap|status`.
 //!
-//! - `GET /status`: the live plugin version, when it went live, and the history of
-//!   swaps, rejections and rollbacks (JSON).
+//! - `GET /status`: the live plugin version, when it went live, the history of swaps,
+//!   rejections and rollbacks, and the version each worker runs (JSON).
 //! - `GET /metrics`: the pipeline's counters in Prometheus' text format (see
 //!   [`crate::metrics`]).
 //! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}`: validates the component
@@ -52,11 +52,11 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<Metrics>) {
     let app = Router::new()
-        .route("/status", get(status))
         .route("/plugin/swap", post(swap))
         .with_state(registry.clone())
         .merge(
             Router::new()
+                .route("/status", get(status))
                 .route("/metrics", get(metrics_text))
                 .with_state((registry, metrics)),
         );
@@ -65,8 +65,34 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<
     }
 }
 
-async fn status(State(registry): State<Arc<Registry>>) -> Json<Status> {
-    Json(registry.status())
+/// The registry's status, and the version each worker runs.
+#[derive(Serialize)]
+struct HostStatus {
+    #[serde(flatten)]
+    registry: Status,
+    workers: Vec<WorkerStatus>,
+}
+
+#[derive(Serialize)]
+struct WorkerStatus {
+    worker: usize,
+    /// The plugin version the worker's instance runs: it adopts the live one at its
+    /// next batch.
+    version: u64,
+}
+
+async fn status(
+    State((registry, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+) -> Json<HostStatus> {
+    Json(HostStatus {
+        registry: registry.status(),
+        workers: metrics
+            .worker_versions()
+            .into_iter()
+            .enumerate()
+            .map(|(worker, version)| WorkerStatus { worker, version })
+            .collect(),
+    })
 }
 
 async fn metrics_text(

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Each worker's source consumer's largest partition lag in records; `u64::MAX`
     /// until that consumer's first statistics.
     lag_max: Vec<AtomicU64>,
+    /// The plugin version each worker's instance runs.
+    worker_versions: Vec<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -66,6 +68,8 @@ impl Metrics {
             lag_max: (0..workers.max(1))
                 .map(|_| AtomicU64::new(u64::MAX))
                 .collect(),
+            // Every worker starts with the first version.
+            worker_versions: (0..workers.max(1)).map(|_| AtomicU64::new(1)).collect(),
         }
     }
 
@@ -82,6 +86,21 @@ impl Metrics {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.last_checkpoint_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Notes the plugin version worker `worker` runs.
+    pub fn worker_version(&self, worker: usize, version: u64) {
+        if let Some(slot) = self.worker_versions.get(worker) {
+            slot.store(version, Ordering::Relaxed);
+        }
+    }
+
+    /// The plugin version each worker runs, by worker.
+    pub fn worker_versions(&self) -> Vec<u64> {
+        self.worker_versions
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Takes worker `worker`'s source consumer's statistics: the largest lag of its

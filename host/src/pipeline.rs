@@ -113,6 +113,7 @@ impl Pipeline {
                         .ops(&output, &input)
                         .inspect_err(|_| state.lock().unwrap().discard_batch())?;
                     turn.lap(Phase::Transform);
+                    metrics.worker_version(transform.worker(), transform.current().version);
                     summary.records_in += input.len() as u64;
                     let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
                     let seq = tracker.lock().unwrap().begin(ends);

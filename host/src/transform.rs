@@ -110,6 +110,11 @@ impl TransformStage {
         }
     }
 
+    /// This stage's worker.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
     /// The version that processed the last batch.
     pub fn current(&self) -> &Live {
         &self.current

@@ -541,10 +541,28 @@ fn a_swap_reaches_every_worker_of_a_parallel_host() {
             "every partition tagged {tag}: {tags:?}"
         );
     };
+    // The version each worker runs, as `GET /status` reports it.
+    let workers = || -> Vec<(u64, u64)> {
+        admin_status(&admin)["workers"]
+            .as_array()
+            .expect("a list of workers")
+            .iter()
+            .map(|w| {
+                (
+                    w["worker"].as_u64().unwrap(),
+                    w["version"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
     round("A");
+    assert_eq!(workers(), [(0, 1), (1, 1), (2, 1)]);
     let answer = swap(&b, &admin);
     assert!(answer.status.success(), "{answer:?}");
     round("B");
+    let live = admin_status(&admin)["live"]["version"].as_u64().unwrap();
+    assert_eq!(live, 2);
+    assert_eq!(workers(), [(0, live), (1, live), (2, live)]);
     assert!(host.terminate().success(), "{}", host.log());
     let log = host.log();
     for worker in 0..3 {
