@@ -26,15 +26,20 @@ use crate::state::changelog::{self, Restorer};
 use crate::state::{SharedState, StateStore};
 use crate::transform::TransformStage;
 
-/// Reads and validates the configuration; `plugin` replaces the configured plugin.
+/// Reads and validates the configuration; `plugin` replaces the configured plugin and
+/// `parallelism` the configured number of workers.
 pub fn load_config(
     source: &ConfigSource,
     plugin: Option<PathBuf>,
+    parallelism: Option<u16>,
     bootstrap_override: Option<&str>,
 ) -> Result<Config, Invalid> {
     let mut config = source.load(bootstrap_override)?;
     if let Some(path) = plugin {
         config.plugin.path = Some(path);
+    }
+    if let Some(workers) = parallelism {
+        config.parallelism = usize::from(workers);
     }
     Ok(config)
 }

@@ -165,6 +165,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "SLUICE_PLUGIN")]
     pub plugin: Option<PathBuf>,
 
+    /// Workers in this host, overriding the file's `parallelism` (a properties file has
+    /// none: Managed Flink sets it outside the application).
+    #[arg(long, env = "SLUICE_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallelism: Option<u16>,
+
     /// Bootstrap servers that override the properties file's (as on Managed Flink).
     #[arg(long, env = "BOOTSTRAP_SERVERS", hide_env_values = true)]
     pub bootstrap_servers: Option<String>,

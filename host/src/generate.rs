@@ -46,7 +46,7 @@ impl Target {
         };
         let pipeline = source
             .map(|source| {
-                crate::app::load_config(&source, None, None)
+                crate::app::load_config(&source, None, None, None)
                     .map_err(|invalid| anyhow::anyhow!("{invalid}"))
             })
             .transpose()?;

@@ -29,6 +29,7 @@ fn load(args: &PipelineArgs) -> Result<(ConfigSource, Config), ExitCode> {
     match app::load_config(
         &source,
         args.plugin.clone(),
+        args.parallelism,
         args.bootstrap_servers.as_deref(),
     ) {
         Ok(config) => Ok((source, config)),

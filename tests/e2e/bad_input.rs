@@ -612,3 +612,56 @@ fn a_plugin_trap_stops_the_pipeline_with_the_panic_message() {
     );
     assert_eq!(committed(&group, &input).get(&0).copied().unwrap_or(0), 0);
 }
+
+#[test]
+fn parallelism_comes_from_the_file_or_the_command_line_and_is_checked() {
+    let dir = workdir();
+    let text = config_text("in", "out", "g", "", "", "").replacen(
+        "version = 1\n",
+        "version = 1\nparallelism = 3\n",
+        1,
+    );
+    let config = write_file(dir.path(), "p.toml", &text);
+    let config = config.to_str().unwrap();
+    let validate = |extra: &[&str], env: Option<&str>| {
+        let mut command = sluice(&[&["validate", "--config", config], extra].concat());
+        command.env_remove("SLUICE_PARALLELISM");
+        if let Some(value) = env {
+            command.env("SLUICE_PARALLELISM", value);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (code, stdout, _) = validate(&[], None);
+    assert_eq!(code, Some(0));
+    assert!(stdout.ends_with("→ out; 3 workers)\n"), "{stdout}");
+    let (_, stdout, _) = validate(&["--parallelism", "2"], None);
+    assert!(stdout.ends_with("→ out; 2 workers)\n"), "{stdout}");
+    let (_, stdout, _) = validate(&[], Some("4"));
+    assert!(stdout.ends_with("→ out; 4 workers)\n"), "{stdout}");
+    let (_, stdout, _) = validate(&["--parallelism", "1"], None);
+    assert!(stdout.ends_with("→ out)\n"), "{stdout}");
+    let (code, _, stderr) = validate(&["--parallelism", "0"], None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("0 is not in 1..=64"), "{stderr}");
+
+    let zero = write_file(
+        dir.path(),
+        "zero.toml",
+        &text.replacen("parallelism = 3", "parallelism = 0", 1),
+    );
+    let output = sluice(&["validate", "--config", zero.to_str().unwrap()])
+        .env_remove("SLUICE_PARALLELISM")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("parallelism: 0 is out of range; use 1 to 64"),
+        "{stderr}"
+    );
+}
