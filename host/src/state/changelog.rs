@@ -25,6 +25,9 @@ use crate::source::kafka::topic_partitions;
 
 /// How long restoring one assignment's state may take before the host gives up.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a changelog partition may go without a leader (a topic just created, a
+/// broker restarting) before the restore fails.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The changelog topic of the application whose consumer group is `group_id`.
 pub fn topic_name(group_id: &str) -> String {
@@ -86,6 +89,39 @@ fn client_config(sink: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
         client.set(key, value);
     }
     client
+}
+
+/// The low and high offsets of a changelog partition, waiting out (within `timeout`)
+/// a partition without a leader: the broker answers so for a topic it has just
+/// created, and during a leader election.
+fn watermarks(
+    consumer: &BaseConsumer<RestoreContext>,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, timeout) {
+            Err(error) if is_leaderless(&error) && Instant::now() < deadline => {
+                tracing::debug!(topic, partition, %error, "State changelog partition without a leader yet; retrying.");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `error` says a partition has no leader (yet).
+fn is_leaderless(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
 
 /// Whether librdkafka says it ignores a producer setting given to a consumer.
@@ -189,8 +225,7 @@ impl Restorer {
         let mut tpl = TopicPartitionList::new();
         let mut to_read = Vec::new();
         for &partition in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&self.topic, partition, RESTORE_TIMEOUT)
+            let (low, high) = watermarks(&consumer, &self.topic, partition, LEADER_TIMEOUT)
                 .with_context(|| {
                     format!(
                         "reading the end offsets of state changelog `{}`",
@@ -259,6 +294,23 @@ pub type Values = HashMap<Vec<u8>, Vec<u8>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_without_a_leader_is_waited_for_and_other_errors_are_not() {
+        let metadata = |code| KafkaError::MetadataFetch(code);
+        assert!(is_leaderless(&metadata(
+            RDKafkaErrorCode::NotLeaderForPartition
+        )));
+        assert!(is_leaderless(&metadata(
+            RDKafkaErrorCode::LeaderNotAvailable
+        )));
+        assert!(!is_leaderless(&metadata(
+            RDKafkaErrorCode::TopicAuthorizationFailed
+        )));
+        assert!(!is_leaderless(&metadata(
+            RDKafkaErrorCode::OperationTimedOut
+        )));
+    }
 
     #[test]
     fn only_the_notice_about_ignored_producer_settings_is_quieted() {
