@@ -290,6 +290,13 @@ pub fn run(
         let pipeline = pipelines.pop().expect("one worker");
         return pipeline.run(shutdown);
     }
+    run_workers(pipelines, shutdown)
+}
+
+/// Runs each pipeline on a thread of its own until all have stopped, and adds up what
+/// they did. A worker that fails (or panics) asks the others to stop gracefully; the
+/// first failure is the result.
+fn run_workers(pipelines: Vec<Pipeline>, shutdown: &Shutdown) -> anyhow::Result<Summary> {
     let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
         let running: Vec<_> = pipelines
             .into_iter()
