@@ -467,7 +467,15 @@ fn one_host_with_parallelism_spreads_the_partitions_over_its_workers() {
     const COUNT: usize = 20_000;
     let (input, output, group) = stock_topics("par");
     let dir = workdir();
-    let config = stats_config(dir.path(), &input, &output, &group, "exactly-once", "");
+    // Static membership: each worker joins under an id of its own.
+    let config = stats_config(
+        dir.path(),
+        &input,
+        &output,
+        &group,
+        "exactly-once",
+        "\"group.instance.id\" = \"par-host\"",
+    );
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "version = 1\n",
         "version = 1\nparallelism = 4\n",
@@ -495,6 +503,8 @@ fn one_host_with_parallelism_spreads_the_partitions_over_its_workers() {
     assert!(host.terminate().success(), "{}", host.log());
     let log = host.log();
     assert!(log.contains("workers=4"), "{log}");
+    // The workers never fenced each other (as members sharing one static id would).
+    assert!(!log.contains("Transaction aborted"), "{log}");
     for worker in 0..4 {
         assert!(
             worker_logged(&log, worker, "Final checkpoint committed"),

@@ -148,6 +148,15 @@ impl Checker<'_> {
         });
     }
 
+    /// Reports a problem at a key path built at run time (a key of a pass-through
+    /// table), which no imported format renames.
+    fn report_at(&mut self, path: String, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path,
+            message: message.into(),
+        });
+    }
+
     fn required(&mut self, path: &'static str, value: &Option<String>) -> String {
         match value.as_deref().map(str::trim) {
             Some(v) if !v.is_empty() => v.to_string(),
@@ -199,6 +208,42 @@ impl Checker<'_> {
                 default
             }
         }
+    }
+}
+
+/// A `source.kafka` setting that would undo what Sluice's checkpoints and rebalance
+/// handling rely on, and why.
+fn refused_source_setting(key: &str, value: &str) -> Option<&'static str> {
+    match key {
+        "enable.auto.commit" | "enable.auto.offset.store" | "auto.commit.interval.ms" => Some(
+            "Sluice commits offsets itself, at checkpoints, once their outputs are acknowledged; remove it",
+        ),
+        "group.id" => Some("use source.group_id"),
+        "bootstrap.servers" | "metadata.broker.list" => Some("use source.bootstrap_servers"),
+        "partition.assignment.strategy" if value.contains("cooperative") => Some(
+            "cooperative rebalancing is not supported: Sluice hands partitions over in eager rebalances; use `range` or `roundrobin`",
+        ),
+        "group.protocol" if value.trim() != "classic" => {
+            Some("only the `classic` group protocol is supported")
+        }
+        _ => None,
+    }
+}
+
+/// A `sink.kafka` setting that would undo Sluice's delivery guarantees, and why.
+fn refused_sink_setting(key: &str, value: &str) -> Option<&'static str> {
+    match key {
+        "bootstrap.servers" | "metadata.broker.list" => Some("use sink.bootstrap_servers"),
+        "transactional.id" => {
+            Some("Sluice sets it with `delivery = \"exactly-once\"` (see --instance); remove it")
+        }
+        "enable.idempotence" if value != "true" => Some(
+            "the producer must be idempotent, or a retry could write a record twice or out of order",
+        ),
+        "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => {
+            Some("must be `all`: a checkpoint commits only what every in-sync replica holds")
+        }
+        _ => None,
     }
 }
 
@@ -320,6 +365,11 @@ impl RawConfig {
             600_000,
         );
         let source_kafka = scalar_map(&s.kafka, "source.kafka", &mut c);
+        for (key, value) in &source_kafka {
+            if let Some(reason) = refused_source_setting(key, value) {
+                c.report_at(format!("source.kafka.{key}"), reason);
+            }
+        }
         let source_security = super::security::for_side(
             "source",
             &s.security,
@@ -381,6 +431,11 @@ impl RawConfig {
             }
         }
         let sink_kafka = scalar_map(&k.kafka, "sink.kafka", &mut c);
+        for (key, value) in &sink_kafka {
+            if let Some(reason) = refused_sink_setting(key, value) {
+                c.report_at(format!("sink.kafka.{key}"), reason);
+            }
+        }
         let sink_security = super::security::for_side(
             "sink",
             &k.security,
@@ -709,5 +764,52 @@ mod tests {
                 "{wrong}"
             );
         }
+    }
+
+    #[test]
+    fn client_settings_that_would_undo_the_guarantees_are_refused() {
+        let text = r#"
+            version = 1
+            [source]
+            bootstrap_servers = "a:9092"
+            topic = "in"
+            group_id = "g"
+            [source.kafka]
+            "enable.auto.commit" = "true"
+            "group.id" = "other"
+            "partition.assignment.strategy" = "cooperative-sticky"
+            "fetch.min.bytes" = "1"
+            [sink]
+            topic = "out"
+            [sink.kafka]
+            "acks" = "1"
+            "enable.idempotence" = false
+            "linger.ms" = "5"
+        "#;
+        let found = problems(text);
+        for expected in [
+            "source.kafka.enable.auto.commit: Sluice commits offsets itself",
+            "source.kafka.group.id: use source.group_id",
+            "source.kafka.partition.assignment.strategy: cooperative rebalancing is not supported",
+            "sink.kafka.acks: must be `all`",
+            "sink.kafka.enable.idempotence: the producer must be idempotent",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "{expected}: {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), 5, "{found:#?}");
+        // What keeps the guarantees is accepted.
+        let fine = text
+            .replace("\"enable.auto.commit\" = \"true\"", "")
+            .replace("\"group.id\" = \"other\"", "")
+            .replace("cooperative-sticky", "roundrobin")
+            .replace("\"acks\" = \"1\"", "\"acks\" = \"all\"")
+            .replace(
+                "\"enable.idempotence\" = false",
+                "\"enable.idempotence\" = true",
+            );
+        assert!(problems(&fine).is_empty(), "{:#?}", problems(&fine));
     }
 }
