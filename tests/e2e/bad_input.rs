@@ -665,3 +665,41 @@ fn parallelism_comes_from_the_file_or_the_command_line_and_is_checked() {
         "{stderr}"
     );
 }
+
+/// With `parallelism = 2`, a record the plugin fails stops the host with exit 1,
+/// whichever worker meets it (a worker that stops hands its partitions to the other,
+/// which meets the record too), and stays uncommitted.
+#[test]
+fn a_failed_record_stops_a_parallel_host() {
+    let dir = workdir();
+    let (input, output, group) = topics("wfail", 2, Some(2));
+    let mut records: Vec<TestRecord> = (0..20)
+        .map(|i| TestRecord::value(0, &format!("fine {i}")))
+        .collect();
+    records.extend((0..20).map(|i| TestRecord::value(1, if i == 10 { "poison" } else { "fine" })));
+    produce(&input, &records);
+    let config = failing_on_poison(dir.path(), &input, &output, &group, "");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "version = 1\n",
+        "version = 1\nparallelism = 2\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "failed on record {input}/1@10: value matched `fail_on`"
+        )),
+        "{log}"
+    );
+    let committed = committed(&group, &input);
+    assert!(
+        committed.get(&1).copied().unwrap_or(0) <= 10,
+        "the failed record stays uncommitted: {committed:?}"
+    );
+}
