@@ -290,25 +290,29 @@ pub fn run(
         let pipeline = pipelines.pop().expect("one worker");
         return pipeline.run(shutdown);
     }
-    run_workers(pipelines, shutdown)
+    run_workers(pipelines, shutdown, Pipeline::run)
 }
 
-/// Runs each pipeline on a thread of its own until all have stopped, and adds up what
-/// they did. A worker that fails (or panics) asks the others to stop gracefully; the
-/// first failure is the result.
-fn run_workers(pipelines: Vec<Pipeline>, shutdown: &Shutdown) -> anyhow::Result<Summary> {
+/// Runs each job (a worker's pipeline) with `run` on a thread of its own until all
+/// have stopped, and adds up what they did. A worker that fails (or panics) asks the
+/// others to stop gracefully; the first failure is the result.
+fn run_workers<J: Send>(
+    jobs: Vec<J>,
+    shutdown: &Shutdown,
+    run: impl Fn(J, &Shutdown) -> anyhow::Result<Summary> + Sync,
+) -> anyhow::Result<Summary> {
+    let run = &run;
     let results: Vec<anyhow::Result<Summary>> = std::thread::scope(|scope| {
-        let running: Vec<_> = pipelines
+        let running: Vec<_> = jobs
             .into_iter()
             .enumerate()
-            .map(|(worker, pipeline)| {
+            .map(|(worker, job)| {
                 std::thread::Builder::new()
                     .name(format!("sluice-worker-{worker}"))
                     .spawn_scoped(scope, move || {
                         // A panic is an error too: the others must not run on alone.
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            tracing::info_span!("worker", worker)
-                                .in_scope(|| pipeline.run(shutdown))
+                            tracing::info_span!("worker", worker).in_scope(|| run(job, shutdown))
                         }))
                         .unwrap_or_else(|_| Err(anyhow::anyhow!("worker {worker} panicked")));
                         if result.is_err() {
@@ -346,5 +350,60 @@ fn run_workers(pipelines: Vec<Pipeline>, shutdown: &Shutdown) -> anyhow::Result<
     match first_error {
         Some(error) => Err(error),
         None => Ok(total),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A worker's work: fail at once, panic, or run until asked to stop.
+    enum Job {
+        Fail,
+        Panic,
+        Run,
+    }
+
+    fn work(job: Job, shutdown: &Shutdown) -> anyhow::Result<Summary> {
+        match job {
+            Job::Fail => anyhow::bail!("worker failed"),
+            Job::Panic => panic!("worker panicked on purpose"),
+            Job::Run => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !shutdown.requested() {
+                    assert!(Instant::now() < deadline, "never asked to stop");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(Summary {
+                    records_in: 7,
+                    ..Summary::default()
+                })
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_worker_stops_the_others_and_its_error_is_the_result() {
+        let shutdown = Shutdown::new();
+        let result = run_workers(vec![Job::Run, Job::Fail, Job::Run], &shutdown, work);
+        assert_eq!(result.unwrap_err().to_string(), "worker failed");
+        assert!(shutdown.requested());
+    }
+
+    #[test]
+    fn a_panicking_worker_stops_the_others_too() {
+        let shutdown = Shutdown::new();
+        let result = run_workers(vec![Job::Run, Job::Panic], &shutdown, work);
+        assert_eq!(result.unwrap_err().to_string(), "worker 1 panicked");
+    }
+
+    #[test]
+    fn the_workers_counts_add_up_after_a_graceful_stop() {
+        let shutdown = Shutdown::new();
+        shutdown.request();
+        let total = run_workers(vec![Job::Run, Job::Run, Job::Run], &shutdown, work);
+        assert_eq!(total.unwrap().records_in, 21);
     }
 }
