@@ -73,18 +73,32 @@ pub struct TransformStage {
     probation: Probation,
     /// Failed records go to the sink's dead-letter topic instead of stopping the pipeline.
     dead_letter: bool,
-    /// Failed records not yet reported in the log, and when the last report was.
-    dead_lettered: DeadLettered,
+    /// Failed records not yet reported in the log.
+    dead_lettered: Throttle,
+    /// Batches run again record by record, not yet reported in the log.
+    isolated: Throttle,
 }
 
-/// Reports dead-lettered records at most once per DEAD_LETTER_REPORT.
+/// Counts events for a log line written at most once per [`REPORT_EVERY`].
 #[derive(Default)]
-struct DeadLettered {
+struct Throttle {
     unreported: u64,
     reported: Option<Instant>,
 }
 
-const DEAD_LETTER_REPORT: std::time::Duration = std::time::Duration::from_secs(1);
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Throttle {
+    /// Counts `events`; returns how many to report when a report is due.
+    fn count(&mut self, events: u64) -> Option<u64> {
+        self.unreported += events;
+        if self.reported.is_some_and(|at| at.elapsed() < REPORT_EVERY) {
+            return None;
+        }
+        self.reported = Some(Instant::now());
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
 
 impl TransformStage {
     pub fn new(
@@ -106,7 +120,8 @@ impl TransformStage {
                 failed: 0,
             },
             dead_letter,
-            dead_lettered: DeadLettered::default(),
+            dead_lettered: Throttle::default(),
+            isolated: Throttle::default(),
         }
     }
 
@@ -221,12 +236,15 @@ impl TransformStage {
                 }
             }
         }
-        tracing::warn!(
-            records = batch.len(),
-            failed,
-            cause = %cause,
-            "A batch failed as a whole; it was run again record by record, and the records that fail alone go to the dead-letter topic."
-        );
+        if let Some(batches) = self.isolated.count(1) {
+            tracing::warn!(
+                batches,
+                last_failed = failed,
+                last_records = batch.len(),
+                last_cause = %cause,
+                "A batch failed as a whole; it was run again record by record, and the records that fail alone go to the dead-letter topic."
+            );
+        }
         Ok(output.finish())
     }
 
@@ -338,19 +356,12 @@ impl TransformStage {
     }
 
     fn report_dead_lettered(&mut self, failed: u64, first: &TransformError) {
-        let log = &mut self.dead_lettered;
-        log.unreported += failed;
-        if log
-            .reported
-            .is_none_or(|at| at.elapsed() >= DEAD_LETTER_REPORT)
-        {
+        if let Some(records) = self.dead_lettered.count(failed) {
             tracing::warn!(
-                records = log.unreported,
+                records,
                 last = %first,
                 "Records failed; they go to the dead-letter topic."
             );
-            log.unreported = 0;
-            log.reported = Some(Instant::now());
         }
     }
 
@@ -488,6 +499,17 @@ mod tests {
                 "error 5 bad".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_throttled_report_counts_what_it_held_back() {
+        let mut throttle = Throttle::default();
+        assert_eq!(throttle.count(3), Some(3));
+        assert_eq!(throttle.count(2), None);
+        assert_eq!(throttle.count(4), None);
+        throttle.reported = Some(Instant::now() - REPORT_EVERY);
+        assert_eq!(throttle.count(1), Some(7));
+        assert_eq!(throttle.count(1), None);
     }
 
     #[test]
