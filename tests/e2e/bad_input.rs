@@ -494,12 +494,7 @@ fn dead_letter_case(delivery: &str, poison: Poison) {
         &format!("dead_letter_topic = \"{dead_letter}\""),
         poison,
     );
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "version = 1\n",
-        &format!("version = 1\ndelivery = \"{delivery}\"\n"),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    add_top_level(&config, &format!("delivery = \"{delivery}\""));
     let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
 
     let fine = read_all(&output, 54, Duration::from_secs(60));
@@ -616,10 +611,9 @@ fn a_plugin_trap_stops_the_pipeline_with_the_panic_message() {
 #[test]
 fn parallelism_comes_from_the_file_or_the_command_line_and_is_checked() {
     let dir = workdir();
-    let text = config_text("in", "out", "g", "", "", "").replacen(
-        "version = 1\n",
-        "version = 1\nparallelism = 3\n",
-        1,
+    let text = with_top_level(
+        &config_text("in", "out", "g", "", "", ""),
+        "parallelism = 3",
     );
     let config = write_file(dir.path(), "p.toml", &text);
     let config = config.to_str().unwrap();
@@ -679,12 +673,7 @@ fn a_failed_record_stops_a_parallel_host() {
     records.extend((0..20).map(|i| TestRecord::value(1, if i == 10 { "poison" } else { "fine" })));
     produce(&input, &records);
     let config = failing_on_poison(dir.path(), &input, &output, &group, "");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "version = 1\n",
-        "version = 1\nparallelism = 2\n",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    add_top_level(&config, "parallelism = 2");
     let (code, log) = run_to_end(
         dir.path(),
         &["run", "--config", config.to_str().unwrap()],

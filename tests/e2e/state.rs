@@ -194,12 +194,8 @@ fn stats_config(
             "[source.kafka]\n{source_kafka}\n\n[plugin]\npath = \"{}\"\n",
             test_plugin("sluice_plugin_stats").display()
         ),
-    )
-    .replacen(
-        "version = 1\n",
-        &format!("version = 1\ndelivery = \"{delivery}\"\n"),
-        1,
     );
+    let text = with_top_level(&text, &format!("delivery = \"{delivery}\""));
     write_file(dir, &format!("{}.toml", unique("stats")), &text)
         .display()
         .to_string()
@@ -402,12 +398,7 @@ fn fresh_case(parallelism: usize) {
     produce(&input, &(0..COUNT).map(stock).collect::<Vec<_>>());
     let dir = workdir();
     let config = stats_config(dir.path(), &input, &output, &group, "exactly-once", "");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "version = 1\n",
-        &format!("version = 1\nparallelism = {parallelism}\n"),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    add_top_level(&config, &format!("parallelism = {parallelism}"));
     // Runs a host until the sink holds `outputs` committed records and the input is
     // committed, then stops it and returns its log.
     let run = |extra: &[&str], outputs: usize| {
@@ -476,12 +467,7 @@ fn one_host_with_parallelism_spreads_the_partitions_over_its_workers() {
         "exactly-once",
         "\"group.instance.id\" = \"par-host\"",
     );
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "version = 1\n",
-        "version = 1\nparallelism = 4\n",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    add_top_level(&config, "parallelism = 4");
     let producer = producer();
     for seq in 0..COUNT {
         send(&producer, &input, &stock(seq));
@@ -540,8 +526,8 @@ fn at_least_once_a_graceful_rebalance_writes_nothing_twice() {
         "",
         "[sink.kafka]\n\"linger.ms\" = \"300\"",
         "",
-    )
-    .replacen("version = 1\n", "version = 1\nparallelism = 2\n", 1);
+    );
+    let text = with_top_level(&text, "parallelism = 2");
     let config = write_file(dir.path(), "alo.toml", &text);
     let config = config.to_str().unwrap();
     let done = Arc::new(AtomicBool::new(false));

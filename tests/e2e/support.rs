@@ -199,6 +199,18 @@ pub fn total(offsets: &BTreeMap<i32, i64>) -> i64 {
     offsets.values().sum()
 }
 
+/// A pipeline file's `text` with `lines` added at the top level, after `version`.
+pub fn with_top_level(text: &str, lines: &str) -> String {
+    text.replacen("version = 1\n", &format!("version = 1\n{lines}\n"), 1)
+}
+
+/// Adds `lines` at the top level of the pipeline file at `path`.
+pub fn add_top_level(path: impl AsRef<Path>, lines: &str) {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, with_top_level(&text, lines)).unwrap();
+}
+
 /// Reads `topic` from the beginning: until at least `expected` records have arrived
 /// and every partition has been read to its end (the last committed record, with
 /// `read_committed`), or until `timeout` passes; returns what arrived.

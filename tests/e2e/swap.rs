@@ -499,10 +499,9 @@ fn a_swap_reaches_every_worker_of_a_parallel_host() {
     let config = write_file(
         dir.path(),
         "p.toml",
-        &config_text(&input, &output, &group, "", "", &tail).replacen(
-            "version = 1\n",
-            "version = 1\nparallelism = 3\n",
-            1,
+        &with_top_level(
+            &config_text(&input, &output, &group, "", "", &tail),
+            "parallelism = 3",
         ),
     );
     let (mut host, admin) = start_with_admin(dir.path(), &config);
