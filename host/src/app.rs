@@ -69,6 +69,16 @@ pub fn transactional_id(group_id: &str, instance: Option<&str>) -> String {
     format!("sluice-{group_id}-{instance}")
 }
 
+/// The name worker `worker` uses where each member needs its own (the transactional
+/// id, a static `group.instance.id`): worker 0 keeps `name`, so a host that runs one
+/// worker is known to the cluster as before; the others add `-<worker>`.
+fn worker_name(name: &str, worker: usize) -> String {
+    match worker {
+        0 => name.to_string(),
+        _ => format!("{name}-{worker}"),
+    }
+}
+
 /// How long the broker lets an exactly-once checkpoint's transaction stay open before
 /// aborting it: one checkpoint interval and 10 s of slack (Kafka Streams uses 10 s).
 /// Short, because an open transaction of a host that died holds back every
@@ -209,8 +219,14 @@ pub fn run(
     let fresh = options.fresh.then(FreshStart::default);
     let mut pipelines = Vec::with_capacity(workers);
     for (worker, (instance, state)) in instances.into_iter().zip(states).enumerate() {
+        // Static membership: every worker is a member of its own, or they would fence
+        // each other.
+        let mut source_config = config.source.clone();
+        if let Some(id) = source_config.kafka.get_mut("group.instance.id") {
+            *id = worker_name(id, worker);
+        }
         let (source, partitions) = KafkaSource::connect(
-            &config.source,
+            &source_config,
             fresh.clone(),
             source_auth.clone(),
             metrics.clone(),
@@ -234,13 +250,9 @@ pub fn run(
             }
         }
         let restorer = Restorer::new(&config.sink, &changelog, &sink_auth)?;
-        // Worker 0 keeps the host's transactional id, so a host that runs one worker
-        // fences its previous run as before; the others add their number.
+        // A restarted host's workers fence their previous runs by these ids.
         let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
-            id: match worker {
-                0 => transactional_id.clone(),
-                _ => format!("{transactional_id}-{worker}"),
-            },
+            id: worker_name(&transactional_id, worker),
             timeout: transaction_timeout(config.checkpoint.interval),
         });
         let tracker = Arc::new(Mutex::new(Tracker::new()));
@@ -382,6 +394,12 @@ mod tests {
                 })
             }
         }
+    }
+
+    #[test]
+    fn worker_zero_keeps_the_hosts_name_and_the_others_add_their_number() {
+        assert_eq!(worker_name("sluice-g-a", 0), "sluice-g-a");
+        assert_eq!(worker_name("sluice-g-a", 3), "sluice-g-a-3");
     }
 
     #[test]

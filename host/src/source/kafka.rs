@@ -298,13 +298,6 @@ impl KafkaSource {
         for (key, value) in &config.kafka {
             client.set(key, value);
         }
-        // Static membership: every worker is a member of its own, or they would fence
-        // each other. Worker 0 keeps the configured id.
-        if worker > 0
-            && let Some(id) = config.kafka.get("group.instance.id")
-        {
-            client.set("group.instance.id", format!("{id}-{worker}"));
-        }
         let context = SourceContext {
             startup: config.startup,
             fresh,
