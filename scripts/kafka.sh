@@ -12,7 +12,9 @@
 #                                  check one MSK IAM token with the test broker's validator
 #
 # State and logs live in $SLUICE_KAFKA_HOME (default .kafka/ in the repository):
-# broker.log is the broker's output, data/ its log directory.
+# broker.log is the broker's output, data/ its log directory, gc.log its collections.
+# SLUICE_KAFKA_GC_OPTS replaces the JVM's collector settings; SLUICE_KAFKA_NICE (e.g. -10,
+# as root) gives the broker CPU precedence over the other processes of this machine.
 #
 # With SLUICE_KAFKA_AUTH=1 the broker also gets authenticated listeners for tests,
 # on the ports below (each overridable by its variable; defaults follow the plain port):
@@ -260,12 +262,20 @@ start() {
   # broker's collections do not pass for pauses of the pipeline under test. Each
   # collection's pause is logged to gc.log (wall-clock times), to tell them apart.
   local gc_opts=${SLUICE_KAFKA_GC_OPTS:--Xms512m -Xmx2g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}
+  # SLUICE_KAFKA_NICE (e.g. -10) gives the broker CPU precedence over everything else on
+  # this machine, as brokers on machines of their own have: its threads start at that
+  # nice value, and its session (its scheduling autogroup) gets it too. Benchmarks of
+  # latency use it; a negative value needs root.
+  local nice_cmd=()
+  [[ -n ${SLUICE_KAFKA_NICE:-} ]] && nice_cmd=(nice -n "$SLUICE_KAFKA_NICE")
   # shellcheck disable=SC2086 # the options are separate words
-  setsid java $gc_opts -Xlog:gc:file="$home/gc.log":time:filecount=2,filesize=20m -cp "$broker_cp" -Dlog4j2.configurationFile="$home/log4j2.properties" \
+  "${nice_cmd[@]}" setsid java $gc_opts -Xlog:gc:file="$home/gc.log":time:filecount=2,filesize=20m -cp "$broker_cp" -Dlog4j2.configurationFile="$home/log4j2.properties" \
     kafka.Kafka "$home/server.properties" >"$log_file" 2>&1 </dev/null &
   echo $! >"$pid_file"
   for _ in $(seq 1 90); do
     if answers; then
+      # Only now is the broker surely in the session setsid made for it.
+      [[ -n ${SLUICE_KAFKA_NICE:-} ]] && set_autogroup_nice "$(cat "$pid_file")" "$SLUICE_KAFKA_NICE"
       [[ $auth == 1 ]] && add_scram_users
       echo "kafka: up at $bootstrap (pid $(cat "$pid_file"), log $log_file)"
       [[ $auth == 1 ]] && echo "kafka: authenticated listeners listed in $auth_dir/test.env"
@@ -280,6 +290,14 @@ start() {
   done
   echo "kafka: no answer from $bootstrap after 90 s; see $log_file" >&2
   exit 1
+}
+
+set_autogroup_nice() {
+  local autogroup=/proc/$1/autogroup
+  [[ -e $autogroup ]] || return 0
+  if ! (echo "$2" >"$autogroup") 2>/dev/null; then
+    echo "kafka: could not set the broker's autogroup nice to $2 (a negative value needs root)" >&2
+  fi
 }
 
 stop() {

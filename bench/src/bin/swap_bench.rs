@@ -193,6 +193,7 @@ fn main() -> anyhow::Result<()> {
             run.broker_pauses.len()
         );
     }
+    run.broker_priority = broker_priority();
     if let Some(path) = &args.dump_csv {
         dump_csv(path, &run)?;
     }
@@ -556,6 +557,9 @@ struct Run {
     adopted_us: HashMap<u64, (i64, Option<f64>)>,
     /// The broker's pauses during the run: (start, end) in µs since the epoch.
     broker_pauses: Vec<(i64, i64)>,
+    /// The local broker's CPU priority (`scripts/kafka.sh`, `SLUICE_KAFKA_NICE`), when
+    /// its process is found.
+    broker_priority: Option<String>,
     /// CPU time the hypervisor gave to others while this machine's work waited (steal
     /// time): when the counter was seen to grow (µs since the epoch), and by how many µs.
     stolen: Vec<(i64, i64)>,
@@ -738,6 +742,7 @@ provenance_header = "{PROVENANCE_HEADER}"
             load_until_us,
             adopted_us: adoption_times(&host.log_text()),
             broker_pauses: Vec::new(),
+            broker_priority: None,
             stolen,
             final_counts,
             host_exit,
@@ -945,6 +950,38 @@ fn broker_gc_log(given: Option<&Path>) -> Option<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(".kafka"));
     Some(home.join("gc.log")).filter(|path| path.is_file())
+}
+
+/// The CPU priority of the broker that scripts/kafka.sh started in
+/// `$SLUICE_KAFKA_HOME` (else `.kafka`): the nice value of its main thread and of its
+/// scheduling autogroup, which sets its share against other sessions.
+fn broker_priority() -> Option<String> {
+    let home = std::env::var_os("SLUICE_KAFKA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".kafka"));
+    let pid = std::fs::read_to_string(home.join("broker.pid")).ok()?;
+    let proc = PathBuf::from("/proc").join(pid.trim());
+    let stat = std::fs::read_to_string(proc.join("stat")).ok()?;
+    Some(describe_priority(
+        &stat,
+        std::fs::read_to_string(proc.join("autogroup"))
+            .ok()
+            .as_deref(),
+    ))
+}
+
+/// "nice N, autogroup nice M" from `/proc/PID/stat` and `/proc/PID/autogroup`.
+fn describe_priority(stat: &str, autogroup: Option<&str>) -> String {
+    // The command name (field 2) may hold spaces; the fields after it do not. Nice is
+    // field 19, the 17th after the name.
+    let nice = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+        .unwrap_or("?");
+    match autogroup.and_then(|line| line.trim().rsplit_once("nice ")) {
+        Some((_, group)) => format!("nice {nice}, autogroup nice {group}"),
+        None => format!("nice {nice}"),
+    }
 }
 
 /// The pauses in a JVM `-Xlog:gc:...:time` log between `from` and `to` (µs since the
@@ -1632,6 +1669,12 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         (run.load_until_us - run.load_from_us) as f64 / 1e6
     );
     println!(
+        "| the local broker's CPU priority | {} |",
+        run.broker_priority
+            .as_deref()
+            .unwrap_or("unknown (no broker.pid)")
+    );
+    println!(
         "| end-to-end latency (send → receipt) p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
         b.latency_ms[0], b.latency_ms[1], b.latency_ms[2]
     );
@@ -1763,6 +1806,18 @@ mod tests {
             format!("{:.0}", super::stolen_in(&stolen, 1_500, 2_000)),
             "0"
         );
+    }
+
+    #[test]
+    fn the_broker_priority_is_read_from_its_stat_and_autogroup() {
+        // A command name with a space and a parenthesis; nice is 19th: -10 here.
+        let stat = "24004 (java (x) y) S 1 24004 24004 0 -1 4194560 1 2 3 4 5 6 7 8 10 -10 90 0";
+        assert_eq!(
+            super::describe_priority(stat, Some("/autogroup-179 nice -10\n")),
+            "nice -10, autogroup nice -10"
+        );
+        assert_eq!(super::describe_priority(stat, None), "nice -10");
+        assert_eq!(super::describe_priority("garbled", None), "nice ?");
     }
 
     #[test]
