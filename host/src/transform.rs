@@ -25,6 +25,7 @@ use thiserror::Error;
 use crate::config::Rollback;
 use crate::plugin::registry::{Live, Registry};
 use crate::runtime::{Instance, PluginError};
+use crate::telemetry::Throttle;
 
 #[derive(Debug, Error)]
 pub enum TransformError {
@@ -79,26 +80,8 @@ pub struct TransformStage {
     isolated: Throttle,
 }
 
-/// Counts events for a log line written at most once per [`REPORT_EVERY`].
-#[derive(Default)]
-struct Throttle {
-    unreported: u64,
-    reported: Option<Instant>,
-}
-
+/// How often the failed-record and isolated-batch lines may be written.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl Throttle {
-    /// Counts `events`; returns how many to report when a report is due.
-    fn count(&mut self, events: u64) -> Option<u64> {
-        self.unreported += events;
-        if self.reported.is_some_and(|at| at.elapsed() < REPORT_EVERY) {
-            return None;
-        }
-        self.reported = Some(Instant::now());
-        Some(std::mem::take(&mut self.unreported))
-    }
-}
 
 impl TransformStage {
     pub fn new(
@@ -120,8 +103,8 @@ impl TransformStage {
                 failed: 0,
             },
             dead_letter,
-            dead_lettered: Throttle::default(),
-            isolated: Throttle::default(),
+            dead_lettered: Throttle::new(REPORT_EVERY),
+            isolated: Throttle::new(REPORT_EVERY),
         }
     }
 
@@ -499,17 +482,6 @@ mod tests {
                 "error 5 bad".to_string(),
             ]
         );
-    }
-
-    #[test]
-    fn a_throttled_report_counts_what_it_held_back() {
-        let mut throttle = Throttle::default();
-        assert_eq!(throttle.count(3), Some(3));
-        assert_eq!(throttle.count(2), None);
-        assert_eq!(throttle.count(4), None);
-        throttle.reported = Some(Instant::now() - REPORT_EVERY);
-        assert_eq!(throttle.count(1), Some(7));
-        assert_eq!(throttle.count(1), None);
     }
 
     #[test]

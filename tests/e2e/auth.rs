@@ -17,12 +17,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::support::*;
 
-fn kafka_home() -> PathBuf {
-    std::env::var_os("SLUICE_KAFKA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".kafka"))
-}
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -30,7 +24,7 @@ fn repo() -> PathBuf {
 /// Addresses and test credentials of the authenticated listeners, as the broker
 /// script wrote them.
 fn listeners() -> HashMap<String, String> {
-    let path = kafka_home().join("auth/test.env");
+    let path = shared_kafka_home().join("auth/test.env");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}. Start the broker with its authenticated listeners: SLUICE_KAFKA_AUTH=1 scripts/kafka.sh start",
@@ -612,7 +606,7 @@ fn vector_token(session_token: Option<&str>, signature: &str, region: &str) -> S
 fn verify(token: &str, now_ms: i64, region: &str, key: &str) -> String {
     let output = Command::new(repo().join("scripts/kafka.sh"))
         .args(["msk-iam-verify", token, &now_ms.to_string(), region, key])
-        .env("SLUICE_KAFKA_HOME", kafka_home())
+        .env("SLUICE_KAFKA_HOME", shared_kafka_home())
         .output()
         .unwrap();
     let verdict = String::from_utf8_lossy(&output.stdout).trim().to_string();

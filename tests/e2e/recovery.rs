@@ -1,4 +1,5 @@
-//! Crashes and stops: nothing lost after SIGKILL, a clean commit after SIGTERM.
+//! Crashes and stops: nothing lost after SIGKILL, a clean commit after SIGTERM, and a
+//! broker that crashes and comes back ridden out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,14 +62,19 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
         "SIGKILL at {at_kill} sink records: {duplicates} duplicates after restart (allowed at-least-once)"
     );
     // Order within a partition holds across the restart for the first copy of each record.
-    for (partition, records) in by_partition(&written) {
+    assert_first_copies_in_order("after the restart", &written);
+}
+
+/// Within each partition, the first copy of each `rec-N` record comes in input order.
+fn assert_first_copies_in_order(case: &str, written: &[TestRecord]) {
+    for (partition, records) in by_partition(written) {
         let mut last = -1i64;
         let mut firsts = std::collections::HashSet::new();
         for record in records {
             let text = record.value_text();
             if firsts.insert(text.clone()) {
                 let n: i64 = text.trim_start_matches("rec-").parse().unwrap();
-                assert!(n > last, "partition {partition}: {n} after {last}");
+                assert!(n > last, "{case}, partition {partition}: {n} after {last}");
                 last = n;
             }
         }
@@ -110,4 +116,110 @@ fn sigterm_exits_zero_within_ten_seconds_with_offsets_committed_to_the_end() {
         COUNT as i64,
         "no duplicates from a clean stop"
     );
+}
+
+/// The broker crashes mid-stream and comes back 5 s later. Neither host stops: the
+/// exactly-once one ends with every record once, the at-least-once one with every
+/// record at least once, both in order within each partition.
+#[test]
+fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
+    const COUNT: usize = 30_000;
+    let broker = OwnBroker::start();
+    let servers = broker.servers();
+    let dir = workdir();
+    let mut cases = Vec::new();
+    for mode in ["exactly-once", "at-least-once"] {
+        let (input, output, group) = (
+            unique("outage-in"),
+            unique("outage-out"),
+            unique("outage-g"),
+        );
+        create_topic_at(&servers, &input, 6);
+        create_topic_at(&servers, &output, 6);
+        let text = with_top_level(
+            &config_text(&input, &output, &group, "", "", "").replace(&bootstrap(), &servers),
+            &format!("delivery = \"{mode}\""),
+        );
+        let config = write_file(dir.path(), &format!("{mode}.toml"), &text);
+        let host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = produce_paced_at(
+            servers.clone(),
+            input.clone(),
+            COUNT,
+            3_000,
+            done.clone(),
+            |i| TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
+        );
+        cases.push((mode, input, output, group, host, writer, done));
+    }
+    wait_until(
+        "records flowing through both hosts",
+        Duration::from_secs(60),
+        || {
+            cases
+                .iter()
+                .all(|case| total(&end_offsets_at(&servers, &case.2)) >= 3_000)
+        },
+    );
+    broker.kill();
+    assert!(
+        cases.iter().all(|case| !case.6.load(Ordering::SeqCst)),
+        "the crash must land while records are still being written"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    broker.restart();
+
+    for (mode, input, output, group, mut host, writer, _) in cases {
+        writer.join().unwrap();
+        wait_until(
+            &format!("the {mode} host to commit every input"),
+            Duration::from_secs(120),
+            || {
+                assert!(
+                    host.exited().is_none(),
+                    "the {mode} host stopped:\n{}",
+                    host.log()
+                );
+                committed_at(&servers, &group, &input) == end_offsets_at(&servers, &input)
+            },
+        );
+        let status = host.terminate();
+        assert!(status.success(), "{mode}: exit {status}:\n{}", host.log());
+
+        let written = read_all_at(&servers, &output, COUNT * 2, Duration::from_secs(10));
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for record in &written {
+            *seen.entry(record.value_text()).or_default() += 1;
+        }
+        let missing: Vec<usize> = (0..COUNT)
+            .filter(|i| !seen.contains_key(&format!("rec-{i}")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{mode}: {} records missing, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        assert_eq!(seen.len(), COUNT, "{mode}: a record the input did not have");
+        if mode == "exactly-once" {
+            let twice: Vec<&String> = seen
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(v, _)| v)
+                .collect();
+            assert!(
+                twice.is_empty(),
+                "exactly-once: {} records written twice, first {:?}",
+                twice.len(),
+                &twice[..twice.len().min(5)]
+            );
+        }
+        eprintln!(
+            "{mode}: {} outputs for {COUNT} inputs across the broker's crash",
+            written.len()
+        );
+        // Within each partition, the first copy of each record keeps the input order.
+        assert_first_copies_in_order(mode, &written);
+    }
 }

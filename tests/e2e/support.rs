@@ -47,8 +47,13 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn create_topic(name: &str, partitions: i32) {
+    create_topic_at(&bootstrap(), name, partitions)
+}
+
+/// [`create_topic`] on the cluster at `servers`.
+pub fn create_topic_at(servers: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", servers)
         .create()
         .unwrap();
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -65,7 +70,7 @@ pub fn create_topic(name: &str, partitions: i32) {
     // The controller has the topic; the broker learns of it a moment later. A client
     // asking in that moment (over any listener) would be told it does not exist.
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", servers)
         .create()
         .unwrap();
     wait_until(
@@ -113,8 +118,13 @@ impl TestRecord {
 }
 
 pub fn producer() -> BaseProducer {
+    producer_at(&bootstrap())
+}
+
+/// [`producer`] for the cluster at `servers`.
+pub fn producer_at(servers: &str) -> BaseProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", servers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
@@ -169,8 +179,13 @@ pub fn send(producer: &BaseProducer, topic: &str, record: &TestRecord) {
 
 /// Per-partition end offsets (the number of records written, for a fresh topic).
 pub fn end_offsets(topic: &str) -> BTreeMap<i32, i64> {
+    end_offsets_at(&bootstrap(), topic)
+}
+
+/// [`end_offsets`] on the cluster at `servers`.
+pub fn end_offsets_at(servers: &str, topic: &str) -> BTreeMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", servers)
         .create()
         .unwrap();
     let metadata = consumer
@@ -218,15 +233,25 @@ pub fn add_top_level(path: impl AsRef<Path>, lines: &str) {
 /// Reading to the end, not stopping at `expected`, lets a caller tell a duplicate
 /// from a missing record: a topic holding one duplicate returns `expected + 1`.
 pub fn read_all(topic: &str, expected: usize, timeout: Duration) -> Vec<TestRecord> {
+    read_all_at(&bootstrap(), topic, expected, timeout)
+}
+
+/// [`read_all`] on the cluster at `servers`.
+pub fn read_all_at(
+    servers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<TestRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", servers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .create()
         .unwrap();
-    let ends = end_offsets(topic);
+    let ends = end_offsets_at(servers, topic);
     let mut tpl = TopicPartitionList::new();
     for partition in ends.keys() {
         tpl.add_partition_offset(topic, *partition, Offset::Beginning)
@@ -277,13 +302,18 @@ pub fn by_partition(records: &[TestRecord]) -> BTreeMap<i32, Vec<TestRecord>> {
 
 /// The offsets `group` has committed for `topic` (partitions without one are left out).
 pub fn committed(group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    committed_at(&bootstrap(), group, topic)
+}
+
+/// [`committed`] on the cluster at `servers`.
+pub fn committed_at(servers: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", servers)
         .set("group.id", group)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    for partition in end_offsets(topic).keys() {
+    for partition in end_offsets_at(servers, topic).keys() {
         tpl.add_partition(topic, *partition);
     }
     // A transaction left open by a host that died blocks this read until the broker
@@ -477,6 +507,11 @@ impl Sluice {
         }
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     pub fn terminate(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.wait(Duration::from_secs(10))
@@ -581,8 +616,20 @@ pub fn produce_paced(
     done: Arc<AtomicBool>,
     record: impl Fn(usize) -> TestRecord + Send + 'static,
 ) -> std::thread::JoinHandle<()> {
+    produce_paced_at(bootstrap(), topic, count, per_second, done, record)
+}
+
+/// [`produce_paced`] to the cluster at `servers`.
+pub fn produce_paced_at(
+    servers: String,
+    topic: String,
+    count: usize,
+    per_second: usize,
+    done: Arc<AtomicBool>,
+    record: impl Fn(usize) -> TestRecord + Send + 'static,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let producer = producer();
+        let producer = producer_at(&servers);
         let started = Instant::now();
         for i in 0..count {
             let due = started + Duration::from_secs_f64(i as f64 / per_second as f64);
@@ -594,4 +641,105 @@ pub fn produce_paced(
         rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
         done.store(true, Ordering::SeqCst);
     })
+}
+
+/// Where `scripts/kafka.sh` keeps the shared test broker: `$SLUICE_KAFKA_HOME`, else
+/// `.kafka` in the repository.
+pub fn shared_kafka_home() -> PathBuf {
+    std::env::var_os("SLUICE_KAFKA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.kafka"))
+}
+
+/// A broker of the test's own, for tests that take it away: `scripts/kafka.sh` in a
+/// temporary home, on free ports. Stopped when dropped.
+pub struct OwnBroker {
+    home: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl OwnBroker {
+    pub fn start() -> OwnBroker {
+        let home = tempfile::tempdir().unwrap();
+        // The jars the shared broker resolved, so that no Maven run is needed.
+        let classpath = shared_kafka_home().join("classpath.txt");
+        if classpath.is_file() {
+            std::fs::copy(&classpath, home.path().join("classpath.txt")).unwrap();
+        }
+        let port = |address: String| address.rsplit_once(':').unwrap().1.parse().unwrap();
+        let broker = OwnBroker {
+            home,
+            port: port(free_address()),
+            controller_port: port(free_address()),
+        };
+        broker.script("start");
+        broker
+    }
+
+    pub fn servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker at once, as a machine that crashes would, and waits until it
+    /// is gone.
+    pub fn kill(&self) {
+        let pid: i32 = std::fs::read_to_string(self.home.path().join("broker.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill(2) with the broker's pid and a valid signal number.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        wait_until(
+            "the killed broker to be gone",
+            Duration::from_secs(30),
+            || {
+                // SAFETY: signal 0 only asks whether the process exists.
+                unsafe { libc::kill(pid, 0) != 0 }
+            },
+        );
+    }
+
+    /// Starts the broker again on the same ports and data.
+    pub fn restart(&self) {
+        self.script("start");
+    }
+
+    /// `scripts/kafka.sh COMMAND` for this broker.
+    fn script_command(&self, command: &str) -> Command {
+        let mut script =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka.sh"));
+        script
+            .arg(command)
+            .env("SLUICE_KAFKA_HOME", self.home.path())
+            .env("SLUICE_KAFKA_PORT", self.port.to_string())
+            .env(
+                "SLUICE_KAFKA_CONTROLLER_PORT",
+                self.controller_port.to_string(),
+            )
+            .env_remove("SLUICE_KAFKA_AUTH")
+            .env_remove("SLUICE_KAFKA_NICE")
+            .env_remove("SLUICE_KAFKA_GC_OPTS");
+        script
+    }
+
+    fn script(&self, command: &str) {
+        let output = self.script_command(command).output().unwrap();
+        assert!(
+            output.status.success(),
+            "scripts/kafka.sh {command} for the test's own broker at {}: {}{}",
+            self.servers(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.script_command("stop").output();
+    }
 }

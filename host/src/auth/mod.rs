@@ -12,6 +12,7 @@ pub mod msk_iam;
 
 use std::error::Error;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::client::{Client, OAuthToken};
@@ -19,6 +20,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::security::{Protocol, Sasl, Security};
+use crate::telemetry::Throttle;
 
 /// The first authentication failure of any client, shared by the source and the sink.
 #[derive(Debug, Default)]
@@ -46,6 +48,15 @@ impl AuthFailure {
     }
 }
 
+/// Whether `error` is a lost or refused connection to a broker, which the client
+/// retries on its own.
+pub fn is_lost_connection(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+    )
+}
+
 /// Authentication for one Kafka client: its settings, its tokens, its failures.
 #[derive(Clone)]
 pub struct ClientAuth {
@@ -54,7 +65,13 @@ pub struct ClientAuth {
     security: Security,
     tokens: Option<Arc<msk_iam::TokenSource>>,
     failure: Arc<AuthFailure>,
+    /// Lost connections, which librdkafka retries on its own: while a broker is away
+    /// every reconnect attempt of every client reports one.
+    connectivity: Arc<Mutex<Throttle>>,
 }
+
+/// How often lost connections are logged as warnings (the rest go to debug).
+const CONNECTIVITY_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl ClientAuth {
     /// `role` names the client in messages (`source`, `sink`). For MSK IAM this loads
@@ -72,6 +89,7 @@ impl ClientAuth {
             security: security.clone(),
             tokens,
             failure,
+            connectivity: Arc::new(Mutex::new(Throttle::new(CONNECTIVITY_REPORT_EVERY))),
         }
     }
 
@@ -181,10 +199,22 @@ impl ClientAuth {
     }
 
     /// A client error of the client named `client`: a refused credential is recorded
-    /// and logged as an error, anything else as a warning.
+    /// and logged as an error, a lost connection as a warning at most once per
+    /// [`CONNECTIVITY_REPORT_EVERY`], anything else as a warning.
     pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
         if self.observe(error, reason) {
             tracing::error!(client, %error, "Kafka authentication failed: {reason}");
+        } else if is_lost_connection(error) {
+            match self.connectivity.lock().unwrap().count(1) {
+                Some(1) => tracing::warn!(client, %error, "Kafka client error: {reason}"),
+                Some(n) => tracing::warn!(
+                    client,
+                    %error,
+                    "Kafka client error: {reason} ({} more lost connections since the last report)",
+                    n - 1
+                ),
+                None => tracing::debug!(client, %error, "Kafka client error: {reason}"),
+            }
         } else {
             tracing::warn!(client, %error, "Kafka client error: {reason}");
         }

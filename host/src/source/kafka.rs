@@ -433,6 +433,11 @@ impl KafkaSource {
                 "source topic `{}` does not exist (or was deleted): {error}",
                 self.topic
             ),
+            // The client's error callback has reported it already.
+            _ if crate::auth::is_lost_connection(&error) => {
+                tracing::debug!(%error, topic = %self.topic, "Consume error; continuing.");
+                Ok(())
+            }
             _ => {
                 tracing::warn!(%error, topic = %self.topic, "Consume error; continuing.");
                 Ok(())

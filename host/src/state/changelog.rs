@@ -112,7 +112,9 @@ fn watermarks(
     }
 }
 
-/// Whether `error` says a partition has no leader (yet).
+/// Whether `error` says a partition has no leader yet: the broker says so, or the
+/// client's metadata does not list the partition yet (a topic created a moment ago,
+/// or a broker that has just come back).
 fn is_leaderless(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
@@ -120,6 +122,8 @@ fn is_leaderless(error: &KafkaError) -> bool {
             RDKafkaErrorCode::NotLeaderForPartition
                 | RDKafkaErrorCode::LeaderNotAvailable
                 | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopic
         )
     )
 }
@@ -304,6 +308,8 @@ mod tests {
         assert!(is_leaderless(&metadata(
             RDKafkaErrorCode::LeaderNotAvailable
         )));
+        // librdkafka's own answer while its metadata lacks a topic just created.
+        assert!(is_leaderless(&metadata(RDKafkaErrorCode::UnknownPartition)));
         assert!(!is_leaderless(&metadata(
             RDKafkaErrorCode::TopicAuthorizationFailed
         )));
