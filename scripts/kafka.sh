@@ -301,6 +301,12 @@ set_autogroup_nice() {
 }
 
 stop() {
+  # Brokers that tests started for themselves under this home (tests/e2e/support.rs,
+  # OwnBroker), should a test run have been cut short before stopping them.
+  local own
+  for own in "$home"/test-brokers/*/broker.pid; do
+    [[ -s $own ]] && kill -9 "$(cat "$own")" 2>/dev/null || true
+  done
   if running; then
     local pid
     pid=$(cat "$pid_file")

@@ -652,7 +652,8 @@ pub fn shared_kafka_home() -> PathBuf {
 }
 
 /// A broker of the test's own, for tests that take it away: `scripts/kafka.sh` in a
-/// temporary home, on free ports. Stopped when dropped.
+/// temporary home under the shared broker's (whose `stop` also stops this one, should
+/// the test run be cut short), on free ports. Stopped when dropped.
 pub struct OwnBroker {
     home: tempfile::TempDir,
     port: u16,
@@ -661,7 +662,9 @@ pub struct OwnBroker {
 
 impl OwnBroker {
     pub fn start() -> OwnBroker {
-        let home = tempfile::tempdir().unwrap();
+        let parent = shared_kafka_home().join("test-brokers");
+        std::fs::create_dir_all(&parent).unwrap();
+        let home = tempfile::tempdir_in(parent).unwrap();
         // The jars the shared broker resolved, so that no Maven run is needed.
         let classpath = shared_kafka_home().join("classpath.txt");
         if classpath.is_file() {
