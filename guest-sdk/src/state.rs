@@ -5,7 +5,10 @@
 //! partition is assigned (after a restart or a rebalance) and keeps it across hot
 //! swaps, so a plugin keeps nothing of value in its own memory:
 //!
-//! ```ignore
+//! ```no_run
+//! # use sluice_sdk::{Error, Output, Record, State};
+//! # struct Counter;
+//! # impl Counter {
 //! fn process(&mut self, record: &Record<'_>, out: &mut Output<'_>) -> Result<(), Error> {
 //!     let state = State::of(record);
 //!     let seen = state.get(b"seen").map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
@@ -13,6 +16,7 @@
 //!     out.keep();
 //!     Ok(())
 //! }
+//! # }
 //! ```
 //!
 //! Because state is per partition, records that share state must share a partition:
