@@ -638,7 +638,8 @@ pub fn produce_paced_at(
             }
             send(&producer, &topic, &record(i));
         }
-        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(60)).unwrap();
+        // Long enough to outlast a broker that a test takes away for a minute.
+        rdkafka::producer::Producer::flush(&producer, Duration::from_secs(180)).unwrap();
         done.store(true, Ordering::SeqCst);
     })
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Partition, Tracker};
@@ -486,10 +486,8 @@ impl TransactionError {
     /// committed is unknown.
     fn is_indefinite(&self) -> bool {
         match self {
-            TransactionError::Kafka(KafkaError::Transaction(error)) => {
-                error.is_retriable() || error.code() == RDKafkaErrorCode::OperationTimedOut
-            }
-            _ => false,
+            TransactionError::Kafka(error) => crate::sink::kafka::is_unanswered(error),
+            TransactionError::Other(_) => false,
         }
     }
 }

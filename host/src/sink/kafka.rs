@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::ClientContext;
@@ -156,6 +156,7 @@ impl KafkaSink {
             &auth,
             transaction.is_some(),
             connect_timeout,
+            Duration::ZERO,
         )?;
         let failure = auth.failure().clone();
 
@@ -463,6 +464,10 @@ impl KafkaSink {
     /// its transactions bumps the producer epoch, which fences the old producer and
     /// aborts whatever it left open: the way out of an indefinite commit outcome,
     /// which must never be retried.
+    ///
+    /// This happens when the cluster has gone away (a broker crash, a network
+    /// partition), so a cluster that does not answer is asked again, each `timeout`,
+    /// for up to [`RECREATE_PATIENCE`].
     pub fn recreate(&mut self, timeout: Duration) -> anyhow::Result<()> {
         self.producer = new_producer(
             &self.client,
@@ -470,6 +475,7 @@ impl KafkaSink {
             &self.auth,
             self.transactional,
             timeout,
+            RECREATE_PATIENCE,
         )?;
         Ok(())
     }
@@ -524,12 +530,19 @@ pub struct TransactionSettings {
     pub timeout: Duration,
 }
 
+/// How long a running host keeps asking a sink cluster that does not answer for a new
+/// transactional producer before it gives up.
+const RECREATE_PATIENCE: Duration = Duration::from_secs(600);
+
+/// A new producer; a transactional one has its transactions initialised (each attempt
+/// waits up to `timeout`; an attempt that gets no answer is repeated for `patience`).
 fn new_producer(
     client: &ClientConfig,
     tracker: &Arc<Mutex<Tracker>>,
     auth: &ClientAuth,
     transactional: bool,
     timeout: Duration,
+    patience: Duration,
 ) -> anyhow::Result<BaseProducer<SinkContext>> {
     let producer: BaseProducer<SinkContext> = client
         .create_with_context(SinkContext {
@@ -542,16 +555,48 @@ fn new_producer(
     auth.install_token(producer.client())?;
     if transactional {
         let id = client.get("transactional.id").unwrap_or_default();
-        producer.init_transactions(timeout).with_context(|| {
-            format!(
-                "initialising transactions for transactional id `{id}` (exactly-once needs a broker with transactions enabled)"
-            )
-        })?;
+        let started = Instant::now();
+        loop {
+            match producer.init_transactions(timeout) {
+                Ok(()) => break,
+                // librdkafka resumes the same initialisation when asked again.
+                Err(error) if is_unanswered(&error) && started.elapsed() < patience => {
+                    tracing::warn!(
+                        %error,
+                        waited_s = started.elapsed().as_secs(),
+                        "The sink cluster does not answer; asking again for a transactional producer."
+                    );
+                    auth.failure().check()?;
+                }
+                Err(error) if is_unanswered(&error) && !patience.is_zero() => bail!(
+                    "the sink cluster did not answer for {} s while starting a transactional producer for id `{id}`: {error}; check that its brokers are up and reachable",
+                    started.elapsed().as_secs()
+                ),
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!(
+                            "initialising transactions for transactional id `{id}` (exactly-once needs a broker with transactions enabled)"
+                        )
+                    });
+                }
+            }
+        }
         producer
             .begin_transaction()
             .context("beginning the first transaction")?;
     }
     Ok(producer)
+}
+
+/// Whether a transactional call failed for want of an answer (a timeout, a coordinator
+/// not reachable yet), so that asking again may succeed.
+pub(crate) fn is_unanswered(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(error) => {
+            error.is_retriable() || error.code() == RDKafkaErrorCode::OperationTimedOut
+        }
+        _ => false,
+    }
 }
 
 fn owned_headers(headers: Headers<'_>, extra: Option<Header<'_>>) -> OwnedHeaders {
