@@ -42,27 +42,33 @@ fn sigkill_mid_stream_then_restart_loses_nothing() {
     assert!(second.terminate().success(), "{}", second.log());
 
     let written = read_all(&output, COUNT * 2, Duration::from_secs(5));
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for record in &written {
-        *seen.entry(record.value_text()).or_default() += 1;
-    }
-    let missing: Vec<String> = (0..COUNT)
-        .map(|i| format!("rec-{i}"))
-        .filter(|v| !seen.contains_key(v))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} records missing, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    assert_eq!(seen.len(), COUNT, "no record the input did not have");
+    copies_of_each("after the restart", &written, COUNT);
     let duplicates = written.len() as i64 - expected_total;
     eprintln!(
         "SIGKILL at {at_kill} sink records: {duplicates} duplicates after restart (allowed at-least-once)"
     );
     // Order within a partition holds across the restart for the first copy of each record.
     assert_first_copies_in_order("after the restart", &written);
+}
+
+/// How many copies of each record `rec-0` to `rec-{count - 1}` were written; fails
+/// when one is missing or another record is there.
+fn copies_of_each(case: &str, written: &[TestRecord], count: usize) -> BTreeMap<String, usize> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for record in written {
+        *seen.entry(record.value_text()).or_default() += 1;
+    }
+    let missing: Vec<usize> = (0..count)
+        .filter(|i| !seen.contains_key(&format!("rec-{i}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{case}: {} records missing, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(seen.len(), count, "{case}: a record the input did not have");
+    seen
 }
 
 /// Within each partition, the first copy of each `rec-N` record comes in input order.
@@ -190,20 +196,7 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
         assert!(status.success(), "{mode}: exit {status}:\n{}", host.log());
 
         let written = read_all_at(&servers, &output, COUNT * 2, Duration::from_secs(10));
-        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-        for record in &written {
-            *seen.entry(record.value_text()).or_default() += 1;
-        }
-        let missing: Vec<usize> = (0..COUNT)
-            .filter(|i| !seen.contains_key(&format!("rec-{i}")))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "{mode}: {} records missing, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        assert_eq!(seen.len(), COUNT, "{mode}: a record the input did not have");
+        let seen = copies_of_each(mode, &written, COUNT);
         if mode == "exactly-once" {
             let twice: Vec<&String> = seen
                 .iter()
