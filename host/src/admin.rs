@@ -5,6 +5,10 @@
 //!   rejections and rollbacks, and the version each worker runs (JSON).
 //! - `GET /metrics`: the pipeline's counters in Prometheus' text format (see
 //!   [`crate::metrics`]).
+//! - `GET /ready[?stall_s=N]`: 200 when every worker is processing (it has finished a
+//!   turn of its loop within the last N s, 60 by default), else 503; for readiness
+//!   probes. A worker starting, restoring its state, or waiting for an unanswering
+//!   cluster is not ready. JSON either way.
 //! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}`: validates the component
 //!   and makes it live; answers 200 with the outcome, or 422 with the reason it was
 //!   rejected (the live version then stays).
@@ -12,9 +16,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -58,6 +63,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<
             Router::new()
                 .route("/status", get(status))
                 .route("/metrics", get(metrics_text))
+                .route("/ready", get(ready))
                 .with_state((registry, metrics)),
         );
     if let Err(error) = axum::serve(listener, app).await {
@@ -93,6 +99,63 @@ async fn status(
             .map(|(worker, version)| WorkerStatus { worker, version })
             .collect(),
     })
+}
+
+/// What `GET /ready` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub workers: Vec<WorkerReadiness>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerReadiness {
+    pub worker: usize,
+    pub ready: bool,
+    /// Milliseconds since the worker last finished a turn of its loop; absent before
+    /// its first.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_turn_ms_ago: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReadyQuery {
+    stall_s: Option<u64>,
+}
+
+/// How long a worker may go without finishing a turn and still be ready, unless the
+/// probe says otherwise.
+const READY_STALL: Duration = Duration::from_secs(60);
+
+async fn ready(
+    State((_, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+    Query(query): Query<ReadyQuery>,
+) -> (StatusCode, Json<Readiness>) {
+    let stall = query.stall_s.map_or(READY_STALL, Duration::from_secs);
+    let readiness = readiness(&metrics.since_turns(), stall);
+    let code = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness))
+}
+
+/// Ready: every worker finished a turn no more than `stall` ago.
+fn readiness(since_turns: &[Option<Duration>], stall: Duration) -> Readiness {
+    let workers: Vec<WorkerReadiness> = since_turns
+        .iter()
+        .enumerate()
+        .map(|(worker, since)| WorkerReadiness {
+            worker,
+            ready: since.is_some_and(|since| since <= stall),
+            last_turn_ms_ago: since.map(|since| since.as_millis() as u64),
+        })
+        .collect();
+    Readiness {
+        ready: workers.iter().all(|worker| worker.ready),
+        workers,
+    }
 }
 
 async fn metrics_text(
@@ -192,5 +255,38 @@ pub mod client {
             .body_mut()
             .read_json()
             .context("reading the admin endpoint's answer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_when_every_worker_turned_within_the_stall_limit() {
+        let stall = Duration::from_secs(60);
+        let ms = Duration::from_millis;
+        let all = readiness(&[Some(ms(5)), Some(ms(60_000))], stall);
+        assert!(all.ready);
+        assert_eq!(all.workers[1].last_turn_ms_ago, Some(60_000));
+
+        // One worker stuck past the limit, one that has not finished a turn yet.
+        let some = readiness(&[Some(ms(60_001)), None, Some(ms(1))], stall);
+        assert!(!some.ready);
+        let ready: Vec<bool> = some.workers.iter().map(|w| w.ready).collect();
+        assert_eq!(ready, [false, false, true]);
+        assert_eq!(some.workers[1].last_turn_ms_ago, None);
+    }
+
+    #[test]
+    fn a_worker_is_not_ready_before_its_first_turn() {
+        let metrics = Metrics::new(2);
+        metrics.turned(1);
+        let since = metrics.since_turns();
+        assert_eq!(since[0], None);
+        assert!(since[1].is_some_and(|since| since < Duration::from_secs(1)));
+        assert!(!readiness(&since, READY_STALL).ready);
+        metrics.turned(0);
+        assert!(readiness(&metrics.since_turns(), READY_STALL).ready);
     }
 }

@@ -47,6 +47,9 @@ pub struct Metrics {
     lag_max: Vec<AtomicU64>,
     /// The plugin version each worker's instance runs.
     worker_versions: Vec<AtomicU64>,
+    /// When each worker last finished a turn of its loop: ms since `started`, plus one
+    /// (0: not yet).
+    turned: Vec<AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -70,6 +73,7 @@ impl Metrics {
                 .collect(),
             // Every worker starts with the first version.
             worker_versions: (0..workers.max(1)).map(|_| AtomicU64::new(1)).collect(),
+            turned: (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -93,6 +97,30 @@ impl Metrics {
         if let Some(slot) = self.worker_versions.get(worker) {
             slot.store(version, Ordering::Relaxed);
         }
+    }
+
+    /// Notes that worker `worker` finished a turn of its loop (read a batch or waited
+    /// for one, sent it, served acknowledgements and checkpointed as due).
+    pub fn turned(&self, worker: usize) {
+        if let Some(slot) = self.turned.get(worker) {
+            slot.store(
+                self.started.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// How long ago each worker last finished a turn, by worker; `None` for a worker
+    /// that has not finished one yet (it is starting, or restoring its state).
+    pub fn since_turns(&self) -> Vec<Option<Duration>> {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.turned
+            .iter()
+            .map(|slot| match slot.load(Ordering::Relaxed) {
+                0 => None,
+                at => Some(Duration::from_millis(now.saturating_sub(at))),
+            })
+            .collect()
     }
 
     /// The plugin version each worker runs, by worker.

@@ -190,6 +190,7 @@ impl Pipeline {
                     turn.lap(Phase::Checkpoint);
                 }
                 turn.report(batch.len());
+                metrics.turned(transform.worker());
             }
             Ok(())
         })();

@@ -172,6 +172,11 @@ fn the_admin_endpoint_serves_the_counters_under_flink_names() {
         sample(&text, "numRecordsOut") == 100.0
             && sample(&text, "numberOfCompletedCheckpoints") >= 1.0
     });
+    let (code, ready) = admin_ready(&admin, 60);
+    assert_eq!(code, 200, "{ready}");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["workers"].as_array().unwrap().len(), 1, "{ready}");
+    assert_eq!(ready["workers"][0]["ready"], true, "{ready}");
     let (kind, text) = metrics(&admin);
     assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
     assert_eq!(sample(&text, "numRecordsIn"), 100.0);

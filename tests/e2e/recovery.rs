@@ -149,7 +149,17 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
             &format!("delivery = \"{mode}\""),
         );
         let config = write_file(dir.path(), &format!("{mode}.toml"), &text);
-        let host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+        let admin = free_address();
+        let host = Sluice::start(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--admin",
+                &admin,
+            ],
+        );
         let done = Arc::new(AtomicBool::new(false));
         let writer = produce_paced_at(
             servers.clone(),
@@ -159,7 +169,7 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
             done.clone(),
             |i| TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
         );
-        cases.push((mode, input, output, group, host, writer, done));
+        cases.push((mode, input, output, group, host, writer, done, admin));
     }
     wait_until(
         "records flowing through both hosts",
@@ -175,10 +185,17 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
         cases.iter().all(|case| !case.6.load(Ordering::SeqCst)),
         "the crash must land while records are still being written"
     );
-    std::thread::sleep(Duration::from_secs(65));
+    // The exactly-once host waits in its commit: it says it is not processing.
+    let started = Instant::now();
+    wait_until(
+        "the exactly-once host to report itself not ready",
+        Duration::from_secs(60),
+        || admin_ready(&cases[0].7, 10).0 == 503,
+    );
+    std::thread::sleep(Duration::from_secs(65).saturating_sub(started.elapsed()));
     broker.restart();
 
-    for (mode, input, output, group, mut host, writer, _) in cases {
+    for (mode, input, output, group, mut host, writer, _, admin) in cases {
         writer.join().unwrap();
         wait_until(
             &format!("the {mode} host to commit every input"),
@@ -192,6 +209,8 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
                 committed_at(&servers, &group, &input) == end_offsets_at(&servers, &input)
             },
         );
+        let (code, ready) = admin_ready(&admin, 10);
+        assert_eq!(code, 200, "{mode}: processing again, {ready}");
         let status = host.terminate();
         assert!(status.success(), "{mode}: exit {status}:\n{}", host.log());
 

@@ -591,6 +591,18 @@ pub fn admin_status(address: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// The running host's `GET /ready?stall_s=N`: the HTTP status and the JSON answer.
+pub fn admin_ready(address: &str, stall_s: u64) -> (u16, serde_json::Value) {
+    let mut response = ureq::get(format!("http://{address}/ready?stall_s={stall_s}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap_or_else(|e| panic!("admin endpoint at {address}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_json().unwrap())
+}
+
 /// SHA-256 of a file, hex, as the host reports plugin digests.
 pub fn file_digest(path: &Path) -> String {
     sluice_host::plugin::digest(&std::fs::read(path).unwrap())
