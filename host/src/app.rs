@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::admin;
 use crate::auth::msk_iam::TokenSource;
@@ -21,7 +23,7 @@ use crate::plugin::watch;
 use crate::runtime::{DirGrant, Instance, Limits, Runtime, Sandbox};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::{KafkaSink, TransactionSettings};
-use crate::source::kafka::{FreshStart, KafkaSource};
+use crate::source::kafka::{FreshStart, KafkaSource, SourceContext};
 use crate::state::changelog::{self, Restorer};
 use crate::state::{SharedState, StateStore};
 use crate::transform::TransformStage;
@@ -77,6 +79,71 @@ fn worker_name(name: &str, worker: usize) -> String {
         0 => name.to_string(),
         _ => format!("{name}-{worker}"),
     }
+}
+
+/// The metadata every exactly-once offset commit of a host carries: how many workers
+/// the host whose transactional id is `id` runs. A restart with fewer workers reads it
+/// to abort what the workers it no longer runs left open.
+fn workers_metadata(id: &str, workers: usize) -> String {
+    format!("sluice workers={workers} id={id}")
+}
+
+/// The worker count in `metadata`, if [`workers_metadata`] wrote it for `id`.
+fn workers_in_metadata(metadata: &str, id: &str) -> Option<usize> {
+    let (workers, written_for) = metadata
+        .strip_prefix("sluice workers=")?
+        .split_once(" id=")?;
+    (written_for == id).then(|| workers.parse().ok()).flatten()
+}
+
+/// Exactly-once, after a host ran with more workers than now: aborts the transactions
+/// its extra workers may have left open (a crash, a SIGKILL), at once rather than at
+/// the broker's transaction timeout, which would hold every `read_committed` reader of
+/// the sink back until then. Best effort: what the committed offsets do not say is
+/// left to that timeout.
+fn fence_retired_workers(
+    config: &Config,
+    consumer: &BaseConsumer<SourceContext>,
+    partitions: i32,
+    id: &str,
+    workers: usize,
+    auth: &ClientAuth,
+) -> anyhow::Result<()> {
+    let mut asked = TopicPartitionList::new();
+    for partition in 0..partitions {
+        asked.add_partition(&config.source.topic, partition);
+    }
+    let committed = match consumer.committed_offsets(asked, config.source.connect_timeout) {
+        Ok(committed) => committed,
+        Err(error) => {
+            tracing::warn!(%error, "Could not read the group's committed offsets to look for workers of an earlier run.");
+            return Ok(());
+        }
+    };
+    let before = committed
+        .elements()
+        .iter()
+        .filter_map(|element| workers_in_metadata(element.metadata(), id))
+        .max()
+        .unwrap_or(0);
+    if before <= workers {
+        return Ok(());
+    }
+    for worker in workers..before {
+        crate::sink::kafka::fence(
+            &config.sink,
+            &worker_name(id, worker),
+            config.source.connect_timeout,
+            auth,
+        )
+        .with_context(|| format!("aborting what worker {worker} of an earlier run left open"))?;
+    }
+    tracing::info!(
+        workers,
+        before,
+        "Aborted what the workers of an earlier run with more workers left open."
+    );
+    Ok(())
 }
 
 /// How long the broker lets an exactly-once checkpoint's transaction stay open before
@@ -232,6 +299,16 @@ pub fn run(
             metrics.clone(),
             worker,
         )?;
+        if worker == 0 && config.delivery == Delivery::ExactlyOnce {
+            fence_retired_workers(
+                &config,
+                source.consumer(),
+                partitions,
+                &transactional_id,
+                workers,
+                &sink_auth,
+            )?;
+        }
         if worker == 0 {
             changelog::ensure_topic(
                 &config.sink,
@@ -265,14 +342,18 @@ pub fn run(
             handle,
             sink_auth.clone(),
         )?;
-        let checkpointer = Arc::new(Mutex::new(Checkpointer::new(
+        let mut checkpointer = Checkpointer::new(
             config.delivery,
             sink,
             tracker.clone(),
             state.clone(),
             changelog.clone(),
             restorer,
-        )));
+        );
+        if config.delivery == Delivery::ExactlyOnce {
+            checkpointer.set_commit_metadata(workers_metadata(&transactional_id, workers));
+        }
+        let checkpointer = Arc::new(Mutex::new(checkpointer));
         source.attach(checkpointer.clone());
         pipelines.push(Pipeline {
             source,
@@ -367,6 +448,20 @@ fn run_workers<J: Send>(
 
 #[cfg(test)]
 mod tests {
+    use super::{workers_in_metadata, workers_metadata};
+
+    #[test]
+    fn the_worker_count_is_read_back_for_the_same_transactional_id_only() {
+        let metadata = workers_metadata("sluice-g-vm", 4);
+        assert_eq!(workers_in_metadata(&metadata, "sluice-g-vm"), Some(4));
+        assert_eq!(workers_in_metadata(&metadata, "sluice-g-other"), None);
+        assert_eq!(workers_in_metadata("", "sluice-g-vm"), None);
+        assert_eq!(
+            workers_in_metadata("sluice workers=x id=sluice-g-vm", "sluice-g-vm"),
+            None
+        );
+    }
+
     use std::time::{Duration, Instant};
 
     use super::*;

@@ -123,7 +123,7 @@ fn key_hash_partitioning_places_records_where_java_clients_would() {
 }
 
 /// `GET /metrics` of the admin endpoint at `address`: the content type and the text.
-fn metrics(address: &str) -> (String, String) {
+pub fn metrics(address: &str) -> (String, String) {
     let mut response = ureq::get(format!("http://{address}/metrics"))
         .call()
         .unwrap_or_else(|e| panic!("admin endpoint at {address}: {e}"));
@@ -137,7 +137,7 @@ fn metrics(address: &str) -> (String, String) {
 }
 
 /// The value of the sample `name` in a Prometheus text.
-fn sample(text: &str, name: &str) -> f64 {
+pub fn sample(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))

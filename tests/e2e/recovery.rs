@@ -237,3 +237,108 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
         assert_first_copies_in_order(mode, &written);
     }
 }
+
+/// An exactly-once host of 4 workers is killed with its transactions open and comes
+/// back with 1. It aborts what the 3 workers it no longer runs left open, so a
+/// `read_committed` reader sees every record at once, not after the broker's
+/// transaction timeout (130 s here).
+#[test]
+fn scaling_an_exactly_once_host_down_aborts_what_the_retired_workers_left_open() {
+    const EACH: usize = 2_000;
+    let (input, output, group) = (unique("scale-in"), unique("scale-out"), unique("scale-g"));
+    create_topic(&input, 4);
+    create_topic(&output, 4);
+    let dir = workdir();
+    // Checkpoints only at a stop: what the workers write stays in open transactions.
+    let text = with_top_level(
+        &config_text(&input, &output, &group, "", "", "")
+            .replace("interval_ms = 200", "interval_ms = 120000"),
+        "delivery = \"exactly-once\"",
+    );
+    let config = write_file(dir.path(), "scale.toml", &text);
+    let config = config.to_str().unwrap();
+    let records = |from: usize| {
+        (from..from + EACH)
+            .map(|i| TestRecord::value((i % 4) as i32, &format!("rec-{i}")))
+            .collect::<Vec<_>>()
+    };
+    let start = |workers: &str, admin: &str| {
+        Sluice::start(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                config,
+                "--parallelism",
+                workers,
+                "--admin",
+                admin,
+            ],
+        )
+    };
+    // Records this run handed to its producer; 0 until its admin endpoint answers.
+    let handed_over = |admin: &str| {
+        ureq::get(format!("http://{admin}/metrics"))
+            .call()
+            .ok()
+            .and_then(|mut response| response.body_mut().read_to_string().ok())
+            .map_or(0.0, |text| {
+                crate::passthrough::sample(&text, "numRecordsOut")
+            })
+    };
+
+    // A first run of four workers commits, at its stop, offsets that say it ran four.
+    let admin = free_address();
+    let mut four = start("4", &admin);
+    produce(&input, &records(0));
+    wait_until(
+        "the first records handed over",
+        Duration::from_secs(60),
+        || handed_over(&admin) >= EACH as f64,
+    );
+    assert!(four.terminate().success(), "{}", four.log());
+    assert_eq!(committed(&group, &input), end_offsets(&input));
+
+    // Again four workers, one partition each, write records in open transactions;
+    // then the host is killed.
+    let admin = free_address();
+    let mut four = start("4", &admin);
+    for worker in 1..4 {
+        four.wait_for_log(
+            &format!("worker{{worker={worker}}}: Partitions assigned"),
+            Duration::from_secs(60),
+        );
+    }
+    produce(&input, &records(EACH));
+    wait_until("the records handed over", Duration::from_secs(60), || {
+        handed_over(&admin) >= EACH as f64
+    });
+    four.signal(libc::SIGKILL);
+    four.wait(Duration::from_secs(10));
+
+    // One worker now: it writes them again and commits them at its stop.
+    let admin = free_address();
+    let mut one = start("1", &admin);
+    wait_until(
+        "the records handed over again",
+        Duration::from_secs(120),
+        || handed_over(&admin) >= EACH as f64,
+    );
+    assert!(one.terminate().success(), "{}", one.log());
+    assert!(
+        one.log()
+            .contains("Aborted what the workers of an earlier run with more workers left open. workers=1 before=4"),
+        "{}",
+        one.log()
+    );
+    assert_eq!(committed(&group, &input), end_offsets(&input));
+
+    // Well within the transaction timeout, every record is there, once.
+    let written = read_all(&output, 2 * EACH, Duration::from_secs(10));
+    let copies = copies_of_each("after scaling down", &written, 2 * EACH);
+    assert!(
+        copies.values().all(|n| *n == 1),
+        "a record written twice: {} outputs",
+        written.len()
+    );
+}

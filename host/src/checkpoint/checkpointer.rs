@@ -72,6 +72,9 @@ pub struct Checkpointer {
     last_commit: TopicPartitionList,
     /// When the producer was last fenced.
     fenced: Vec<Instant>,
+    /// Exactly-once: the metadata committed with each offset (see
+    /// `app::workers_metadata`).
+    commit_metadata: Option<String>,
 }
 
 impl Checkpointer {
@@ -95,7 +98,13 @@ impl Checkpointer {
             rewind: BTreeMap::new(),
             last_commit: TopicPartitionList::new(),
             fenced: Vec::new(),
+            commit_metadata: None,
         }
+    }
+
+    /// Exactly-once: `metadata` goes with every offset this checkpointer commits.
+    pub fn set_commit_metadata(&mut self, metadata: String) {
+        self.commit_metadata = Some(metadata);
     }
 
     pub fn sink(&self) -> &KafkaSink {
@@ -262,9 +271,13 @@ impl Checkpointer {
         }
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), offset) in &self.processed {
-            offsets
-                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            let mut element = offsets.add_partition(topic, *partition);
+            element
+                .set_offset(Offset::Offset(*offset))
                 .map_err(TransactionError::Kafka)?;
+            if let Some(metadata) = &self.commit_metadata {
+                element.set_metadata(metadata.as_str());
+            }
         }
         let group = consumer
             .group_metadata()

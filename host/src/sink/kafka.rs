@@ -124,26 +124,7 @@ impl KafkaSink {
         runtime: &tokio::runtime::Handle,
         auth: ClientAuth,
     ) -> anyhow::Result<Self> {
-        let mut client = ClientConfig::new();
-        auth.apply(&mut client);
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            // Idempotence: retries cannot duplicate or reorder records in a partition.
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // Bounded queue: when the broker is slow, sending blocks and the source waits.
-            .set("queue.buffering.max.kbytes", "16384")
-            .set(
-                "partitioner",
-                match config.partitioning {
-                    // Java's and kafka-python's choice: murmur2 of the key bytes.
-                    Partitioning::KeyHash => "murmur2_random",
-                    _ => "consistent_random",
-                },
-            );
-        for (key, value) in &config.kafka {
-            client.set(key, value);
-        }
+        let mut client = producer_config(config, &auth);
         if let Some(transaction) = transaction {
             client.set("transactional.id", &transaction.id).set(
                 "transaction.timeout.ms",
@@ -519,6 +500,52 @@ impl KafkaSink {
             )
         })
     }
+}
+
+/// The sink producer's settings: Sluice's, then `sink.kafka`'s.
+fn producer_config(config: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    auth.apply(&mut client);
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        // Idempotence: retries cannot duplicate or reorder records in a partition.
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Bounded queue: when the broker is slow, sending blocks and the source waits.
+        .set("queue.buffering.max.kbytes", "16384")
+        .set(
+            "partitioner",
+            match config.partitioning {
+                // Java's and kafka-python's choice: murmur2 of the key bytes.
+                Partitioning::KeyHash => "murmur2_random",
+                _ => "consistent_random",
+            },
+        );
+    for (key, value) in &config.kafka {
+        client.set(key, value);
+    }
+    client
+}
+
+/// Aborts what a producer with transactional id `id` left open, and fences that
+/// producer: initialising transactions under the same id does both.
+pub fn fence(
+    config: &SinkConfig,
+    id: &str,
+    timeout: Duration,
+    auth: &ClientAuth,
+) -> anyhow::Result<()> {
+    let mut client = producer_config(config, auth);
+    client.set("transactional.id", id);
+    new_producer(
+        &client,
+        &Arc::new(Mutex::new(Tracker::new())),
+        auth,
+        true,
+        timeout,
+        Duration::ZERO,
+    )?;
+    Ok(())
 }
 
 /// The transactional producer's identity and limits.
