@@ -74,13 +74,27 @@ impl ProducerContext for SinkContext {
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         let result = match result {
             Ok(_) => Ok(()),
-            Err((error, message)) => Err(format!(
-                "delivery to topic `{}` partition {} failed: {error}",
+            Err((error, message)) => Err(delivery_failure(
                 message.topic(),
-                message.partition()
+                message.partition(),
+                error,
             )),
         };
         self.tracker.lock().unwrap().delivered(seq as u64, result);
+    }
+}
+
+/// What a failed delivery says; a timeout also says what it means and what follows.
+fn delivery_failure(topic: &str, partition: i32, error: &KafkaError) -> String {
+    let failed = format!("delivery to topic `{topic}` partition {partition} failed: {error}");
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut) {
+        format!(
+            "{failed}: the sink cluster did not acknowledge the record within `message.timeout.ms` \
+             (300 s unless sink.kafka sets it); nothing after the last checkpoint is committed, \
+             so a restart once the cluster answers writes it again"
+        )
+    } else {
+        failed
     }
 }
 
@@ -666,4 +680,28 @@ pub(crate) fn create_topic(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    #[test]
+    fn a_delivery_timeout_says_what_it_means_and_what_follows() {
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let message = super::delivery_failure("out", 1, &timed_out);
+        assert!(
+            message.starts_with("delivery to topic `out` partition 1 failed: "),
+            "{message}"
+        );
+        assert!(message.contains("did not acknowledge"), "{message}");
+        assert!(
+            message.contains("a restart once the cluster answers"),
+            "{message}"
+        );
+
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let message = super::delivery_failure("out", 1, &too_large);
+        assert!(!message.contains("did not acknowledge"), "{message}");
+    }
 }
