@@ -93,7 +93,9 @@ impl ConsumerContext for SourceContext {
                     Ok(())
                 }
                 .and_then(|()| match self.startup {
-                    Startup::Timestamp { millis } => seek_to_timestamp(consumer, tpl, millis),
+                    Startup::Timestamp { millis } => {
+                        seek_to_timestamp(consumer, tpl, &fresh, millis)
+                    }
                     _ => Ok(()),
                 });
                 if let Err(error) = positioned {
@@ -207,16 +209,20 @@ fn start_fresh(
 }
 
 /// For partitions the group has not committed, start at the first record at or after
-/// `millis` (or at the end when there is none).
+/// `millis` (or at the end when there is none); `started_fresh` are positioned already.
 fn seek_to_timestamp(
     consumer: &BaseConsumer<SourceContext>,
     tpl: &mut TopicPartitionList,
+    started_fresh: &[Partition],
     millis: i64,
 ) -> KafkaResult<()> {
     let committed = consumer.committed_offsets(tpl.clone(), LOOKUP_TIMEOUT)?;
     let mut lookup = TopicPartitionList::new();
     for element in committed.elements() {
-        if !matches!(element.offset(), Offset::Offset(_)) {
+        let fresh = started_fresh.iter().any(|(topic, partition)| {
+            topic == element.topic() && *partition == element.partition()
+        });
+        if !fresh && !matches!(element.offset(), Offset::Offset(_)) {
             lookup.add_partition_offset(
                 element.topic(),
                 element.partition(),
