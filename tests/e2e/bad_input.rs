@@ -616,8 +616,8 @@ fn parallelism_comes_from_the_file_or_the_command_line_and_is_checked() {
         "parallelism = 3",
     );
     let config = write_file(dir.path(), "p.toml", &text);
-    let config = config.to_str().unwrap();
-    let validate = |extra: &[&str], env: Option<&str>| {
+    let validate_file = |config: &std::path::Path, extra: &[&str], env: Option<&str>| {
+        let config = config.to_str().unwrap();
         let mut command = sluice(&[&["validate", "--config", config], extra].concat());
         command.env_remove("SLUICE_PARALLELISM");
         if let Some(value) = env {
@@ -630,6 +630,7 @@ fn parallelism_comes_from_the_file_or_the_command_line_and_is_checked() {
             String::from_utf8_lossy(&output.stderr).to_string(),
         )
     };
+    let validate = |extra: &[&str], env: Option<&str>| validate_file(&config, extra, env);
     let (code, stdout, _) = validate(&[], None);
     assert_eq!(code, Some(0));
     assert!(stdout.ends_with("→ out; 3 workers)\n"), "{stdout}");
@@ -648,12 +649,8 @@ fn parallelism_comes_from_the_file_or_the_command_line_and_is_checked() {
         "zero.toml",
         &text.replacen("parallelism = 3", "parallelism = 0", 1),
     );
-    let output = sluice(&["validate", "--config", zero.to_str().unwrap()])
-        .env_remove("SLUICE_PARALLELISM")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, _, stderr) = validate_file(&zero, &[], None);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("parallelism: 0 is out of range; use 1 to 64"),
         "{stderr}"
