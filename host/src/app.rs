@@ -448,20 +448,6 @@ fn run_workers<J: Send>(
 
 #[cfg(test)]
 mod tests {
-    use super::{workers_in_metadata, workers_metadata};
-
-    #[test]
-    fn the_worker_count_is_read_back_for_the_same_transactional_id_only() {
-        let metadata = workers_metadata("sluice-g-vm", 4);
-        assert_eq!(workers_in_metadata(&metadata, "sluice-g-vm"), Some(4));
-        assert_eq!(workers_in_metadata(&metadata, "sluice-g-other"), None);
-        assert_eq!(workers_in_metadata("", "sluice-g-vm"), None);
-        assert_eq!(
-            workers_in_metadata("sluice workers=x id=sluice-g-vm", "sluice-g-vm"),
-            None
-        );
-    }
-
     use std::time::{Duration, Instant};
 
     use super::*;
@@ -489,6 +475,18 @@ mod tests {
                 })
             }
         }
+    }
+
+    #[test]
+    fn the_worker_count_is_read_back_for_the_same_transactional_id_only() {
+        let metadata = workers_metadata("sluice-g-vm", 4);
+        assert_eq!(workers_in_metadata(&metadata, "sluice-g-vm"), Some(4));
+        assert_eq!(workers_in_metadata(&metadata, "sluice-g-other"), None);
+        assert_eq!(workers_in_metadata("", "sluice-g-vm"), None);
+        assert_eq!(
+            workers_in_metadata("sluice workers=x id=sluice-g-vm", "sluice-g-vm"),
+            None
+        );
     }
 
     #[test]
