@@ -1,15 +1,17 @@
 //! The in-process cost of Sluice's transform step with the built-in pass-through, per
 //! record, without Kafka: encoding the input batch on the host, and the whole step as
 //! the pipeline runs it (encode, open, plugin call, read the output ops). Opening and
-//! the plugin call are also measured alone, to show where the step's time goes.
+//! the plugin call are also measured alone, to show where the step's time goes, and
+//! the plugin call again on the baseline compiler's code (Winch), which a hot-swapped
+//! version runs until Cranelift's is ready.
 //!
 //! Run with `cargo bench -p sluice-host --bench transform`.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice_host::plugin::Plugin;
-use sluice_host::runtime::{Instance, Limits, Runtime, Sandbox};
+use sluice_host::plugin::{Origin, PASSTHROUGH_WASM, Plugin, digest};
+use sluice_host::runtime::{Instance, Limits, Runtime, Sandbox, Tier};
 use sluice_host::state::StateStore;
 use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, RecordFields};
 
@@ -102,6 +104,22 @@ fn transform(c: &mut Criterion) {
             StateStore::shared(),
         )
         .expect("starting the built-in pass-through");
+    let (baseline, _) = Plugin::from_bytes_fast(
+        &runtime,
+        Origin::BuiltIn,
+        PASSTHROUGH_WASM,
+        &digest(PASSTHROUGH_WASM),
+    )
+    .expect("compiling the built-in pass-through with the baseline compiler");
+    assert_eq!(baseline.tier(), Tier::Baseline);
+    let mut baseline = baseline
+        .start(
+            Limits::default(),
+            &Sandbox::default(),
+            &[],
+            StateStore::shared(),
+        )
+        .expect("starting the built-in pass-through on baseline code");
 
     let mut group = c.benchmark_group("transform");
     for records in BATCH_SIZES {
@@ -137,6 +155,21 @@ fn transform(c: &mut Criterion) {
                 b.iter(|| {
                     black_box(
                         instance
+                            .process(black_box(encoded), &input)
+                            .expect("the pass-through accepts every batch")
+                            .len(),
+                    )
+                })
+            },
+        );
+
+        group.bench_with_input(
+            BenchmarkId::new("plugin_call_baseline", records),
+            &encoded,
+            |b, encoded| {
+                b.iter(|| {
+                    black_box(
+                        baseline
                             .process(black_box(encoded), &input)
                             .expect("the pass-through accepts every batch")
                             .len(),

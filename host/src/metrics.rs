@@ -240,6 +240,7 @@ mod tests {
                 digest: "d".into(),
                 origin: "p.wasm".into(),
                 since: "now".into(),
+                code: crate::runtime::Tier::Optimized,
             },
             previous: None,
             swaps: 2,

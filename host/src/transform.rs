@@ -24,7 +24,7 @@ use thiserror::Error;
 
 use crate::config::Rollback;
 use crate::plugin::registry::{Live, Registry};
-use crate::runtime::{Instance, PluginError};
+use crate::runtime::{Instance, PluginError, Tier};
 use crate::telemetry::Throttle;
 
 #[derive(Debug, Error)]
@@ -70,6 +70,10 @@ pub struct TransformStage {
     worker: usize,
     current: Arc<Live>,
     instance: Instance,
+    /// Which compiler made the running instance's code.
+    code: Tier,
+    /// Starting Cranelift's code for the current version failed: it stays on Winch's.
+    stay_on_baseline: bool,
     rollback: Rollback,
     probation: Probation,
     /// Failed records go to the sink's dead-letter topic instead of stopping the pipeline.
@@ -91,8 +95,11 @@ impl TransformStage {
         rollback: Rollback,
         dead_letter: bool,
     ) -> Self {
+        let current = registry.live();
         TransformStage {
-            current: registry.live(),
+            code: current.plugin.tier(),
+            stay_on_baseline: false,
+            current,
             registry,
             worker,
             instance,
@@ -233,10 +240,15 @@ impl TransformStage {
 
     /// Replaces the instance with a new one of the same version.
     fn restart(&mut self, cause: &TransformError) -> Result<(), TransformError> {
+        let plugin = match self.stay_on_baseline {
+            true => self.current.plugin.clone(),
+            false => self.current.plugin.best(),
+        };
+        self.code = plugin.tier();
         self.instance = self
             .registry
             .settings()
-            .start(&self.current.plugin, self.worker)
+            .start(&plugin, self.worker)
             .map_err(|error| TransformError::Restart {
                 plugin: self.current.plugin.origin.to_string(),
                 cause: cause.to_string(),
@@ -256,21 +268,29 @@ impl TransformStage {
             .map_err(|error| self.malformed(error))
     }
 
-    /// Starts an instance of the live version if it is not the one running.
+    /// Starts an instance of the live version if it is not the one running, or of the
+    /// running version's optimized code once that is ready.
     fn adopt(&mut self) -> Result<(), TransformError> {
         let live = self.registry.live();
         if live.version == self.current.version {
+            if self.code == Tier::Baseline && !self.stay_on_baseline {
+                self.move_to_optimized();
+            }
             return Ok(());
         }
         let started = Instant::now();
         let standby = live.standby.take(self.worker);
         let prepared = standby.is_some();
+        let plugin = match &standby {
+            Some(_) => live.plugin.clone(),
+            None => live.plugin.best(),
+        };
         let instance = match standby {
             Some(instance) => instance,
             None => self
                 .registry
                 .settings()
-                .start(&live.plugin, self.worker)
+                .start(&plugin, self.worker)
                 .map_err(|error| TransformError::Adopt {
                     plugin: live.plugin.origin.to_string(),
                     error: format!("{:#}", anyhow::Error::new(error)),
@@ -282,9 +302,12 @@ impl TransformStage {
             digest = live.plugin.short_digest(),
             adopt_us = started.elapsed().as_micros() as u64,
             prepared,
+            code = plugin.tier().as_str(),
             "Plugin swapped."
         );
         self.instance = instance;
+        self.code = plugin.tier();
+        self.stay_on_baseline = false;
         self.current = live;
         self.probation = Probation {
             started: Instant::now(),
@@ -292,6 +315,47 @@ impl TransformStage {
             failed: 0,
         };
         Ok(())
+    }
+
+    /// Moves to Cranelift's code of the running version once it is ready: an instance
+    /// started ahead, or one started here. The version, its probation and its keyed
+    /// state stay; the plugin's own memory starts afresh, as after any restart.
+    fn move_to_optimized(&mut self) {
+        let Some(optimized) = self.current.plugin.optimized() else {
+            return;
+        };
+        let started = Instant::now();
+        let standby = optimized.standby.take(self.worker);
+        let prepared = standby.is_some();
+        let instance = match standby {
+            Some(instance) => Ok(instance),
+            None => self
+                .registry
+                .settings()
+                .start(&self.current.plugin.best(), self.worker),
+        };
+        match instance {
+            Ok(instance) => {
+                tracing::info!(
+                    version = self.current.version,
+                    digest = self.current.plugin.short_digest(),
+                    adopt_us = started.elapsed().as_micros() as u64,
+                    prepared,
+                    "Plugin moved to its optimized code."
+                );
+                self.instance = instance;
+                self.code = Tier::Optimized;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    version = self.current.version,
+                    plugin = %self.current.plugin.origin,
+                    error = %anyhow::Error::new(error),
+                    "Could not start the plugin's optimized code; this worker stays on its baseline code."
+                );
+                self.stay_on_baseline = true;
+            }
+        }
     }
 
     /// Asks the registry to revert the current version if it is on probation. When it

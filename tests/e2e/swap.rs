@@ -574,3 +574,77 @@ fn a_swap_reaches_every_worker_of_a_parallel_host() {
         );
     }
 }
+
+/// A version no compilation cache holds goes live on the baseline compiler's code; the
+/// optimizing compiler's follows in the background, and the worker moves to it between
+/// two batches. Every record is written once, by the version that was live.
+#[test]
+fn a_version_never_compiled_goes_live_on_baseline_code_then_moves_to_optimized_code() {
+    let (input, output, group) = (unique("tier-in"), unique("tier-out"), unique("tier-g"));
+    create_topic(&input, 2);
+    create_topic(&output, 2);
+    let dir = workdir();
+    let a = copy_plugin("sluice_test_tag_a", &dir.path().join("a.wasm"));
+    let b = copy_plugin("sluice_test_tag_b", &dir.path().join("b.wasm"));
+    let tail = format!("[plugin]\npath = \"{}\"\nwatch = false", a.display());
+    let config = write_file(
+        dir.path(),
+        "t.toml",
+        &config_text(&input, &output, &group, "", "", &tail),
+    );
+    let admin = free_address();
+    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
+    // A cache of its own, empty: tag-b has never been compiled for this host.
+    command
+        .env("SLUICE_ADMIN", &admin)
+        .env("SLUICE_CACHE_DIR", dir.path().join("cache"));
+    let mut host = Sluice::spawn(dir.path(), command);
+    host.wait_for_log("Partitions assigned", Duration::from_secs(60));
+
+    let mut sent = 0;
+    let mut round = |name: &str| {
+        let records: Vec<TestRecord> = (0..20)
+            .map(|i| TestRecord::value(i % 2, &format!("{name}-{i}")))
+            .collect();
+        produce(&input, &records);
+        sent += records.len();
+        let written = read_all(&output, sent, Duration::from_secs(30));
+        assert_eq!(written.len(), sent, "every record once so far");
+        written
+    };
+    round("a");
+    let answer = swap(&b, &admin);
+    assert!(answer.status.success(), "{answer:?}");
+    round("b1");
+    wait_until(
+        "the optimizing compiler's code of the new version",
+        Duration::from_secs(60),
+        || admin_status(&admin)["live"]["code"] == "optimized",
+    );
+    let written = round("b2");
+
+    let mut tags: HashMap<String, Vec<&str>> = HashMap::new();
+    for record in &written {
+        tags.insert(record.value_text(), header(record, "tag"));
+    }
+    assert_eq!(tags.len(), 60, "60 distinct records");
+    for (value, tag) in &tags {
+        let expected = if value.starts_with("a-") { "A" } else { "B" };
+        assert_eq!(tag, &[expected], "{value}");
+    }
+    assert_eq!(admin_status(&admin)["live"]["version"], 2);
+    assert!(host.terminate().success(), "{}", host.log());
+    let log = host.log();
+    assert!(
+        log.lines().any(|l| l.contains("Plugin swapped.")
+            && l.contains("version=2")
+            && l.contains("code=\"baseline\"")),
+        "version 2 went live on baseline code: {log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Plugin moved to its optimized code.") && l.contains("version=2")),
+        "the worker moved version 2 to optimized code: {log}"
+    );
+    assert!(!log.contains("optimizing compiler failed"), "{log}");
+}

@@ -555,6 +555,9 @@ struct Run {
     /// When the host logged `Plugin swapped.` for each version (µs since the epoch),
     /// and how long the worker took to start that version (µs).
     adopted_us: HashMap<u64, (i64, Option<f64>)>,
+    /// When the host logged `Plugin moved to its optimized code.` for each version that
+    /// went live on baseline code (µs since the epoch).
+    optimized_us: HashMap<u64, i64>,
     /// The broker's pauses during the run: (start, end) in µs since the epoch.
     broker_pauses: Vec<(i64, i64)>,
     /// The local broker's CPU priority (`scripts/kafka.sh`, `SLUICE_KAFKA_NICE`), when
@@ -741,6 +744,7 @@ provenance_header = "{PROVENANCE_HEADER}"
             load_from_us,
             load_until_us,
             adopted_us: adoption_times(&host.log_text()),
+            optimized_us: optimization_times(&host.log_text()),
             broker_pauses: Vec::new(),
             broker_priority: None,
             stolen,
@@ -941,6 +945,23 @@ fn adoption_times(log: &str) -> HashMap<u64, (i64, Option<f64>)> {
         .collect()
 }
 
+/// The `Plugin moved to its optimized code.` lines of the host log: when its worker
+/// moved each version from baseline code to Cranelift's.
+fn optimization_times(log: &str) -> HashMap<u64, i64> {
+    log.lines()
+        .filter(|line| line.contains("Plugin moved to its optimized code."))
+        .filter_map(|line| {
+            let at = chrono::DateTime::parse_from_rfc3339(line.split_whitespace().next()?).ok()?;
+            let version = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("version="))?
+                .parse::<u64>()
+                .ok()?;
+            Some((version, at.timestamp_micros()))
+        })
+        .collect()
+}
+
 /// The broker's gc log, if one is given or found where scripts/kafka.sh writes it.
 fn broker_gc_log(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(path) = given {
@@ -1114,6 +1135,15 @@ struct SwapResult {
     adopted_ms: Option<f64>,
     /// How long the worker took to adopt the new version (`adopt_us` in the log).
     adopt_us: Option<f64>,
+    /// For a version that went live on baseline code: file change → the worker's move
+    /// to Cranelift's code (log).
+    optimized_ms: Option<f64>,
+    /// The longest output gap from the first new-tag output to SWITCH_US after that
+    /// move (the optimizing compile in the background, and the move), and the same
+    /// over a window as long, CONTROL_LEAD_US before the file change.
+    optimize_gap_ms: Option<f64>,
+    optimize_control_gap_ms: Option<f64>,
+    optimize_window_ms: Option<f64>,
     version_ok: bool,
     window_ms: f64,
     /// From the last old-tag output received before the first new-tag one to that one.
@@ -1275,8 +1305,21 @@ fn analyse(run: &Run) -> Report {
         windows.push((from, to));
         let swap_window = first_new.map(|first| (swap.renamed_us, first + SWITCH_US));
         let control_window = swap_window.and_then(|window| control_window(window, previous_end));
+        let moved = run.optimized_us.get(&swap.expected_version).copied();
+        let optimize_window = first_new
+            .zip(moved)
+            .map(|(first, moved)| (first, moved.max(first) + SWITCH_US));
+        let optimize_control = optimize_window.and_then(|(start, end)| {
+            self::control_window(
+                (swap.renamed_us, swap.renamed_us + (end - start)),
+                previous_end,
+            )
+        });
         if let Some((_, end)) = swap_window {
             previous_end = end;
+        }
+        if let Some((_, end)) = optimize_window {
+            previous_end = previous_end.max(end);
         }
         let gap_in = |window: Option<(i64, i64)>| {
             window.map(|(start, end)| longest_gap(&received, start, end) as f64 / 1e3)
@@ -1307,6 +1350,10 @@ fn analyse(run: &Run) -> Report {
                 .adopted_us
                 .get(&swap.expected_version)
                 .and_then(|(_, took)| *took),
+            optimized_ms: moved.map(ms),
+            optimize_gap_ms: gap_in(optimize_window),
+            optimize_control_gap_ms: gap_in(optimize_control),
+            optimize_window_ms: optimize_window.map(|(start, end)| (end - start) as f64 / 1e3),
             version_ok: swap.status_version == Some(swap.expected_version),
             window_ms: (to - from) as f64 / 1e3,
             switch_gap_ms: switch_gap,
@@ -1473,6 +1520,33 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         );
     }
 
+    let optimized: Vec<(usize, &SwapResult)> = report
+        .swaps
+        .iter()
+        .enumerate()
+        .filter(|(_, swap)| swap.optimized_ms.is_some())
+        .collect();
+    if !optimized.is_empty() {
+        println!(
+            "\nVersions that went live on baseline code, and moved to Cranelift's once it was compiled in the background:\n"
+        );
+        println!(
+            "| swap | file change → moved to optimized code (log) ms | window: first new-tag output to {} ms after the move, ms | longest output gap in it ms | same-length control window before the file change ms |",
+            SWITCH_US / 1000
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        for (i, swap) in optimized {
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                i + 1,
+                optional(swap.optimized_ms),
+                optional(swap.optimize_window_ms),
+                optional(swap.optimize_gap_ms),
+                optional(swap.optimize_control_gap_ms),
+            );
+        }
+    }
+
     let column = |f: &dyn Fn(&SwapResult) -> Option<f64>| {
         sorted(report.swaps.iter().filter_map(f).collect::<Vec<_>>())
     };
@@ -1532,6 +1606,19 @@ fn print_report(args: &Args, run: &Run, report: &Report) {
         "p99 < 20",
         Some(pause_met),
     );
+    let optimize_gap = column(&|s| s.optimize_gap_ms);
+    if !optimize_gap.is_empty() {
+        row(
+            &format!(
+                "versions live on baseline code ({}): longest output gap from the first new-version output to {} ms after the move to optimized code",
+                optimize_gap.len(),
+                SWITCH_US / 1000
+            ),
+            &optimize_gap,
+            "",
+            None,
+        );
+    }
     row(
         &format!(
             "control: the same measure over a window as long, {} ms before the file change ({} windows)",

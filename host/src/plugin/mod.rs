@@ -8,12 +8,12 @@ pub mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::runtime::{Instance, Limits, PluginError, Prepared, Runtime, Sandbox};
+use crate::runtime::{Instance, Limits, Pending, PluginError, Prepared, Runtime, Sandbox, Tier};
 use crate::state::SharedState;
 
 /// The pass-through transform, built from `plugins/passthrough` and embedded.
@@ -88,6 +88,16 @@ pub struct Plugin {
     /// SHA-256 of the component bytes, hex.
     pub digest: String,
     prepared: Prepared,
+    /// Cranelift's code for a plugin that went live on baseline code, once compiled:
+    /// shared by every copy (the live version, the previous one, the registry's
+    /// cache), so all of them move to it.
+    optimized: Arc<OnceLock<Optimized>>,
+}
+
+/// Cranelift's code for a plugin, with instances of it started ahead for the workers.
+pub struct Optimized {
+    prepared: Prepared,
+    pub standby: registry::Standby,
 }
 
 impl Plugin {
@@ -104,6 +114,29 @@ impl Plugin {
         bytes: &[u8],
         digest: &str,
     ) -> Result<Plugin, LoadError> {
+        let prepared = runtime.load(bytes).map_err(|e| LoadError {
+            origin: origin.clone(),
+            source: e.into(),
+        })?;
+        Ok(Plugin::new(origin, digest, prepared))
+    }
+
+    /// Like [`Plugin::from_bytes`], but on baseline code when Cranelift's is not at
+    /// hand (see [`Runtime::load_fast`]); then also returns the compile to wait for.
+    pub fn from_bytes_fast(
+        runtime: &Runtime,
+        origin: Origin,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Plugin, Option<Pending>), LoadError> {
+        let (prepared, pending) = runtime.load_fast(bytes).map_err(|e| LoadError {
+            origin: origin.clone(),
+            source: e.into(),
+        })?;
+        Ok((Plugin::new(origin, digest, prepared), pending))
+    }
+
+    fn new(origin: Origin, digest: &str, prepared: Prepared) -> Plugin {
         let name: Arc<str> = match &origin {
             Origin::BuiltIn => "passthrough".into(),
             Origin::File(path) => path
@@ -112,16 +145,48 @@ impl Plugin {
                 .unwrap_or_else(|| "plugin".into())
                 .into(),
         };
-        let prepared = runtime.load(bytes).map_err(|e| LoadError {
-            origin: origin.clone(),
-            source: e.into(),
-        })?;
-        Ok(Plugin {
+        Plugin {
             origin,
             name,
             digest: digest.to_string(),
             prepared,
-        })
+            optimized: Arc::default(),
+        }
+    }
+
+    /// Which compiler made the code this copy runs.
+    pub fn tier(&self) -> Tier {
+        self.prepared.tier()
+    }
+
+    /// Records Cranelift's code for this plugin (and every copy of it). Returns false
+    /// if it was recorded before.
+    pub fn set_optimized(&self, prepared: Prepared, standby: registry::Standby) -> bool {
+        self.optimized.set(Optimized { prepared, standby }).is_ok()
+    }
+
+    /// Cranelift's code with its started instances, when this copy runs baseline code
+    /// and Cranelift's is ready.
+    pub fn optimized(&self) -> Option<&Optimized> {
+        (self.tier() == Tier::Baseline)
+            .then(|| self.optimized.get())
+            .flatten()
+    }
+
+    /// The copy with the best code there is: Cranelift's once ready.
+    pub fn best(&self) -> Plugin {
+        match self.optimized() {
+            Some(optimized) => self.with_prepared(optimized.prepared.clone()),
+            None => self.clone(),
+        }
+    }
+
+    /// The same plugin with other code for it.
+    pub fn with_prepared(&self, prepared: Prepared) -> Plugin {
+        Plugin {
+            prepared,
+            ..self.clone()
+        }
     }
 
     /// The same compiled plugin, known under another origin (a cache hit).

@@ -9,6 +9,12 @@
 //! each batch boundary and start an instance of the new version there, so every batch
 //! is processed by exactly one version and nothing is re-read. A rejected candidate
 //! changes nothing but the history.
+//!
+//! A candidate no cache holds goes live on the baseline compiler's code (Winch, about
+//! five times quicker to compile than Cranelift); Cranelift's compile goes on in the
+//! background at the lowest priority, and when its code is ready it is recorded with
+//! the plugin, with instances started ahead, and each worker moves to it at its next
+//! batch boundary within the same version.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -22,7 +28,7 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, Recor
 
 use super::{LoadError, LoadFailure, Origin, Plugin};
 use crate::config::SelfTest;
-use crate::runtime::{Instance, Limits, Runtime, Sandbox};
+use crate::runtime::{Instance, Limits, OPTIMIZE_NICE, Pending, Runtime, Sandbox, Tier};
 use crate::state::{SharedState, StateStore};
 
 /// Compiled versions kept for instant swap-back.
@@ -112,6 +118,9 @@ pub struct VersionStatus {
     pub digest: String,
     pub origin: String,
     pub since: String,
+    /// Which compiler made the code it runs on: `baseline` for a version just swapped
+    /// in, until the workers move to Cranelift's (`optimized`).
+    pub code: Tier,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,7 +179,7 @@ pub struct Registry {
     settings: InstanceSettings,
     /// The path the configuration names, re-read on SIGHUP and watched for changes.
     configured_path: Option<PathBuf>,
-    live: ArcSwap<Live>,
+    live: Arc<ArcSwap<Live>>,
     /// Version numbers are never reused, so a worker can tell any two versions apart.
     next_version: AtomicU64,
     /// Serialises proposals: one candidate is validated at a time.
@@ -201,7 +210,7 @@ fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
         let spawned = std::thread::Builder::new()
             .name("sluice-validate".into())
             .spawn_scoped(scope, || {
-                lower_thread_priority();
+                lower_thread_priority(BACKGROUND_NICE);
                 take()()
             });
         match spawned {
@@ -221,15 +230,15 @@ fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// and a swap on a saturated host could then take minutes.
 const BACKGROUND_NICE: i32 = 10;
 
-/// Lowers the calling thread (only it: Linux keeps a nice value per thread) to
-/// `BACKGROUND_NICE`. Failing to is harmless: the work then runs at normal priority.
-fn lower_thread_priority() {
+/// Lowers the calling thread (only it: Linux keeps a nice value per thread) to `nice`.
+/// Failing to is harmless: the work then runs at normal priority.
+fn lower_thread_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: gettid and setpriority only read and change this thread's own priority.
         let result = unsafe {
             let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, BACKGROUND_NICE)
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
         };
         if result != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "Could not lower the validation thread's priority.");
@@ -268,7 +277,7 @@ impl Registry {
             runtime,
             settings,
             configured_path: path.map(Path::to_path_buf),
-            live: ArcSwap::from_pointee(live),
+            live: Arc::new(ArcSwap::from_pointee(live)),
             next_version: AtomicU64::new(2),
             proposing: Mutex::new(()),
             books: Mutex::default(),
@@ -303,7 +312,7 @@ impl Registry {
         let origin = Origin::File(path.to_path_buf());
         let result = in_background(|| -> Result<Outcome, LoadError> {
             let started = Instant::now();
-            let (plugin, bytes_digest) = self.candidate(path)?;
+            let (plugin, bytes_digest, pending) = self.candidate(path)?;
             let loaded = Instant::now();
             let live = self.live();
             if live.plugin.digest == bytes_digest {
@@ -318,7 +327,11 @@ impl Registry {
                 load: loaded - started,
                 validate: loaded.elapsed(),
             };
-            Ok(self.publish(plugin, trigger, spent))
+            let outcome = self.publish(plugin.clone(), trigger, spent);
+            if let Some(pending) = pending {
+                self.optimize_in_background(plugin, pending);
+            }
+            Ok(outcome)
         });
         match result {
             Ok(outcome) => Ok(outcome),
@@ -350,7 +363,7 @@ impl Registry {
         };
         let restored = Arc::new(Live {
             version: self.next_version.fetch_add(1, Ordering::SeqCst),
-            plugin: previous.plugin.clone(),
+            plugin: previous.plugin.best(),
             since: SystemTime::now(),
             previous: None,
             // A rollback must not wait for a start on another thread: the worker
@@ -386,6 +399,7 @@ impl Registry {
             digest: l.plugin.digest.clone(),
             origin: l.plugin.origin.to_string(),
             since: timestamp(l.since),
+            code: l.plugin.best().tier(),
         };
         let books = self.books.lock().unwrap();
         Status {
@@ -398,8 +412,10 @@ impl Registry {
         }
     }
 
-    /// Reads `path` once and compiles it, or finds it in the cache by digest.
-    fn candidate(&self, path: &Path) -> Result<(Plugin, String), LoadError> {
+    /// Reads `path` once and compiles it, or finds it in the cache by digest. A
+    /// component compiled now may come on baseline code, with Cranelift's compile still
+    /// under way.
+    fn candidate(&self, path: &Path) -> Result<(Plugin, String, Option<Pending>), LoadError> {
         let origin = Origin::File(path.to_path_buf());
         let bytes = std::fs::read(path).map_err(|e| LoadError {
             origin: origin.clone(),
@@ -414,19 +430,66 @@ impl Registry {
             .iter()
             .find(|p| p.digest == digest)
             .cloned();
-        let plugin = match cached {
-            Some(plugin) => plugin.with_origin(origin),
+        match cached {
+            Some(plugin) => Ok((plugin.best().with_origin(origin), digest, None)),
             None => {
-                let plugin = Plugin::from_bytes(&self.runtime, origin, &bytes, &digest)?;
+                let (plugin, pending) =
+                    Plugin::from_bytes_fast(&self.runtime, origin, &bytes, &digest)?;
                 let mut books = self.books.lock().unwrap();
                 if books.cache.len() == CACHE_SIZE {
                     books.cache.pop_front();
                 }
                 books.cache.push_back(plugin.clone());
-                plugin
+                Ok((plugin, digest, pending))
             }
-        };
-        Ok((plugin, digest))
+        }
+    }
+
+    /// Waits, on a thread of its own and at the lowest priority, for Cranelift's code
+    /// of `plugin`, which went live on baseline code. Then records it with the plugin,
+    /// with an instance started ahead for each worker if the plugin is still live; the
+    /// workers move to it at their next batch.
+    fn optimize_in_background(&self, plugin: Plugin, pending: Pending) {
+        let settings = self.settings.clone();
+        let live = self.live.clone();
+        let origin = plugin.origin.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sluice-optimize".into())
+            .spawn(move || {
+                lower_thread_priority(OPTIMIZE_NICE);
+                pending.lower_priority(OPTIMIZE_NICE);
+                let started = Instant::now();
+                let prepared = match pending.finish() {
+                    Ok(prepared) => prepared,
+                    Err(error) => {
+                        tracing::warn!(
+                            plugin = %plugin.origin,
+                            digest = plugin.short_digest(),
+                            %error,
+                            "The optimizing compiler failed on a plugin that runs on baseline code; it stays on that code, which is correct but slower."
+                        );
+                        return;
+                    }
+                };
+                let optimized = plugin.with_prepared(prepared.clone());
+                let standby = if live.load().plugin.digest == plugin.digest {
+                    (0..settings.workers())
+                        .map(|worker| settings.start(&optimized, worker).ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                plugin.set_optimized(prepared, Standby::new(standby));
+                tracing::info!(
+                    plugin = %plugin.origin,
+                    digest = plugin.short_digest(),
+                    compile_ms = ms(started.elapsed()),
+                    "Plugin compiled by the optimizing compiler; its workers move to that code at their next batch."
+                );
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, plugin = %origin, "Could not start the optimizing compile; the plugin stays on baseline code until it is swapped in again.");
+        }
     }
 
     fn publish(&self, plugin: Plugin, trigger: Trigger, spent: Spent) -> Outcome {

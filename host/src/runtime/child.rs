@@ -10,11 +10,11 @@
 //! - a compiler crash takes only the child down.
 //!
 //! The child is the running executable itself (`/proc/self/exe`, so a binary replaced
-//! on disk during an upgrade is not the one asked), started with [`COMMAND`] as its
-//! only argument. It reads the component from stdin, compiles it with the same engine
+//! on disk during an upgrade is not the one asked), started with [`COMMAND`] and the
+//! compiler tier (`baseline` or `optimized`) as its arguments. It reads the component from stdin, compiles it with the same engine
 //! settings (through the compilation cache), and writes the compiled artifact to
-//! stdout. On failure it writes the reason to stderr and exits non-zero. It inherits
-//! the calling thread's priority, runs in a process group of its own (a terminal's
+//! stdout. On failure it writes the reason to stderr and exits non-zero. It gets the
+//! calling thread's priority, runs in a process group of its own (a terminal's
 //! Ctrl-C is the host's to handle) and dies with the host. `ps` shows it as
 //! `sluice-compile`.
 
@@ -22,12 +22,14 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use wasmtime::component::Component;
 
-use super::Runtime;
+use super::{Runtime, Tier};
 
 /// The first argument that makes the executable a compiler child.
 pub const COMMAND: &str = "__sluice-compile";
@@ -53,48 +55,203 @@ pub struct Compiled {
     pub cached: bool,
 }
 
-/// Compiles `bytes` in a child process started from `program`, stopping it after
-/// `timeout`.
+/// Compiles `bytes` with `tier`'s compiler in a child process started from
+/// `program`, stopping it after `timeout`.
 ///
 /// Errors are the child's own report (the component does not compile), a child that
 /// ran out of time or died, or a failure to run the child at all;
 /// [`ChildError::Spawn`] tells the caller it may compile in-process instead.
-pub fn compile(program: &Path, bytes: &[u8], timeout: Duration) -> Result<Compiled, ChildError> {
-    let mut child = Command::new(program)
+pub fn compile(
+    program: &Path,
+    bytes: &[u8],
+    tier: Tier,
+    timeout: Duration,
+) -> Result<Compiled, ChildError> {
+    spawn(program, bytes.into(), tier, timeout)?.finish()
+}
+
+/// Starts compiling `bytes` with `tier`'s compiler in a child process, which
+/// [`Running`] then follows.
+pub fn spawn(
+    program: &Path,
+    bytes: Arc<[u8]>,
+    tier: Tier,
+    timeout: Duration,
+) -> Result<Running, ChildError> {
+    let mut command = Command::new(program);
+    command
         .arg0("sluice")
         .arg(COMMAND)
+        .arg(tier.as_str())
         // A Ctrl-C in a terminal reaches the host, which decides what stops; the
         // child dies with it (see `main`), not before it.
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            ChildError::Spawn(anyhow::Error::new(e).context(program.display().to_string()))
-        })?;
+        .stderr(Stdio::piped());
+    let nice = own_nice();
+    let mut child = start(command).map_err(|e| {
+        ChildError::Spawn(anyhow::Error::new(e).context(program.display().to_string()))
+    })?;
+    set_nice(child.id(), nice);
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         unreachable!("all three are piped");
     };
-    std::thread::scope(|scope| {
-        // The child reads all of its input before it writes anything, but it may fail
-        // early: each pipe has its own thread so that none can block another. A child
-        // that stopped reading has said why on stderr, which matters more than the
-        // broken pipe.
-        scope.spawn(move || stdin.write_all(bytes));
-        let artifact = scope.spawn(move || {
-            let mut artifact = Vec::new();
-            stdout.read_to_end(&mut artifact).map(|_| artifact)
-        });
-        let report = scope.spawn(move || {
-            let mut report = Vec::new();
-            let _ = stderr.read_to_end(&mut report);
-            String::from_utf8_lossy(&report).trim().to_owned()
-        });
-        let status = wait(&mut child, timeout)?;
-        let report = report.join().unwrap_or_default();
+    // The child reads all of its input before it writes anything, but it may fail
+    // early: each pipe has its own thread so that none can block another. A child
+    // that stopped reading has said why on stderr, which matters more than the broken
+    // pipe.
+    std::thread::spawn(move || stdin.write_all(&bytes));
+    let artifact = std::thread::spawn(move || {
+        let mut artifact = Vec::new();
+        stdout.read_to_end(&mut artifact).map(|_| artifact)
+    });
+    let report = std::thread::spawn(move || {
+        let mut report = Vec::new();
+        let _ = stderr.read_to_end(&mut report);
+        String::from_utf8_lossy(&report).trim().to_owned()
+    });
+    Ok(Running {
+        child,
+        deadline: Instant::now() + timeout,
+        timeout,
+        artifact: Some(artifact),
+        report: Some(report),
+        ended: false,
+    })
+}
+
+/// Starts `command` from a thread that lives as long as the process.
+///
+/// A child dies with the thread that started it (`PR_SET_PDEATHSIG` follows the
+/// thread, not the process), and a compile may outlive the thread that asked for it:
+/// the optimizing compile of a version that went live on baseline code does.
+fn start(mut command: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Request>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, received) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("sluice-spawn".into())
+            .spawn(move || {
+                for (mut command, reply) in received {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(requests))
+    });
+    let Some(spawner) = spawner else {
+        return command.spawn();
+    };
+    let (reply, answer) = mpsc::channel();
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply));
+    match sent {
+        Ok(()) => answer
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread is gone"))),
+        Err(mpsc::SendError((mut command, _))) => command.spawn(),
+    }
+}
+
+/// The calling thread's nice value, which its compiler children get.
+fn own_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and getpriority only read this thread's own priority.
+    unsafe {
+        libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// Sets a child's nice value. Failing to (raising it back needs a privilege) is
+/// harmless: the child compiles at the priority it has.
+fn set_nice(pid: u32, nice: i32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only changes the priority of our own child process.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (pid, nice);
+}
+
+/// A compile under way in a child process. Dropped before it ends, the child is
+/// stopped.
+pub struct Running {
+    child: Child,
+    deadline: Instant,
+    timeout: Duration,
+    artifact: Option<JoinHandle<std::io::Result<Vec<u8>>>>,
+    report: Option<JoinHandle<String>>,
+    ended: bool,
+}
+
+impl Running {
+    /// The outcome, once the child has exited (or was stopped for taking longer than
+    /// its time); `None` while it runs.
+    pub fn poll(&mut self) -> Option<Result<Compiled, ChildError>> {
+        if self.ended {
+            return Some(Err(ChildError::Failed(anyhow::anyhow!(
+                "the compiler process's outcome was already taken"
+            ))));
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.ended = true;
+                Some(self.collect(status))
+            }
+            Ok(None) if Instant::now() < self.deadline => None,
+            Ok(None) => {
+                self.stop();
+                Some(Err(ChildError::Failed(anyhow::anyhow!(
+                    "compiling took longer than {:?}; the compiler process was stopped",
+                    self.timeout
+                ))))
+            }
+            Err(error) => {
+                self.stop();
+                Some(Err(ChildError::Spawn(
+                    anyhow::Error::new(error).context("waiting for the compiler process"),
+                )))
+            }
+        }
+    }
+
+    /// Waits for the outcome.
+    pub fn finish(mut self) -> Result<Compiled, ChildError> {
+        loop {
+            if let Some(outcome) = self.poll() {
+                return outcome;
+            }
+            std::thread::sleep(WAIT_POLL);
+        }
+    }
+
+    /// Lowers the child's CPU priority to `nice` (only ever lowers: a process may not
+    /// raise its own children's without privileges). Failing to is harmless.
+    pub fn lower_priority(&self, nice: i32) {
+        set_nice(self.child.id(), nice);
+    }
+
+    fn stop(&mut self) {
+        self.ended = true;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn collect(&mut self, status: ExitStatus) -> Result<Compiled, ChildError> {
+        let report = self
+            .report
+            .take()
+            .and_then(|report| report.join().ok())
+            .unwrap_or_default();
         if !status.success() {
             return Err(if report.is_empty() {
                 ChildError::Failed(anyhow::anyhow!(
@@ -104,7 +261,10 @@ pub fn compile(program: &Path, bytes: &[u8], timeout: Duration) -> Result<Compil
                 ChildError::Rejected(anyhow::anyhow!("{report}"))
             });
         }
-        let artifact = artifact
+        let artifact = self
+            .artifact
+            .take()
+            .expect("collected once")
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             .map_err(|e| {
@@ -116,30 +276,13 @@ pub fn compile(program: &Path, bytes: &[u8], timeout: Duration) -> Result<Compil
             artifact,
             cached: report == CACHE_HIT,
         })
-    })
+    }
 }
 
-/// Waits for `child` to exit, killing it after `timeout`.
-fn wait(child: &mut Child, timeout: Duration) -> Result<ExitStatus, ChildError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(WAIT_POLL),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ChildError::Failed(anyhow::anyhow!(
-                    "compiling took longer than {timeout:?}; the compiler process was stopped"
-                )));
-            }
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(ChildError::Spawn(
-                    anyhow::Error::new(error).context("waiting for the compiler process"),
-                ));
-            }
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.stop();
         }
     }
 }
@@ -183,6 +326,12 @@ pub fn main() -> ExitCode {
 }
 
 fn run_child() -> anyhow::Result<bool> {
+    let tier = match std::env::args().nth(2) {
+        None => Tier::Optimized,
+        Some(name) => {
+            Tier::parse(&name).with_context(|| format!("unknown compiler tier `{name}`"))?
+        }
+    };
     let mut bytes = Vec::new();
     std::io::stdin()
         .read_to_end(&mut bytes)
@@ -191,7 +340,7 @@ fn run_child() -> anyhow::Result<bool> {
         bail!("no component on stdin");
     }
     let runtime = Runtime::new()?;
-    let (component, cached): (Component, bool) = runtime.compile_here(&bytes)?;
+    let (component, cached): (Component, bool) = runtime.compile_here(&bytes, tier)?;
     let artifact = component.serialize()?;
     let mut stdout = std::io::stdout().lock();
     stdout
@@ -234,7 +383,7 @@ mod tests {
     fn the_childs_report_is_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "echo 'failed to parse: bad magic' >&2; exit 3");
-        match compile(&program, b"\0asm-not-really", LONG) {
+        match compile(&program, b"\0asm-not-really", Tier::Optimized, LONG) {
             Err(ChildError::Rejected(error)) => {
                 assert_eq!(error.to_string(), "failed to parse: bad magic")
             }
@@ -249,7 +398,7 @@ mod tests {
     fn a_child_that_dies_without_a_word_is_named_with_its_status() {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "exit 7");
-        let text = failure(compile(&program, b"bytes", LONG));
+        let text = failure(compile(&program, b"bytes", Tier::Optimized, LONG));
         assert!(
             text.contains("exit status: 7") && text.contains("no report"),
             "{text}"
@@ -263,7 +412,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "exec sleep 30");
         let started = Instant::now();
-        let text = failure(compile(&program, b"bytes", Duration::from_millis(200)));
+        let text = failure(compile(
+            &program,
+            b"bytes",
+            Tier::Optimized,
+            Duration::from_millis(200),
+        ));
         assert!(text.contains("longer than 200ms"), "{text}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
@@ -272,7 +426,7 @@ mod tests {
     fn a_child_that_cannot_start_is_told_apart() {
         let missing = Path::new("/nonexistent/sluice");
         assert!(matches!(
-            compile(missing, b"bytes", LONG),
+            compile(missing, b"bytes", Tier::Optimized, LONG),
             Err(ChildError::Spawn(_))
         ));
     }

@@ -18,7 +18,7 @@ use thiserror::Error;
 use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder,
-    Trap,
+    Strategy, Trap,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -43,6 +43,53 @@ const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How often the engine's epoch advances: the resolution of the per-call time limit.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// How long a host waits for the optimizing compiler to answer from the compilation
+/// cache before it also starts the baseline compiler (see [`Runtime::load_fast`]). A
+/// small component's cached code comes in a few milliseconds; a large one's (tens of
+/// MB for JavaScript and Python) in about a tenth of a second, and still wins the race.
+const CACHE_ANSWER: Duration = Duration::from_millis(25);
+
+/// The nice value of an optimizing compile that baseline code can stand in for: the
+/// lowest, so that it takes only the CPU nothing else wants.
+pub const OPTIMIZE_NICE: i32 = 19;
+
+/// Which compiler made a plugin's machine code.
+///
+/// Cranelift (`optimized`) makes the code plugins run on. Winch (`baseline`) compiles
+/// about five times faster into code that runs slower; a hot-swapped version that was
+/// never compiled before goes live on it, and its workers move to Cranelift's code
+/// once that is ready (see the registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    Baseline,
+    Optimized,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Tier> {
+        match name {
+            "baseline" => Some(Tier::Baseline),
+            "optimized" => Some(Tier::Optimized),
+            _ => None,
+        }
+    }
+
+    fn strategy(self) -> Strategy {
+        match self {
+            Tier::Baseline => Strategy::Winch,
+            Tier::Optimized => Strategy::Cranelift,
+        }
+    }
+}
 
 /// Why a plugin could not be loaded or failed while running.
 #[derive(Debug, Error)]
@@ -218,13 +265,96 @@ impl log::Host for HostState {
 /// The engine and linker shared by every plugin of a process.
 #[derive(Clone)]
 pub struct Runtime {
+    /// Cranelift's: the code plugins run on.
     engine: Engine,
     linker: Arc<Linker<HostState>>,
+    /// Winch's, where this platform has it: quick code for a version just swapped in.
+    baseline: Option<Backend>,
     /// Compiled components on disk, by digest of their bytes and the engine settings.
     cache: Option<Cache>,
     /// The executable that compiles components in a child process (see `child`);
     /// none: on the calling thread.
     compiler: Option<PathBuf>,
+}
+
+/// An engine and the linker of the host's imports for it.
+#[derive(Clone)]
+struct Backend {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Backend {
+    fn new(tier: Tier, cache: Option<Cache>) -> anyhow::Result<Backend> {
+        let mut config = Config::new();
+        config.strategy(tier.strategy());
+        config.wasm_component_model(true);
+        // Per-call time limits: a plugin in an endless loop is interrupted, not waited on.
+        config.epoch_interruption(true);
+        // Plugins are called synchronously; the async bookkeeping would double the cost
+        // of each host import call.
+        config.concurrency_support(false);
+        // Compile on the calling thread only: a candidate compiled during a hot swap
+        // must not take every core from the running pipeline (measured on 2 cores: a
+        // parallel first-time compile stretched one output gap to 78 ms).
+        config.parallel_compilation(false);
+        // A restarted host, a swap back to a version compiled by an earlier run, and
+        // every `sluice plugin` command skip the compile (seconds for JavaScript and
+        // Python components) when the same bytes were compiled before.
+        config.cache(cache);
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        // WASI is linked so that components built with a language's standard library
+        // instantiate; what each instance may reach through it is decided by its
+        // `Sandbox` (see sandbox.rs): nothing beyond the grants.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        sandbox::deny_network(&mut linker)?;
+        Transformer::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )?;
+        Ok(Backend {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+}
+
+/// A Cranelift compile still under way for a version that went live on baseline code.
+pub struct Pending {
+    runtime: Runtime,
+    bytes: Arc<[u8]>,
+    compile: PendingCompile,
+}
+
+enum PendingCompile {
+    Child(child::Running),
+    /// Where no compiler process can be started: a thread of this process.
+    Thread(std::thread::JoinHandle<Result<Component, PluginError>>),
+}
+
+impl Pending {
+    /// Lowers the compile's CPU priority to `nice`: the version is live already.
+    pub fn lower_priority(&self, nice: i32) {
+        if let PendingCompile::Child(running) = &self.compile {
+            running.lower_priority(nice);
+        }
+    }
+
+    /// Waits for Cranelift's code and links it.
+    pub fn finish(self) -> Result<Prepared, PluginError> {
+        let runtime = self.runtime;
+        let component = match self.compile {
+            PendingCompile::Child(running) => {
+                runtime.compiled_by_child(running.finish(), &self.bytes, Tier::Optimized)?
+            }
+            PendingCompile::Thread(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?,
+        };
+        runtime.link(&component, Tier::Optimized)
+    }
 }
 
 /// Where compiled components are kept between runs: `SLUICE_CACHE_DIR`, else
@@ -268,52 +398,51 @@ fn compile_cache() -> Option<Cache> {
 
 impl Runtime {
     pub fn new() -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        // Per-call time limits: a plugin in an endless loop is interrupted, not waited on.
-        config.epoch_interruption(true);
-        // Plugins are called synchronously; the async bookkeeping would double the cost
-        // of each host import call.
-        config.concurrency_support(false);
-        // Compile on the calling thread only: a candidate compiled during a hot swap
-        // must not take every core from the running pipeline (measured on 2 cores: a
-        // parallel first-time compile stretched one output gap to 78 ms).
-        config.parallel_compilation(false);
-        // A restarted host, a swap back to a version compiled by an earlier run, and
-        // every `sluice plugin` command skip the compile (seconds for JavaScript and
-        // Python components) when the same bytes were compiled before.
         let cache = compile_cache();
-        config.cache(cache.clone());
-        let engine = Engine::new(&config)?;
-
-        let mut linker = Linker::new(&engine);
-        // WASI is linked so that components built with a language's standard library
-        // instantiate; what each instance may reach through it is decided by its
-        // `Sandbox` (see sandbox.rs): nothing beyond the grants.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        sandbox::deny_network(&mut linker)?;
-        Transformer::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )?;
+        let Backend { engine, linker } = Backend::new(Tier::Optimized, cache.clone())?;
+        let baseline = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
+            Backend::new(Tier::Baseline, cache.clone())
+                .inspect_err(|error| {
+                    tracing::debug!(
+                        error = format!("{error:#}"),
+                        "No baseline compiler: swapped-in versions wait for the optimizing one."
+                    );
+                })
+                .ok()
+        } else {
+            None
+        };
 
         let weak = engine.weak();
+        let weak_baseline = baseline.as_ref().map(|backend| backend.engine.weak());
         std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
                     drop(engine);
+                    if let Some(engine) = weak_baseline.as_ref().and_then(|weak| weak.upgrade()) {
+                        engine.increment_epoch();
+                    }
                     std::thread::sleep(EPOCH_TICK);
                 }
             })?;
 
         Ok(Runtime {
             engine,
-            linker: Arc::new(linker),
+            linker,
+            baseline,
             cache,
             compiler: None,
         })
+    }
+
+    /// The engine and linker of `tier` (Cranelift's where there is no baseline).
+    fn backend(&self, tier: Tier) -> (&Engine, &Arc<Linker<HostState>>) {
+        match (tier, &self.baseline) {
+            (Tier::Baseline, Some(baseline)) => (&baseline.engine, &baseline.linker),
+            _ => (&self.engine, &self.linker),
+        }
     }
 
     /// Compiles components in a child process from now on (see `child`), where the
@@ -328,12 +457,27 @@ impl Runtime {
         self
     }
 
-    /// Compiles a component, or loads it from the compilation cache.
+    /// Compiles a component with Cranelift, or loads it from the compilation cache.
     fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
-        let Some(program) = &self.compiler else {
-            return self.compile_logged(bytes);
-        };
-        let compiled = match child::compile(program, bytes, COMPILE_TIMEOUT) {
+        match &self.compiler {
+            Some(program) => self.compiled_by_child(
+                child::compile(program, bytes, Tier::Optimized, COMPILE_TIMEOUT),
+                bytes,
+                Tier::Optimized,
+            ),
+            None => self.compile_logged(bytes, Tier::Optimized),
+        }
+    }
+
+    /// The component a compiler child made, or its failure; compiles in-process when
+    /// no child could be started.
+    fn compiled_by_child(
+        &self,
+        outcome: Result<child::Compiled, child::ChildError>,
+        bytes: &[u8],
+        tier: Tier,
+    ) -> Result<Component, PluginError> {
+        let compiled = match outcome {
             Ok(compiled) => compiled,
             Err(child::ChildError::Rejected(error)) => return Err(PluginError::Compile(error)),
             Err(child::ChildError::Failed(error)) => return Err(PluginError::Compiler(error)),
@@ -342,7 +486,7 @@ impl Runtime {
                     error = format!("{error:#}"),
                     "Could not start a compiler process; compiling in the host instead, which may hold up the pipeline while it runs."
                 );
-                return self.compile_logged(bytes);
+                return self.compile_logged(bytes, tier);
             }
         };
         if compiled.cached {
@@ -353,7 +497,7 @@ impl Runtime {
         // `Runtime::new`, and reached us through a pipe only we and the child hold.
         // wasmtime also checks the artifact's header (its version, target and engine
         // settings) and refuses one that does not match this engine.
-        unsafe { Component::deserialize(&self.engine, &compiled.artifact) }.map_err(|e| {
+        unsafe { Component::deserialize(self.backend(tier).0, &compiled.artifact) }.map_err(|e| {
             PluginError::Compiler(
                 anyhow::Error::from(e)
                     .context("loading the component compiled by the compiler process"),
@@ -361,19 +505,21 @@ impl Runtime {
         })
     }
 
-    fn compile_logged(&self, bytes: &[u8]) -> Result<Component, PluginError> {
-        let (component, cached) = self.compile_here(bytes).map_err(PluginError::Compile)?;
+    fn compile_logged(&self, bytes: &[u8], tier: Tier) -> Result<Component, PluginError> {
+        let (component, cached) = self
+            .compile_here(bytes, tier)
+            .map_err(PluginError::Compile)?;
         if cached {
             self.log_cache_hit();
         }
         Ok(component)
     }
 
-    /// Compiles a component on the calling thread, or loads it from the compilation
-    /// cache; tells which.
-    fn compile_here(&self, bytes: &[u8]) -> anyhow::Result<(Component, bool)> {
+    /// Compiles a component with `tier`'s compiler on the calling thread, or loads it
+    /// from the compilation cache; tells which.
+    fn compile_here(&self, bytes: &[u8], tier: Tier) -> anyhow::Result<(Component, bool)> {
         let hits = self.cache.as_ref().map(Cache::cache_hits);
-        let component = Component::new(&self.engine, bytes)?;
+        let component = Component::new(self.backend(tier).0, bytes)?;
         let cached =
             matches!((&self.cache, hits), (Some(cache), Some(hits)) if cache.cache_hits() > hits);
         Ok((component, cached))
@@ -385,51 +531,164 @@ impl Runtime {
         }
     }
 
-    /// Compiles and links a component, checking that it targets the transform world.
+    /// Compiles (with Cranelift) and links a component, checking that it targets the
+    /// transform world.
     pub fn load(&self, bytes: &[u8]) -> Result<Prepared, PluginError> {
-        // The two commonest mistakes, named plainly before the parser's own wording.
-        if !bytes.starts_with(b"\0asm") {
-            return Err(PluginError::Compile(anyhow::anyhow!(
-                "the file does not start with the WebAssembly magic bytes; give the path of a .wasm component"
-            )));
-        }
-        if bytes.get(4..8) == Some(&[1, 0, 0, 0][..]) {
-            return Err(PluginError::Compile(anyhow::anyhow!(
-                "this is a core WebAssembly module, not a component; build the plugin for the wasm32-wasip2 target"
-            )));
-        }
+        check_format(bytes)?;
         let component = self.compile(bytes)?;
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| PluginError::Link {
-                    detail: format!("{e:#}"),
-                })?;
+        self.link(&component, Tier::Optimized)
+    }
+
+    /// Like [`Runtime::load`], but sooner for a component never compiled before: when
+    /// Cranelift's code is not in the compilation cache (it did not answer within
+    /// [`CACHE_ANSWER`]) and the baseline compiler finished first, returns Winch's code
+    /// and the Cranelift compile still under way.
+    ///
+    /// Both compile at once, in two compiler processes, Cranelift's at the lowest
+    /// priority once it did not answer from the cache. A component the baseline
+    /// compiler refuses is judged by Cranelift's answer alone.
+    pub fn load_fast(&self, bytes: &[u8]) -> Result<(Prepared, Option<Pending>), PluginError> {
+        check_format(bytes)?;
+        if self.baseline.is_none() {
+            return Ok((self.load(bytes)?, None));
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        let Some(program) = &self.compiler else {
+            return self.load_fast_here(bytes);
+        };
+        let mut optimized =
+            match child::spawn(program, bytes.clone(), Tier::Optimized, COMPILE_TIMEOUT) {
+                Ok(running) => running,
+                Err(error) => {
+                    let component = self.compiled_by_child(Err(error), &bytes, Tier::Optimized)?;
+                    return Ok((self.link(&component, Tier::Optimized)?, None));
+                }
+            };
+        let started = std::time::Instant::now();
+        let mut baseline = None;
+        loop {
+            if let Some(outcome) = optimized.poll() {
+                let component = self.compiled_by_child(outcome, &bytes, Tier::Optimized)?;
+                return Ok((self.link(&component, Tier::Optimized)?, None));
+            }
+            // Give the cache its chance first: a hit costs less than a baseline compile.
+            if baseline.is_none() && started.elapsed() >= CACHE_ANSWER {
+                baseline = child::spawn(program, bytes.clone(), Tier::Baseline, COMPILE_TIMEOUT)
+                    .inspect_err(|error| tracing::debug!(error = ?error, "No baseline compile."))
+                    .ok()
+                    .map(Some);
+                // A compile, then: the baseline one goes first.
+                optimized.lower_priority(OPTIMIZE_NICE);
+            }
+            if let Some(Some(running)) = baseline.as_mut()
+                && let Some(outcome) = running.poll()
+            {
+                baseline = Some(None);
+                match self
+                    .compiled_by_child(outcome, &bytes, Tier::Baseline)
+                    .and_then(|component| self.link(&component, Tier::Baseline))
+                {
+                    Ok(prepared) => {
+                        let pending = Pending {
+                            runtime: self.clone(),
+                            bytes,
+                            compile: PendingCompile::Child(optimized),
+                        };
+                        return Ok((prepared, Some(pending)));
+                    }
+                    // Not linking is not a matter of compilers.
+                    Err(error @ PluginError::Link { .. }) => return Err(error),
+                    Err(error) => {
+                        tracing::debug!(%error, "The baseline compiler refused the component; waiting for the optimizing one.");
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// [`Runtime::load_fast`] without compiler processes: Winch's code compiled here,
+    /// then Cranelift's on a thread of its own (from the compilation cache, if there).
+    fn load_fast_here(&self, bytes: Arc<[u8]>) -> Result<(Prepared, Option<Pending>), PluginError> {
+        let prepared = match self
+            .compile_logged(&bytes, Tier::Baseline)
+            .and_then(|component| self.link(&component, Tier::Baseline))
+        {
+            Ok(prepared) => prepared,
+            Err(error @ PluginError::Link { .. }) => return Err(error),
+            Err(_) => return Ok((self.load(&bytes)?, None)),
+        };
+        let runtime = self.clone();
+        let source = bytes.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-optimize".into())
+            .spawn(move || runtime.compile_logged(&source, Tier::Optimized))
+            .map_err(|e| PluginError::Compiler(e.into()))?;
+        let pending = Pending {
+            runtime: self.clone(),
+            bytes,
+            compile: PendingCompile::Thread(thread),
+        };
+        Ok((prepared, Some(pending)))
+    }
+
+    /// Links a compiled component against the transform world.
+    fn link(&self, component: &Component, tier: Tier) -> Result<Prepared, PluginError> {
+        let (engine, linker) = self.backend(tier);
+        let instance_pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::Link {
+                detail: format!("{e:#}"),
+            })?;
         let pre = TransformerPre::new(instance_pre).map_err(|e| PluginError::Link {
-            detail: format!("{e:#}; it exports {}", self.describe_exports(&component)),
+            detail: format!("{e:#}; it exports {}", describe_exports(component, engine)),
         })?;
         let uses_state = component
             .component_type()
-            .imports(&self.engine)
+            .imports(engine)
             .any(|(name, _)| name == STATE_IMPORT);
-        Ok(Prepared { pre, uses_state })
-    }
-
-    fn describe_exports(&self, component: &Component) -> String {
-        let names: Vec<String> = component
-            .component_type()
-            .exports(&self.engine)
-            .map(|(name, item)| match item.ty {
-                ComponentItem::ComponentFunc(_) => format!("function `{name}`"),
-                _ => format!("`{name}`"),
-            })
-            .collect();
-        if names.is_empty() {
-            "nothing".into()
+        let tier = if std::ptr::eq(engine, &self.engine) {
+            Tier::Optimized
         } else {
-            names.join(", ")
-        }
+            Tier::Baseline
+        };
+        Ok(Prepared {
+            pre,
+            uses_state,
+            tier,
+        })
     }
+}
+
+fn describe_exports(component: &Component, engine: &Engine) -> String {
+    let names: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, item)| match item.ty {
+            ComponentItem::ComponentFunc(_) => format!("function `{name}`"),
+            _ => format!("`{name}`"),
+        })
+        .collect();
+    if names.is_empty() {
+        "nothing".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Names the two commonest mistakes plainly, before the parser's own wording.
+fn check_format(bytes: &[u8]) -> Result<(), PluginError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(PluginError::Compile(anyhow::anyhow!(
+            "the file does not start with the WebAssembly magic bytes; give the path of a .wasm component"
+        )));
+    }
+    if bytes.get(4..8) == Some(&[1, 0, 0, 0][..]) {
+        return Err(PluginError::Compile(anyhow::anyhow!(
+            "this is a core WebAssembly module, not a component; build the plugin for the wasm32-wasip2 target"
+        )));
+    }
+    Ok(())
 }
 
 /// A compiled, linked plugin, ready to be instantiated any number of times.
@@ -437,9 +696,15 @@ impl Runtime {
 pub struct Prepared {
     pre: TransformerPre<HostState>,
     uses_state: bool,
+    tier: Tier,
 }
 
 impl Prepared {
+    /// Which compiler made its code.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
     /// Whether the plugin imports the keyed-state interface.
     pub fn uses_state(&self) -> bool {
         self.uses_state
@@ -585,6 +850,133 @@ mod tests {
             Ok(_) => panic!("loaded"),
             Err(error) => error.to_string(),
         }
+    }
+
+    fn tag_plugin() -> Vec<u8> {
+        let path =
+            std::path::Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_tag_b.wasm");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The value and headers the tag plugin gives one record, run by `prepared`.
+    fn tagged(prepared: &Prepared) -> Vec<u8> {
+        let mut instance = Instance::start(
+            prepared,
+            "tag".into(),
+            Limits::default(),
+            &Sandbox::default(),
+            &[],
+            crate::state::StateStore::shared(),
+        )
+        .unwrap();
+        let mut writer = sluice_sdk::batch::InputWriter::new();
+        writer.push(sluice_sdk::batch::RecordFields {
+            topic: "t",
+            partition: 0,
+            offset: 7,
+            timestamp: None,
+            key: Some(b"k"),
+            value: Some(b"v"),
+            headers: std::iter::empty::<sluice_sdk::batch::Header<'_>>(),
+        });
+        let input = writer.finish().to_vec();
+        let batch = InputBatch::parse(&input).unwrap();
+        instance.process(&input, &batch).unwrap()
+    }
+
+    #[test]
+    fn a_new_component_comes_on_baseline_code_first_then_on_optimized_code() {
+        let runtime = Runtime::new().unwrap();
+        let (baseline, pending) = runtime.load_fast(&tag_plugin()).unwrap();
+        assert_eq!(baseline.tier(), Tier::Baseline);
+        let optimized = pending
+            .expect("an optimizing compile under way")
+            .finish()
+            .unwrap();
+        assert_eq!(optimized.tier(), Tier::Optimized);
+        let output = tagged(&baseline);
+        assert!(
+            output.windows(b"tag".len()).any(|w| w == b"tag"),
+            "the tag header is in the output"
+        );
+        assert_eq!(
+            output,
+            tagged(&optimized),
+            "both codes give the same output"
+        );
+        assert_eq!(runtime.load(&tag_plugin()).unwrap().tier(), Tier::Optimized);
+    }
+
+    #[test]
+    fn a_plugin_that_spins_is_stopped_at_its_time_limit_on_either_code() {
+        let path =
+            std::path::Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_hog.wasm");
+        let runtime = Runtime::new().unwrap();
+        let (baseline, pending) = runtime.load_fast(&std::fs::read(path).unwrap()).unwrap();
+        let optimized = pending
+            .expect("an optimizing compile under way")
+            .finish()
+            .unwrap();
+        for prepared in [baseline, optimized] {
+            let limits = Limits {
+                call_timeout: Duration::from_millis(300),
+                ..Limits::default()
+            };
+            let config = [("hog".to_string(), "cpu".to_string())];
+            let mut instance = Instance::start(
+                &prepared,
+                "hog".into(),
+                limits,
+                &Sandbox::default(),
+                &config,
+                crate::state::StateStore::shared(),
+            )
+            .unwrap();
+            let mut writer = sluice_sdk::batch::InputWriter::new();
+            writer.push(sluice_sdk::batch::RecordFields {
+                topic: "t",
+                partition: 0,
+                offset: 0,
+                timestamp: None,
+                key: None,
+                value: Some(b"v"),
+                headers: std::iter::empty::<sluice_sdk::batch::Header<'_>>(),
+            });
+            let input = writer.finish().to_vec();
+            let batch = InputBatch::parse(&input).unwrap();
+            let started = std::time::Instant::now();
+            match instance.process(&input, &batch) {
+                Err(PluginError::Timeout(limit)) => assert_eq!(limit, limits.call_timeout),
+                Err(other) => panic!("{:?} code: wrong error: {other}", prepared.tier()),
+                Ok(_) => panic!("{:?} code: a spinning plugin returned", prepared.tier()),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                prepared.tier()
+            );
+        }
+    }
+
+    #[test]
+    fn a_component_of_another_world_is_refused_by_the_fast_load_too() {
+        let path = std::path::Path::new(env!("SLUICE_TEST_PLUGIN_DIR"))
+            .join("sluice_test_other_world.wasm");
+        let bytes = std::fs::read(&path).unwrap();
+        match Runtime::new().unwrap().load_fast(&bytes) {
+            Err(error @ PluginError::Link { .. }) => {
+                assert!(
+                    error.to_string().contains("not a Sluice transform"),
+                    "{error}"
+                )
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("loaded"),
+        }
+        assert!(matches!(
+            Runtime::new().unwrap().load_fast(b"not wasm"),
+            Err(PluginError::Compile(_))
+        ));
     }
 
     #[test]
