@@ -457,7 +457,7 @@ impl Registry {
             .name("sluice-optimize".into())
             .spawn(move || {
                 lower_thread_priority(OPTIMIZE_NICE);
-                pending.lower_priority(OPTIMIZE_NICE);
+                pending.resume(OPTIMIZE_NICE);
                 let started = Instant::now();
                 let prepared = match pending.finish() {
                     Ok(prepared) => prepared,

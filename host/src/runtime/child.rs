@@ -240,6 +240,27 @@ impl Running {
         set_nice(self.child.id(), nice);
     }
 
+    /// Stops the child where it is (`SIGSTOP`) until [`Running::resume`]; its time
+    /// limit still runs.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused child go on (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if !self.ended {
+            // SAFETY: kill only sends a signal to our own child, which has not been
+            // waited for (`ended` is false), so its pid is not reused.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
     fn stop(&mut self) {
         self.ended = true;
         let _ = self.child.kill();
@@ -420,6 +441,21 @@ mod tests {
         ));
         assert!(text.contains("longer than 200ms"), "{text}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_paused_child_waits_until_it_is_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = program(dir.path(), "sleep 0.2; printf 'compiled'");
+        let mut running = spawn(&program, b"bytes"[..].into(), Tier::Optimized, LONG).unwrap();
+        running.pause();
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(running.poll().is_none(), "a paused child does not finish");
+        running.resume();
+        match running.finish() {
+            Ok(compiled) => assert_eq!(compiled.artifact, b"compiled"),
+            Err(error) => panic!("{error:?}"),
+        }
     }
 
     #[test]

@@ -45,12 +45,15 @@ const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How long a host waits for the optimizing compiler to answer from the compilation
-/// cache before it also starts the baseline compiler (see [`Runtime::load_fast`]). A
-/// small component's cached code comes in a few milliseconds; a large one's (tens of
-/// MB for JavaScript and Python) in about a tenth of a second, and still wins the race.
-const CACHE_ANSWER: Duration = Duration::from_millis(25);
+/// cache before it pauses it and starts the baseline compiler (see
+/// [`Runtime::load_fast`]): 25 ms, and 25 ms more per MB of component. A cached Rust
+/// component answers in a few ms; a cached 12 MB JavaScript one in 0.1 to 0.3 s, the
+/// time to read and unpack its code.
+fn cache_answer(component_bytes: usize) -> Duration {
+    Duration::from_millis(25) + Duration::from_micros(25 * component_bytes as u64 / 1000)
+}
 
-/// The nice value of an optimizing compile that baseline code can stand in for: the
+/// The nice value of an optimizing compile that baseline code stands in for: the
 /// lowest, so that it takes only the CPU nothing else wants.
 pub const OPTIMIZE_NICE: i32 = 19;
 
@@ -335,10 +338,12 @@ enum PendingCompile {
 }
 
 impl Pending {
-    /// Lowers the compile's CPU priority to `nice`: the version is live already.
-    pub fn lower_priority(&self, nice: i32) {
+    /// Lets the compile go on, at `nice`: it was paused while the baseline compiler
+    /// had the cores.
+    pub fn resume(&self, nice: i32) {
         if let PendingCompile::Child(running) = &self.compile {
             running.lower_priority(nice);
+            running.resume();
         }
     }
 
@@ -347,6 +352,7 @@ impl Pending {
         let runtime = self.runtime;
         let component = match self.compile {
             PendingCompile::Child(running) => {
+                running.resume();
                 runtime.compiled_by_child(running.finish(), &self.bytes, Tier::Optimized)?
             }
             PendingCompile::Thread(thread) => thread
@@ -540,13 +546,14 @@ impl Runtime {
     }
 
     /// Like [`Runtime::load`], but sooner for a component never compiled before: when
-    /// Cranelift's code is not in the compilation cache (it did not answer within
-    /// [`CACHE_ANSWER`]) and the baseline compiler finished first, returns Winch's code
-    /// and the Cranelift compile still under way.
+    /// Cranelift's code is not in the compilation cache, returns Winch's code and the
+    /// Cranelift compile to wait for.
     ///
-    /// Both compile at once, in two compiler processes, Cranelift's at the lowest
-    /// priority once it did not answer from the cache. A component the baseline
-    /// compiler refuses is judged by Cranelift's answer alone.
+    /// Cranelift's compiler process starts first, and answers at once from the cache
+    /// if it can. When it does not within [`cache_answer`], it is paused (so that it
+    /// takes no CPU while the version goes live) and Winch's compiler process starts.
+    /// The paused compile is resumed by [`Pending::resume`] or [`Pending::finish`]. A
+    /// component Winch refuses is judged by Cranelift's answer alone.
     pub fn load_fast(&self, bytes: &[u8]) -> Result<(Prepared, Option<Pending>), PluginError> {
         check_format(bytes)?;
         if self.baseline.is_none() {
@@ -564,46 +571,37 @@ impl Runtime {
                     return Ok((self.link(&component, Tier::Optimized)?, None));
                 }
             };
-        let started = std::time::Instant::now();
-        let mut baseline = None;
-        loop {
+        let deadline = std::time::Instant::now() + cache_answer(bytes.len());
+        while std::time::Instant::now() < deadline {
             if let Some(outcome) = optimized.poll() {
                 let component = self.compiled_by_child(outcome, &bytes, Tier::Optimized)?;
                 return Ok((self.link(&component, Tier::Optimized)?, None));
             }
-            // Give the cache its chance first: a hit costs less than a baseline compile.
-            if baseline.is_none() && started.elapsed() >= CACHE_ANSWER {
-                baseline = child::spawn(program, bytes.clone(), Tier::Baseline, COMPILE_TIMEOUT)
-                    .inspect_err(|error| tracing::debug!(error = ?error, "No baseline compile."))
-                    .ok()
-                    .map(Some);
-                // A compile, then: the baseline one goes first.
-                optimized.lower_priority(OPTIMIZE_NICE);
-            }
-            if let Some(Some(running)) = baseline.as_mut()
-                && let Some(outcome) = running.poll()
-            {
-                baseline = Some(None);
-                match self
-                    .compiled_by_child(outcome, &bytes, Tier::Baseline)
-                    .and_then(|component| self.link(&component, Tier::Baseline))
-                {
-                    Ok(prepared) => {
-                        let pending = Pending {
-                            runtime: self.clone(),
-                            bytes,
-                            compile: PendingCompile::Child(optimized),
-                        };
-                        return Ok((prepared, Some(pending)));
-                    }
-                    // Not linking is not a matter of compilers.
-                    Err(error @ PluginError::Link { .. }) => return Err(error),
-                    Err(error) => {
-                        tracing::debug!(%error, "The baseline compiler refused the component; waiting for the optimizing one.");
-                    }
-                }
-            }
             std::thread::sleep(Duration::from_millis(2));
+        }
+        optimized.pause();
+        let baseline = child::compile(program, &bytes, Tier::Baseline, COMPILE_TIMEOUT);
+        match self
+            .compiled_by_child(baseline, &bytes, Tier::Baseline)
+            .and_then(|component| self.link(&component, Tier::Baseline))
+        {
+            Ok(prepared) => {
+                let pending = Pending {
+                    runtime: self.clone(),
+                    bytes,
+                    compile: PendingCompile::Child(optimized),
+                };
+                Ok((prepared, Some(pending)))
+            }
+            // Not linking is not a matter of compilers.
+            Err(error @ PluginError::Link { .. }) => Err(error),
+            Err(error) => {
+                tracing::debug!(%error, "The baseline compiler refused the component; waiting for the optimizing one.");
+                optimized.resume();
+                let component =
+                    self.compiled_by_child(optimized.finish(), &bytes, Tier::Optimized)?;
+                Ok((self.link(&component, Tier::Optimized)?, None))
+            }
         }
     }
 
