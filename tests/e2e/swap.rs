@@ -14,6 +14,27 @@ fn copy_plugin(name: &str, to: &Path) -> PathBuf {
     to.to_path_buf()
 }
 
+/// A new input and output topic of `partitions` partitions each, and a group name,
+/// all starting with `prefix`.
+fn topics(prefix: &str, partitions: i32) -> (String, String, String) {
+    let (input, output) = (
+        unique(&format!("{prefix}-in")),
+        unique(&format!("{prefix}-out")),
+    );
+    create_topic(&input, partitions);
+    create_topic(&output, partitions);
+    (input, output, unique(&format!("{prefix}-g")))
+}
+
+/// Copies of the tag-a and tag-b plugins in `dir`; returns tag-b's path and the
+/// `[plugin]` table of a pipeline that runs tag-a, unwatched.
+fn tag_plugins(dir: &Path) -> (PathBuf, String) {
+    let a = copy_plugin("sluice_test_tag_a", &dir.join("a.wasm"));
+    let b = copy_plugin("sluice_test_tag_b", &dir.join("b.wasm"));
+    let tail = format!("[plugin]\npath = \"{}\"\nwatch = false", a.display());
+    (b, tail)
+}
+
 fn header<'a>(record: &'a TestRecord, name: &str) -> Vec<&'a str> {
     record
         .headers
@@ -55,9 +76,7 @@ fn wait_for_live(admin: &str, digest: &str) {
 #[test]
 fn twenty_swaps_and_five_bad_candidates_under_load_lose_and_double_nothing() {
     const COUNT: usize = 200_000;
-    let (input, output, group) = (unique("swap-in"), unique("swap-out"), unique("swap-g"));
-    create_topic(&input, 6);
-    create_topic(&output, 6);
+    let (input, output, group) = topics("swap", 6);
     let dir = workdir();
     let a = copy_plugin("sluice_test_tag_a", &dir.path().join("a.wasm"));
     let b = copy_plugin("sluice_test_tag_b", &dir.path().join("b.wasm"));
@@ -231,9 +250,7 @@ expect_values = ["probe"]"#,
 
 #[test]
 fn a_new_version_failing_too_many_records_is_rolled_back_and_nothing_is_lost() {
-    let (input, output, group) = (unique("rb-in"), unique("rb-out"), unique("rb-g"));
-    create_topic(&input, 2);
-    create_topic(&output, 2);
+    let (input, output, group) = topics("rb", 2);
     let dir = workdir();
     let a = copy_plugin("sluice_test_tag_a", &dir.path().join("a.wasm"));
     let faulty = copy_plugin("sluice_test_faulty", &dir.path().join("faulty.wasm"));
@@ -346,13 +363,7 @@ impl TriggerCase {
         watch: bool,
         prepare: impl FnOnce(&Path),
     ) -> TriggerCase {
-        let (input, output, group) = (
-            unique(&format!("{prefix}-in")),
-            unique(&format!("{prefix}-out")),
-            unique(&format!("{prefix}-g")),
-        );
-        create_topic(&input, 1);
-        create_topic(&output, 1);
+        let (input, output, group) = topics(prefix, 1);
         let dir = workdir();
         prepare(dir.path());
         let tail = format!(
@@ -489,13 +500,9 @@ fn sighup_rereads_the_plugin_file() {
 #[test]
 fn a_swap_reaches_every_worker_of_a_parallel_host() {
     const PARTITIONS: i32 = 3;
-    let (input, output, group) = (unique("pswap-in"), unique("pswap-out"), unique("pswap-g"));
-    create_topic(&input, PARTITIONS);
-    create_topic(&output, PARTITIONS);
+    let (input, output, group) = topics("pswap", PARTITIONS);
     let dir = workdir();
-    let a = copy_plugin("sluice_test_tag_a", &dir.path().join("a.wasm"));
-    let b = copy_plugin("sluice_test_tag_b", &dir.path().join("b.wasm"));
-    let tail = format!("[plugin]\npath = \"{}\"\nwatch = false", a.display());
+    let (b, tail) = tag_plugins(dir.path());
     let config = write_file(
         dir.path(),
         "p.toml",
@@ -580,13 +587,9 @@ fn a_swap_reaches_every_worker_of_a_parallel_host() {
 /// two batches. Every record is written once, by the version that was live.
 #[test]
 fn a_version_never_compiled_goes_live_on_baseline_code_then_moves_to_optimized_code() {
-    let (input, output, group) = (unique("tier-in"), unique("tier-out"), unique("tier-g"));
-    create_topic(&input, 2);
-    create_topic(&output, 2);
+    let (input, output, group) = topics("tier", 2);
     let dir = workdir();
-    let a = copy_plugin("sluice_test_tag_a", &dir.path().join("a.wasm"));
-    let b = copy_plugin("sluice_test_tag_b", &dir.path().join("b.wasm"));
-    let tail = format!("[plugin]\npath = \"{}\"\nwatch = false", a.display());
+    let (b, tail) = tag_plugins(dir.path());
     let config = write_file(
         dir.path(),
         "t.toml",

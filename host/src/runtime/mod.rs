@@ -850,23 +850,36 @@ mod tests {
         }
     }
 
-    fn tag_plugin() -> Vec<u8> {
-        let path =
-            std::path::Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_tag_b.wasm");
+    fn test_plugin(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join(name);
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// The value and headers the tag plugin gives one record, run by `prepared`.
-    fn tagged(prepared: &Prepared) -> Vec<u8> {
+    /// Both codes of `bytes`: Winch's, then Cranelift's.
+    fn both_codes(bytes: &[u8]) -> [Prepared; 2] {
+        let (baseline, pending) = Runtime::new().unwrap().load_fast(bytes).unwrap();
+        let optimized = pending
+            .expect("an optimizing compile under way")
+            .finish()
+            .unwrap();
+        [baseline, optimized]
+    }
+
+    /// Starts an instance of `prepared` with `limits` and `config` and runs one record
+    /// through it.
+    fn run_one(
+        prepared: &Prepared,
+        limits: Limits,
+        config: &[(String, String)],
+    ) -> Result<Vec<u8>, PluginError> {
         let mut instance = Instance::start(
             prepared,
-            "tag".into(),
-            Limits::default(),
+            "test".into(),
+            limits,
             &Sandbox::default(),
-            &[],
+            config,
             crate::state::StateStore::shared(),
-        )
-        .unwrap();
+        )?;
         let mut writer = sluice_sdk::batch::InputWriter::new();
         writer.push(sluice_sdk::batch::RecordFields {
             topic: "t",
@@ -879,71 +892,39 @@ mod tests {
         });
         let input = writer.finish().to_vec();
         let batch = InputBatch::parse(&input).unwrap();
-        instance.process(&input, &batch).unwrap()
+        instance.process(&input, &batch)
     }
 
     #[test]
     fn a_new_component_comes_on_baseline_code_first_then_on_optimized_code() {
-        let runtime = Runtime::new().unwrap();
-        let (baseline, pending) = runtime.load_fast(&tag_plugin()).unwrap();
+        let tag = test_plugin("sluice_test_tag_b.wasm");
+        let [baseline, optimized] = both_codes(&tag);
         assert_eq!(baseline.tier(), Tier::Baseline);
-        let optimized = pending
-            .expect("an optimizing compile under way")
-            .finish()
-            .unwrap();
         assert_eq!(optimized.tier(), Tier::Optimized);
-        let output = tagged(&baseline);
+        let output = run_one(&baseline, Limits::default(), &[]).unwrap();
         assert!(
             output.windows(b"tag".len()).any(|w| w == b"tag"),
             "the tag header is in the output"
         );
         assert_eq!(
             output,
-            tagged(&optimized),
+            run_one(&optimized, Limits::default(), &[]).unwrap(),
             "both codes give the same output"
         );
-        assert_eq!(runtime.load(&tag_plugin()).unwrap().tier(), Tier::Optimized);
+        let runtime = Runtime::new().unwrap();
+        assert_eq!(runtime.load(&tag).unwrap().tier(), Tier::Optimized);
     }
 
     #[test]
     fn a_plugin_that_spins_is_stopped_at_its_time_limit_on_either_code() {
-        let path =
-            std::path::Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_hog.wasm");
-        let runtime = Runtime::new().unwrap();
-        let (baseline, pending) = runtime.load_fast(&std::fs::read(path).unwrap()).unwrap();
-        let optimized = pending
-            .expect("an optimizing compile under way")
-            .finish()
-            .unwrap();
-        for prepared in [baseline, optimized] {
-            let limits = Limits {
-                call_timeout: Duration::from_millis(300),
-                ..Limits::default()
-            };
-            let config = [("hog".to_string(), "cpu".to_string())];
-            let mut instance = Instance::start(
-                &prepared,
-                "hog".into(),
-                limits,
-                &Sandbox::default(),
-                &config,
-                crate::state::StateStore::shared(),
-            )
-            .unwrap();
-            let mut writer = sluice_sdk::batch::InputWriter::new();
-            writer.push(sluice_sdk::batch::RecordFields {
-                topic: "t",
-                partition: 0,
-                offset: 0,
-                timestamp: None,
-                key: None,
-                value: Some(b"v"),
-                headers: std::iter::empty::<sluice_sdk::batch::Header<'_>>(),
-            });
-            let input = writer.finish().to_vec();
-            let batch = InputBatch::parse(&input).unwrap();
+        let limits = Limits {
+            call_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let config = [("hog".to_string(), "cpu".to_string())];
+        for prepared in both_codes(&test_plugin("sluice_test_hog.wasm")) {
             let started = std::time::Instant::now();
-            match instance.process(&input, &batch) {
+            match run_one(&prepared, limits, &config) {
                 Err(PluginError::Timeout(limit)) => assert_eq!(limit, limits.call_timeout),
                 Err(other) => panic!("{:?} code: wrong error: {other}", prepared.tier()),
                 Ok(_) => panic!("{:?} code: a spinning plugin returned", prepared.tier()),
@@ -958,9 +939,7 @@ mod tests {
 
     #[test]
     fn a_component_of_another_world_is_refused_by_the_fast_load_too() {
-        let path = std::path::Path::new(env!("SLUICE_TEST_PLUGIN_DIR"))
-            .join("sluice_test_other_world.wasm");
-        let bytes = std::fs::read(&path).unwrap();
+        let bytes = test_plugin("sluice_test_other_world.wasm");
         match Runtime::new().unwrap().load_fast(&bytes) {
             Err(error @ PluginError::Link { .. }) => {
                 assert!(
