@@ -7,6 +7,11 @@ use std::time::Duration;
 use crate::examples::example;
 use crate::support::*;
 
+/// How long a host may take to start (compiling its plugin) and copy the records.
+const STARTUP_AND_RUN: Duration = Duration::from_secs(300);
+/// How long reading a sink topic back may take; it returns as soon as all is read.
+const READ_BACK: Duration = Duration::from_secs(120);
+
 const TICKERS: [&str; 4] = ["AAPL", "AMZN", "MSFT", "INTC"];
 
 /// `count` stock records over three partitions; prices 10.5, 11.5, ... (never whole).
@@ -59,7 +64,9 @@ fn pipeline(
     );
     let config = write_file(dir.path(), "sluice.toml", &text);
     let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
-    wait_until("all records in the sink", Duration::from_secs(120), || {
+    // Starting compiles a 12 to 18 MB JavaScript or Python component when the compilation
+    // cache does not hold it: tens of seconds in a debug build, beside the other tests.
+    wait_until("all records in the sink", STARTUP_AND_RUN, || {
         total(&end_offsets(&output)) >= records.len() as i64
     });
     let status = sluice.terminate();
@@ -69,7 +76,7 @@ fn pipeline(
         end_offsets(&input),
         "offsets committed to the end"
     );
-    read_all(&output, records.len(), Duration::from_secs(30))
+    read_all(&output, records.len(), READ_BACK)
 }
 
 fn json(record: &TestRecord) -> serde_json::Value {
@@ -183,7 +190,7 @@ fn the_route_example_sends_tickers_to_the_topics_of_their_outputs() {
     );
     let config = write_file(dir.path(), "sluice.toml", &text);
     let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
-    wait_until("all records routed", Duration::from_secs(120), || {
+    wait_until("all records routed", STARTUP_AND_RUN, || {
         [&rest, &tech, &retail]
             .iter()
             .map(|t| total(&end_offsets(t)))
@@ -193,7 +200,7 @@ fn the_route_example_sends_tickers_to_the_topics_of_their_outputs() {
     let status = sluice.terminate();
     assert!(status.success(), "exit {status}:\n{}", sluice.log());
     let tickers = |topic: &str, count: usize| -> Vec<String> {
-        let mut found: Vec<String> = read_all(topic, count, Duration::from_secs(30))
+        let mut found: Vec<String> = read_all(topic, count, READ_BACK)
             .iter()
             .map(|r| json(r)["ticker"].as_str().unwrap().to_string())
             .collect();
