@@ -56,7 +56,11 @@ pub fn create_topic_at(servers: &str, name: &str, partitions: i32) {
         .set("bootstrap.servers", servers)
         .create()
         .unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    // Test records carry fixed timestamps from years ago, which the sink keeps: with the
+    // broker's time retention (7 days, checked every 5 minutes) a check could delete
+    // them between their writing and their reading back.
+    let topic =
+        NewTopic::new(name, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1");
     let results = runtime()
         .block_on(admin.create_topics([&topic], &AdminOptions::new()))
         .unwrap_or_else(|e| {
