@@ -349,6 +349,7 @@ pub fn run(
             state.clone(),
             changelog.clone(),
             restorer,
+            shutdown.clone(),
         );
         if config.delivery == Delivery::ExactlyOnce {
             checkpointer.set_commit_metadata(workers_metadata(&transactional_id, workers));

@@ -30,8 +30,11 @@ use crate::transform::TransformStage;
 const MAX_IN_FLIGHT_BATCHES: usize = 32;
 /// How long the loop waits for the first record of a batch.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// How long a shutdown waits for outstanding deliveries.
+/// How long the drain after a fatal error waits for outstanding deliveries; a requested
+/// shutdown waits no longer than its grace period.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long leaving the consumer group may take after the drain.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A turn of the loop slower than this is logged (debug) with where it spent its time.
 const SLOW_TURN: Duration = Duration::from_millis(15);
 
@@ -197,6 +200,7 @@ impl Pipeline {
 
         // Drain: whatever happened, commit exactly what the broker acknowledged (or,
         // exactly-once, commit the open transaction; abort it after a failure).
+        let mut no_final_checkpoint = None;
         {
             let mut checkpointer = checkpointer.lock().unwrap();
             let delivery_failure = tracker.lock().unwrap().failure().is_some();
@@ -208,23 +212,32 @@ impl Pipeline {
                 );
             } else if checkpointer.exactly_once() && (result.is_err() || delivery_failure) {
                 checkpointer.abandon();
+            } else if let Err(error) = checkpointer.sink().flush(shutdown.bound(DRAIN_TIMEOUT)) {
+                // The sink cluster does not answer: a commit would wait for it too.
+                // Nothing unacknowledged was committed, so nothing is lost.
+                checkpointer.give_up_final_commit();
+                no_final_checkpoint =
+                    Some(error.context("the sink cluster did not acknowledge every output"));
             } else {
-                if let Err(error) = checkpointer.sink().flush(DRAIN_TIMEOUT) {
-                    tracing::error!(%error, "Some records were not acknowledged; their offsets stay uncommitted.");
-                }
                 match checkpointer.checkpoint(source.consumer(), Reason::Final) {
                     Ok(partitions) => tracing::info!(partitions, "Final checkpoint committed."),
-                    Err(error) => tracing::error!(
-                        "Final checkpoint failed; records since the last checkpoint will be read again: {error:#}"
-                    ),
+                    Err(error) => {
+                        checkpointer.give_up_final_commit();
+                        no_final_checkpoint = Some(error);
+                    }
                 }
             }
         }
         let delivery_failure = tracker.lock().unwrap().failure().map(str::to_owned);
-        source.close();
+        source.close(CLOSE_TIMEOUT);
         result?;
         if let Some(failure) = delivery_failure {
             anyhow::bail!("{failure}");
+        }
+        if let Some(error) = no_final_checkpoint {
+            anyhow::bail!(
+                "stopped without a final checkpoint: {error:#}; records since the last checkpoint will be read again at the next start"
+            );
         }
         Ok(summary)
     }

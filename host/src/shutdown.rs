@@ -1,12 +1,31 @@
 //! Graceful shutdown: SIGINT or SIGTERM asks the pipeline to stop fetching, drain,
-//! flush and commit; a second signal exits at once.
+//! flush and commit within [`GRACE`]; a second signal exits at once.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-/// A flag the pipeline checks between batches.
+/// How long a requested shutdown may take to flush and commit. Within Kubernetes'
+/// default termination grace period (30 s), so a pod stops by itself rather than by
+/// SIGKILL even when the cluster does not answer.
+pub const GRACE: Duration = Duration::from_secs(20);
+
+/// A requested shutdown exits by this time whatever it waits for. The drain's own
+/// waits end within [`GRACE`] and leaving the consumer group takes a few seconds more;
+/// this catches a client call that overstays its timeout (librdkafka can wait for a
+/// broker that holds a connection open without answering for up to its request
+/// timeout).
+pub const DEADLINE: Duration = Duration::from_secs(27);
+
+/// A flag the pipeline checks between batches, and when it was raised.
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
+pub struct Shutdown(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    requested: AtomicBool,
+    at: OnceLock<Instant>,
+}
 
 impl Shutdown {
     pub fn new() -> Self {
@@ -14,11 +33,34 @@ impl Shutdown {
     }
 
     pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.at.get_or_init(Instant::now);
+        self.0.requested.store(true, Ordering::SeqCst);
     }
 
     pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    /// `timeout`, cut to what is left of [`GRACE`] once a shutdown was requested.
+    pub fn bound(&self, timeout: Duration) -> Duration {
+        if self.requested() {
+            timeout.min(self.time_left())
+        } else {
+            timeout
+        }
+    }
+
+    /// Whether a wait may go on: always before a shutdown, within [`GRACE`] after.
+    pub fn may_wait(&self) -> bool {
+        !self.requested() || !self.time_left().is_zero()
+    }
+
+    /// What is left of [`GRACE`] since the request (all of it before one).
+    pub fn time_left(&self) -> Duration {
+        self.0
+            .at
+            .get()
+            .map_or(GRACE, |at| GRACE.saturating_sub(at.elapsed()))
     }
 }
 
@@ -34,9 +76,18 @@ pub async fn watch_signals(shutdown: Shutdown) -> std::io::Result<()> {
         }
         if round == 0 {
             tracing::info!(
+                grace_s = GRACE.as_secs(),
                 "Shutdown requested: draining, flushing and committing. Signal again to exit at once."
             );
             shutdown.request();
+            tokio::spawn(async {
+                tokio::time::sleep(DEADLINE).await;
+                tracing::error!(
+                    deadline_s = DEADLINE.as_secs(),
+                    "The shutdown did not finish in time (the cluster does not answer); exiting without a final checkpoint; records since the last checkpoint will be read again."
+                );
+                std::process::exit(1);
+            });
         } else {
             tracing::warn!(
                 "Second signal: exiting without a final commit; records since the last checkpoint will be read again."
@@ -45,4 +96,31 @@ pub async fn watch_signals(shutdown: Shutdown) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_period_runs_from_the_first_request() {
+        let shutdown = Shutdown::new();
+        assert_eq!(shutdown.time_left(), GRACE);
+        assert!(shutdown.may_wait());
+        assert_eq!(shutdown.bound(GRACE * 2), GRACE * 2);
+        shutdown.request();
+        std::thread::sleep(Duration::from_millis(20));
+        let left = shutdown.time_left();
+        assert!(left <= GRACE - Duration::from_millis(20), "{left:?}");
+        assert!(shutdown.bound(GRACE * 2) <= GRACE);
+        assert_eq!(
+            shutdown.bound(Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
+        // A second request does not restart it.
+        shutdown.clone().request();
+        assert!(shutdown.time_left() <= left);
+        assert!(shutdown.requested());
+        assert!(shutdown.may_wait());
+    }
 }

@@ -238,6 +238,111 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
     }
 }
 
+/// The broker hangs (it keeps its connections open and answers nothing, as a network
+/// partition looks) while two hosts, one exactly-once and one at-least-once, copy
+/// records; then both are asked to stop. Each must exit by itself within Kubernetes'
+/// default grace period (30 s), non-zero and saying it stopped without a final
+/// checkpoint, rather than wait for the cluster. Once the broker is back, hosts
+/// started again on the same configs deliver every record: the exactly-once pair
+/// once each, the at-least-once pair at least once, in order within each partition.
+#[test]
+fn a_stop_requested_while_the_broker_hangs_ends_in_time_and_loses_nothing() {
+    const COUNT: usize = 12_000;
+    let broker = OwnBroker::start();
+    let servers = broker.servers();
+    let dir = workdir();
+    let mut cases = Vec::new();
+    for mode in ["exactly-once", "at-least-once"] {
+        let (input, output, group) = (unique("hang-in"), unique("hang-out"), unique("hang-g"));
+        create_topic_at(&servers, &input, 6);
+        create_topic_at(&servers, &output, 6);
+        let text = with_top_level(
+            &config_text(&input, &output, &group, "", "", "").replace(&bootstrap(), &servers),
+            &format!("delivery = \"{mode}\""),
+        );
+        let config = write_file(dir.path(), &format!("hang-{mode}.toml"), &text);
+        let host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = produce_paced_at(
+            servers.clone(),
+            input.clone(),
+            COUNT,
+            2_000,
+            done.clone(),
+            |i| TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
+        );
+        cases.push((mode, input, output, group, config, host, writer, done));
+    }
+    wait_until(
+        "records flowing through both hosts",
+        Duration::from_secs(60),
+        || {
+            cases
+                .iter()
+                .all(|case| total(&end_offsets_at(&servers, &case.2)) >= 2_000)
+        },
+    );
+    broker.pause();
+    assert!(
+        cases.iter().all(|case| !case.7.load(Ordering::SeqCst)),
+        "the hang must come while records are still being written"
+    );
+    // Outputs in flight when the broker stopped answering stay unacknowledged.
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    for case in &cases {
+        case.5.signal(libc::SIGTERM);
+    }
+    for (mode, _, _, _, _, host, _, _) in &mut cases {
+        let status = host.wait(Duration::from_secs(40));
+        let took = asked.elapsed();
+        assert!(
+            took < Duration::from_secs(30),
+            "{mode}: the stop took {took:?}:\n{}",
+            host.log()
+        );
+        assert_eq!(status.code(), Some(1), "{mode}:\n{}", host.log());
+        let log = host.log();
+        assert!(
+            log.contains("without a final checkpoint"),
+            "{mode}: the log must say the stop had no final checkpoint:\n{log}"
+        );
+        eprintln!("{mode}: stopped {took:?} after SIGTERM with the broker hanging");
+    }
+    broker.resume();
+
+    for (mode, input, output, group, config, _, writer, _) in cases {
+        writer.join().unwrap();
+        let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+        wait_until(
+            &format!("the restarted {mode} host to commit every input"),
+            Duration::from_secs(180),
+            || {
+                assert!(
+                    host.exited().is_none(),
+                    "the restarted {mode} host stopped:\n{}",
+                    host.log()
+                );
+                committed_at(&servers, &group, &input) == end_offsets_at(&servers, &input)
+            },
+        );
+        let status = host.terminate();
+        assert!(status.success(), "{mode}: exit {status}:\n{}", host.log());
+
+        let written = read_all_at(&servers, &output, COUNT * 2, Duration::from_secs(10));
+        let seen = copies_of_each(mode, &written, COUNT);
+        if mode == "exactly-once" {
+            let twice = seen.values().filter(|n| **n > 1).count();
+            assert_eq!(twice, 0, "exactly-once: {twice} records written twice");
+        }
+        eprintln!(
+            "{mode}: {} outputs for {COUNT} inputs across the stop",
+            written.len()
+        );
+        assert_first_copies_in_order(mode, &written);
+    }
+}
+
 /// An exactly-once host of 4 workers is killed with its transactions open and comes
 /// back with 1. It aborts what the 3 workers it no longer runs left open, so a
 /// `read_committed` reader sees every record at once, not after the broker's

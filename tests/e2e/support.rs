@@ -704,15 +704,7 @@ impl OwnBroker {
     /// Kills the broker at once, as a machine that crashes would, and waits until it
     /// is gone.
     pub fn kill(&self) {
-        let pid: i32 = std::fs::read_to_string(self.home.path().join("broker.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // SAFETY: kill(2) with the broker's pid and a valid signal number.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
+        let pid = self.signal(libc::SIGKILL);
         wait_until(
             "the killed broker to be gone",
             Duration::from_secs(30),
@@ -721,6 +713,31 @@ impl OwnBroker {
                 unsafe { libc::kill(pid, 0) != 0 }
             },
         );
+    }
+
+    /// Stops the broker without closing its connections, as a machine that hangs or
+    /// a network that drops every packet would: requests get no answer.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused broker go on.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Sends `signal` to the broker's process; returns its pid.
+    fn signal(&self, signal: i32) -> i32 {
+        let pid: i32 = std::fs::read_to_string(self.home.path().join("broker.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill(2) with the broker's pid and a valid signal number.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        pid
     }
 
     /// Starts the broker again on the same ports and data.
@@ -760,6 +777,10 @@ impl OwnBroker {
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
+        // A broker a failed test left paused could not act on the stop.
+        if self.home.path().join("broker.pid").is_file() {
+            self.resume();
+        }
         let _ = self.script_command("stop").output();
     }
 }

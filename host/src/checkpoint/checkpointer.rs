@@ -30,8 +30,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Partition, Tracker};
 use crate::config::Delivery;
+use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
-use crate::source::kafka::SourceContext;
+use crate::source::kafka::{SourceContext, commit_within};
 use crate::state::SharedState;
 use crate::state::changelog::Restorer;
 
@@ -45,6 +46,10 @@ const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a revocation waits for the outputs in flight before it commits what was
 /// acknowledged (well within the group's `max.poll.interval.ms`).
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a final or pre-revocation commit of at-least-once offsets waits for the
+/// group coordinator's answer.
+const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a checkpoint is taken: periodic checkpoints may skip when nothing moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +80,11 @@ pub struct Checkpointer {
     /// Exactly-once: the metadata committed with each offset (see
     /// `app::workers_metadata`).
     commit_metadata: Option<String>,
+    /// Bounds the waits of a stopping host.
+    shutdown: Shutdown,
+    /// Set when a stopping host gave up its final commit: revoked partitions are then
+    /// released without one.
+    gave_up: bool,
 }
 
 impl Checkpointer {
@@ -85,6 +95,7 @@ impl Checkpointer {
         state: SharedState,
         changelog: String,
         restorer: Restorer,
+        shutdown: Shutdown,
     ) -> Self {
         Checkpointer {
             delivery,
@@ -99,6 +110,8 @@ impl Checkpointer {
             last_commit: TopicPartitionList::new(),
             fenced: Vec::new(),
             commit_metadata: None,
+            shutdown,
+            gave_up: false,
         }
     }
 
@@ -171,20 +184,26 @@ impl Checkpointer {
         if tpl.count() == 0 || unchanged {
             return Ok(0);
         }
-        let mode = match reason {
-            Reason::Periodic => CommitMode::Async,
-            Reason::Final => CommitMode::Sync,
+        let committed = match reason {
+            Reason::Periodic => consumer.commit(&tpl, CommitMode::Async),
+            Reason::Final => {
+                commit_within(consumer, &tpl, self.shutdown.bound(FINAL_COMMIT_TIMEOUT))
+            }
         };
-        match consumer.commit(&tpl, mode) {
+        match committed {
             Ok(()) => {
                 let count = tpl.count();
                 self.last_commit = tpl;
                 Ok(count)
             }
-            Err(error) => {
+            Err(error) if reason == Reason::Periodic => {
                 tracing::warn!(%error, "Checkpoint commit failed; the next checkpoint retries it.");
                 Ok(0)
             }
+            Err(error) => bail!(
+                "committing the offsets of {} partitions failed: {error}",
+                tpl.count()
+            ),
         }
     }
 
@@ -247,9 +266,7 @@ impl Checkpointer {
                     // The commit may or may not have happened: never retry it; fence
                     // this producer with a new one instead, then rewind.
                     tracing::warn!(%error, "The transaction's outcome is unknown; replacing the producer.");
-                    self.sink.recreate(TRANSACTION_TIMEOUT).context(
-                        "replacing the transactional producer after an unknown commit outcome",
-                    )?;
+                    self.replace_producer("after an unknown commit outcome")?;
                 }
                 self.recover(consumer, &error)?;
                 Ok(0)
@@ -282,8 +299,11 @@ impl Checkpointer {
         let group = consumer
             .group_metadata()
             .ok_or_else(|| TransactionError::Other("the consumer has no group metadata".into()))?;
+        let shutdown = &self.shutdown;
         self.sink
-            .commit_transaction(&offsets, &group, TRANSACTION_TIMEOUT)
+            .commit_transaction(&offsets, &group, TRANSACTION_TIMEOUT, &|| {
+                shutdown.may_wait()
+            })
             .map_err(TransactionError::Kafka)?;
         self.sink
             .begin_transaction()
@@ -300,6 +320,15 @@ impl Checkpointer {
         consumer: &BaseConsumer<SourceContext>,
         error: &dyn std::fmt::Display,
     ) -> anyhow::Result<()> {
+        if self.shutdown.requested() {
+            // Rewinding and restoring would serve nobody: the host stops, and the
+            // next owner of these partitions starts from the last committed
+            // transaction. What is open now is aborted by the drain (or, at the
+            // latest, by the broker at the transaction timeout).
+            bail!(
+                "stopped without a final checkpoint: the open transaction was not recovered ({error}), as the host stops; records after the last committed transaction will be read again at the next start"
+            );
+        }
         tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.");
         if let Some(fatal) = self.sink.fatal_error() {
             // Fenced: either this host stalled past the transaction timeout (the broker
@@ -319,26 +348,44 @@ impl Checkpointer {
             }
             self.fenced.push(now);
             tracing::warn!(%fatal, "The transactional producer was fenced; starting a new one.");
-            self.sink
-                .recreate(TRANSACTION_TIMEOUT)
-                .context("replacing the fenced transactional producer")?;
-        } else if let Err(abort) = self.sink.abort_transaction(TRANSACTION_TIMEOUT) {
+            self.replace_producer("after it was fenced")?;
+        } else if let Err(abort) = self
+            .sink
+            .abort_transaction(TRANSACTION_TIMEOUT, &|| !self.shutdown.requested())
+        {
             // The outcome is unknown: never retry, fence the old producer instead.
             tracing::warn!(error = %abort, "Abort failed; replacing the producer.");
-            self.sink
-                .recreate(TRANSACTION_TIMEOUT)
-                .context("replacing the transactional producer after a failed abort")?;
+            self.replace_producer("after a failed abort")?;
         } else if let Err(begin) = self.sink.begin_transaction() {
             tracing::warn!(error = %begin, "Could not begin a transaction; replacing the producer.");
-            self.sink
-                .recreate(TRANSACTION_TIMEOUT)
-                .context("replacing the transactional producer")?;
+            self.replace_producer("after a failed begin")?;
         }
         self.tracker.lock().unwrap().reset();
         self.processed.clear();
         self.rewind_to_committed(consumer)?;
         let owned: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
         self.restore(&owned, false)
+    }
+
+    /// Exactly-once: a new producer of the same transactional id, which fences the
+    /// old one. Asks a cluster that does not answer again until a shutdown.
+    fn replace_producer(&mut self, why: &str) -> anyhow::Result<()> {
+        if self.shutdown.requested() {
+            bail!(
+                "stopped without a final checkpoint: the transactional producer was not replaced {why}, as the host stops; records after the last committed transaction will be read again at the next start"
+            );
+        }
+        let shutdown = &self.shutdown;
+        self.sink
+            .recreate(TRANSACTION_TIMEOUT, &|| !shutdown.requested())
+            .with_context(|| format!("replacing the transactional producer {why}"))
+    }
+
+    /// A stopping host could not deliver what it took (the sink cluster did not
+    /// answer): no final commit, and partitions revoked from now on are released
+    /// without one. Their next owner reads them again from the last checkpoint.
+    pub fn give_up_final_commit(&mut self) {
+        self.gave_up = true;
     }
 
     /// Seeks every owned partition back to the offset its group last committed, as the
@@ -440,7 +487,10 @@ impl Checkpointer {
         partitions: &[Partition],
         lost: bool,
     ) -> anyhow::Result<()> {
-        let result = if lost {
+        let result = if self.gave_up {
+            tracing::info!(partitions = ?partitions, "Partitions released without a commit.");
+            Ok(())
+        } else if lost {
             tracing::warn!(partitions = ?partitions, "Partitions lost (the group moved on without this host); their uncommitted progress is discarded.");
             // Nothing to rewind or restore for partitions that are gone.
             for partition in partitions {
@@ -452,15 +502,24 @@ impl Checkpointer {
                 Ok(())
             }
         } else {
-            // At-least-once: wait for the outputs in flight, so that the offsets
-            // committed below cover them and the next owner writes nothing again.
-            // (Exactly-once commits its transaction, which flushes anyway.)
-            if !self.exactly_once()
-                && let Err(error) = self.sink.flush(REVOKE_FLUSH_TIMEOUT)
-            {
-                tracing::warn!(%error, "Not every output was acknowledged before the partitions were revoked; their next owner writes those again.");
+            if self.exactly_once() {
+                // Committing the transaction flushes its outputs.
+                self.checkpoint(consumer, Reason::Final).map(|_| ())
+            } else {
+                // Wait for the outputs in flight, so that the offsets committed below
+                // cover them and the next owner writes nothing again.
+                if let Err(error) = self.sink.flush(REVOKE_FLUSH_TIMEOUT) {
+                    tracing::warn!(%error, "Not every output was acknowledged before the partitions were revoked; their next owner writes those again.");
+                }
+                // Their next owner starts from the last committed offsets, with the
+                // state that goes with them: at least once either way.
+                if let Err(error) = self.checkpoint(consumer, Reason::Final) {
+                    tracing::warn!(
+                        "The revoked partitions' progress was not committed; their next owner reads it again: {error:#}"
+                    );
+                }
+                Ok(())
             }
-            self.checkpoint(consumer, Reason::Final).map(|_| ())
         };
         let mut state = self.state.lock().unwrap();
         let mut tracker = self.tracker.lock().unwrap();
@@ -476,10 +535,14 @@ impl Checkpointer {
 
     /// Exactly-once, on a fatal error: abort what is open so `read_committed`
     /// consumers are not held up until the broker's transaction timeout.
+    /// A stopping host waits for the abort no longer than its grace period allows.
     pub fn abandon(&mut self) {
+        let timeout = self.shutdown.bound(TRANSACTION_TIMEOUT);
         if self.exactly_once()
             && self.sink.fatal_error().is_none()
-            && let Err(error) = self.sink.abort_transaction(TRANSACTION_TIMEOUT)
+            && let Err(error) = self
+                .sink
+                .abort_transaction(timeout, &|| self.shutdown.may_wait())
         {
             tracing::warn!(%error, "Aborting the open transaction failed; the broker aborts it at its timeout.");
         }

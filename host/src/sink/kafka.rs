@@ -151,7 +151,7 @@ impl KafkaSink {
             &auth,
             transaction.is_some(),
             connect_timeout,
-            Duration::ZERO,
+            Patience::NONE,
         )?;
         let failure = auth.failure().clone();
 
@@ -432,27 +432,41 @@ impl KafkaSink {
 
     /// Adds the consumer `offsets` to the open transaction and commits it, outputs
     /// and all. The group metadata lets the broker fence a host that lost its group
-    /// membership.
+    /// membership. Waits up to `timeout`, less if `keep_going` says stop.
     pub fn commit_transaction(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
         timeout: Duration,
+        keep_going: &dyn Fn() -> bool,
     ) -> KafkaResult<()> {
+        let deadline = Instant::now() + timeout;
         if offsets.count() > 0 {
-            self.producer
-                .send_offsets_to_transaction(offsets, group, timeout)?;
+            resumed(deadline, keep_going, |attempt| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, attempt)
+            })?;
         }
-        self.producer.commit_transaction(timeout)
+        resumed(deadline, keep_going, |attempt| {
+            self.producer.commit_transaction(attempt)
+        })
     }
 
     /// Aborts the open transaction: queued records are purged, records in flight are
     /// waited for (their delivery reports served here, which the client's own abort
-    /// would wait on forever), then the abort goes to the broker.
-    pub fn abort_transaction(&self, timeout: Duration) -> KafkaResult<()> {
+    /// would wait on forever), then the abort goes to the broker. Waits up to
+    /// `timeout`, less if `keep_going` says stop.
+    pub fn abort_transaction(
+        &self,
+        timeout: Duration,
+        keep_going: &dyn Fn() -> bool,
+    ) -> KafkaResult<()> {
+        let deadline = Instant::now() + timeout;
         self.producer.purge(PurgeConfig::default().queue());
-        self.producer.flush(timeout)?;
-        self.producer.abort_transaction(timeout)
+        resumed(deadline, keep_going, |attempt| self.producer.flush(attempt))?;
+        resumed(deadline, keep_going, |attempt| {
+            self.producer.abort_transaction(attempt)
+        })
     }
 
     /// Replaces the producer with a new one of the same transactional id. Initialising
@@ -461,16 +475,24 @@ impl KafkaSink {
     /// which must never be retried.
     ///
     /// This happens when the cluster has gone away (a broker crash, a network
-    /// partition), so a cluster that does not answer is asked again, each `timeout`,
-    /// for up to [`RECREATE_PATIENCE`].
-    pub fn recreate(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    /// partition), so a cluster that does not answer is asked again, in attempts of at
+    /// most [`RECREATE_ATTEMPT`], for up to [`RECREATE_PATIENCE`] or until `keep_going`
+    /// says stop (a shutdown was requested).
+    pub fn recreate(
+        &mut self,
+        timeout: Duration,
+        keep_going: &dyn Fn() -> bool,
+    ) -> anyhow::Result<()> {
         self.producer = new_producer(
             &self.client,
             &self.tracker,
             &self.auth,
             self.transactional,
             timeout,
-            RECREATE_PATIENCE,
+            Patience {
+                limit: RECREATE_PATIENCE,
+                keep_going,
+            },
         )?;
         Ok(())
     }
@@ -557,7 +579,7 @@ pub fn fence(
         auth,
         true,
         timeout,
-        Duration::ZERO,
+        Patience::NONE,
     )?;
     Ok(())
 }
@@ -572,18 +594,37 @@ pub struct TransactionSettings {
 }
 
 /// How long a running host keeps asking a sink cluster that does not answer for a new
-/// transactional producer before it gives up.
+/// transactional producer before it gives up...
 const RECREATE_PATIENCE: Duration = Duration::from_secs(600);
+/// ...in attempts this long, so that a shutdown is not held up by one...
+const RECREATE_ATTEMPT: Duration = Duration::from_secs(5);
+/// ...and warning this often.
+const RECREATE_WARNING: Duration = Duration::from_secs(30);
 
-/// A new producer; a transactional one has its transactions initialised (each attempt
-/// waits up to `timeout`; an attempt that gets no answer is repeated for `patience`).
+/// How long to keep asking a cluster that does not answer, and while what holds.
+struct Patience<'a> {
+    limit: Duration,
+    keep_going: &'a dyn Fn() -> bool,
+}
+
+impl Patience<'_> {
+    /// One attempt, no second.
+    const NONE: Patience<'static> = Patience {
+        limit: Duration::ZERO,
+        keep_going: &|| true,
+    };
+}
+
+/// A new producer; a transactional one has its transactions initialised. With
+/// patience, an attempt that gets no answer is repeated until the limit or until
+/// `keep_going` says stop; without, the one attempt waits up to `timeout`.
 fn new_producer(
     client: &ClientConfig,
     tracker: &Arc<Mutex<Tracker>>,
     auth: &ClientAuth,
     transactional: bool,
     timeout: Duration,
-    patience: Duration,
+    patience: Patience<'_>,
 ) -> anyhow::Result<BaseProducer<SinkContext>> {
     let producer: BaseProducer<SinkContext> = client
         .create_with_context(SinkContext {
@@ -597,36 +638,73 @@ fn new_producer(
     if transactional {
         let id = client.get("transactional.id").unwrap_or_default();
         let started = Instant::now();
+        let mut warned = started;
+        let attempt = if patience.limit.is_zero() {
+            timeout
+        } else {
+            timeout.min(RECREATE_ATTEMPT)
+        };
         loop {
-            match producer.init_transactions(timeout) {
+            let error = match producer.init_transactions(attempt) {
                 Ok(()) => break,
-                // librdkafka resumes the same initialisation when asked again.
-                Err(error) if is_unanswered(&error) && started.elapsed() < patience => {
-                    tracing::warn!(
-                        %error,
-                        waited_s = started.elapsed().as_secs(),
-                        "The sink cluster does not answer; asking again for a transactional producer."
-                    );
-                    auth.failure().check()?;
-                }
-                Err(error) if is_unanswered(&error) && !patience.is_zero() => bail!(
+                Err(error) => error,
+            };
+            if !is_unanswered(&error) || patience.limit.is_zero() {
+                return Err(error).with_context(|| {
+                    format!(
+                        "initialising transactions for transactional id `{id}` (exactly-once needs a broker with transactions enabled)"
+                    )
+                });
+            }
+            if !(patience.keep_going)() {
+                bail!(
+                    "stopped while the sink cluster did not answer ({} s) a request for a transactional producer for id `{id}`: {error}",
+                    started.elapsed().as_secs()
+                );
+            }
+            if started.elapsed() >= patience.limit {
+                bail!(
                     "the sink cluster did not answer for {} s while starting a transactional producer for id `{id}`: {error}; check that its brokers are up and reachable",
                     started.elapsed().as_secs()
-                ),
-                Err(error) => {
-                    return Err(error).with_context(|| {
-                        format!(
-                            "initialising transactions for transactional id `{id}` (exactly-once needs a broker with transactions enabled)"
-                        )
-                    });
-                }
+                );
             }
+            if warned.elapsed() >= RECREATE_WARNING || warned == started {
+                warned = Instant::now();
+                tracing::warn!(
+                    %error,
+                    waited_s = started.elapsed().as_secs(),
+                    "The sink cluster does not answer; asking again for a transactional producer."
+                );
+            }
+            auth.failure().check()?;
         }
         producer
             .begin_transaction()
             .context("beginning the first transaction")?;
     }
     Ok(producer)
+}
+
+/// Runs `call` in attempts of at most [`RECREATE_ATTEMPT`] until it succeeds, fails
+/// for another reason than a missing answer, the deadline passes or `keep_going` says
+/// stop. librdkafka resumes the same operation (a flush, a transaction's commit or
+/// abort) when a call that timed out is made again, so nothing is done twice.
+fn resumed(
+    deadline: Instant,
+    keep_going: &dyn Fn() -> bool,
+    mut call: impl FnMut(Duration) -> KafkaResult<()>,
+) -> KafkaResult<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match call(left.min(RECREATE_ATTEMPT)) {
+            Err(error)
+                if (is_unanswered(&error)
+                    || error == KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    && Instant::now() < deadline
+                    && keep_going() => {}
+            done => return done,
+        }
+    }
 }
 
 /// Whether a transactional call failed for want of an answer (a timeout, a coordinator

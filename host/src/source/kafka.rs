@@ -451,8 +451,13 @@ impl KafkaSource {
         }
     }
 
-    /// Leaves the group cleanly so partitions move to other members at once.
-    pub fn close(self) {
+    /// Leaves the group cleanly so partitions move to other members at once, waiting
+    /// up to `timeout` for the group coordinator. librdkafka's own close would wait
+    /// for a coordinator that does not answer without limit (for instance, for a final
+    /// commit it could not deliver); such a consumer is let go without its goodbye,
+    /// and the group hands its partitions on after its session timeout.
+    pub fn close(self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         self.consumer.unsubscribe();
         // Serve the revocation callback (and its final commit).
         for _ in 0..10 {
@@ -466,6 +471,67 @@ impl KafkaSource {
                 break;
             }
         }
+        // librdkafka's close, on a thread of its own so that waiting for it ends.
+        let (closed, done) = std::sync::mpsc::channel();
+        let consumer = self.consumer;
+        let closing = std::thread::Builder::new()
+            .name("sluice-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if closing.is_ok()
+            && done
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+        {
+            tracing::warn!(
+                timeout_s = timeout.as_secs(),
+                "The source cluster did not answer the consumer's goodbye; stopping without it (the group hands its partitions on after its session timeout)."
+            );
+        }
+    }
+}
+
+/// Commits `offsets` for the consumer's group and waits up to `timeout` for the
+/// answer. librdkafka's synchronous commit waits without limit for a group
+/// coordinator, which would hold up a stopping host for as long as its cluster is
+/// away; this one asks for the answer on a queue of its own instead.
+pub(crate) fn commit_within(
+    consumer: &BaseConsumer<SourceContext>,
+    offsets: &TopicPartitionList,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    use rdkafka::bindings as rd;
+    let client = consumer.client().native_ptr();
+    // SAFETY: a live consumer handle and partition list; the queue is created here and
+    // destroyed on every path (librdkafka keeps it alive while the commit still needs
+    // it), and the event it returns is destroyed after its error is read.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(client);
+        let code =
+            rd::rd_kafka_commit_queue(client, offsets.ptr(), queue, None, std::ptr::null_mut());
+        let result = if code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+            Err(KafkaError::ConsumerCommit(code.into()))
+        } else {
+            let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            let event = rd::rd_kafka_queue_poll(queue, millis);
+            if event.is_null() {
+                Err(KafkaError::ConsumerCommit(
+                    RDKafkaErrorCode::OperationTimedOut,
+                ))
+            } else {
+                let code = rd::rd_kafka_event_error(event);
+                rd::rd_kafka_event_destroy(event);
+                if code == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR {
+                    Ok(())
+                } else {
+                    Err(KafkaError::ConsumerCommit(code.into()))
+                }
+            }
+        };
+        rd::rd_kafka_queue_destroy(queue);
+        result
     }
 }
 
