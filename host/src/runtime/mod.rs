@@ -378,15 +378,44 @@ fn compile_cache_dir() -> Option<PathBuf> {
     }
 }
 
-/// The compilation cache, or none (with a warning) when its directory is unusable:
-/// plugins are then compiled at every start, which is slower but correct.
+/// The compilation cache's size by default (wasmtime's own). A JavaScript or Python
+/// component takes about 12 MB per compiler there (compressed), so this keeps some 20
+/// versions of either code.
+const CACHE_MAX_MB: u64 = 512;
+
+/// The compilation cache's size, from `SLUICE_CACHE_MAX_MB` (a whole number of MB), in
+/// bytes. Beyond it, wasmtime deletes the least recently used compilations.
+fn cache_max_bytes(value: Option<&std::ffi::OsStr>) -> anyhow::Result<u64> {
+    let Some(value) = value else {
+        return Ok(CACHE_MAX_MB << 20);
+    };
+    value
+        .to_str()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|mb| (1..=(u64::MAX >> 20)).contains(mb))
+        .map(|mb| mb << 20)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "SLUICE_CACHE_MAX_MB must be a whole number of MB above 0, not `{}`",
+                value.to_string_lossy()
+            )
+        })
+}
+
+/// The compilation cache, or none (with a warning) when its directory or size is
+/// unusable: plugins are then compiled at every start, which is slower but correct.
 fn compile_cache() -> Option<Cache> {
     let dir = compile_cache_dir()?;
-    let opened = std::fs::create_dir_all(&dir)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
+    let opened = cache_max_bytes(std::env::var_os("SLUICE_CACHE_MAX_MB").as_deref())
+        .and_then(|max_bytes| {
+            std::fs::create_dir_all(&dir)?;
+            Ok(max_bytes)
+        })
+        .and_then(|max_bytes| {
             let mut config = CacheConfig::new();
-            config.with_directory(&dir);
+            config
+                .with_directory(&dir)
+                .with_files_total_size_soft_limit(max_bytes);
             Cache::new(config).map_err(|e| anyhow::anyhow!("{e:#}"))
         });
     match opened {
@@ -395,7 +424,7 @@ fn compile_cache() -> Option<Cache> {
             tracing::warn!(
                 dir = %dir.display(),
                 error = format!("{error:#}"),
-                "The compilation cache is unusable; plugins are compiled at every start. Set SLUICE_CACHE_DIR to a writable directory, or to `off`."
+                "The compilation cache is unusable; plugins are compiled at every start. Set SLUICE_CACHE_DIR to a writable directory, or to `off`, and SLUICE_CACHE_MAX_MB, if set, to a number of MB."
             );
             None
         }
@@ -841,6 +870,25 @@ impl Instance {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_cache_size_is_a_number_of_megabytes_and_anything_else_is_named() {
+        use std::ffi::OsStr;
+        assert_eq!(super::cache_max_bytes(None).unwrap(), 512 << 20);
+        assert_eq!(
+            super::cache_max_bytes(Some(OsStr::new("300"))).unwrap(),
+            300 << 20
+        );
+        for bad in ["0", "-5", "2GB", "", "1.5"] {
+            let error = super::cache_max_bytes(Some(OsStr::new(bad)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("SLUICE_CACHE_MAX_MB") && error.contains(&format!("`{bad}`")),
+                "{error}"
+            );
+        }
+    }
+
     use super::*;
 
     fn load_error(bytes: &[u8]) -> String {
