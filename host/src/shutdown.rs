@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 /// How long a requested shutdown may take to flush and commit. Within Kubernetes'
 /// default termination grace period (30 s), so a pod stops by itself rather than by
 /// SIGKILL even when the cluster does not answer.
-pub const GRACE: Duration = Duration::from_secs(20);
+pub const GRACE: Duration = Duration::from_secs(15);
 
 /// A requested shutdown exits by this time whatever it waits for. The drain's own
 /// waits end within [`GRACE`] and leaving the consumer group takes a few seconds more;
 /// this catches a client call that overstays its timeout (librdkafka can wait for a
 /// broker that holds a connection open without answering for up to its request
 /// timeout).
-pub const DEADLINE: Duration = Duration::from_secs(27);
+pub const DEADLINE: Duration = Duration::from_secs(25);
 
 /// A flag the pipeline checks between batches, and when it was raised.
 #[derive(Debug, Clone, Default)]

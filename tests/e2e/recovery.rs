@@ -2,6 +2,7 @@
 //! broker that crashes and comes back ridden out.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -124,98 +125,108 @@ fn sigterm_exits_zero_within_ten_seconds_with_offsets_committed_to_the_end() {
     );
 }
 
-/// The broker crashes mid-stream and comes back a minute later, after the exactly-once
-/// host's commit has timed out (30 s) and so has its first try at a new producer
-/// (30 s more). Neither host stops: the exactly-once one ends with every record once,
-/// the at-least-once one with every record at least once, both in order within each
-/// partition.
-#[test]
-fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
-    const COUNT: usize = 30_000;
-    let broker = OwnBroker::start();
-    let servers = broker.servers();
-    let dir = workdir();
-    let mut cases = Vec::new();
-    for mode in ["exactly-once", "at-least-once"] {
-        let (input, output, group) = (
-            unique("outage-in"),
-            unique("outage-out"),
-            unique("outage-g"),
-        );
+/// A host of one delivery mode on a test's own broker, its topics and group, and
+/// (once fed) a writer of numbered records to its input.
+struct ModeCase {
+    mode: &'static str,
+    input: String,
+    output: String,
+    group: String,
+    config: PathBuf,
+    host: Sluice,
+    writer: Option<std::thread::JoinHandle<()>>,
+    done: Arc<AtomicBool>,
+}
+
+impl ModeCase {
+    /// Starts the host (with `extra_args`); returns once it owns its partitions.
+    fn start(broker: &OwnBroker, dir: &Path, mode: &'static str, extra_args: &[&str]) -> ModeCase {
+        let servers = broker.servers();
+        let (input, output, group) = (unique("mode-in"), unique("mode-out"), unique("mode-g"));
         create_topic_at(&servers, &input, 6);
         create_topic_at(&servers, &output, 6);
         let text = with_top_level(
             &config_text(&input, &output, &group, "", "", "").replace(&bootstrap(), &servers),
             &format!("delivery = \"{mode}\""),
         );
-        let config = write_file(dir.path(), &format!("{mode}.toml"), &text);
-        let admin = free_address();
-        let host = Sluice::start(
-            dir.path(),
-            &[
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-                "--admin",
-                &admin,
-            ],
-        );
-        let done = Arc::new(AtomicBool::new(false));
-        let writer = produce_paced_at(
-            servers.clone(),
-            input.clone(),
-            COUNT,
-            3_000,
-            done.clone(),
-            |i| TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
-        );
-        cases.push((mode, input, output, group, host, writer, done, admin));
+        let config = write_file(dir, &format!("{}.toml", unique(mode)), &text);
+        let mut args = vec!["run", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra_args);
+        let mut host = Sluice::start(dir, &args);
+        host.wait_for_log("Partitions assigned", Duration::from_secs(120));
+        ModeCase {
+            mode,
+            input,
+            output,
+            group,
+            config,
+            host,
+            writer: None,
+            done: Arc::new(AtomicBool::new(false)),
+        }
     }
-    wait_until(
-        "records flowing through both hosts",
-        Duration::from_secs(60),
-        || {
-            cases
-                .iter()
-                .all(|case| total(&end_offsets_at(&servers, &case.2)) >= 3_000)
-        },
-    );
-    broker.kill();
-    assert!(
-        cases.iter().all(|case| !case.6.load(Ordering::SeqCst)),
-        "the crash must land while records are still being written"
-    );
-    // The exactly-once host waits in its commit: it says it is not processing.
-    let started = Instant::now();
-    wait_until(
-        "the exactly-once host to report itself not ready",
-        Duration::from_secs(60),
-        || admin_ready(&cases[0].7, 10).0 == 503,
-    );
-    std::thread::sleep(Duration::from_secs(65).saturating_sub(started.elapsed()));
-    broker.restart();
 
-    for (mode, input, output, group, mut host, writer, _, admin) in cases {
-        writer.join().unwrap();
+    /// Starts writing `count` numbered records at `per_second` to the input.
+    fn feed(&mut self, broker: &OwnBroker, count: usize, per_second: usize) {
+        self.writer = Some(produce_paced_at(
+            broker.servers(),
+            self.input.clone(),
+            count,
+            per_second,
+            self.done.clone(),
+            |i| TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
+        ));
+    }
+
+    /// How many records the sink holds.
+    fn outputs(&self, broker: &OwnBroker) -> i64 {
+        total(&end_offsets_at(&broker.servers(), &self.output))
+    }
+
+    /// Waits until the host has committed every input, the writer done first.
+    fn wait_committed(&mut self, broker: &OwnBroker) {
+        let servers = broker.servers();
+        if let Some(writer) = self.writer.take() {
+            writer.join().unwrap();
+        }
+        let mode = self.mode;
         wait_until(
             &format!("the {mode} host to commit every input"),
-            Duration::from_secs(120),
+            Duration::from_secs(180),
             || {
                 assert!(
-                    host.exited().is_none(),
+                    self.host.exited().is_none(),
                     "the {mode} host stopped:\n{}",
-                    host.log()
+                    self.host.log()
                 );
-                committed_at(&servers, &group, &input) == end_offsets_at(&servers, &input)
+                committed_at(&servers, &self.group, &self.input)
+                    == end_offsets_at(&servers, &self.input)
             },
         );
-        let (code, ready) = admin_ready(&admin, 10);
-        assert_eq!(code, 200, "{mode}: processing again, {ready}");
-        let status = host.terminate();
-        assert!(status.success(), "{mode}: exit {status}:\n{}", host.log());
+    }
 
-        let written = read_all_at(&servers, &output, COUNT * 2, Duration::from_secs(10));
-        let seen = copies_of_each(mode, &written, COUNT);
+    /// Stops the host; it must exit 0.
+    fn terminate(&mut self) {
+        let status = self.host.terminate();
+        assert!(
+            status.success(),
+            "{}: exit {status}:\n{}",
+            self.mode,
+            self.host.log()
+        );
+    }
+
+    /// The sink holds every record: once each exactly-once, at least once otherwise,
+    /// the first copies in input order within each partition.
+    fn check_outputs(&self, broker: &OwnBroker, count: usize, across: &str) {
+        let mode = self.mode;
+        let written = read_all_at(
+            &broker.servers(),
+            &self.output,
+            count * 2,
+            Duration::from_secs(10),
+        );
+        let seen = copies_of_each(mode, &written, count);
         if mode == "exactly-once" {
             let twice: Vec<&String> = seen
                 .iter()
@@ -230,11 +241,62 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
             );
         }
         eprintln!(
-            "{mode}: {} outputs for {COUNT} inputs across the broker's crash",
+            "{mode}: {} outputs for {count} inputs across {across}",
             written.len()
         );
-        // Within each partition, the first copy of each record keeps the input order.
         assert_first_copies_in_order(mode, &written);
+    }
+}
+
+/// The broker crashes mid-stream and comes back a minute later, after the exactly-once
+/// host's commit has timed out (30 s) and so has its first try at a new producer
+/// (30 s more). Neither host stops: the exactly-once one ends with every record once,
+/// the at-least-once one with every record at least once, both in order within each
+/// partition.
+#[test]
+fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
+    const COUNT: usize = 30_000;
+    let broker = OwnBroker::start();
+    let dir = workdir();
+    let mut cases: Vec<(ModeCase, String)> = ["exactly-once", "at-least-once"]
+        .into_iter()
+        .map(|mode| {
+            let admin = free_address();
+            let case = ModeCase::start(&broker, dir.path(), mode, &["--admin", &admin]);
+            (case, admin)
+        })
+        .collect();
+    for (case, _) in &mut cases {
+        case.feed(&broker, COUNT, 3_000);
+    }
+    wait_until(
+        "records flowing through both hosts",
+        Duration::from_secs(60),
+        || cases.iter().all(|(case, _)| case.outputs(&broker) >= 3_000),
+    );
+    broker.kill();
+    assert!(
+        cases
+            .iter()
+            .all(|(case, _)| !case.done.load(Ordering::SeqCst)),
+        "the crash must land while records are still being written"
+    );
+    // The exactly-once host waits in its commit: it says it is not processing.
+    let started = Instant::now();
+    wait_until(
+        "the exactly-once host to report itself not ready",
+        Duration::from_secs(60),
+        || admin_ready(&cases[0].1, 10).0 == 503,
+    );
+    std::thread::sleep(Duration::from_secs(65).saturating_sub(started.elapsed()));
+    broker.restart();
+
+    for (mut case, admin) in cases {
+        case.wait_committed(&broker);
+        let (code, ready) = admin_ready(&admin, 10);
+        assert_eq!(code, 200, "{}: processing again, {ready}", case.mode);
+        case.terminate();
+        case.check_outputs(&broker, COUNT, "the broker's crash");
     }
 }
 
@@ -247,53 +309,34 @@ fn a_broker_crash_mid_stream_is_ridden_out_without_losing_a_record() {
 /// once each, the at-least-once pair at least once, in order within each partition.
 #[test]
 fn a_stop_requested_while_the_broker_hangs_ends_in_time_and_loses_nothing() {
-    const COUNT: usize = 12_000;
+    const COUNT: usize = 20_000;
     let broker = OwnBroker::start();
-    let servers = broker.servers();
     let dir = workdir();
-    let mut cases = Vec::new();
-    for mode in ["exactly-once", "at-least-once"] {
-        let (input, output, group) = (unique("hang-in"), unique("hang-out"), unique("hang-g"));
-        create_topic_at(&servers, &input, 6);
-        create_topic_at(&servers, &output, 6);
-        let text = with_top_level(
-            &config_text(&input, &output, &group, "", "", "").replace(&bootstrap(), &servers),
-            &format!("delivery = \"{mode}\""),
-        );
-        let config = write_file(dir.path(), &format!("hang-{mode}.toml"), &text);
-        let host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
-        let done = Arc::new(AtomicBool::new(false));
-        let writer = produce_paced_at(
-            servers.clone(),
-            input.clone(),
-            COUNT,
-            2_000,
-            done.clone(),
-            |i| TestRecord::value((i % 6) as i32, &format!("rec-{i}")),
-        );
-        cases.push((mode, input, output, group, config, host, writer, done));
+    let mut cases: Vec<ModeCase> = ["exactly-once", "at-least-once"]
+        .into_iter()
+        .map(|mode| ModeCase::start(&broker, dir.path(), mode, &[]))
+        .collect();
+    for case in &mut cases {
+        case.feed(&broker, COUNT, 2_000);
     }
     wait_until(
         "records flowing through both hosts",
         Duration::from_secs(60),
-        || {
-            cases
-                .iter()
-                .all(|case| total(&end_offsets_at(&servers, &case.2)) >= 2_000)
-        },
+        || cases.iter().all(|case| case.outputs(&broker) >= 2_000),
     );
     broker.pause();
     assert!(
-        cases.iter().all(|case| !case.7.load(Ordering::SeqCst)),
+        cases.iter().all(|case| !case.done.load(Ordering::SeqCst)),
         "the hang must come while records are still being written"
     );
     // Outputs in flight when the broker stopped answering stay unacknowledged.
     std::thread::sleep(Duration::from_secs(3));
     let asked = Instant::now();
     for case in &cases {
-        case.5.signal(libc::SIGTERM);
+        case.host.signal(libc::SIGTERM);
     }
-    for (mode, _, _, _, _, host, _, _) in &mut cases {
+    for case in &mut cases {
+        let (mode, host) = (case.mode, &mut case.host);
         let status = host.wait(Duration::from_secs(40));
         let took = asked.elapsed();
         assert!(
@@ -311,35 +354,12 @@ fn a_stop_requested_while_the_broker_hangs_ends_in_time_and_loses_nothing() {
     }
     broker.resume();
 
-    for (mode, input, output, group, config, _, writer, _) in cases {
-        writer.join().unwrap();
-        let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
-        wait_until(
-            &format!("the restarted {mode} host to commit every input"),
-            Duration::from_secs(180),
-            || {
-                assert!(
-                    host.exited().is_none(),
-                    "the restarted {mode} host stopped:\n{}",
-                    host.log()
-                );
-                committed_at(&servers, &group, &input) == end_offsets_at(&servers, &input)
-            },
-        );
-        let status = host.terminate();
-        assert!(status.success(), "{mode}: exit {status}:\n{}", host.log());
-
-        let written = read_all_at(&servers, &output, COUNT * 2, Duration::from_secs(10));
-        let seen = copies_of_each(mode, &written, COUNT);
-        if mode == "exactly-once" {
-            let twice = seen.values().filter(|n| **n > 1).count();
-            assert_eq!(twice, 0, "exactly-once: {twice} records written twice");
-        }
-        eprintln!(
-            "{mode}: {} outputs for {COUNT} inputs across the stop",
-            written.len()
-        );
-        assert_first_copies_in_order(mode, &written);
+    for mut case in cases {
+        let config = case.config.to_str().unwrap().to_owned();
+        case.host = Sluice::start(dir.path(), &["run", "--config", &config]);
+        case.wait_committed(&broker);
+        case.terminate();
+        case.check_outputs(&broker, COUNT, "the stop");
     }
 }
 
