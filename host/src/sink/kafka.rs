@@ -442,14 +442,22 @@ impl KafkaSink {
     ) -> KafkaResult<()> {
         let deadline = Instant::now() + timeout;
         if offsets.count() > 0 {
-            resumed(deadline, keep_going, |attempt| {
-                self.producer
-                    .send_offsets_to_transaction(offsets, group, attempt)
-            })?;
+            resumed(
+                "adding the offsets to the transaction",
+                deadline,
+                keep_going,
+                |attempt| {
+                    self.producer
+                        .send_offsets_to_transaction(offsets, group, attempt)
+                },
+            )?;
         }
-        resumed(deadline, keep_going, |attempt| {
-            self.producer.commit_transaction(attempt)
-        })
+        resumed(
+            "committing the transaction",
+            deadline,
+            keep_going,
+            |attempt| self.producer.commit_transaction(attempt),
+        )
     }
 
     /// Aborts the open transaction: queued records are purged, records in flight are
@@ -463,10 +471,18 @@ impl KafkaSink {
     ) -> KafkaResult<()> {
         let deadline = Instant::now() + timeout;
         self.producer.purge(PurgeConfig::default().queue());
-        resumed(deadline, keep_going, |attempt| self.producer.flush(attempt))?;
-        resumed(deadline, keep_going, |attempt| {
-            self.producer.abort_transaction(attempt)
-        })
+        resumed(
+            "flushing before an abort",
+            deadline,
+            keep_going,
+            |attempt| self.producer.flush(attempt),
+        )?;
+        resumed(
+            "aborting the transaction",
+            deadline,
+            keep_going,
+            |attempt| self.producer.abort_transaction(attempt),
+        )
     }
 
     /// Replaces the producer with a new one of the same transactional id. Initialising
@@ -685,15 +701,19 @@ fn new_producer(
     Ok(producer)
 }
 
-/// Runs `call` in attempts of at most [`RECREATE_ATTEMPT`] until it succeeds, fails
-/// for another reason than a missing answer, the deadline passes or `keep_going` says
-/// stop. librdkafka resumes the same operation (a flush, a transaction's commit or
-/// abort) when a call that timed out is made again, so nothing is done twice.
+/// Runs `call` (`what` it does) in attempts of at most [`RECREATE_ATTEMPT`] until it
+/// succeeds, fails for another reason than a missing answer, the deadline passes or
+/// `keep_going` says stop. librdkafka resumes the same operation (a flush, a
+/// transaction's commit or abort) when a call that timed out is made again, so nothing
+/// is done twice. The first attempt that gets no answer is logged: the pipeline waits.
 fn resumed(
+    what: &str,
     deadline: Instant,
     keep_going: &dyn Fn() -> bool,
     mut call: impl FnMut(Duration) -> KafkaResult<()>,
 ) -> KafkaResult<()> {
+    let started = Instant::now();
+    let mut warned = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match call(left.min(RECREATE_ATTEMPT)) {
@@ -701,7 +721,18 @@ fn resumed(
                 if (is_unanswered(&error)
                     || error == KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
                     && Instant::now() < deadline
-                    && keep_going() => {}
+                    && keep_going() =>
+            {
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        %error,
+                        waited_s = started.elapsed().as_secs(),
+                        give_up_in_s = deadline.saturating_duration_since(Instant::now()).as_secs(),
+                        "The sink cluster does not answer; still {what}."
+                    );
+                }
+            }
             done => return done,
         }
     }
