@@ -55,7 +55,8 @@ const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Periodic,
-    /// Shutdown or revocation: always complete, synchronously.
+    /// Shutdown or revocation: always sent, and waited for (at-least-once: up to
+    /// [`FINAL_COMMIT_TIMEOUT`]); a failure is an error.
     Final,
 }
 
