@@ -56,7 +56,7 @@ const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Reason {
     Periodic,
     /// Shutdown or revocation: always sent, and waited for (at-least-once: up to
-    /// [`FINAL_COMMIT_TIMEOUT`]); a failure is an error.
+    /// `FINAL_COMMIT_TIMEOUT`); a failure is an error.
     Final,
 }
 

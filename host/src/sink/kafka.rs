@@ -492,7 +492,7 @@ impl KafkaSink {
     ///
     /// This happens when the cluster has gone away (a broker crash, a network
     /// partition), so a cluster that does not answer is asked again, in attempts of at
-    /// most [`RECREATE_ATTEMPT`], for up to [`RECREATE_PATIENCE`] or until `keep_going`
+    /// most `RECREATE_ATTEMPT`, for up to `RECREATE_PATIENCE` or until `keep_going`
     /// says stop (a shutdown was requested).
     pub fn recreate(
         &mut self,
