@@ -378,7 +378,7 @@ impl Checkpointer {
         }
         let shutdown = &self.shutdown;
         self.sink
-            .recreate(TRANSACTION_TIMEOUT, &|| !shutdown.requested())
+            .recreate(&|| !shutdown.requested())
             .with_context(|| format!("replacing the transactional producer {why}"))
     }
 

@@ -378,9 +378,9 @@ fn compile_cache_dir() -> Option<PathBuf> {
     }
 }
 
-/// The compilation cache's size by default (wasmtime's own). A JavaScript or Python
-/// component takes about 12 MB per compiler there (compressed), so this keeps some 20
-/// versions of either code.
+/// The compilation cache's size by default (wasmtime's own). The JavaScript and Python
+/// examples take 9 to 12 MB there per compiler (compressed), so this keeps some 20
+/// versions of both codes.
 const CACHE_MAX_MB: u64 = 512;
 
 /// The compilation cache's size, from `SLUICE_CACHE_MAX_MB` (a whole number of MB), in
@@ -406,18 +406,15 @@ fn cache_max_bytes(value: Option<&std::ffi::OsStr>) -> anyhow::Result<u64> {
 /// unusable: plugins are then compiled at every start, which is slower but correct.
 fn compile_cache() -> Option<Cache> {
     let dir = compile_cache_dir()?;
-    let opened = cache_max_bytes(std::env::var_os("SLUICE_CACHE_MAX_MB").as_deref())
-        .and_then(|max_bytes| {
-            std::fs::create_dir_all(&dir)?;
-            Ok(max_bytes)
-        })
-        .and_then(|max_bytes| {
-            let mut config = CacheConfig::new();
-            config
-                .with_directory(&dir)
-                .with_files_total_size_soft_limit(max_bytes);
-            Cache::new(config).map_err(|e| anyhow::anyhow!("{e:#}"))
-        });
+    let opened = (|| {
+        let max_bytes = cache_max_bytes(std::env::var_os("SLUICE_CACHE_MAX_MB").as_deref())?;
+        std::fs::create_dir_all(&dir)?;
+        let mut config = CacheConfig::new();
+        config
+            .with_directory(&dir)
+            .with_files_total_size_soft_limit(max_bytes);
+        Cache::new(config).map_err(|e| anyhow::anyhow!("{e:#}"))
+    })();
     match opened {
         Ok(cache) => Some(cache),
         Err(error) => {
@@ -870,16 +867,15 @@ impl Instance {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_cache_size_is_a_number_of_megabytes_and_anything_else_is_named() {
         use std::ffi::OsStr;
-        assert_eq!(super::cache_max_bytes(None).unwrap(), 512 << 20);
-        assert_eq!(
-            super::cache_max_bytes(Some(OsStr::new("300"))).unwrap(),
-            300 << 20
-        );
+        assert_eq!(cache_max_bytes(None).unwrap(), 512 << 20);
+        assert_eq!(cache_max_bytes(Some(OsStr::new("300"))).unwrap(), 300 << 20);
         for bad in ["0", "-5", "2GB", "", "1.5"] {
-            let error = super::cache_max_bytes(Some(OsStr::new(bad)))
+            let error = cache_max_bytes(Some(OsStr::new(bad)))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -888,8 +884,6 @@ mod tests {
             );
         }
     }
-
-    use super::*;
 
     fn load_error(bytes: &[u8]) -> String {
         match Runtime::new().unwrap().load(bytes) {

@@ -150,8 +150,7 @@ impl KafkaSink {
             &tracker,
             &auth,
             transaction.is_some(),
-            connect_timeout,
-            Patience::NONE,
+            Patience::Start(connect_timeout),
         )?;
         let failure = auth.failure().clone();
 
@@ -491,24 +490,15 @@ impl KafkaSink {
     /// which must never be retried.
     ///
     /// This happens when the cluster has gone away (a broker crash, a network
-    /// partition), so a cluster that does not answer is asked again, in attempts of at
-    /// most `RECREATE_ATTEMPT`, for up to `RECREATE_PATIENCE` or until `keep_going`
-    /// says stop (a shutdown was requested).
-    pub fn recreate(
-        &mut self,
-        timeout: Duration,
-        keep_going: &dyn Fn() -> bool,
-    ) -> anyhow::Result<()> {
+    /// partition), so a cluster that does not answer is asked again for up to
+    /// `RECREATE_PATIENCE`, or until `keep_going` says stop (a shutdown was requested).
+    pub fn recreate(&mut self, keep_going: &dyn Fn() -> bool) -> anyhow::Result<()> {
         self.producer = new_producer(
             &self.client,
             &self.tracker,
             &self.auth,
             self.transactional,
-            timeout,
-            Patience {
-                limit: RECREATE_PATIENCE,
-                keep_going,
-            },
+            Patience::Running(keep_going),
         )?;
         Ok(())
     }
@@ -594,8 +584,7 @@ pub fn fence(
         &Arc::new(Mutex::new(Tracker::new())),
         auth,
         true,
-        timeout,
-        Patience::NONE,
+        Patience::Start(timeout),
     )?;
     Ok(())
 }
@@ -610,36 +599,30 @@ pub struct TransactionSettings {
 }
 
 /// How long a running host keeps asking a sink cluster that does not answer for a new
-/// transactional producer before it gives up...
+/// transactional producer before it gives up.
 const RECREATE_PATIENCE: Duration = Duration::from_secs(600);
-/// ...in attempts this long, so that a shutdown is not held up by one...
-const RECREATE_ATTEMPT: Duration = Duration::from_secs(5);
-/// ...and warning this often.
-const RECREATE_WARNING: Duration = Duration::from_secs(30);
+/// A call that waits for the cluster does so in attempts this long, so that a stop is
+/// not held up by one...
+const ATTEMPT: Duration = Duration::from_secs(5);
+/// ...and says this often that the cluster does not answer.
+const WAIT_WARNING: Duration = Duration::from_secs(30);
 
-/// How long to keep asking a cluster that does not answer, and while what holds.
-struct Patience<'a> {
-    limit: Duration,
-    keep_going: &'a dyn Fn() -> bool,
+/// How long a new transactional producer waits for a cluster that does not answer.
+#[derive(Clone, Copy)]
+enum Patience<'a> {
+    /// At start: this long, then the cluster's answer (or its silence) is the error.
+    Start(Duration),
+    /// While running: up to [`RECREATE_PATIENCE`], or until this says stop.
+    Running(&'a dyn Fn() -> bool),
 }
 
-impl Patience<'_> {
-    /// One attempt, no second.
-    const NONE: Patience<'static> = Patience {
-        limit: Duration::ZERO,
-        keep_going: &|| true,
-    };
-}
-
-/// A new producer; a transactional one has its transactions initialised. With
-/// patience, an attempt that gets no answer is repeated until the limit or until
-/// `keep_going` says stop; without, the one attempt waits up to `timeout`.
+/// A new producer; a transactional one has its transactions initialised, waiting for
+/// the cluster as `patience` says.
 fn new_producer(
     client: &ClientConfig,
     tracker: &Arc<Mutex<Tracker>>,
     auth: &ClientAuth,
     transactional: bool,
-    timeout: Duration,
     patience: Patience<'_>,
 ) -> anyhow::Result<BaseProducer<SinkContext>> {
     let producer: BaseProducer<SinkContext> = client
@@ -654,45 +637,36 @@ fn new_producer(
     if transactional {
         let id = client.get("transactional.id").unwrap_or_default();
         let started = Instant::now();
-        let mut warned = started;
-        let attempt = if patience.limit.is_zero() {
-            timeout
-        } else {
-            timeout.min(RECREATE_ATTEMPT)
+        let (limit, keep_going): (Duration, &dyn Fn() -> bool) = match patience {
+            Patience::Start(timeout) => (timeout, &|| true),
+            Patience::Running(keep_going) => (RECREATE_PATIENCE, keep_going),
         };
-        loop {
-            let error = match producer.init_transactions(attempt) {
-                Ok(()) => break,
-                Err(error) => error,
-            };
-            if !is_unanswered(&error) || patience.limit.is_zero() {
+        // Refused credentials are not a matter of patience.
+        let refused = || auth.failure().get().is_some();
+        let initialised = resumed(
+            "starting a transactional producer",
+            started + limit,
+            &|| keep_going() && !refused(),
+            |attempt| producer.init_transactions(attempt),
+        );
+        auth.failure().check()?;
+        match initialised {
+            Ok(()) => {}
+            Err(error) if !is_unanswered(&error) || matches!(patience, Patience::Start(_)) => {
                 return Err(error).with_context(|| {
                     format!(
                         "initialising transactions for transactional id `{id}` (exactly-once needs a broker with transactions enabled)"
                     )
                 });
             }
-            if !(patience.keep_going)() {
-                bail!(
-                    "stopped while the sink cluster did not answer ({} s) a request for a transactional producer for id `{id}`: {error}",
-                    started.elapsed().as_secs()
-                );
-            }
-            if started.elapsed() >= patience.limit {
-                bail!(
-                    "the sink cluster did not answer for {} s while starting a transactional producer for id `{id}`: {error}; check that its brokers are up and reachable",
-                    started.elapsed().as_secs()
-                );
-            }
-            if warned.elapsed() >= RECREATE_WARNING || warned == started {
-                warned = Instant::now();
-                tracing::warn!(
-                    %error,
-                    waited_s = started.elapsed().as_secs(),
-                    "The sink cluster does not answer; asking again for a transactional producer."
-                );
-            }
-            auth.failure().check()?;
+            Err(error) if !keep_going() => bail!(
+                "stopped while the sink cluster did not answer ({} s) a request for a transactional producer for id `{id}`: {error}",
+                started.elapsed().as_secs()
+            ),
+            Err(error) => bail!(
+                "the sink cluster did not answer for {} s while starting a transactional producer for id `{id}`: {error}; check that its brokers are up and reachable",
+                started.elapsed().as_secs()
+            ),
         }
         producer
             .begin_transaction()
@@ -701,11 +675,12 @@ fn new_producer(
     Ok(producer)
 }
 
-/// Runs `call` (`what` it does) in attempts of at most [`RECREATE_ATTEMPT`] until it
-/// succeeds, fails for another reason than a missing answer, the deadline passes or
-/// `keep_going` says stop. librdkafka resumes the same operation (a flush, a
-/// transaction's commit or abort) when a call that timed out is made again, so nothing
-/// is done twice. The first attempt that gets no answer is logged: the pipeline waits.
+/// Runs `call` (`what` it does) in attempts of at most [`ATTEMPT`] until it succeeds,
+/// fails for another reason than a missing answer, the deadline passes or `keep_going`
+/// says stop. librdkafka resumes the same operation (a flush, initialising, committing
+/// or aborting transactions) when a call that timed out is made again, so nothing is
+/// done twice. That the cluster does not answer is logged at once and every
+/// [`WAIT_WARNING`]: the pipeline waits.
 fn resumed(
     what: &str,
     deadline: Instant,
@@ -713,18 +688,18 @@ fn resumed(
     mut call: impl FnMut(Duration) -> KafkaResult<()>,
 ) -> KafkaResult<()> {
     let started = Instant::now();
-    let mut warned = false;
+    let mut warned: Option<Instant> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match call(left.min(RECREATE_ATTEMPT)) {
+        match call(left.min(ATTEMPT)) {
             Err(error)
                 if (is_unanswered(&error)
                     || error == KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
                     && Instant::now() < deadline
                     && keep_going() =>
             {
-                if !warned {
-                    warned = true;
+                if warned.is_none_or(|at| at.elapsed() >= WAIT_WARNING) {
+                    warned = Some(Instant::now());
                     tracing::warn!(
                         %error,
                         waited_s = started.elapsed().as_secs(),
