@@ -84,8 +84,10 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     tail_s: u64,
     /// `linger.ms` of this program's input producer: how long it holds records to
-    /// batch them, which shows up as gaps in the output.
-    #[arg(long, default_value_t = 1)]
+    /// batch them, which shows up as gaps in the output. The default is the Kafka
+    /// clients' own (librdkafka's and Java's), as an upstream producer would have it;
+    /// at 1 ms the broker used about 1.7 times the CPU (20 000 records/s, 2 cores).
+    #[arg(long, default_value_t = 5)]
     producer_linger_ms: u64,
     /// `fetch.wait.max.ms` of this program's output consumer.
     #[arg(long, default_value_t = 10)]
