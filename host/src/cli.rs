@@ -78,7 +78,7 @@ pub struct BuildArgs {
     /// The project directory.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// Where to write the component (default: DIR/<directory name>.wasm).
+    /// Where to write the component (default: DIR/NAME.wasm, NAME being DIR's own name).
     #[arg(long, short)]
     pub out: Option<PathBuf>,
 }

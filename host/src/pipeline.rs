@@ -7,7 +7,7 @@
 //! and delivers on its own threads, so a channel between stages here would add a copy
 //! and a context switch without adding parallelism. Memory stays bounded: the
 //! consumer's prefetch queue and the producer's queue have byte limits, at most
-//! [`MAX_IN_FLIGHT_BATCHES`] batches wait for acknowledgement, and a full producer
+//! `MAX_IN_FLIGHT_BATCHES` batches wait for acknowledgement, and a full producer
 //! queue blocks the loop, so a stalled sink stalls the source.
 
 use std::sync::{Arc, Mutex};

@@ -200,7 +200,7 @@ impl ClientAuth {
 
     /// A client error of the client named `client`: a refused credential is recorded
     /// and logged as an error, a lost connection as a warning at most once per
-    /// [`CONNECTIVITY_REPORT_EVERY`], anything else as a warning.
+    /// `CONNECTIVITY_REPORT_EVERY`, anything else as a warning.
     pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
         if self.observe(error, reason) {
             tracing::error!(client, %error, "Kafka authentication failed: {reason}");

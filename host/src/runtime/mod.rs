@@ -576,7 +576,7 @@ impl Runtime {
     /// Cranelift compile to wait for.
     ///
     /// Cranelift's compiler process starts first, and answers at once from the cache
-    /// if it can. When it does not within [`cache_answer`], it is paused (so that it
+    /// if it can. When it does not within `cache_answer`, it is paused (so that it
     /// takes no CPU while the version goes live) and Winch's compiler process starts.
     /// The paused compile is resumed by [`Pending::resume`] or [`Pending::finish`]. A
     /// component Winch refuses is judged by Cranelift's answer alone.
