@@ -455,7 +455,7 @@ function messageOf(error) {
  * Makes the `transform` export of a plugin from a class whose constructor takes a
  * `Config` (throw to reject the settings) and whose `process(record, out)` calls `out`
  * zero, one or many times, or throws to report that record alone as failed (its
- * outputs, if any, are discarded).
+ * outputs and state writes, if any, are discarded).
  */
 export function exportTransform(Plugin) {
   let plugin = null;

@@ -191,7 +191,8 @@ pub trait Transform: Sized + 'static {
     fn init(config: &Config) -> Result<Self, Error>;
 
     /// Handles one record: call `out` zero, one or many times, or return an error to
-    /// report this record alone as failed (its outputs, if any, are discarded).
+    /// report this record alone as failed (its outputs and state writes, if any, are
+    /// discarded).
     fn process(&mut self, record: &Record<'_>, out: &mut Output<'_>) -> Result<(), Error>;
 
     /// Handles a whole batch. The default calls [`Transform::process`] per record;

@@ -11,7 +11,8 @@
 //! unless the sink has a dead-letter topic: then the batch goes on, and the sink sends
 //! the failed records there. A batch that fails as a whole (a trap, the time or memory
 //! limit) is then run again record by record, so that only the records that fail on
-//! their own go there.
+//! their own go there. So is a batch whose failed records wrote keyed state: a failed
+//! record keeps none of its writes, and the records after it see none of them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,8 +81,12 @@ pub struct TransformStage {
     dead_letter: bool,
     /// Failed records not yet reported in the log.
     dead_lettered: Throttle,
-    /// Batches run again record by record, not yet reported in the log.
+    /// Batches that failed as a whole and were run again record by record, not yet
+    /// reported in the log.
     isolated: Throttle,
+    /// Batches run again record by record because a failed record wrote state, not yet
+    /// reported in the log.
+    rerun_for_state: Throttle,
 }
 
 /// How often the failed-record and isolated-batch lines may be written.
@@ -112,6 +117,7 @@ impl TransformStage {
             dead_letter,
             dead_lettered: Throttle::new(REPORT_EVERY),
             isolated: Throttle::new(REPORT_EVERY),
+            rerun_for_state: Throttle::new(REPORT_EVERY),
         }
     }
 
@@ -135,6 +141,8 @@ impl TransformStage {
         loop {
             self.adopt()?;
             self.state().begin_batch();
+            // Whether the output comes from a run record by record already.
+            let mut isolated = false;
             let output = match self.instance.process(input, batch) {
                 Ok(output) => output,
                 Err(error) => {
@@ -146,14 +154,26 @@ impl TransformStage {
                     if !self.dead_letter {
                         return Err(error);
                     }
-                    self.isolate(batch, restart, &error)?
+                    let (output, failed) = self.isolate(batch, restart, &error)?;
+                    isolated = true;
+                    if let Some(batches) = self.isolated.count(1) {
+                        tracing::warn!(
+                            batches,
+                            last_failed = failed,
+                            last_records = batch.len(),
+                            last_cause = %error,
+                            "A batch failed as a whole; it was run again record by record, and the records that fail alone go to the dead-letter topic."
+                        );
+                    }
+                    output
                 }
             };
-            let (failed, first) = match self.failures(&output, batch) {
+            let (failed_records, first) = match self.failures(&output, batch) {
                 Ok(found) => found,
                 Err(error) if self.roll_back(&error.to_string()) => continue,
                 Err(error) => return Err(error),
             };
+            let failed = failed_records.len() as u64;
             self.probation.records += batch.len() as u64;
             self.probation.failed += failed;
             let Some(first) = first else {
@@ -168,25 +188,46 @@ impl TransformStage {
             {
                 continue;
             }
-            if self.dead_letter {
+            if !self.dead_letter {
+                return Err(first);
+            }
+            if isolated || !self.state().any_wrote(&failed_records) {
                 self.report_dead_lettered(failed, &first);
                 return Ok(output);
             }
-            return Err(first);
+            // A failed record keeps none of its state writes, but later records of the
+            // batch may have read them: the batch runs again record by record, on a new
+            // instance (the first pass left its memory changed by every record).
+            let (output, failed) = self.isolate(batch, true, &first)?;
+            if let Some(batches) = self.rerun_for_state.count(1) {
+                tracing::warn!(
+                    batches,
+                    last_failed = failed,
+                    last_records = batch.len(),
+                    last_first = %first,
+                    "Records that failed had written state; their batch was run again record by record, so that only the records that succeed keep their writes."
+                );
+            }
+            if failed > 0 {
+                self.report_dead_lettered(failed, &first);
+            }
+            return Ok(output);
         }
     }
 
-    /// Runs a batch that failed as a whole (a trap, the time or memory limit, or an
-    /// error for the whole batch) again one record at a time, so that only the records
-    /// that fail on their own are reported failed, and go to the dead-letter topic.
-    /// Each record's state writes are kept only if it succeeds. An instance that
-    /// trapped is not called again: a new one of the same version takes over.
+    /// Runs a batch again one record at a time, so that only the records that fail on
+    /// their own are reported failed, and go to the dead-letter topic: a batch that
+    /// failed as a whole (a trap, the time or memory limit, or an error for the whole
+    /// batch), or one whose failed records wrote state. Each record's state writes are
+    /// kept only if it succeeds. With `restart`, a new instance of the same version
+    /// takes over first; an instance that traps is not called again either. Returns
+    /// the output and how many records failed.
     fn isolate(
         &mut self,
         batch: &InputBatch<'_>,
         restart: bool,
         cause: &TransformError,
-    ) -> Result<Vec<u8>, TransformError> {
+    ) -> Result<(Vec<u8>, u64), TransformError> {
         self.state().discard_batch();
         self.state().begin_batch();
         if restart {
@@ -210,8 +251,14 @@ impl TransformStage {
             let one = InputBatch::open(encoded).map_err(|error| self.malformed(error))?;
             let savepoint = self.state().savepoint();
             match self.instance.process(encoded, &one) {
-                Ok(result) => copy_ops(&result, record.index(), &mut output)
-                    .map_err(|error| self.malformed(error))?,
+                Ok(result) => {
+                    let failed_alone = copy_ops(&result, record.index(), &mut output)
+                        .map_err(|error| self.malformed(error))?;
+                    if failed_alone {
+                        self.state().rollback_to(savepoint);
+                        failed += 1;
+                    }
+                }
                 Err(error) => {
                     self.state().rollback_to(savepoint);
                     failed += 1;
@@ -226,16 +273,7 @@ impl TransformStage {
                 }
             }
         }
-        if let Some(batches) = self.isolated.count(1) {
-            tracing::warn!(
-                batches,
-                last_failed = failed,
-                last_records = batch.len(),
-                last_cause = %cause,
-                "A batch failed as a whole; it was run again record by record, and the records that fail alone go to the dead-letter topic."
-            );
-        }
-        Ok(output.finish())
+        Ok((output.finish(), failed))
     }
 
     /// Replaces the instance with a new one of the same version.
@@ -374,19 +412,20 @@ impl TransformStage {
         self.registry.settings().states[self.worker].lock().unwrap()
     }
 
-    /// Counts the records the plugin reported as failed, and describes the first.
+    /// The records the plugin reported as failed (their indices), and the first
+    /// described.
     fn failures(
         &self,
         output: &[u8],
         batch: &InputBatch<'_>,
-    ) -> Result<(u64, Option<TransformError>), TransformError> {
+    ) -> Result<(Vec<u32>, Option<TransformError>), TransformError> {
         let reader =
             OutputReader::parse(output, batch.len() as u32).map_err(|e| self.malformed(e))?;
-        let mut failed = 0;
+        let mut failed = Vec::new();
         let mut first = None;
         for op in reader {
             if let Op::Error { index, message } = op.map_err(|e| self.malformed(e))? {
-                failed += 1;
+                failed.push(index);
                 if first.is_none() {
                     let record = batch.get(index).expect("index checked by the reader");
                     first = Some(TransformError::Record {
@@ -432,8 +471,9 @@ impl TransformStage {
 }
 
 /// Appends the output of a one-record batch to `output`, as the output of input
-/// record `index`.
-fn copy_ops(result: &[u8], index: u32, output: &mut OutputWriter) -> Result<(), DecodeError> {
+/// record `index`. True when the plugin failed the record.
+fn copy_ops(result: &[u8], index: u32, output: &mut OutputWriter) -> Result<bool, DecodeError> {
+    let mut failed = false;
     for op in OutputReader::parse(result, 1)? {
         match op? {
             Op::Keep { output: None, .. } => output.keep(index),
@@ -460,10 +500,13 @@ fn copy_ops(result: &[u8], index: u32, output: &mut OutputWriter) -> Result<(), 
                 };
                 output.record(index, &record, to);
             }
-            Op::Error { message, .. } => output.error(index, message),
+            Op::Error { message, .. } => {
+                output.error(index, message);
+                failed = true;
+            }
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 #[cfg(test)]
@@ -495,7 +538,7 @@ mod tests {
 
         let mut merged = OutputWriter::new();
         merged.keep(0);
-        copy_ops(&one, 5, &mut merged).unwrap();
+        assert!(copy_ops(&one, 5, &mut merged).unwrap(), "the record failed");
         let merged = merged.finish();
         let ops: Vec<Op<'_>> = OutputReader::parse(&merged, 6)
             .unwrap()
@@ -546,6 +589,16 @@ mod tests {
                 "error 5 bad".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_one_record_output_without_an_error_is_no_failure() {
+        let mut one = OutputWriter::new();
+        one.keep(0);
+        one.replace_value(0, Some(b"new"), Some("side"));
+        let one = one.finish();
+        let mut merged = OutputWriter::new();
+        assert!(!copy_ops(&one, 2, &mut merged).unwrap());
     }
 
     #[test]

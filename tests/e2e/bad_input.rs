@@ -365,7 +365,7 @@ fn failing_on_poison(
     group: &str,
     sink_extra: &str,
 ) -> std::path::PathBuf {
-    poison_config(dir, input, output, group, sink_extra, Poison::Fails)
+    poison_config(dir, input, output, group, sink_extra, Poison::Fails, "")
 }
 
 /// What the faulty plugin does with a record whose value contains "poison".
@@ -384,6 +384,7 @@ fn poison_config(
     group: &str,
     sink_extra: &str,
     poison: Poison,
+    plugin_extra: &str,
 ) -> std::path::PathBuf {
     let plugin = test_plugin("sluice_test_faulty");
     let setting = match poison {
@@ -391,7 +392,7 @@ fn poison_config(
         Poison::Traps => "trap_on",
     };
     let tail = format!(
-        "[plugin]\npath = \"{}\"\n[plugin.config]\n{setting} = \"poison\"",
+        "[plugin]\npath = \"{}\"\n[plugin.config]\n{setting} = \"poison\"\n{plugin_extra}",
         plugin.display()
     );
     write_file(
@@ -462,7 +463,9 @@ fn exactly_once_dead_letters_only_the_records_that_trap() {
 /// Every tenth of 60 records fails in the plugin (reported failed, or a trap of the
 /// whole batch): those reach the dead-letter topic as they were read, with the
 /// reason, the others reach the sink, each exactly once, and every offset is
-/// committed.
+/// committed. Every record counts itself in keyed state before it fails or goes
+/// through: a failed record's count must not stay, so the records that went through
+/// counted 1, 2, 3... in each input partition.
 fn dead_letter_case(delivery: &str, poison: Poison) {
     let dir = workdir();
     let (input, output, group) = topics("dead", 2, Some(2));
@@ -493,6 +496,7 @@ fn dead_letter_case(delivery: &str, poison: Poison) {
         &group,
         &format!("dead_letter_topic = \"{dead_letter}\""),
         poison,
+        "count_in_state = \"seen\"",
     );
     add_top_level(&config, &format!("delivery = \"{delivery}\""));
     let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
@@ -510,6 +514,30 @@ fn dead_letter_case(delivery: &str, poison: Poison) {
         .collect();
     expected_fine.sort();
     assert_eq!(values(&fine), expected_fine);
+    // The counts each input partition's records saw, in input order: 1, 2, 3...
+    let header_text = |record: &TestRecord, name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| panic!("an output without `{name}`: {record:?}"))
+    };
+    for partition in 0..2 {
+        let mut counts: Vec<(u64, u64)> = fine
+            .iter()
+            .map(|record| {
+                let n: u64 = header_text(record, "n").parse().unwrap();
+                (n, header_text(record, "count").parse().unwrap())
+            })
+            .filter(|(n, _)| n % 2 == partition)
+            .collect();
+        counts.sort();
+        let seen: Vec<u64> = counts.iter().map(|(_, count)| *count).collect();
+        let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+        assert_eq!(seen, expected, "counts of input partition {partition}");
+    }
     let mut expected_failed: Vec<String> = (0..60)
         .filter(|i| i % 10 == 3)
         .map(|i| format!("poison {i}"))
@@ -564,6 +592,11 @@ fn dead_letter_case(delivery: &str, poison: Poison) {
     assert_eq!(
         log.contains("A batch failed as a whole"),
         poison == Poison::Traps,
+        "{log}"
+    );
+    assert_eq!(
+        log.contains("Records that failed had written state"),
+        poison == Poison::Fails,
         "{log}"
     );
     // Every input is behind the committed offsets: nothing will be read again.

@@ -372,7 +372,8 @@ class Output:
 class Transform:
     """Base class of a plugin: ``__init__(config)`` (raise to reject the settings) and
     ``process(record, out)``: call ``out`` zero, one or many times, or raise to report
-    this record alone as failed (its outputs, if any, are discarded)."""
+    this record alone as failed (its outputs and state writes, if any, are
+    discarded)."""
 
     def __init__(self, config: Config):
         pass

@@ -187,13 +187,17 @@ impl state::Host for HostState {
 
     fn set(&mut self, record: u32, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
         let partition = self.partition_of(record)?;
-        self.state.lock().unwrap().set(partition, key, value);
+        let mut store = self.state.lock().unwrap();
+        store.set(partition, key, value);
+        store.wrote_for(record);
         Ok(())
     }
 
     fn delete(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<()> {
         let partition = self.partition_of(record)?;
-        self.state.lock().unwrap().delete(partition, &key);
+        let mut store = self.state.lock().unwrap();
+        store.delete(partition, &key);
+        store.wrote_for(record);
         Ok(())
     }
 }

@@ -53,6 +53,8 @@ pub struct Savepoint(usize);
 pub struct StateStore {
     partitions: HashMap<i32, PartitionState>,
     undo: Option<Vec<Undo>>,
+    /// The records of the open batch (their indices) that wrote state.
+    writers: HashSet<u32>,
 }
 
 impl StateStore {
@@ -99,17 +101,32 @@ impl StateStore {
     /// Starts recording writes so that [`StateStore::discard_batch`] can undo them.
     pub fn begin_batch(&mut self) {
         self.undo = Some(Vec::new());
+        self.writers.clear();
     }
 
     /// Keeps the open batch's writes.
     pub fn commit_batch(&mut self) {
         self.undo = None;
+        self.writers.clear();
     }
 
     /// Undoes every write since [`StateStore::begin_batch`].
     pub fn discard_batch(&mut self) {
         self.rollback_to(Savepoint(0));
         self.undo = None;
+        self.writers.clear();
+    }
+
+    /// Notes that the open batch's record `record` (its index) wrote state.
+    pub fn wrote_for(&mut self, record: u32) {
+        if self.undo.is_some() {
+            self.writers.insert(record);
+        }
+    }
+
+    /// Whether any of `records` (indices in the open batch) wrote state.
+    pub fn any_wrote(&self, records: &[u32]) -> bool {
+        records.iter().any(|record| self.writers.contains(record))
     }
 
     /// A point of the open batch that [`StateStore::rollback_to`] can return to.
@@ -250,6 +267,27 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].partition, 3);
         assert_eq!(store.take_changes(None).len(), 1);
+    }
+
+    #[test]
+    fn the_records_that_wrote_are_known_while_their_batch_is_open() {
+        let mut store = StateStore::default();
+        store.wrote_for(1);
+        assert!(
+            !store.any_wrote(&[1]),
+            "a write outside a batch is not noted"
+        );
+        store.begin_batch();
+        store.set(0, b"k".to_vec(), b"v".to_vec());
+        store.wrote_for(2);
+        assert!(!store.any_wrote(&[0, 1]));
+        assert!(store.any_wrote(&[1, 2]));
+        store.commit_batch();
+        assert!(!store.any_wrote(&[2]));
+        store.begin_batch();
+        store.wrote_for(3);
+        store.discard_batch();
+        assert!(!store.any_wrote(&[3]));
     }
 
     #[test]
