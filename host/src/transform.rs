@@ -89,6 +89,15 @@ pub struct TransformStage {
     rerun_for_state: Throttle,
 }
 
+/// Why a batch runs again record by record.
+#[derive(Debug, Clone, Copy)]
+enum Rerun {
+    /// A trap, the time or memory limit, or an error for the whole batch.
+    FailedAsAWhole,
+    /// Records that failed had written keyed state.
+    FailedWroteState,
+}
+
 /// How often the failed-record and isolated-batch lines may be written.
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -154,18 +163,8 @@ impl TransformStage {
                     if !self.dead_letter {
                         return Err(error);
                     }
-                    let (output, failed) = self.isolate(batch, restart, &error)?;
                     isolated = true;
-                    if let Some(batches) = self.isolated.count(1) {
-                        tracing::warn!(
-                            batches,
-                            last_failed = failed,
-                            last_records = batch.len(),
-                            last_cause = %error,
-                            "A batch failed as a whole; it was run again record by record, and the records that fail alone go to the dead-letter topic."
-                        );
-                    }
-                    output
+                    self.rerun(batch, restart, &error, Rerun::FailedAsAWhole)?.0
                 }
             };
             let (failed_records, first) = match self.failures(&output, batch) {
@@ -198,21 +197,44 @@ impl TransformStage {
             // A failed record keeps none of its state writes, but later records of the
             // batch may have read them: the batch runs again record by record, on a new
             // instance (the first pass left its memory changed by every record).
-            let (output, failed) = self.isolate(batch, true, &first)?;
-            if let Some(batches) = self.rerun_for_state.count(1) {
-                tracing::warn!(
-                    batches,
-                    last_failed = failed,
-                    last_records = batch.len(),
-                    last_first = %first,
-                    "Records that failed had written state; their batch was run again record by record, so that only the records that succeed keep their writes."
-                );
-            }
+            let (output, failed) = self.rerun(batch, true, &first, Rerun::FailedWroteState)?;
             if failed > 0 {
                 self.report_dead_lettered(failed, &first);
             }
             return Ok(output);
         }
+    }
+
+    /// [`TransformStage::isolate`], and a line in the log, at most once per
+    /// `REPORT_EVERY` for each reason.
+    fn rerun(
+        &mut self,
+        batch: &InputBatch<'_>,
+        restart: bool,
+        cause: &TransformError,
+        why: Rerun,
+    ) -> Result<(Vec<u8>, u64), TransformError> {
+        let (output, failed) = self.isolate(batch, restart, cause)?;
+        let (throttle, message) = match why {
+            Rerun::FailedAsAWhole => (
+                &mut self.isolated,
+                "A batch failed as a whole; it was run again record by record, and the records that fail alone go to the dead-letter topic.",
+            ),
+            Rerun::FailedWroteState => (
+                &mut self.rerun_for_state,
+                "Records that failed had written state; their batch was run again record by record, so that only the records that succeed keep their writes.",
+            ),
+        };
+        if let Some(batches) = throttle.count(1) {
+            tracing::warn!(
+                batches,
+                last_failed = failed,
+                last_records = batch.len(),
+                last_cause = %cause,
+                "{message}"
+            );
+        }
+        Ok((output, failed))
     }
 
     /// Runs a batch again one record at a time, so that only the records that fail on
