@@ -187,17 +187,16 @@ impl state::Host for HostState {
 
     fn set(&mut self, record: u32, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
         let partition = self.partition_of(record)?;
-        let mut store = self.state.lock().unwrap();
-        store.set(partition, key, value);
-        store.wrote_for(record);
+        self.state
+            .lock()
+            .unwrap()
+            .set(record, partition, key, value);
         Ok(())
     }
 
     fn delete(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<()> {
         let partition = self.partition_of(record)?;
-        let mut store = self.state.lock().unwrap();
-        store.delete(partition, &key);
-        store.wrote_for(record);
+        self.state.lock().unwrap().delete(record, partition, &key);
         Ok(())
     }
 }

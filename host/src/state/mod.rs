@@ -31,9 +31,11 @@ struct PartitionState {
     dirty: HashSet<Vec<u8>>,
 }
 
-/// How to undo one write of the open batch: the key's previous value and dirty mark.
+/// How to undo one write of the open batch: the key's previous value and dirty mark,
+/// and which of the batch's records made it (its index).
 #[derive(Debug)]
 struct Undo {
+    record: u32,
     partition: i32,
     key: Vec<u8>,
     value: Option<Vec<u8>>,
@@ -53,8 +55,6 @@ pub struct Savepoint(usize);
 pub struct StateStore {
     partitions: HashMap<i32, PartitionState>,
     undo: Option<Vec<Undo>>,
-    /// The records of the open batch (their indices) that wrote state.
-    writers: HashSet<u32>,
 }
 
 impl StateStore {
@@ -70,12 +70,14 @@ impl StateStore {
             .map(Vec::as_slice)
     }
 
-    pub fn set(&mut self, partition: i32, key: Vec<u8>, value: Vec<u8>) {
+    /// Stores `value` under `key` in `partition`, for the open batch's record `record`.
+    pub fn set(&mut self, record: u32, partition: i32, key: Vec<u8>, value: Vec<u8>) {
         let state = self.partitions.entry(partition).or_default();
         let was_dirty = !state.dirty.insert(key.clone());
         let previous = state.values.insert(key.clone(), value);
         if let Some(undo) = &mut self.undo {
             undo.push(Undo {
+                record,
                 partition,
                 key,
                 value: previous,
@@ -84,12 +86,14 @@ impl StateStore {
         }
     }
 
-    pub fn delete(&mut self, partition: i32, key: &[u8]) {
+    /// Removes `key` from `partition`, for the open batch's record `record`.
+    pub fn delete(&mut self, record: u32, partition: i32, key: &[u8]) {
         let state = self.partitions.entry(partition).or_default();
         let previous = state.values.remove(key);
         let was_dirty = !state.dirty.insert(key.to_vec());
         if let Some(undo) = &mut self.undo {
             undo.push(Undo {
+                record,
                 partition,
                 key: key.to_vec(),
                 value: previous,
@@ -101,32 +105,25 @@ impl StateStore {
     /// Starts recording writes so that [`StateStore::discard_batch`] can undo them.
     pub fn begin_batch(&mut self) {
         self.undo = Some(Vec::new());
-        self.writers.clear();
     }
 
     /// Keeps the open batch's writes.
     pub fn commit_batch(&mut self) {
         self.undo = None;
-        self.writers.clear();
     }
 
     /// Undoes every write since [`StateStore::begin_batch`].
     pub fn discard_batch(&mut self) {
         self.rollback_to(Savepoint(0));
         self.undo = None;
-        self.writers.clear();
     }
 
-    /// Notes that the open batch's record `record` (its index) wrote state.
-    pub fn wrote_for(&mut self, record: u32) {
-        if self.undo.is_some() {
-            self.writers.insert(record);
-        }
-    }
-
-    /// Whether any of `records` (indices in the open batch) wrote state.
+    /// Whether any of `records` (indices in the open batch) wrote state that stands.
     pub fn any_wrote(&self, records: &[u32]) -> bool {
-        records.iter().any(|record| self.writers.contains(record))
+        self.undo
+            .iter()
+            .flatten()
+            .any(|entry| records.contains(&entry.record))
     }
 
     /// A point of the open batch that [`StateStore::rollback_to`] can return to.
@@ -224,8 +221,8 @@ mod tests {
     #[test]
     fn partitions_are_separate_scopes() {
         let mut store = StateStore::default();
-        store.set(0, b"k".to_vec(), b"zero".to_vec());
-        store.set(1, b"k".to_vec(), b"one".to_vec());
+        store.set(0, 0, b"k".to_vec(), b"zero".to_vec());
+        store.set(0, 1, b"k".to_vec(), b"one".to_vec());
         assert_eq!(store.get(0, b"k"), Some(&b"zero"[..]));
         assert_eq!(store.get(1, b"k"), Some(&b"one"[..]));
         assert_eq!(store.get(2, b"k"), None);
@@ -234,10 +231,10 @@ mod tests {
     #[test]
     fn changes_carry_the_latest_value_once_and_deletions_as_tombstones() {
         let mut store = StateStore::default();
-        store.set(0, b"a".to_vec(), b"1".to_vec());
-        store.set(0, b"a".to_vec(), b"2".to_vec());
-        store.set(0, b"b".to_vec(), b"x".to_vec());
-        store.delete(0, b"b");
+        store.set(0, 0, b"a".to_vec(), b"1".to_vec());
+        store.set(0, 0, b"a".to_vec(), b"2".to_vec());
+        store.set(0, 0, b"b".to_vec(), b"x".to_vec());
+        store.delete(0, 0, b"b");
         assert!(store.has_changes());
         assert_eq!(
             sorted(store.take_changes(None)),
@@ -261,8 +258,8 @@ mod tests {
     #[test]
     fn changes_can_be_taken_for_some_partitions_only() {
         let mut store = StateStore::default();
-        store.set(0, b"a".to_vec(), b"1".to_vec());
-        store.set(3, b"a".to_vec(), b"3".to_vec());
+        store.set(0, 0, b"a".to_vec(), b"1".to_vec());
+        store.set(0, 3, b"a".to_vec(), b"3".to_vec());
         let taken = store.take_changes(Some(&[3]));
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].partition, 3);
@@ -272,36 +269,37 @@ mod tests {
     #[test]
     fn the_records_that_wrote_are_known_while_their_batch_is_open() {
         let mut store = StateStore::default();
-        store.wrote_for(1);
+        store.set(1, 0, b"k".to_vec(), b"before".to_vec());
+        store.begin_batch();
         assert!(
             !store.any_wrote(&[1]),
-            "a write outside a batch is not noted"
+            "a write before the batch is not the batch's"
         );
-        store.begin_batch();
-        store.set(0, b"k".to_vec(), b"v".to_vec());
-        store.wrote_for(2);
-        assert!(!store.any_wrote(&[0, 1]));
+        store.set(2, 0, b"k".to_vec(), b"v".to_vec());
+        store.delete(4, 1, b"k");
+        assert!(!store.any_wrote(&[0, 1, 3]));
         assert!(store.any_wrote(&[1, 2]));
+        assert!(store.any_wrote(&[4]));
+        let savepoint = store.savepoint();
+        store.set(5, 0, b"k".to_vec(), b"undone".to_vec());
+        store.rollback_to(savepoint);
+        assert!(!store.any_wrote(&[5]), "an undone write no longer counts");
         store.commit_batch();
         assert!(!store.any_wrote(&[2]));
-        store.begin_batch();
-        store.wrote_for(3);
-        store.discard_batch();
-        assert!(!store.any_wrote(&[3]));
     }
 
     #[test]
     fn a_discarded_batch_leaves_values_and_changes_as_they_were() {
         let mut store = StateStore::default();
-        store.set(0, b"kept".to_vec(), b"1".to_vec());
+        store.set(0, 0, b"kept".to_vec(), b"1".to_vec());
         store.take_changes(None);
-        store.set(0, b"dirty".to_vec(), b"d".to_vec());
+        store.set(0, 0, b"dirty".to_vec(), b"d".to_vec());
 
         store.begin_batch();
-        store.set(0, b"kept".to_vec(), b"2".to_vec());
-        store.set(0, b"kept".to_vec(), b"3".to_vec());
-        store.delete(0, b"dirty");
-        store.set(1, b"new".to_vec(), b"n".to_vec());
+        store.set(0, 0, b"kept".to_vec(), b"2".to_vec());
+        store.set(0, 0, b"kept".to_vec(), b"3".to_vec());
+        store.delete(0, 0, b"dirty");
+        store.set(0, 1, b"new".to_vec(), b"n".to_vec());
         store.discard_batch();
 
         assert_eq!(store.get(0, b"kept"), Some(&b"1"[..]));
@@ -323,7 +321,7 @@ mod tests {
     fn a_committed_batch_keeps_its_writes() {
         let mut store = StateStore::default();
         store.begin_batch();
-        store.set(0, b"k".to_vec(), b"v".to_vec());
+        store.set(0, 0, b"k".to_vec(), b"v".to_vec());
         store.commit_batch();
         store.discard_batch();
         assert_eq!(store.get(0, b"k"), Some(&b"v"[..]));
@@ -332,22 +330,22 @@ mod tests {
     #[test]
     fn rolling_back_to_a_savepoint_undoes_only_the_later_writes_of_the_batch() {
         let mut store = StateStore::default();
-        store.set(0, b"before".to_vec(), b"0".to_vec());
+        store.set(0, 0, b"before".to_vec(), b"0".to_vec());
         store.take_changes(None);
 
         store.begin_batch();
-        store.set(0, b"first".to_vec(), b"1".to_vec());
+        store.set(0, 0, b"first".to_vec(), b"1".to_vec());
         let savepoint = store.savepoint();
-        store.set(0, b"first".to_vec(), b"2".to_vec());
-        store.delete(0, b"before");
-        store.set(0, b"second".to_vec(), b"x".to_vec());
+        store.set(0, 0, b"first".to_vec(), b"2".to_vec());
+        store.delete(0, 0, b"before");
+        store.set(0, 0, b"second".to_vec(), b"x".to_vec());
         store.rollback_to(savepoint);
 
         assert_eq!(store.get(0, b"first"), Some(&b"1"[..]));
         assert_eq!(store.get(0, b"before"), Some(&b"0"[..]));
         assert_eq!(store.get(0, b"second"), None);
         // The batch is still open: what came before the savepoint can be undone too.
-        store.set(0, b"third".to_vec(), b"3".to_vec());
+        store.set(0, 0, b"third".to_vec(), b"3".to_vec());
         store.discard_batch();
         assert_eq!(store.get(0, b"first"), None);
         assert_eq!(store.get(0, b"third"), None);
