@@ -1,7 +1,6 @@
 //! Graceful shutdown: SIGINT or SIGTERM asks the pipeline to stop fetching, drain,
 //! flush and commit within [`GRACE`]; a second signal exits at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,15 +16,10 @@ pub const GRACE: Duration = Duration::from_secs(15);
 /// timeout).
 pub const DEADLINE: Duration = Duration::from_secs(25);
 
-/// A flag the pipeline checks between batches, and when it was raised.
+/// A flag the pipeline checks between batches: when a shutdown was requested, if one
+/// was.
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown(Arc<Inner>);
-
-#[derive(Debug, Default)]
-struct Inner {
-    requested: AtomicBool,
-    at: OnceLock<Instant>,
-}
+pub struct Shutdown(Arc<OnceLock<Instant>>);
 
 impl Shutdown {
     pub fn new() -> Self {
@@ -33,12 +27,11 @@ impl Shutdown {
     }
 
     pub fn request(&self) {
-        self.0.at.get_or_init(Instant::now);
-        self.0.requested.store(true, Ordering::SeqCst);
+        self.0.get_or_init(Instant::now);
     }
 
     pub fn requested(&self) -> bool {
-        self.0.requested.load(Ordering::SeqCst)
+        self.0.get().is_some()
     }
 
     /// `timeout`, cut to what is left of [`GRACE`] once a shutdown was requested.
@@ -58,7 +51,6 @@ impl Shutdown {
     /// What is left of [`GRACE`] since the request (all of it before one).
     pub fn time_left(&self) -> Duration {
         self.0
-            .at
             .get()
             .map_or(GRACE, |at| GRACE.saturating_sub(at.elapsed()))
     }
