@@ -142,7 +142,7 @@ fn moves_records_to(
     command.envs(env.iter().copied());
     let mut host = Sluice::spawn(dir.path(), command);
     host.wait_for_log("Pipeline running.", Duration::from_secs(60));
-    wait_until("every record in the sink", Duration::from_secs(60), || {
+    host.wait_until("every record in the sink", Duration::from_secs(60), || {
         total(&end_offsets(&output)) >= COUNT as i64
     });
     assert!(host.terminate().success(), "{}", host.log());
@@ -484,7 +484,7 @@ fn msk_iam_tokens_are_refreshed_without_losing_a_record() {
     let done = Arc::new(AtomicBool::new(false));
     let producer = produce_steadily(input.clone(), COUNT, 100, done);
     producer.join().unwrap();
-    wait_until("every record in the sink", Duration::from_secs(60), || {
+    host.wait_until("every record in the sink", Duration::from_secs(60), || {
         total(&end_offsets(&output)) >= COUNT as i64
     });
     assert!(host.terminate().success(), "{}", host.log());

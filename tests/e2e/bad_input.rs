@@ -148,7 +148,7 @@ fn a_missing_sink_topic_is_named_unless_creation_is_configured() {
     let config = write_file(dir.path(), "create.toml", &text);
     produce(&input, &[TestRecord::value(1, "hello")]);
     let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
-    wait_until(
+    sluice.wait_until(
         "the record in the created topic",
         Duration::from_secs(30),
         || end_offsets(&output).get(&1) == Some(&1),

@@ -66,7 +66,7 @@ fn pipeline(
     let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
     // Starting compiles a 12 to 18 MB JavaScript or Python component when the compilation
     // cache does not hold it: tens of seconds in a debug build, beside the other tests.
-    wait_until("all records in the sink", STARTUP_AND_RUN, || {
+    sluice.wait_until("all records in the sink", STARTUP_AND_RUN, || {
         total(&end_offsets(&output)) >= records.len() as i64
     });
     let status = sluice.terminate();
@@ -190,7 +190,7 @@ fn the_route_example_sends_tickers_to_the_topics_of_their_outputs() {
     );
     let config = write_file(dir.path(), "sluice.toml", &text);
     let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
-    wait_until("all records routed", STARTUP_AND_RUN, || {
+    sluice.wait_until("all records routed", STARTUP_AND_RUN, || {
         [&rest, &tech, &retail]
             .iter()
             .map(|t| total(&end_offsets(t)))

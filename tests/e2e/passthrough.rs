@@ -49,7 +49,7 @@ fn hundred_thousand_varied_records_arrive_identical_in_the_same_partitions_and_o
     let dir = workdir();
     let config = write_config(dir.path(), &input, &output, &group, "");
     let mut sluice = Sluice::start(dir.path(), &["run", "--config", &config]);
-    wait_until("all records in the sink", Duration::from_secs(120), || {
+    sluice.wait_until("all records in the sink", Duration::from_secs(120), || {
         total(&end_offsets(&output)) >= COUNT as i64
     });
     let status = sluice.terminate();
@@ -105,7 +105,7 @@ fn key_hash_partitioning_places_records_where_java_clients_would() {
     );
     let config = write_file(dir.path(), "kh.toml", &text);
     let mut sluice = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
-    wait_until("all records in the sink", Duration::from_secs(60), || {
+    sluice.wait_until("all records in the sink", Duration::from_secs(60), || {
         total(&end_offsets(&output)) >= COUNT as i64
     });
     assert!(sluice.terminate().success());
@@ -167,7 +167,7 @@ fn the_admin_endpoint_serves_the_counters_under_flink_names() {
 
     assert_eq!(read_all(&output, 100, Duration::from_secs(60)).len(), 100);
     // Counted once the batch is handed to the producer; checkpointed every 200 ms.
-    wait_until("a checkpoint of all 100", Duration::from_secs(20), || {
+    host.wait_until("a checkpoint of all 100", Duration::from_secs(20), || {
         let (_, text) = metrics(&admin);
         sample(&text, "numRecordsOut") == 100.0
             && sample(&text, "numberOfCompletedCheckpoints") >= 1.0
@@ -187,7 +187,7 @@ fn the_admin_endpoint_serves_the_counters_under_flink_names() {
     assert!(sample(&text, "uptime") > 0.0, "{text}");
     // The consumer's statistics come every second: the lag shows, at zero, once every
     // record was read.
-    wait_until(
+    host.wait_until(
         "the lag of a source read to its end",
         Duration::from_secs(10),
         || {
@@ -226,7 +226,7 @@ fn the_lag_shows_a_backlog_and_falls_to_zero_as_it_is_read() {
     host.wait_for_log("Admin endpoint listening", Duration::from_secs(30));
 
     let mut seen = Vec::new();
-    wait_until(
+    host.wait_until(
         "the host to read the whole backlog",
         Duration::from_secs(120),
         || {

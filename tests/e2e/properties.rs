@@ -42,7 +42,7 @@ fn the_original_apps_properties_file_runs_the_same_job() {
     let mut command = sluice(&["run", "--properties", path]);
     command.env("BOOTSTRAP_SERVERS", bootstrap());
     let mut sluice = Sluice::spawn(dir.path(), command);
-    wait_until(
+    sluice.wait_until(
         "all stock records in the sink",
         Duration::from_secs(60),
         || total(&end_offsets(&output)) >= 340,

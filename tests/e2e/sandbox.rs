@@ -26,7 +26,7 @@ fn collect(mut sluice: Sluice, input: &str, output: &str) -> (Vec<String>, Strin
         .map(|i| TestRecord::value((i % 2) as i32, &format!("rec-{i}")))
         .collect();
     produce(input, &records);
-    wait_until("every record in the sink", Duration::from_secs(60), || {
+    sluice.wait_until("every record in the sink", Duration::from_secs(60), || {
         total(&end_offsets(output)) >= COUNT as i64
     });
     let status = sluice.terminate();
@@ -258,7 +258,7 @@ fn a_swapped_in_version_that_grows_without_bound_is_rejected_and_the_previous_ke
         .map(|i| TestRecord::value((i % 2) as i32, &format!("rec-{i}")))
         .collect();
     produce(&input, &records);
-    wait_until("every record in the sink", Duration::from_secs(60), || {
+    host.wait_until("every record in the sink", Duration::from_secs(60), || {
         total(&end_offsets(&output)) >= COUNT as i64
     });
     assert!(host.terminate().success(), "{}", host.log());

@@ -52,7 +52,7 @@ impl Case {
     fn run_until(&self, source_extra: &str, sink_count: i64) -> Sluice {
         let mut sluice = self.start(source_extra);
         sluice.wait_for_log("Partitions assigned.", Duration::from_secs(30));
-        wait_until("records in the sink", Duration::from_secs(30), || {
+        sluice.wait_until("records in the sink", Duration::from_secs(30), || {
             total(&end_offsets(&self.output)) >= sink_count
         });
         sluice
@@ -78,7 +78,7 @@ fn latest_skips_what_was_written_before_the_start() {
     // The first fetch resolves "latest"; give it a moment before writing new records.
     std::thread::sleep(Duration::from_secs(2));
     produce(&c.input, &numbered("new", 0..5));
-    wait_until("new records in the sink", Duration::from_secs(30), || {
+    sluice.wait_until("new records in the sink", Duration::from_secs(30), || {
         total(&end_offsets(&c.output)) >= 5
     });
     assert!(sluice.terminate().success());

@@ -489,6 +489,27 @@ impl Sluice {
         }
     }
 
+    /// Like [`wait_until`], but fails at once if the host exits first (its log's end is
+    /// printed with the failure).
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !condition() {
+            if let Some(status) = self.exited() {
+                panic!("sluice exited ({status}) while waiting for {what}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with a child's pid and a valid signal number.
         unsafe {

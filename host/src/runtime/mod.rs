@@ -106,6 +106,10 @@ pub enum PluginError {
         "not a Sluice transform: it must export `{TRANSFORM_EXPORT}` (world `{WORLD}`); {detail}"
     )]
     Link { detail: String },
+    /// Linked, but this process could not make an instance of it (nothing the
+    /// component's exports or imports decide).
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
     #[error("init failed: {0}")]
     Init(String),
     #[error("trapped: {0}")]
@@ -670,6 +674,7 @@ impl Runtime {
         let pre = TransformerPre::new(instance_pre).map_err(|e| PluginError::Link {
             detail: format!("{e:#}; it exports {}", describe_exports(component, engine)),
         })?;
+        prepare_memory_images(component)?;
         let uses_state = component
             .component_type()
             .imports(engine)
@@ -684,6 +689,38 @@ impl Runtime {
             uses_state,
             tier,
         })
+    }
+}
+
+/// How many times the initial memory images of a component are tried.
+const MEMORY_IMAGE_ATTEMPTS: u32 = 5;
+
+/// Builds the images every instance's linear memories start from (a sealed memory file
+/// per memory, mapped copy-on-write) now, while loading, instead of at the first
+/// instantiation. The kernel refuses to seal a memory file while something else
+/// briefly holds one of its pages (`EBUSY`), so a failure is tried again, waiting 20,
+/// 40, 80, then 160 ms, before it is reported.
+fn prepare_memory_images(component: &Component) -> Result<(), PluginError> {
+    let mut wait = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match component.initialize_copy_on_write_image() {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt < MEMORY_IMAGE_ATTEMPTS => {
+                tracing::debug!(
+                    attempt,
+                    "Could not prepare a plugin's initial memory: {error:?}"
+                );
+                std::thread::sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(error) => {
+                return Err(PluginError::Instantiate(format!(
+                    "preparing its initial memory failed {attempt} times, last with: {error:#}"
+                )));
+            }
+        }
     }
 }
 
@@ -785,14 +822,14 @@ impl Instance {
         let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(ticks as u64);
         let bindings = prepared.pre.instantiate(&mut store).map_err(|e| {
-            match store.data().limits.refused {
-                Some(requested) => PluginError::Memory {
+            match (store.data().limits.refused, e.downcast_ref::<Trap>()) {
+                (Some(requested), _) => PluginError::Memory {
                     limit: limits.max_memory_bytes,
                     requested,
                 },
-                None => PluginError::Link {
-                    detail: format!("{e:#}"),
-                },
+                (None, Some(Trap::Interrupt)) => PluginError::Timeout(limits.call_timeout),
+                (None, Some(trap)) => PluginError::Trap(trap.to_string()),
+                (None, None) => PluginError::Instantiate(format!("{e:#}")),
             }
         })?;
         let mut instance = Instance {
