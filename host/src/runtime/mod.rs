@@ -1038,6 +1038,42 @@ mod tests {
         ));
     }
 
+    /// A transform whose core module traps in its start function: it links, and fails
+    /// only when instantiated.
+    const TRAPS_WHEN_INSTANTIATED: &str = r#"
+        (component
+          (core module $m
+            (memory (export "memory") 1)
+            (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 8)
+            (func (export "init") (param i32 i32) (result i32) i32.const 0)
+            (func (export "process") (param i32 i32) (result i32) i32.const 0)
+            (func $start unreachable)
+            (start $start))
+          (core instance $i (instantiate $m))
+          (func $init (param "config" (list (tuple string string))) (result (result (error string)))
+            (canon lift (core func $i "init") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+          (func $process (param "input" (list u8)) (result (result (list u8) (error string)))
+            (canon lift (core func $i "process") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+          (instance $transform
+            (export "init" (func $init))
+            (export "process" (func $process)))
+          (export "sluice:plugin/transform@0.1.0" (instance $transform)))
+    "#;
+
+    #[test]
+    fn a_component_trapping_while_instantiated_is_named_a_trap_not_another_world() {
+        let bytes = wat::parse_str(TRAPS_WHEN_INSTANTIATED).unwrap();
+        for prepared in both_codes(&bytes) {
+            match run_one(&prepared, Limits::default(), &[]) {
+                Err(PluginError::Trap(message)) => {
+                    assert!(message.contains("unreachable"), "{message}")
+                }
+                Err(other) => panic!("{:?} code: wrong error: {other}", prepared.tier()),
+                Ok(_) => panic!("{:?} code: instantiated", prepared.tier()),
+            }
+        }
+    }
+
     #[test]
     fn a_file_that_is_not_wasm_is_named_as_such() {
         assert!(
