@@ -129,7 +129,7 @@ expect_values = ["probe"]"#,
     // About 8 000 records per second: the writing lasts about 25 s, so every swap
     // lands while records flow, even when a loaded machine slows the validations.
     let writer = produce_steadily(input.clone(), COUNT, 8_000, done.clone());
-    wait_until("records flowing", Duration::from_secs(30), || {
+    host.wait_until("records flowing", Duration::from_secs(30), || {
         total(&end_offsets(&output)) > 1_000
     });
 
@@ -177,7 +177,7 @@ expect_values = ["probe"]"#,
         "all swaps happened while records were still being written"
     );
     writer.join().unwrap();
-    wait_until("everything committed", Duration::from_secs(120), || {
+    host.wait_until("everything committed", Duration::from_secs(120), || {
         committed(&group, &input) == end_offsets(&input)
     });
 
@@ -271,7 +271,7 @@ fn a_new_version_failing_too_many_records_is_rolled_back_and_nothing_is_lost() {
             .map(|i| TestRecord::value(i % 2, &format!("good-{i}")))
             .collect::<Vec<_>>(),
     );
-    wait_until("the first records", Duration::from_secs(30), || {
+    host.wait_until("the first records", Duration::from_secs(30), || {
         total(&end_offsets(&output)) >= 500
     });
     let answer = swap(&faulty, &admin);
@@ -291,10 +291,10 @@ fn a_new_version_failing_too_many_records_is_rolled_back_and_nothing_is_lost() {
         })
         .collect();
     produce(&input, &later);
-    wait_until("all records in the sink", Duration::from_secs(60), || {
+    host.wait_until("all records in the sink", Duration::from_secs(60), || {
         total(&end_offsets(&output)) >= 1500
     });
-    wait_until("everything committed", Duration::from_secs(30), || {
+    host.wait_until("everything committed", Duration::from_secs(30), || {
         committed(&group, &input) == end_offsets(&input)
     });
 
@@ -395,9 +395,10 @@ impl TriggerCase {
         );
         self.sent += 1;
         let sent = self.sent as i64;
-        wait_until("the record in the sink", Duration::from_secs(30), || {
-            total(&end_offsets(&self.output)) >= sent
-        });
+        self.host
+            .wait_until("the record in the sink", Duration::from_secs(30), || {
+                total(&end_offsets(&self.output)) >= sent
+            });
         let records = read_all(&self.output, self.sent, Duration::from_secs(10));
         header(records.last().unwrap(), "tag").join(",")
     }
@@ -619,7 +620,7 @@ fn a_version_never_compiled_goes_live_on_baseline_code_then_moves_to_optimized_c
     let answer = swap(&b, &admin);
     assert!(answer.status.success(), "{answer:?}");
     round("b1");
-    wait_until(
+    host.wait_until(
         "the optimizing compiler's code of the new version",
         Duration::from_secs(60),
         || admin_status(&admin)["live"]["code"] == "optimized",
