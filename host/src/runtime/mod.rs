@@ -822,14 +822,11 @@ impl Instance {
         let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
         store.set_epoch_deadline(ticks as u64);
         let bindings = prepared.pre.instantiate(&mut store).map_err(|e| {
-            match (store.data().limits.refused, e.downcast_ref::<Trap>()) {
-                (Some(requested), _) => PluginError::Memory {
-                    limit: limits.max_memory_bytes,
-                    requested,
-                },
-                (None, Some(Trap::Interrupt)) => PluginError::Timeout(limits.call_timeout),
-                (None, Some(trap)) => PluginError::Trap(trap.to_string()),
+            let refused = store.data().limits.refused;
+            match (refused, e.downcast_ref::<Trap>()) {
+                // Not the guest's doing: this process could not make the instance.
                 (None, None) => PluginError::Instantiate(format!("{e:#}")),
+                _ => classify(e, &limits, refused, &stderr),
             }
         })?;
         let mut instance = Instance {
@@ -880,29 +877,46 @@ impl Instance {
     }
 
     fn classify(&self, error: wasmtime::Error) -> PluginError {
-        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return PluginError::Timeout(self.limits.call_timeout);
-        }
-        // A refused growth ends in a trap of the guest's choosing (an allocator abort,
-        // typically); the limit is the cause worth naming.
-        if let Some(requested) = self.store.data().limits.refused {
-            tracing::debug!("Plugin trap after a refused memory growth: {error:?}");
-            return PluginError::Memory {
-                limit: self.limits.max_memory_bytes,
-                requested,
-            };
-        }
-        // The trap itself, not the wasm backtrace around it; that goes to the debug log.
-        tracing::debug!("Plugin trap: {error:?}");
-        let mut message = match error.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{:#}", error.root_cause()),
-        };
-        if let Some(lines) = self.stderr.recent() {
-            message.push_str(&format!(" (plugin stderr: {lines})"));
-        }
-        PluginError::Trap(message)
+        classify(
+            error,
+            &self.limits,
+            self.store.data().limits.refused,
+            &self.stderr,
+        )
     }
+}
+
+/// What stopped a call into the plugin (or its instantiation): the time limit, a
+/// refused memory growth (`refused`: the size asked for), or a trap, named with the
+/// plugin's last stderr lines.
+fn classify(
+    error: wasmtime::Error,
+    limits: &Limits,
+    refused: Option<usize>,
+    stderr: &PluginOutput,
+) -> PluginError {
+    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return PluginError::Timeout(limits.call_timeout);
+    }
+    // A refused growth ends in a trap of the guest's choosing (an allocator abort,
+    // typically); the limit is the cause worth naming.
+    if let Some(requested) = refused {
+        tracing::debug!("Plugin trap after a refused memory growth: {error:?}");
+        return PluginError::Memory {
+            limit: limits.max_memory_bytes,
+            requested,
+        };
+    }
+    // The trap itself, not the wasm backtrace around it; that goes to the debug log.
+    tracing::debug!("Plugin trap: {error:?}");
+    let mut message = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{:#}", error.root_cause()),
+    };
+    if let Some(lines) = stderr.recent() {
+        message.push_str(&format!(" (plugin stderr: {lines})"));
+    }
+    PluginError::Trap(message)
 }
 
 #[cfg(test)]
