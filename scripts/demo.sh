@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Plugins are built for this target; a fresh Rust install lacks it.
-rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# The wasm target the build's plugins need and the broker's jars, outside the clone.
+scripts/install.sh --demo
 
 records=${DEMO_RECORDS:-1700}
 partitions=6

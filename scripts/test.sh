@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Plugins are built for this target; a fresh Rust install lacks it.
-rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# What a fresh machine lacks (the wasm target, the plugin builders, the broker's jars),
+# installed outside the clone; a toolchain that is missing stops here, before any test.
+builders=$(scripts/install.sh)
+export PATH="$builders:$PATH"
 
 # The authentication tests need the broker's authenticated listeners.
 SLUICE_KAFKA_AUTH=${SLUICE_KAFKA_AUTH:-1} scripts/kafka.sh start

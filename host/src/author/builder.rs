@@ -16,9 +16,9 @@ use wasm_metadata::AddMetadata;
 
 use super::sdk;
 
-/// The componentize-js version new projects pin and CI installs.
+/// The componentize-js version new projects pin and `scripts/install.sh` installs.
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
-/// The componentize-py version CI installs.
+/// The componentize-py version `scripts/install.sh` installs.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -333,4 +333,31 @@ fn build_python(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
         },
     )?;
     Ok(sdk::python_sdk())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test command installs the builders through `scripts/install.sh`; a version
+    /// bumped here and not there would test plugins built by another builder.
+    #[test]
+    fn the_install_script_pins_the_builder_versions_new_projects_use() {
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install.sh"),
+        )
+        .unwrap();
+        assert!(
+            script.contains(&format!(
+                "\ncomponentize_js_version={COMPONENTIZE_JS_VERSION}\n"
+            )),
+            "scripts/install.sh must pin componentize-js {COMPONENTIZE_JS_VERSION}"
+        );
+        assert!(
+            script.contains(&format!(
+                "\ncomponentize_py_version={COMPONENTIZE_PY_VERSION}\n"
+            )),
+            "scripts/install.sh must pin componentize-py {COMPONENTIZE_PY_VERSION}"
+        );
+    }
 }
