@@ -110,6 +110,14 @@ impl Metrics {
         }
     }
 
+    /// Marks a worker as retrying after failures: like a worker that has not finished
+    /// a turn yet, it is not ready until [`Metrics::turned`] again.
+    pub fn retrying(&self, worker: usize) {
+        if let Some(slot) = self.turned.get(worker) {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// How long ago each worker last finished a turn, by worker; `None` for a worker
     /// that has not finished one yet (it is starting, or restoring its state).
     pub fn since_turns(&self) -> Vec<Option<Duration>> {

@@ -28,7 +28,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Partition, Tracker};
+use super::{Partition, RecordFailure, Tracker};
 use crate::config::Delivery;
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
@@ -46,6 +46,15 @@ const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a revocation waits for the outputs in flight before it commits what was
 /// acknowledged (well within the group's `max.poll.interval.ms`).
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the open transaction may fail on the same input record (its output too
+/// large for the broker, an output name the sink does not map...) before that is the
+/// record's failure: it goes to the dead-letter topic, or the host stops naming it.
+const RECORD_ATTEMPTS: u32 = 5;
+/// The wait before the first retry after a failure; each further failure in a row
+/// doubles it, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How long a final or pre-revocation commit of at-least-once offsets waits for the
 /// group coordinator's answer.
@@ -86,6 +95,14 @@ pub struct Checkpointer {
     /// Set when a stopping host gave up its final commit: revoked partitions are then
     /// released without one.
     gave_up: bool,
+    /// Exactly-once: failures in a row since the last committed transaction, and what
+    /// the last one was (its input record and cause, or its message).
+    failures: Option<(String, u32)>,
+    /// Whether failed records go to a dead-letter topic.
+    dead_letter: bool,
+    /// Exactly-once: input records that failed [`RECORD_ATTEMPTS`] times, with the
+    /// reason, not yet handed to the pipeline (which sends them to the dead-letter topic).
+    poisoned: Vec<RecordFailure>,
 }
 
 impl Checkpointer {
@@ -113,7 +130,28 @@ impl Checkpointer {
             commit_metadata: None,
             shutdown,
             gave_up: false,
+            failures: None,
+            dead_letter: false,
+            poisoned: Vec::new(),
         }
+    }
+
+    /// Failed records go to the sink's dead-letter topic: so does an input record
+    /// whose outputs fail the transaction again and again.
+    pub fn set_dead_letter(&mut self, dead_letter: bool) {
+        self.dead_letter = dead_letter;
+    }
+
+    /// Exactly-once: whether the worker is retrying after failures (the last
+    /// transaction failed and none committed since): it is not ready meanwhile.
+    pub fn retrying(&self) -> bool {
+        self.failures.is_some()
+    }
+
+    /// Input records that failed too often, for the pipeline to dead-letter when it
+    /// reads them again.
+    pub fn take_poisoned(&mut self) -> Vec<RecordFailure> {
+        std::mem::take(&mut self.poisoned)
     }
 
     /// Exactly-once: `metadata` goes with every offset this checkpointer commits.
@@ -127,6 +165,20 @@ impl Checkpointer {
 
     pub fn exactly_once(&self) -> bool {
         self.delivery == Delivery::ExactlyOnce
+    }
+
+    /// Exactly-once: records that a batch covering `spans` (partition, first offset,
+    /// offset after the last) was read. The first offset read from a partition since
+    /// it was assigned is where it rewinds to while its group has committed nothing
+    /// for it: without it, a failure of the very first batch would leave the consumer
+    /// past that batch, and a later commit would skip its records.
+    pub fn fetched(&mut self, spans: &[(Partition, i64, i64)]) {
+        if !self.exactly_once() {
+            return;
+        }
+        for (partition, first, _) in spans {
+            self.rewind.entry(partition.clone()).or_insert(*first);
+        }
     }
 
     /// Records that a batch covering `spans` (partition, first offset, offset after
@@ -218,10 +270,30 @@ impl Checkpointer {
             }
             state.take_changes(None)
         };
+        let written = self.write_changes(&changes);
+        if written.is_err() {
+            // Offsets never outrun state: the changes stay to be saved, so no later
+            // checkpoint (the final one included) commits the offsets they go with
+            // before they are written.
+            self.state.lock().unwrap().untake_changes(&changes);
+        }
+        written.map_err(|error| {
+            error.context(format!(
+                "writing {} state changes to changelog `{}` failed; the offsets they go with stay uncommitted, \
+                 so a restart reads those records again",
+                changes.len(),
+                self.changelog
+            ))
+        })
+    }
+
+    /// At-least-once: sends `changes` and waits for the broker's acknowledgement of
+    /// them and of every output before them.
+    fn write_changes(&mut self, changes: &[crate::state::Change]) -> anyhow::Result<()> {
         let seq = self.tracker.lock().unwrap().begin(Vec::new());
         self.sink
-            .send_changes(seq, &self.changelog, &changes, &self.tracker, &|| true)
-            .map_err(|e| anyhow::anyhow!("writing state to changelog `{}`: {e}", self.changelog))?;
+            .send_changes(seq, &self.changelog, changes, &self.tracker, &|| true)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.tracker.lock().unwrap().seal(seq);
         let deadline = Instant::now() + CHANGELOG_TIMEOUT;
         loop {
@@ -236,10 +308,8 @@ impl Checkpointer {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "state changes were not acknowledged by the broker within {} s (changelog `{}`); \
-                     offsets stay uncommitted",
+                    "state changes were not acknowledged by the broker within {} s",
                     CHANGELOG_TIMEOUT.as_secs(),
-                    self.changelog
                 );
             }
             self.sink.poll(Duration::from_millis(5))?;
@@ -260,6 +330,9 @@ impl Checkpointer {
         match result {
             Ok(count) => {
                 self.rewind.extend(std::mem::take(&mut self.processed));
+                if self.failures.take().is_some() {
+                    tracing::info!("A transaction committed again after failures.");
+                }
                 Ok(count)
             }
             Err(error) => {
@@ -321,6 +394,21 @@ impl Checkpointer {
         consumer: &BaseConsumer<SourceContext>,
         error: &dyn std::fmt::Display,
     ) -> anyhow::Result<()> {
+        self.recover_after(consumer, error, None)
+    }
+
+    /// [`Checkpointer::recover`] after a failure of input record `record` (when the
+    /// pipeline knows it; a failed delivery names its own). The same failure of the
+    /// same record [`RECORD_ATTEMPTS`] times in a row is that record's failure: it is
+    /// dead-lettered when it is read again, or, without a dead-letter topic, the host
+    /// stops naming it, its offset uncommitted. Failures in a row wait longer and
+    /// longer before the retry.
+    pub fn recover_after(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        error: &dyn std::fmt::Display,
+        record: Option<&RecordFailure>,
+    ) -> anyhow::Result<()> {
         if self.shutdown.requested() {
             // Rewinding and restoring would serve nobody: the host stops, and the
             // next owner of these partitions starts from the last committed
@@ -330,7 +418,56 @@ impl Checkpointer {
                 "stopped without a final checkpoint: the open transaction was not recovered ({error}), as the host stops; records after the last committed transaction will be read again at the next start"
             );
         }
-        tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.");
+        let record = record
+            .cloned()
+            .or_else(|| self.tracker.lock().unwrap().failed_record().cloned());
+        let what = match &record {
+            Some(record) => format!("{}: {}", record.origin(), record.cause),
+            None => error.to_string(),
+        };
+        let attempts = match self.failures.take() {
+            Some((last, attempts)) if last == what => attempts + 1,
+            _ => 1,
+        };
+        self.failures = Some((what, attempts));
+        if let Some(record) = record.filter(|_| attempts >= RECORD_ATTEMPTS) {
+            if !self.dead_letter {
+                bail!(
+                    "record {} failed {attempts} times in a row: {}; it stays uncommitted. Set [sink] dead_letter_topic \
+                     to send such records there, or fix the cause",
+                    record.origin(),
+                    record.cause
+                );
+            }
+            tracing::warn!(
+                record = %record.origin(),
+                attempts,
+                cause = %record.cause,
+                "A record failed the transaction every time; it goes to the dead-letter topic."
+            );
+            self.poisoned.push(RecordFailure {
+                cause: format!("{} (failed {attempts} times)", record.cause),
+                ..record
+            });
+            self.failures = None;
+        }
+        tracing::warn!(%error, attempts, "Transaction aborted; rewinding to the last checkpoint.");
+        self.abort_and_rewind(consumer)?;
+        if attempts > 1 {
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << (attempts - 2).min(16))
+                .min(MAX_BACKOFF);
+            let until = Instant::now() + backoff;
+            while Instant::now() < until && !self.shutdown.requested() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, rewinds every owned partition to its last
+    /// committed offset and restores its state.
+    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<SourceContext>) -> anyhow::Result<()> {
         if let Some(fatal) = self.sink.fatal_error() {
             // Fenced: either this host stalled past the transaction timeout (the broker
             // aborted its transaction and bumped the producer epoch), or another host

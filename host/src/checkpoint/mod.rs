@@ -17,10 +17,44 @@ use std::collections::{BTreeMap, VecDeque};
 /// A source partition: topic and partition number.
 pub type Partition = (String, i32);
 
+/// An input record whose output the sink broker refused: where it was read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFailure {
+    pub partition: Partition,
+    pub offset: i64,
+    pub cause: String,
+}
+
+impl RecordFailure {
+    /// `topic/partition@offset`.
+    pub fn origin(&self) -> String {
+        format!("{}/{}@{}", self.partition.0, self.partition.1, self.offset)
+    }
+}
+
+/// A delivery's opaque value: the batch's sequence number and the index of the input
+/// record the output came from (plus one; 0 for none, as for changelog records).
+/// Batches hold at most 100 000 records, so 20 bits hold the index.
+pub fn delivery_opaque(seq: u64, input: Option<u32>) -> usize {
+    ((seq << INDEX_BITS) | input.map_or(0, |index| u64::from(index) + 1)) as usize
+}
+
+/// The batch sequence number and input index of a delivery's opaque value.
+pub fn from_delivery_opaque(opaque: usize) -> (u64, Option<u32>) {
+    let opaque = opaque as u64;
+    let index = (opaque & ((1 << INDEX_BITS) - 1)) as u32;
+    (opaque >> INDEX_BITS, index.checked_sub(1))
+}
+
+const INDEX_BITS: u32 = 20;
+
 #[derive(Debug)]
 struct PendingBatch {
     /// Offset after the batch's last record, per partition it touched.
     ends: Vec<(Partition, i64)>,
+    /// Each input record's partition number and offset, by index, to name the record
+    /// whose output fails.
+    inputs: Vec<(i32, i64)>,
     outstanding: usize,
     sealed: bool,
 }
@@ -35,6 +69,8 @@ pub struct Tracker {
     committable: BTreeMap<Partition, i64>,
     /// Set when a delivery failed; nothing after it may be committed.
     failure: Option<String>,
+    /// The input record of that failed delivery, when it had one.
+    failed_record: Option<RecordFailure>,
 }
 
 impl Tracker {
@@ -44,9 +80,20 @@ impl Tracker {
 
     /// Registers a new batch and returns its sequence number.
     pub fn begin(&mut self, ends: Vec<(Partition, i64)>) -> u64 {
+        self.begin_with_inputs(ends, Vec::new())
+    }
+
+    /// [`Tracker::begin`] for a batch whose input records are `inputs` (partition
+    /// number and offset, by index).
+    pub fn begin_with_inputs(
+        &mut self,
+        ends: Vec<(Partition, i64)>,
+        inputs: Vec<(i32, i64)>,
+    ) -> u64 {
         let seq = self.first_seq + self.pending.len() as u64;
         self.pending.push_back(PendingBatch {
             ends,
+            inputs,
             outstanding: 0,
             sealed: false,
         });
@@ -66,6 +113,32 @@ impl Tracker {
             batch.sealed = true;
         }
         self.advance();
+    }
+
+    /// Records the broker's answer for one output of batch `seq` derived from its
+    /// input record `input`.
+    pub fn delivered_from(&mut self, seq: u64, input: Option<u32>, result: Result<(), String>) {
+        if let (Err(cause), None) = (&result, &self.failure)
+            && let Some(input) = input
+            && let Some(batch) = self.batch(seq)
+            && let Some((partition, offset)) = batch.inputs.get(input as usize).copied()
+            && let Some(((topic, _), _)) = batch.ends.first()
+        {
+            let failure = RecordFailure {
+                partition: (topic.clone(), partition),
+                offset,
+                cause: cause.clone(),
+            };
+            let named = format!("{cause} (an output of input record {})", failure.origin());
+            self.failed_record = Some(failure);
+            return self.delivered(seq, Err(named));
+        }
+        self.delivered(seq, result)
+    }
+
+    /// The input record of the first failed delivery, when it had one.
+    pub fn failed_record(&self) -> Option<&RecordFailure> {
+        self.failed_record.as_ref()
     }
 
     /// Records the broker's answer for one output of batch `seq`.
@@ -97,6 +170,7 @@ impl Tracker {
         self.first_seq += self.pending.len() as u64;
         self.pending.clear();
         self.failure = None;
+        self.failed_record = None;
     }
 
     /// The first delivery failure, if any.
@@ -209,6 +283,30 @@ mod tests {
         t.seal(b);
         assert!(t.passed(b));
         assert_eq!(t.committable().get(&p(0)), Some(&20));
+    }
+
+    #[test]
+    fn a_failed_delivery_names_the_input_record_its_output_came_from() {
+        let mut t = Tracker::new();
+        let a = t.begin_with_inputs(vec![(p(0), 8), (p(1), 3)], vec![(0, 7), (1, 2)]);
+        t.add_outputs(a, 2);
+        t.seal(a);
+        let (seq, input) = from_delivery_opaque(delivery_opaque(a, Some(1)));
+        assert_eq!((seq, input), (a, Some(1)));
+        t.delivered_from(seq, input, Err("too large".into()));
+        let failed = t.failed_record().expect("the record is known");
+        assert_eq!(failed.origin(), "in/1@2");
+        assert_eq!(failed.cause, "too large");
+        assert_eq!(
+            t.failure(),
+            Some("too large (an output of input record in/1@2)")
+        );
+        t.reset();
+        assert_eq!(t.failed_record(), None);
+        assert_eq!(
+            from_delivery_opaque(delivery_opaque(u64::from(u32::MAX), None)),
+            (u64::from(u32::MAX), None)
+        );
     }
 
     #[test]

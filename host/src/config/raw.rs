@@ -501,10 +501,12 @@ impl RawConfig {
             10,
             86_400_000,
         );
+        // Managed Flink's 5 s, but never longer than the interval: a file that asks
+        // for a checkpoint every second gets one every second.
         let min_pause_ms = c.range(
             "checkpoint.min_pause_ms",
             k.min_pause_ms,
-            5_000,
+            5_000.min(interval_ms),
             0,
             86_400_000,
         );
@@ -619,6 +621,36 @@ mod tests {
         assert_eq!(config.checkpoint.interval, Duration::from_secs(60));
         assert_eq!(config.checkpoint.min_pause, Duration::from_secs(5));
         assert!(config.plugin.path.is_none());
+    }
+
+    #[test]
+    fn the_default_pause_between_checkpoints_is_never_longer_than_the_interval() {
+        let file = |checkpoint: &str| {
+            format!(
+                "version = 1\n[source]\nbootstrap_servers = \"127.0.0.1:9092\"\ntopic = \"in\"\n\
+                 group_id = \"g\"\n[sink]\ntopic = \"out\"\n[checkpoint]\n{checkpoint}\n"
+            )
+        };
+        let checkpoint = |text: &str| {
+            let (raw, mut problems) = parse_toml(&file(text)).unwrap();
+            let config = raw.validate(&mut problems).unwrap();
+            assert!(problems.is_empty(), "{problems:?}");
+            (config.checkpoint.interval, config.checkpoint.min_pause)
+        };
+        // The README's exactly-once advice: a checkpoint every second, in fact.
+        assert_eq!(
+            checkpoint("interval_ms = 1000"),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
+        assert_eq!(
+            checkpoint("interval_ms = 30000"),
+            (Duration::from_secs(30), Duration::from_secs(5))
+        );
+        // A pause the file sets is kept, even a longer one.
+        assert_eq!(
+            checkpoint("interval_ms = 1000\nmin_pause_ms = 3000"),
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
     }
 
     #[test]
