@@ -175,7 +175,7 @@ impl Pipeline {
                             metrics.batch(input.len() as u64, out, dead_lettered as u64);
                         }
                         Err(SendError::Interrupted) => break,
-                        Err(SendError::Record(failure)) if checkpointer.exactly_once() => {
+                        Err(SendError::Record(failure)) if checkpointer.rewinds_after(true) => {
                             let error = SendError::Record(failure.clone());
                             checkpointer.recover_after(
                                 source.consumer(),
@@ -249,9 +249,10 @@ impl Pipeline {
                 {
                     checkpointer.sink().poll(Duration::from_millis(10))?;
                 }
-                let failure = tracker.lock().unwrap().failure().map(str::to_owned);
+                let failure = tracker.lock().unwrap().failure_report();
                 if let Some(failure) = failure {
-                    if !checkpointer.exactly_once() {
+                    let record_known = tracker.lock().unwrap().failed_record().is_some();
+                    if !checkpointer.rewinds_after(record_known) {
                         anyhow::bail!("{failure}");
                     }
                     checkpointer.recover(source.consumer(), &failure)?;
@@ -337,7 +338,7 @@ impl Pipeline {
                 }
             }
         }
-        let delivery_failure = lock(&tracker).failure().map(str::to_owned);
+        let delivery_failure = lock(&tracker).failure_report();
         source.close(CLOSE_TIMEOUT);
         result?;
         if let Some(failure) = delivery_failure {

@@ -355,24 +355,165 @@ fn a_changelog_write_the_broker_refuses_keeps_offsets_and_state_uncommitted() {
     assert_eq!(committed(&group, &input), BTreeMap::new());
 }
 
+/// Records `s0`, `big 1`, `s2` to partition 0 of a new input topic, never committed
+/// by the group; the faulty plugin turns `big 1` into an output of 5000 bytes, which
+/// the output topic (`max.message.bytes` 2000) refuses for good.
+fn oversized_output_setup(
+    dir: &Path,
+    delivery: &str,
+    dead_letter: Option<&str>,
+) -> (String, String, String, PathBuf) {
+    let (input, output, group) = names("oversize");
+    create_topic(&input, 1);
+    create_topic_with(&output, 1, &[("max.message.bytes", "2000")]);
+    produce(
+        &input,
+        &[
+            TestRecord::value(0, "s0"),
+            TestRecord::value(0, "big 1"),
+            TestRecord::value(0, "s2"),
+        ],
+    );
+    let sink_extra = dead_letter
+        .map(|topic| format!("dead_letter_topic = \"{topic}\""))
+        .unwrap_or_default();
+    let config = faulty_config(
+        dir,
+        (&input, &output, &group),
+        delivery,
+        &sink_extra,
+        "grow_on = \"big\"\ngrow_to = \"5000\"",
+    );
+    (input, output, group, config)
+}
+
 #[test]
-fn a_plugin_that_is_not_a_component_is_invalid_input_for_run_too() {
+fn exactly_once_an_output_the_broker_refuses_stops_the_host_naming_its_record() {
+    oversized_output_stops("exactly-once");
+}
+
+#[test]
+fn at_least_once_an_output_the_broker_refuses_stops_the_host_naming_its_record() {
+    oversized_output_stops("at-least-once");
+}
+
+/// Without a dead-letter topic: exit 1 in bounded time, naming the input record; not
+/// skipped (nothing after it committed or written), so a restart retries it.
+fn oversized_output_stops(delivery: &str) {
     let dir = workdir();
-    let bogus = write_file(dir.path(), "bogus.wasm", "this is not wasm");
-    let config = write_config(dir.path(), "in", "out", "g", "");
-    for command in ["validate", "run"] {
-        let (code, log) = run_to_end(
-            dir.path(),
-            &[
-                command,
-                "--config",
-                &config,
-                "--plugin",
-                bogus.to_str().unwrap(),
-            ],
-            Duration::from_secs(30),
-        );
-        assert_eq!(code, 2, "{command}: {log}");
-        assert!(log.contains("plugin.path"), "{command}: {log}");
+    let (input, output, group, config) = oversized_output_setup(dir.path(), delivery, None);
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(90),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!("input record {input}/0@1")) && log.contains("too large"),
+        "names the record and the cause: {log}"
+    );
+    let committed = committed(&group, &input).get(&0).copied().unwrap_or(0);
+    assert!(committed <= 1, "committed past the record: {committed}");
+    let written: Vec<String> = read_all(&output, 0, Duration::from_secs(10))
+        .iter()
+        .map(TestRecord::value_text)
+        .collect();
+    assert!(
+        !written.contains(&"s2".to_string()),
+        "nothing after it is written: {written:?}"
+    );
+}
+
+#[test]
+fn exactly_once_an_output_the_broker_refuses_sends_its_record_to_the_dead_letter_topic() {
+    oversized_output_dead_lettered("exactly-once");
+}
+
+#[test]
+fn at_least_once_an_output_the_broker_refuses_sends_its_record_to_the_dead_letter_topic() {
+    oversized_output_dead_lettered("at-least-once");
+}
+
+/// With a dead-letter topic: after the bounded retries the input record goes there
+/// with the reason, the others to the output (exactly-once: each once), and every
+/// offset is committed. On a partition the group never committed, so the retries must
+/// rewind to the first offset read.
+fn oversized_output_dead_lettered(delivery: &str) {
+    let dir = workdir();
+    let dead_letter = unique("oversize-dead");
+    create_topic(&dead_letter, 1);
+    let (input, output, group, config) =
+        oversized_output_setup(dir.path(), delivery, Some(&dead_letter));
+    let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+    host.wait_until("every offset committed", Duration::from_secs(90), || {
+        committed(&group, &input).get(&0) == Some(&3)
+    });
+    let mut written: Vec<String> = read_all(&output, 2, Duration::from_secs(30))
+        .iter()
+        .map(TestRecord::value_text)
+        .collect();
+    if delivery == "at-least-once" {
+        // Written again after each rewind, at least once.
+        written.dedup();
     }
+    assert_eq!(written, ["s0", "s2"]);
+    let dead = read_all(&dead_letter, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value_text(), "big 1");
+    let error = dead[0]
+        .headers
+        .iter()
+        .find(|(name, _)| name == "sluice-error")
+        .and_then(|(_, value)| value.clone())
+        .map(|value| String::from_utf8(value).unwrap())
+        .expect("the reason");
+    assert!(
+        error.contains("too large") && error.contains("failed 5 times"),
+        "{error}"
+    );
+    let status = host.terminate();
+    assert_eq!(status.code(), Some(0), "{}", host.log());
+}
+
+/// Exactly-once, an error that recurs on every attempt (an output name the sink does
+/// not map): not a silent loop, but exit 1 within bounded time naming the record,
+/// nothing committed past it.
+#[test]
+fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
+    let dir = workdir();
+    let (input, output, group) = names("unmapped");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    produce(
+        &input,
+        &[
+            TestRecord::value(0, "a0"),
+            TestRecord::value(0, "route 1"),
+            TestRecord::value(0, "a2"),
+        ],
+    );
+    let config = faulty_config(
+        dir.path(),
+        (&input, &output, &group),
+        "exactly-once",
+        "",
+        "output_on = \"route\"\noutput = \"nowhere\"",
+    );
+    let started = Instant::now();
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!("record {input}/0@1 failed 5 times in a row"))
+            && log.contains("output `nowhere`"),
+        "{log}"
+    );
+    assert!(!log.contains("Stopped cleanly"), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(45));
+    let committed = committed(&group, &input).get(&0).copied().unwrap_or(0);
+    assert!(committed <= 1, "committed past the record: {committed}");
+    assert!(read_all(&output, 0, Duration::from_secs(10)).is_empty());
 }

@@ -97,7 +97,7 @@ pub struct Checkpointer {
     gave_up: bool,
     /// Exactly-once: failures in a row since the last committed transaction, and what
     /// the last one was (its input record and cause, or its message).
-    failures: Option<(String, u32)>,
+    failures: Option<Failures>,
     /// Whether failed records go to a dead-letter topic.
     dead_letter: bool,
     /// Exactly-once: input records that failed [`RECORD_ATTEMPTS`] times, with the
@@ -142,7 +142,14 @@ impl Checkpointer {
         self.dead_letter = dead_letter;
     }
 
-    /// Exactly-once: whether the worker is retrying after failures (the last
+    /// Whether the pipeline goes on after a failure of the sink by rewinding to the
+    /// last checkpoint: always exactly-once; at-least-once when a failed delivery
+    /// names its input record and that record can go to the dead-letter topic.
+    pub fn rewinds_after(&self, record_known: bool) -> bool {
+        self.exactly_once() || (self.dead_letter && record_known)
+    }
+
+    /// Whether the worker is retrying after failures (the last
     /// transaction failed and none committed since): it is not ready meanwhile.
     pub fn retrying(&self) -> bool {
         self.failures.is_some()
@@ -167,15 +174,12 @@ impl Checkpointer {
         self.delivery == Delivery::ExactlyOnce
     }
 
-    /// Exactly-once: records that a batch covering `spans` (partition, first offset,
-    /// offset after the last) was read. The first offset read from a partition since
+    /// Records that a batch covering `spans` (partition, first offset, offset after the
+    /// last) was read. The first offset read from a partition since
     /// it was assigned is where it rewinds to while its group has committed nothing
     /// for it: without it, a failure of the very first batch would leave the consumer
     /// past that batch, and a later commit would skip its records.
     pub fn fetched(&mut self, spans: &[(Partition, i64, i64)]) {
-        if !self.exactly_once() {
-            return;
-        }
         for (partition, first, _) in spans {
             self.rewind.entry(partition.clone()).or_insert(*first);
         }
@@ -246,6 +250,19 @@ impl Checkpointer {
         match committed {
             Ok(()) => {
                 let count = tpl.count();
+                // Failures in a row end once the record that failed is behind the
+                // committed offsets (it went to the dead-letter topic).
+                let passed = |(partition, offset): &(Partition, i64)| {
+                    tpl.find_partition(&partition.0, partition.1)
+                        .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o > *offset))
+                };
+                if self
+                    .failures
+                    .as_ref()
+                    .is_some_and(|f| f.record.as_ref().is_none_or(passed))
+                {
+                    self.failures = None;
+                }
                 self.last_commit = tpl;
                 Ok(count)
             }
@@ -418,18 +435,24 @@ impl Checkpointer {
                 "stopped without a final checkpoint: the open transaction was not recovered ({error}), as the host stops; records after the last committed transaction will be read again at the next start"
             );
         }
-        let record = record
-            .cloned()
-            .or_else(|| self.tracker.lock().unwrap().failed_record().cloned());
+        tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.");
+        // Aborting serves the delivery reports still due: a failed one names its
+        // input record.
+        let reported = self.abort_and_rewind(consumer)?;
+        let record = record.cloned().or(reported);
         let what = match &record {
             Some(record) => format!("{}: {}", record.origin(), record.cause),
             None => error.to_string(),
         };
         let attempts = match self.failures.take() {
-            Some((last, attempts)) if last == what => attempts + 1,
+            Some(last) if last.what == what => last.attempts + 1,
             _ => 1,
         };
-        self.failures = Some((what, attempts));
+        self.failures = Some(Failures {
+            what,
+            attempts,
+            record: record.as_ref().map(|r| (r.partition.clone(), r.offset)),
+        });
         if let Some(record) = record.filter(|_| attempts >= RECORD_ATTEMPTS) {
             if !self.dead_letter {
                 bail!(
@@ -451,9 +474,8 @@ impl Checkpointer {
             });
             self.failures = None;
         }
-        tracing::warn!(%error, attempts, "Transaction aborted; rewinding to the last checkpoint.");
-        self.abort_and_rewind(consumer)?;
         if attempts > 1 {
+            tracing::warn!(attempts, failure = %self.failures.as_ref().map_or("", |f| f.what.as_str()), "The same failure again; retrying after a pause.");
             let backoff = FIRST_BACKOFF
                 .saturating_mul(1 << (attempts - 2).min(16))
                 .min(MAX_BACKOFF);
@@ -466,9 +488,20 @@ impl Checkpointer {
     }
 
     /// Aborts the open transaction, rewinds every owned partition to its last
-    /// committed offset and restores its state.
-    fn abort_and_rewind(&mut self, consumer: &BaseConsumer<SourceContext>) -> anyhow::Result<()> {
-        if let Some(fatal) = self.sink.fatal_error() {
+    /// committed offset and restores its state. Returns the input record a failed
+    /// delivery named, if one did.
+    fn abort_and_rewind(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+    ) -> anyhow::Result<Option<RecordFailure>> {
+        if !self.exactly_once() {
+            // At-least-once (a record on its way to the dead-letter topic): nothing to
+            // abort. What is in flight is waited for; the reports of the batches
+            // dropped below count for nothing, and their records are read again.
+            if let Err(error) = self.sink.flush(REVOKE_FLUSH_TIMEOUT) {
+                tracing::warn!(%error, "Not every output was acknowledged before the rewind; those records are written again.");
+            }
+        } else if let Some(fatal) = self.sink.fatal_error() {
             // Fenced: either this host stalled past the transaction timeout (the broker
             // aborted its transaction and bumped the producer epoch), or another host
             // uses the same transactional id. A new producer recovers from the first;
@@ -498,11 +531,17 @@ impl Checkpointer {
             tracing::warn!(error = %begin, "Could not begin a transaction; replacing the producer.");
             self.replace_producer("after a failed begin")?;
         }
-        self.tracker.lock().unwrap().reset();
+        let reported = {
+            let mut tracker = self.tracker.lock().unwrap();
+            let reported = tracker.failed_record().cloned();
+            tracker.reset();
+            reported
+        };
         self.processed.clear();
         self.rewind_to_committed(consumer)?;
         let owned: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
-        self.restore(&owned, false)
+        self.restore(&owned, false)?;
+        Ok(reported)
     }
 
     /// Exactly-once: a new producer of the same transactional id, which fences the
@@ -685,6 +724,14 @@ impl Checkpointer {
             tracing::warn!(%error, "Aborting the open transaction failed; the broker aborts it at its timeout.");
         }
     }
+}
+
+/// Failures in a row: what the last one was, how many, and its input record.
+#[derive(Debug)]
+struct Failures {
+    what: String,
+    attempts: u32,
+    record: Option<(Partition, i64)>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -69,8 +69,9 @@ pub struct Tracker {
     committable: BTreeMap<Partition, i64>,
     /// Set when a delivery failed; nothing after it may be committed.
     failure: Option<String>,
-    /// The input record of that failed delivery, when it had one.
-    failed_record: Option<RecordFailure>,
+    /// The input record of that failed delivery, when it had one, and the size of
+    /// its output.
+    failed_record: Option<(RecordFailure, usize)>,
 }
 
 impl Tracker {
@@ -116,9 +117,22 @@ impl Tracker {
     }
 
     /// Records the broker's answer for one output of batch `seq` derived from its
-    /// input record `input`.
-    pub fn delivered_from(&mut self, seq: u64, input: Option<u32>, result: Result<(), String>) {
-        if let (Err(cause), None) = (&result, &self.failure)
+    /// input record `input`; `size` is the output's size in bytes. A broker refuses a
+    /// whole request for one record too large, so of the outputs that fail, the
+    /// largest names the input record that failed.
+    pub fn delivered_from(
+        &mut self,
+        seq: u64,
+        input: Option<u32>,
+        size: usize,
+        result: Result<(), String>,
+    ) {
+        if let Err(cause) = &result
+            && seq >= self.first_seq
+            && self
+                .failed_record
+                .as_ref()
+                .is_none_or(|(_, largest)| size > *largest)
             && let Some(input) = input
             && let Some(batch) = self.batch(seq)
             && let Some((partition, offset)) = batch.inputs.get(input as usize).copied()
@@ -129,16 +143,27 @@ impl Tracker {
                 offset,
                 cause: cause.clone(),
             };
-            let named = format!("{cause} (an output of input record {})", failure.origin());
-            self.failed_record = Some(failure);
-            return self.delivered(seq, Err(named));
+            self.failed_record = Some((failure, size));
         }
         self.delivered(seq, result)
     }
 
     /// The input record of the first failed delivery, when it had one.
     pub fn failed_record(&self) -> Option<&RecordFailure> {
-        self.failed_record.as_ref()
+        self.failed_record.as_ref().map(|(record, _)| record)
+    }
+
+    /// The first delivery failure and the input record it names, if any.
+    pub fn failure_report(&self) -> Option<String> {
+        let failure = self.failure.as_deref()?;
+        Some(match self.failed_record() {
+            Some(record) => format!(
+                "{} (an output of input record {}; it stays uncommitted)",
+                record.cause,
+                record.origin()
+            ),
+            None => failure.to_string(),
+        })
     }
 
     /// Records the broker's answer for one output of batch `seq`.
@@ -286,20 +311,23 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_delivery_names_the_input_record_its_output_came_from() {
+    fn a_failed_delivery_names_the_input_record_of_the_largest_failed_output() {
         let mut t = Tracker::new();
-        let a = t.begin_with_inputs(vec![(p(0), 8), (p(1), 3)], vec![(0, 7), (1, 2)]);
-        t.add_outputs(a, 2);
+        let a = t.begin_with_inputs(vec![(p(0), 8), (p(1), 3)], vec![(0, 7), (1, 2), (0, 7)]);
+        t.add_outputs(a, 3);
         t.seal(a);
-        let (seq, input) = from_delivery_opaque(delivery_opaque(a, Some(1)));
-        assert_eq!((seq, input), (a, Some(1)));
-        t.delivered_from(seq, input, Err("too large".into()));
+        let (seq, input) = from_delivery_opaque(delivery_opaque(a, Some(0)));
+        assert_eq!((seq, input), (a, Some(0)));
+        // The broker refuses the whole request: the small output fails first.
+        t.delivered_from(seq, input, 10, Err("too large".into()));
+        t.delivered_from(a, Some(1), 5000, Err("too large".into()));
+        t.delivered_from(a, Some(2), 12, Err("too large".into()));
         let failed = t.failed_record().expect("the record is known");
         assert_eq!(failed.origin(), "in/1@2");
         assert_eq!(failed.cause, "too large");
         assert_eq!(
-            t.failure(),
-            Some("too large (an output of input record in/1@2)")
+            t.failure_report().as_deref(),
+            Some("too large (an output of input record in/1@2; it stays uncommitted)")
         );
         t.reset();
         assert_eq!(t.failed_record(), None);

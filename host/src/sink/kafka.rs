@@ -74,18 +74,21 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (seq, input) = from_delivery_opaque(opaque);
-        let result = match result {
-            Ok(_) => Ok(()),
-            Err((error, message)) => Err(delivery_failure(
-                message.topic(),
-                message.partition(),
-                error,
-            )),
+        let (size, result) = match result {
+            Ok(_) => (0, Ok(())),
+            Err((error, message)) => (
+                message.key_len() + message.payload_len(),
+                Err(delivery_failure(
+                    message.topic(),
+                    message.partition(),
+                    error,
+                )),
+            ),
         };
         self.tracker
             .lock()
             .unwrap()
-            .delivered_from(seq, input, result);
+            .delivered_from(seq, input, size, result);
     }
 }
 
