@@ -241,6 +241,19 @@ mod tests {
     use super::*;
     use crate::plugin::registry::VersionStatus;
 
+    #[test]
+    fn a_retrying_worker_counts_as_not_having_turned_until_it_turns_again() {
+        let metrics = Metrics::new(2);
+        metrics.turned(0);
+        metrics.turned(1);
+        metrics.retrying(1);
+        let since = metrics.since_turns();
+        assert!(since[0].is_some());
+        assert_eq!(since[1], None);
+        metrics.turned(1);
+        assert!(metrics.since_turns()[1].is_some());
+    }
+
     fn status() -> Status {
         Status {
             live: VersionStatus {

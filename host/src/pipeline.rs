@@ -308,6 +308,7 @@ impl Pipeline {
         // exactly-once, commit the open transaction; abort it after a failure). After a
         // panic nothing is committed: the state may hold half of a batch.
         let mut no_final_checkpoint = None;
+        let still_failing;
         {
             let mut checkpointer = lock(&checkpointer);
             let delivery_failure = lock(&tracker).failure().is_some();
@@ -337,6 +338,8 @@ impl Pipeline {
                     }
                 }
             }
+            // A stop while retrying after failures is no clean stop.
+            still_failing = checkpointer.failing();
         }
         let delivery_failure = lock(&tracker).failure_report();
         source.close(CLOSE_TIMEOUT);
@@ -347,6 +350,11 @@ impl Pipeline {
         if let Some(error) = no_final_checkpoint {
             anyhow::bail!(
                 "stopped without a final checkpoint: {error:#}; records since the last checkpoint will be read again at the next start"
+            );
+        }
+        if let Some(failure) = still_failing {
+            anyhow::bail!(
+                "stopped while retrying after failures (last: {failure}); records since the last checkpoint will be read again at the next start"
             );
         }
         Ok(summary)
@@ -538,6 +546,57 @@ mod tests {
         assert_eq!(message, Err("plain".to_string()));
         let message = catch_panic(|| -> u32 { std::panic::panic_any(42) });
         assert_eq!(message, Err("a panic without a message".to_string()));
+    }
+
+    #[test]
+    fn a_poisoned_record_gets_its_failure_instead_of_its_outputs() {
+        let mut writer = InputWriter::new();
+        for offset in 10..14 {
+            writer.push(sluice_sdk::batch::RecordFields {
+                topic: "in",
+                partition: 0,
+                offset,
+                timestamp: None,
+                key: None,
+                value: Some(b"v"),
+                headers: std::iter::empty(),
+            });
+        }
+        let encoded = writer.finish().to_vec();
+        let input = InputBatch::open(&encoded).unwrap();
+        let poisoned = HashMap::from([
+            ((("in".to_string(), 0), 11), "too large".to_string()),
+            ((("in".to_string(), 0), 13), "unmapped".to_string()),
+        ]);
+        let ops = vec![
+            Op::Keep {
+                start: 0,
+                count: 3,
+                output: None,
+            },
+            Op::ReplaceValue {
+                index: 3,
+                value: Some(b"x"),
+                output: Some("side"),
+            },
+            Op::Keep {
+                start: 3,
+                count: 1,
+                output: None,
+            },
+        ];
+        let text: Vec<String> = fail_poisoned(ops, &input, &poisoned)
+            .iter()
+            .map(|op| match op {
+                Op::Keep { start, count, .. } => format!("keep {start}+{count}"),
+                Op::Error { index, message } => format!("error {index} {message}"),
+                _ => "other".to_string(),
+            })
+            .collect();
+        assert_eq!(
+            text,
+            ["keep 0+1", "error 1 too large", "keep 2+1", "error 3 unmapped"]
+        );
     }
 
     #[test]

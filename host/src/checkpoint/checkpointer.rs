@@ -155,6 +155,14 @@ impl Checkpointer {
         self.failures.is_some()
     }
 
+    /// The last of the failures in a row since the last successful checkpoint, with
+    /// how many there were, if there were any.
+    pub fn failing(&self) -> Option<String> {
+        self.failures
+            .as_ref()
+            .map(|f| format!("{} ({} times)", f.what, f.attempts))
+    }
+
     /// Input records that failed too often, for the pipeline to dead-letter when it
     /// reads them again.
     pub fn take_poisoned(&mut self) -> Vec<RecordFailure> {
