@@ -366,7 +366,10 @@ pub fn run(
         if config.delivery == Delivery::ExactlyOnce {
             checkpointer.set_commit_metadata(workers_metadata(&transactional_id, workers));
         }
-        checkpointer.set_dead_letter(config.sink.dead_letter_topic.is_some());
+        checkpointer.set_record_failures(
+            config.sink.dead_letter_topic.is_some(),
+            config.checkpoint.record_attempts,
+        );
         let checkpointer = Arc::new(Mutex::new(checkpointer));
         source.attach(checkpointer.clone());
         pipelines.push(Pipeline {

@@ -106,8 +106,8 @@ impl Pipeline {
         let keep_going = || !shutdown.requested();
         // The records of the batch being processed, to name them should the loop panic.
         let mut current: Vec<(Partition, i64, i64)> = Vec::new();
-        // Exactly-once: input records whose outputs failed every transaction, with the
-        // reason; they go to the dead-letter topic when read again.
+        // Input records whose outputs failed every attempt, with the reason; they go to
+        // the dead-letter topic when read again.
         let mut poisoned: HashMap<(Partition, i64), String> = HashMap::new();
 
         let looped = catch_panic(|| -> anyhow::Result<()> {
@@ -595,7 +595,12 @@ mod tests {
             .collect();
         assert_eq!(
             text,
-            ["keep 0+1", "error 1 too large", "keep 2+1", "error 3 unmapped"]
+            [
+                "keep 0+1",
+                "error 1 too large",
+                "keep 2+1",
+                "error 3 unmapped"
+            ]
         );
     }
 

@@ -363,6 +363,16 @@ fn oversized_output_setup(
     delivery: &str,
     dead_letter: Option<&str>,
 ) -> (String, String, String, PathBuf) {
+    oversized_output_setup_with(dir, delivery, dead_letter, 5000)
+}
+
+/// [`oversized_output_setup`] with an output of `size` bytes.
+fn oversized_output_setup_with(
+    dir: &Path,
+    delivery: &str,
+    dead_letter: Option<&str>,
+    size: usize,
+) -> (String, String, String, PathBuf) {
     let (input, output, group) = names("oversize");
     create_topic(&input, 1);
     create_topic_with(&output, 1, &[("max.message.bytes", "2000")]);
@@ -382,7 +392,7 @@ fn oversized_output_setup(
         (&input, &output, &group),
         delivery,
         &sink_extra,
-        "grow_on = \"big\"\ngrow_to = \"5000\"",
+        &format!("grow_on = \"big\"\ngrow_to = \"{size}\""),
     );
     (input, output, group, config)
 }
@@ -475,9 +485,36 @@ fn oversized_output_dead_lettered(delivery: &str) {
     assert_eq!(status.code(), Some(0), "{}", host.log());
 }
 
+/// Exactly-once, an output over the producer's own `message.max.bytes` (1 MB): refused
+/// when it is handed to the producer, before the batch counts as processed. On a
+/// partition the group never committed the retries must still rewind to its first
+/// record, never skip it; after them the record goes to the dead-letter topic.
+#[test]
+fn exactly_once_an_output_over_the_producers_limit_on_a_never_committed_partition_is_not_skipped() {
+    let dir = workdir();
+    let dead_letter = unique("huge-dead");
+    create_topic(&dead_letter, 1);
+    let (input, output, group, config) =
+        oversized_output_setup_with(dir.path(), "exactly-once", Some(&dead_letter), 1_100_000);
+    let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+    host.wait_until("every offset committed", Duration::from_secs(90), || {
+        committed(&group, &input).get(&0) == Some(&3)
+    });
+    let written: Vec<String> = read_all(&output, 2, Duration::from_secs(30))
+        .iter()
+        .map(TestRecord::value_text)
+        .collect();
+    assert_eq!(written, ["s0", "s2"]);
+    let dead = read_all(&dead_letter, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value_text(), "big 1");
+    assert_eq!(host.terminate().code(), Some(0), "{}", host.log());
+}
+
 /// Exactly-once, an error that recurs on every attempt (an output name the sink does
 /// not map): not a silent loop, but exit 1 within bounded time naming the record,
-/// nothing committed past it.
+/// nothing committed past it, after `checkpoint.record_attempts` attempts. The
+/// partition was never committed: every retry must rewind to its first record.
 #[test]
 fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
     let dir = workdir();
@@ -499,6 +536,16 @@ fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
         "",
         "output_on = \"route\"\noutput = \"nowhere\"",
     );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "min_pause_ms = 0\n",
+            "min_pause_ms = 0\nrecord_attempts = 3\n",
+            1,
+        ),
+    )
+    .unwrap();
     let started = Instant::now();
     let (code, log) = run_to_end(
         dir.path(),
@@ -507,7 +554,7 @@ fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
     );
     assert_eq!(code, 1, "{log}");
     assert!(
-        log.contains(&format!("record {input}/0@1 failed 5 times in a row"))
+        log.contains(&format!("record {input}/0@1 failed 3 times in a row"))
             && log.contains("output `nowhere`"),
         "{log}"
     );
@@ -516,4 +563,61 @@ fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
     let committed = committed(&group, &input).get(&0).copied().unwrap_or(0);
     assert!(committed <= 1, "committed past the record: {committed}");
     assert!(read_all(&output, 0, Duration::from_secs(10)).is_empty());
+}
+
+/// Exactly-once, while a worker retries a record whose output keeps failing, `/ready`
+/// answers 503; a stop meanwhile is no clean stop (exit 1, the record named).
+#[test]
+fn a_worker_retrying_a_failing_record_is_not_ready_and_a_stop_then_is_not_clean() {
+    let dir = workdir();
+    let (input, output, group) = names("retrying");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    produce(&input, &[TestRecord::value(0, "route 0")]);
+    let config = faulty_config(
+        dir.path(),
+        (&input, &output, &group),
+        "exactly-once",
+        "",
+        "output_on = \"route\"\noutput = \"nowhere\"",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "min_pause_ms = 0\n",
+            "min_pause_ms = 0\nrecord_attempts = 100\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let admin = free_address();
+    let mut host = Sluice::start(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--admin",
+            &admin,
+        ],
+    );
+    host.wait_for_log(
+        "The same failure again; retrying after a pause.",
+        Duration::from_secs(60),
+    );
+    let (code, ready) = admin_ready(&admin, 60);
+    assert_eq!(code, 503, "{ready}");
+    let status = host.terminate();
+    let log = host.log();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(!log.contains("Stopped cleanly"), "{log}");
+    // Stopped between two attempts, or during one.
+    assert!(
+        (log.contains("stopped while retrying after failures")
+            || log.contains("stopped without a final checkpoint"))
+            && log.contains(&format!("{input}/0@0")),
+        "{log}"
+    );
+    assert_eq!(committed(&group, &input), BTreeMap::new());
 }

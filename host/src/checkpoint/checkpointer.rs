@@ -47,9 +47,10 @@ const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
 /// acknowledged (well within the group's `max.poll.interval.ms`).
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often the open transaction may fail on the same input record (its output too
-/// large for the broker, an output name the sink does not map...) before that is the
-/// record's failure: it goes to the dead-letter topic, or the host stops naming it.
+/// How often, unless `checkpoint.record_attempts` says otherwise, the same failure of
+/// the same input record (its output too large for the broker, an output name the
+/// sink does not map...) is retried before that is the record's failure: it goes to
+/// the dead-letter topic, or the host stops naming it.
 const RECORD_ATTEMPTS: u32 = 5;
 /// The wait before the first retry after a failure; each further failure in a row
 /// doubles it, up to [`MAX_BACKOFF`].
@@ -95,12 +96,15 @@ pub struct Checkpointer {
     /// Set when a stopping host gave up its final commit: revoked partitions are then
     /// released without one.
     gave_up: bool,
-    /// Exactly-once: failures in a row since the last committed transaction, and what
-    /// the last one was (its input record and cause, or its message).
+    /// Failures in a row since the last successful checkpoint, and what the last one
+    /// was (its input record and cause, or its message).
     failures: Option<Failures>,
     /// Whether failed records go to a dead-letter topic.
     dead_letter: bool,
-    /// Exactly-once: input records that failed [`RECORD_ATTEMPTS`] times, with the
+    /// How often the same failure of the same record is retried before it is the
+    /// record's failure (`checkpoint.record_attempts`).
+    record_attempts: u32,
+    /// Input records that failed `record_attempts` times, with the
     /// reason, not yet handed to the pipeline (which sends them to the dead-letter topic).
     poisoned: Vec<RecordFailure>,
 }
@@ -132,14 +136,17 @@ impl Checkpointer {
             gave_up: false,
             failures: None,
             dead_letter: false,
+            record_attempts: RECORD_ATTEMPTS,
             poisoned: Vec::new(),
         }
     }
 
-    /// Failed records go to the sink's dead-letter topic: so does an input record
-    /// whose outputs fail the transaction again and again.
-    pub fn set_dead_letter(&mut self, dead_letter: bool) {
+    /// Whether failed records go to the sink's dead-letter topic (so does an input
+    /// record whose outputs fail `attempts` times in a row), and how many attempts a
+    /// record gets.
+    pub fn set_record_failures(&mut self, dead_letter: bool, attempts: u32) {
         self.dead_letter = dead_letter;
+        self.record_attempts = attempts.max(1);
     }
 
     /// Whether the pipeline goes on after a failure of the sink by rewinding to the
@@ -155,11 +162,14 @@ impl Checkpointer {
         self.failures.is_some()
     }
 
-    /// The last of the failures in a row since the last successful checkpoint, with
-    /// how many there were, if there were any.
+    /// The failure of an input record being retried, with how many times it failed,
+    /// if there is one: a host that stops meanwhile has not stopped cleanly. (After a
+    /// failure of no record, such as a broker away, the rewind leaves nothing undone
+    /// that the final checkpoint does not settle.)
     pub fn failing(&self) -> Option<String> {
         self.failures
             .as_ref()
+            .filter(|f| f.record.is_some())
             .map(|f| format!("{} ({} times)", f.what, f.attempts))
     }
 
@@ -424,7 +434,7 @@ impl Checkpointer {
 
     /// [`Checkpointer::recover`] after a failure of input record `record` (when the
     /// pipeline knows it; a failed delivery names its own). The same failure of the
-    /// same record [`RECORD_ATTEMPTS`] times in a row is that record's failure: it is
+    /// same record `record_attempts` times in a row is that record's failure: it is
     /// dead-lettered when it is read again, or, without a dead-letter topic, the host
     /// stops naming it, its offset uncommitted. Failures in a row wait longer and
     /// longer before the retry.
@@ -443,7 +453,12 @@ impl Checkpointer {
                 "stopped without a final checkpoint: the open transaction was not recovered ({error}), as the host stops; records after the last committed transaction will be read again at the next start"
             );
         }
-        tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.");
+        match self.exactly_once() {
+            true => {
+                tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.")
+            }
+            false => tracing::warn!(%error, "A record failed; rewinding to the last checkpoint."),
+        }
         // Aborting serves the delivery reports still due: a failed one names its
         // input record.
         let reported = self.abort_and_rewind(consumer)?;
@@ -461,7 +476,7 @@ impl Checkpointer {
             attempts,
             record: record.as_ref().map(|r| (r.partition.clone(), r.offset)),
         });
-        if let Some(record) = record.filter(|_| attempts >= RECORD_ATTEMPTS) {
+        if let Some(record) = record.filter(|_| attempts >= self.record_attempts) {
             if !self.dead_letter {
                 bail!(
                     "record {} failed {attempts} times in a row: {}; it stays uncommitted. Set [sink] dead_letter_topic \

@@ -115,6 +115,7 @@ pub struct RawRollback {
 pub struct RawCheckpoint {
     pub interval_ms: Option<i64>,
     pub min_pause_ms: Option<i64>,
+    pub record_attempts: Option<i64>,
 }
 
 /// Parses TOML text. A syntax or type error is returned as is (it names its line);
@@ -510,6 +511,7 @@ impl RawConfig {
             0,
             86_400_000,
         );
+        let record_attempts = c.range("checkpoint.record_attempts", k.record_attempts, 5, 1, 100);
 
         let parallelism = c.range("parallelism", self.parallelism, 1, 1, MAX_PARALLELISM);
         let delivery = c.choice(
@@ -586,6 +588,7 @@ impl RawConfig {
             checkpoint: CheckpointConfig {
                 interval: Duration::from_millis(interval_ms as u64),
                 min_pause: Duration::from_millis(min_pause_ms as u64),
+                record_attempts: record_attempts as u32,
             },
         })
     }
@@ -620,6 +623,7 @@ mod tests {
         assert_eq!(config.source.startup, Startup::Earliest);
         assert_eq!(config.checkpoint.interval, Duration::from_secs(60));
         assert_eq!(config.checkpoint.min_pause, Duration::from_secs(5));
+        assert_eq!(config.checkpoint.record_attempts, 5);
         assert!(config.plugin.path.is_none());
     }
 
