@@ -203,6 +203,7 @@ impl Pipeline {
                     let origin = unreadable.origin();
                     let span = [unreadable.span()];
                     current = span.to_vec();
+                    checkpointer.fetched(&span);
                     if checkpointer.sink().dead_letter_topic().is_none() {
                         // The records before it go on: exactly-once, their transaction
                         // is committed now (the drain aborts after a failure);

@@ -317,6 +317,18 @@ fn a_host_fenced_by_another_with_its_instance_id_stops_at_once_with_exit_1() {
 
 #[test]
 fn a_changelog_write_the_broker_refuses_keeps_offsets_and_state_uncommitted() {
+    changelog_refused_case("at-least-once");
+}
+
+#[test]
+fn exactly_once_a_changelog_write_the_broker_refuses_stops_the_host_in_bounded_time() {
+    changelog_refused_case("exactly-once");
+}
+
+/// Keyed state whose changelog record the broker refuses for good: the host stops
+/// with exit 1 (exactly-once after the bounded retries, not a loop), and nothing is
+/// committed, so the records the state counted are read again at restart.
+fn changelog_refused_case(delivery: &str) {
     let dir = workdir();
     let (input, output, group) = names("bigstate");
     create_topic(&input, 1);
@@ -336,7 +348,7 @@ fn a_changelog_write_the_broker_refuses_keeps_offsets_and_state_uncommitted() {
     let config = faulty_config(
         dir.path(),
         (&input, &output, &group),
-        "at-least-once",
+        delivery,
         "",
         "count_in_state = \"seen\"\nstate_bytes = \"5000\"",
     );
@@ -346,10 +358,18 @@ fn a_changelog_write_the_broker_refuses_keeps_offsets_and_state_uncommitted() {
         Duration::from_secs(90),
     );
     assert_eq!(code, 1, "{log}");
-    assert!(
-        log.contains("state changes to changelog") && log.contains("stay uncommitted"),
-        "{log}"
-    );
+    let changelog = format!("{group}-state-changelog");
+    match delivery {
+        "exactly-once" => assert!(
+            log.contains("refused the same write 5 times in a row") && log.contains(&changelog),
+            "{log}"
+        ),
+        _ => assert!(
+            log.contains(&format!("state changes to changelog `{changelog}`"))
+                && log.contains("stay uncommitted"),
+            "{log}"
+        ),
+    }
     assert!(!log.contains("Final checkpoint committed"), "{log}");
     // Offsets never outrun state: what the state counted is read again at restart.
     assert_eq!(committed(&group, &input), BTreeMap::new());

@@ -462,10 +462,14 @@ impl Checkpointer {
         // Aborting serves the delivery reports still due: a failed one names its
         // input record.
         let reported = self.abort_and_rewind(consumer)?;
-        let record = record.cloned().or(reported);
-        let what = match &record {
-            Some(record) => format!("{}: {}", record.origin(), record.cause),
-            None => error.to_string(),
+        let for_good = reported.refused_for_good;
+        let record = record.cloned().or(reported.record);
+        // What failed, the same each time the same thing fails (a transaction error
+        // names the producer's sequence number, which changes with each attempt).
+        let what = match (&record, reported.delivery) {
+            (Some(record), _) => format!("{}: {}", record.origin(), record.cause),
+            (None, Some(delivery)) => delivery,
+            (None, None) => error.to_string(),
         };
         let attempts = match self.failures.take() {
             Some(last) if last.what == what => last.attempts + 1,
@@ -476,6 +480,15 @@ impl Checkpointer {
             attempts,
             record: record.as_ref().map(|r| (r.partition.clone(), r.offset)),
         });
+        if record.is_none() && for_good && attempts >= self.record_attempts {
+            // A write of no input record (a changelog record too large...): nothing
+            // to dead-letter, and no reason to ask again.
+            bail!(
+                "the sink cluster refused the same write {attempts} times in a row ({}); \
+                 records after the last committed transaction stay uncommitted and are read again at the next start",
+                self.failures.as_ref().map_or("", |f| f.what.as_str())
+            );
+        }
         if let Some(record) = record.filter(|_| attempts >= self.record_attempts) {
             if !self.dead_letter {
                 bail!(
@@ -511,12 +524,12 @@ impl Checkpointer {
     }
 
     /// Aborts the open transaction, rewinds every owned partition to its last
-    /// committed offset and restores its state. Returns the input record a failed
-    /// delivery named, if one did.
+    /// committed offset and restores its state. Returns what the delivery reports
+    /// said.
     fn abort_and_rewind(
         &mut self,
         consumer: &BaseConsumer<SourceContext>,
-    ) -> anyhow::Result<Option<RecordFailure>> {
+    ) -> anyhow::Result<Reported> {
         if !self.exactly_once() {
             // At-least-once (a record on its way to the dead-letter topic): nothing to
             // abort. What is in flight is waited for; the reports of the batches
@@ -556,7 +569,11 @@ impl Checkpointer {
         }
         let reported = {
             let mut tracker = self.tracker.lock().unwrap();
-            let reported = tracker.failed_record().cloned();
+            let reported = Reported {
+                record: tracker.failed_record().cloned(),
+                delivery: tracker.failure().map(str::to_owned),
+                refused_for_good: tracker.was_refused_for_good(),
+            };
             tracker.reset();
             reported
         };
@@ -747,6 +764,16 @@ impl Checkpointer {
             tracing::warn!(%error, "Aborting the open transaction failed; the broker aborts it at its timeout.");
         }
     }
+}
+
+/// What the delivery reports of an aborted transaction said.
+struct Reported {
+    /// The input record of the first failed delivery (the largest refused output).
+    record: Option<RecordFailure>,
+    /// The first failed delivery.
+    delivery: Option<String>,
+    /// Whether a delivery was refused for good.
+    refused_for_good: bool,
 }
 
 /// Failures in a row: what the last one was, how many, and its input record.

@@ -72,6 +72,9 @@ pub struct Tracker {
     /// The input record of that failed delivery, when it had one, and the size of
     /// its output.
     failed_record: Option<(RecordFailure, usize)>,
+    /// Whether a failed delivery was refused for good (too large, not authorized...):
+    /// asking again gets the same answer.
+    refused_for_good: bool,
 }
 
 impl Tracker {
@@ -196,6 +199,17 @@ impl Tracker {
         self.pending.clear();
         self.failure = None;
         self.failed_record = None;
+        self.refused_for_good = false;
+    }
+
+    /// Notes that a delivery was refused for good: asking again gets the same answer.
+    pub fn refused_for_good(&mut self) {
+        self.refused_for_good = true;
+    }
+
+    /// Whether a delivery since the last reset was refused for good.
+    pub fn was_refused_for_good(&self) -> bool {
+        self.refused_for_good
     }
 
     /// The first delivery failure, if any.

@@ -74,6 +74,11 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (seq, input) = from_delivery_opaque(opaque);
+        if let Err((error, _)) = result
+            && refused_for_good(error)
+        {
+            self.tracker.lock().unwrap().refused_for_good();
+        }
         let (size, result) = match result {
             Ok(_) => (0, Ok(())),
             Err((error, message)) => (
@@ -90,6 +95,22 @@ impl ProducerContext for SinkContext {
             .unwrap()
             .delivered_from(seq, input, size, result);
     }
+}
+
+/// Whether the broker refused a record for good: sending it again gets the same answer.
+fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    )
 }
 
 /// What a failed delivery says; a timeout also says what it means and what follows.
