@@ -25,6 +25,7 @@ use crate::shutdown::Shutdown;
 use crate::sink::kafka::SendError;
 use crate::source::kafka::KafkaSource;
 use crate::state::SharedState;
+use crate::telemetry::Throttle;
 use crate::transform::TransformStage;
 
 /// Batches handed to the producer and not yet fully acknowledged, at most.
@@ -109,6 +110,8 @@ impl Pipeline {
         // Input records whose outputs failed every attempt, with the reason; they go to
         // the dead-letter topic when read again.
         let mut poisoned: HashMap<(Partition, i64), String> = HashMap::new();
+        // Records the plugin cannot be given not yet reported in the log.
+        let mut unreadable_reported = Throttle::new(Duration::from_secs(1));
 
         let looped = catch_panic(|| -> anyhow::Result<()> {
             while !shutdown.requested() {
@@ -122,7 +125,7 @@ impl Pipeline {
                 if !batch.is_empty() {
                     let spans = source.take_spans();
                     current.clone_from(&spans);
-                    // Exactly-once: where a partition never committed rewinds to.
+                    // Where a partition never committed rewinds to.
                     checkpointer.fetched(&spans);
                     let encoded = batch.finish();
                     // Encoded just above: no need to validate every record again.
@@ -234,7 +237,14 @@ impl Pipeline {
                             metrics.batch(1, 0, 1);
                             tracker.lock().unwrap().seal(seq);
                             checkpointer.processed(&span);
-                            tracing::warn!(record = %origin, reason = %unreadable.reason, "A record the plugin cannot be given goes to the dead-letter topic.");
+                            if let Some(records) = unreadable_reported.count(1) {
+                                tracing::warn!(
+                                    records,
+                                    last = %origin,
+                                    reason = %unreadable.reason,
+                                    "Records the plugin cannot be given go to the dead-letter topic."
+                                );
+                            }
                         }
                         Err(SendError::Interrupted) => break,
                         Err(error) if checkpointer.exactly_once() => {
