@@ -28,6 +28,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::retry::{Next, Retries};
 use super::{Partition, RecordFailure, Tracker};
 use crate::config::Delivery;
 use crate::shutdown::Shutdown;
@@ -52,10 +53,6 @@ const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// sink does not map...) is retried before that is the record's failure: it goes to
 /// the dead-letter topic, or the host stops naming it.
 const RECORD_ATTEMPTS: u32 = 5;
-/// The wait before the first retry after a failure; each further failure in a row
-/// doubles it, up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How long a final or pre-revocation commit of at-least-once offsets waits for the
 /// group coordinator's answer.
@@ -96,14 +93,10 @@ pub struct Checkpointer {
     /// Set when a stopping host gave up its final commit: revoked partitions are then
     /// released without one.
     gave_up: bool,
-    /// Failures in a row since the last successful checkpoint, and what the last one
-    /// was (its input record and cause, or its message).
-    failures: Option<Failures>,
+    /// Failures in a row since the last successful checkpoint.
+    retries: Retries,
     /// Whether failed records go to a dead-letter topic.
     dead_letter: bool,
-    /// How often the same failure of the same record is retried before it is the
-    /// record's failure (`checkpoint.record_attempts`).
-    record_attempts: u32,
     /// Input records that failed `record_attempts` times, with the
     /// reason, not yet handed to the pipeline (which sends them to the dead-letter topic).
     poisoned: Vec<RecordFailure>,
@@ -134,9 +127,8 @@ impl Checkpointer {
             commit_metadata: None,
             shutdown,
             gave_up: false,
-            failures: None,
+            retries: Retries::new(false, RECORD_ATTEMPTS),
             dead_letter: false,
-            record_attempts: RECORD_ATTEMPTS,
             poisoned: Vec::new(),
         }
     }
@@ -146,7 +138,7 @@ impl Checkpointer {
     /// record gets.
     pub fn set_record_failures(&mut self, dead_letter: bool, attempts: u32) {
         self.dead_letter = dead_letter;
-        self.record_attempts = attempts.max(1);
+        self.retries = Retries::new(dead_letter, attempts);
     }
 
     /// Whether the pipeline goes on after a failure of the sink by rewinding to the
@@ -159,18 +151,13 @@ impl Checkpointer {
     /// Whether the worker is retrying after failures (the last
     /// transaction failed and none committed since): it is not ready meanwhile.
     pub fn retrying(&self) -> bool {
-        self.failures.is_some()
+        self.retries.retrying()
     }
 
-    /// The failure of an input record being retried, with how many times it failed,
-    /// if there is one: a host that stops meanwhile has not stopped cleanly. (After a
-    /// failure of no record, such as a broker away, the rewind leaves nothing undone
-    /// that the final checkpoint does not settle.)
+    /// The failure of an input record being retried, if there is one: a host that
+    /// stops meanwhile has not stopped cleanly.
     pub fn failing(&self) -> Option<String> {
-        self.failures
-            .as_ref()
-            .filter(|f| f.record.is_some())
-            .map(|f| format!("{} ({} times)", f.what, f.attempts))
+        self.retries.failing()
     }
 
     /// Input records that failed too often, for the pipeline to dead-letter when it
@@ -270,17 +257,10 @@ impl Checkpointer {
                 let count = tpl.count();
                 // Failures in a row end once the record that failed is behind the
                 // committed offsets (it went to the dead-letter topic).
-                let passed = |(partition, offset): &(Partition, i64)| {
+                self.retries.committed(|(partition, offset)| {
                     tpl.find_partition(&partition.0, partition.1)
                         .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o > *offset))
-                };
-                if self
-                    .failures
-                    .as_ref()
-                    .is_some_and(|f| f.record.as_ref().is_none_or(passed))
-                {
-                    self.failures = None;
-                }
+                });
                 self.last_commit = tpl;
                 Ok(count)
             }
@@ -365,7 +345,7 @@ impl Checkpointer {
         match result {
             Ok(count) => {
                 self.rewind.extend(std::mem::take(&mut self.processed));
-                if self.failures.take().is_some() {
+                if self.retries.succeeded() {
                     tracing::info!("A transaction committed again after failures.");
                 }
                 Ok(count)
@@ -471,54 +451,28 @@ impl Checkpointer {
             (None, Some(delivery)) => delivery,
             (None, None) => error.to_string(),
         };
-        let attempts = match self.failures.take() {
-            Some(last) if last.what == what => last.attempts + 1,
-            _ => 1,
-        };
-        self.failures = Some(Failures {
-            what,
-            attempts,
-            record: record.as_ref().map(|r| (r.partition.clone(), r.offset)),
-        });
-        if record.is_none() && for_good && attempts >= self.record_attempts {
-            // A write of no input record (a changelog record too large...): nothing
-            // to dead-letter, and no reason to ask again.
-            bail!(
-                "the sink cluster refused the same write {attempts} times in a row ({}); \
-                 records after the last committed transaction stay uncommitted and are read again at the next start",
-                self.failures.as_ref().map_or("", |f| f.what.as_str())
-            );
-        }
-        if let Some(record) = record.filter(|_| attempts >= self.record_attempts) {
-            if !self.dead_letter {
-                bail!(
-                    "record {} failed {attempts} times in a row: {}; it stays uncommitted. Set [sink] dead_letter_topic \
-                     to send such records there, or fix the cause",
-                    record.origin(),
-                    record.cause
+        match self.retries.failed(what, record, for_good) {
+            Next::Retry(pause) => {
+                if !pause.is_zero() {
+                    tracing::warn!(
+                        pause_ms = pause.as_millis() as u64,
+                        "The same failure again; retrying after a pause."
+                    );
+                }
+                let until = Instant::now() + pause;
+                while Instant::now() < until && !self.shutdown.requested() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Next::DeadLetter(record) => {
+                tracing::warn!(
+                    record = %record.origin(),
+                    cause = %record.cause,
+                    "A record failed every attempt; it goes to the dead-letter topic."
                 );
+                self.poisoned.push(record);
             }
-            tracing::warn!(
-                record = %record.origin(),
-                attempts,
-                cause = %record.cause,
-                "A record failed the transaction every time; it goes to the dead-letter topic."
-            );
-            self.poisoned.push(RecordFailure {
-                cause: format!("{} (failed {attempts} times)", record.cause),
-                ..record
-            });
-            self.failures = None;
-        }
-        if attempts > 1 {
-            tracing::warn!(attempts, failure = %self.failures.as_ref().map_or("", |f| f.what.as_str()), "The same failure again; retrying after a pause.");
-            let backoff = FIRST_BACKOFF
-                .saturating_mul(1 << (attempts - 2).min(16))
-                .min(MAX_BACKOFF);
-            let until = Instant::now() + backoff;
-            while Instant::now() < until && !self.shutdown.requested() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Next::Stop(message) => bail!(message),
         }
         Ok(())
     }
@@ -774,14 +728,6 @@ struct Reported {
     delivery: Option<String>,
     /// Whether a delivery was refused for good.
     refused_for_good: bool,
-}
-
-/// Failures in a row: what the last one was, how many, and its input record.
-#[derive(Debug)]
-struct Failures {
-    what: String,
-    attempts: u32,
-    record: Option<(Partition, i64)>,
 }
 
 #[derive(Debug, thiserror::Error)]

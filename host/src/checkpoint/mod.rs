@@ -11,6 +11,7 @@
 //! failed batch is read again on restart.
 
 pub mod checkpointer;
+mod retry;
 
 use std::collections::{BTreeMap, VecDeque};
 
