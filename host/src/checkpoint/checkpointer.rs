@@ -579,11 +579,11 @@ impl Checkpointer {
             .context("reading the committed offsets to rewind to")?;
         for element in committed.elements() {
             let partition = (element.topic().to_string(), element.partition());
-            let target = match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => self.rewind.get(&partition).copied(),
+            let Some(offset) =
+                rewind_target(element.offset(), self.rewind.get(&partition).copied())
+            else {
+                continue;
             };
-            let Some(offset) = target else { continue };
             // Asynchronous (no timeout): a partition the group is taking away at this
             // moment must not block the worker; records fetched before the seek are
             // discarded by the client either way.
@@ -720,6 +720,17 @@ impl Checkpointer {
     }
 }
 
+/// Where a partition rewinds to: the offset its group committed, or, when the group
+/// never committed one, the first offset read from it since it was assigned (never
+/// past it: that would skip its records). `None`: nothing was read, so the consumer
+/// is still where the partition started.
+fn rewind_target(committed: Offset, first_read: Option<i64>) -> Option<i64> {
+    match committed {
+        Offset::Offset(offset) => Some(offset),
+        _ => first_read,
+    }
+}
+
 /// What the delivery reports of an aborted transaction said.
 struct Reported {
     /// The input record of the first failed delivery (the largest refused output).
@@ -752,5 +763,18 @@ impl TransactionError {
 impl From<KafkaError> for TransactionError {
     fn from(error: KafkaError) -> Self {
         TransactionError::Kafka(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_rewinds_to_its_committed_offset_or_else_to_the_first_offset_read() {
+        assert_eq!(rewind_target(Offset::Offset(40), Some(12)), Some(40));
+        // Never committed: back to the first record read, not past the batch.
+        assert_eq!(rewind_target(Offset::Invalid, Some(12)), Some(12));
+        assert_eq!(rewind_target(Offset::Invalid, None), None);
     }
 }
