@@ -109,7 +109,7 @@ impl Pipeline {
         let mut current: Vec<(Partition, i64, i64)> = Vec::new();
         // Input records whose outputs failed every attempt, with the reason; they go to
         // the dead-letter topic when read again.
-        let mut poisoned: HashMap<(Partition, i64), String> = HashMap::new();
+        let mut poisoned = Poisoned::new();
         // Records the plugin cannot be given not yet reported in the log.
         let mut unreadable_reported = Throttle::new(Duration::from_secs(1));
 
@@ -185,9 +185,7 @@ impl Pipeline {
                                 &error,
                                 Some(&failure),
                             )?;
-                            poisoned.extend(checkpointer.take_poisoned().into_iter().map(
-                                |failure| ((failure.partition, failure.offset), failure.cause),
-                            ));
+                            poison(&mut poisoned, checkpointer.take_poisoned());
                             continue;
                         }
                         Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
@@ -267,12 +265,7 @@ impl Pipeline {
                         anyhow::bail!("{failure}");
                     }
                     checkpointer.recover(source.consumer(), &failure)?;
-                    poisoned.extend(
-                        checkpointer
-                            .take_poisoned()
-                            .into_iter()
-                            .map(|failure| ((failure.partition, failure.offset), failure.cause)),
-                    );
+                    poison(&mut poisoned, checkpointer.take_poisoned());
                 }
                 turn.lap(Phase::Acknowledge);
                 let now = Instant::now();
@@ -384,22 +377,34 @@ pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
+/// Input records whose outputs failed every attempt, by partition number and offset:
+/// their topic and the reason. Looked up for every record once one is there, so the
+/// key is cheap to make.
+type Poisoned = HashMap<(i32, i64), (String, String)>;
+
+fn poison(poisoned: &mut Poisoned, failures: Vec<crate::checkpoint::RecordFailure>) {
+    poisoned.extend(failures.into_iter().map(|failure| {
+        let ((topic, partition), offset) = (failure.partition, failure.offset);
+        ((partition, offset), (topic, failure.cause))
+    }));
+}
+
 /// Replaces the outputs of every input record in `poisoned` with its failure, so that
 /// the sink sends the record to the dead-letter topic instead.
 fn fail_poisoned<'a>(
     ops: Vec<Op<'a>>,
     input: &InputBatch<'_>,
-    poisoned: &'a HashMap<(Partition, i64), String>,
+    poisoned: &'a Poisoned,
 ) -> Vec<Op<'a>> {
     if poisoned.is_empty() {
         return ops;
     }
     let cause = |index: u32| {
         let record = input.get(index)?;
-        poisoned.get(&(
-            (record.topic().to_string(), record.partition()),
-            record.offset(),
-        ))
+        match poisoned.get(&(record.partition(), record.offset())) {
+            Some((topic, cause)) if topic == record.topic() => Some(cause.as_str()),
+            _ => None,
+        }
     };
     let mut failed = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(ops.len() + 2);
@@ -576,8 +581,12 @@ mod tests {
         let encoded = writer.finish().to_vec();
         let input = InputBatch::open(&encoded).unwrap();
         let poisoned = HashMap::from([
-            ((("in".to_string(), 0), 11), "too large".to_string()),
-            ((("in".to_string(), 0), 13), "unmapped".to_string()),
+            ((0, 11), ("in".to_string(), "too large".to_string())),
+            ((0, 13), ("in".to_string(), "unmapped".to_string())),
+            (
+                (0, 12),
+                ("other".to_string(), "another topic's".to_string()),
+            ),
         ]);
         let ops = vec![
             Op::Keep {
