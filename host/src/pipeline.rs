@@ -10,7 +10,6 @@
 //! `MAX_IN_FLIGHT_BATCHES` batches wait for acknowledgement, and a full producer
 //! queue blocks the loop, so a stalled sink stalls the source.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use anyhow::Context as _;
 use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op};
 
 use crate::checkpoint::checkpointer::{Checkpointer, Reason};
+use crate::checkpoint::retry::{Poisoned, fail_poisoned, poison};
 use crate::checkpoint::{Partition, Tracker};
 use crate::config::CheckpointConfig;
 use crate::metrics::Metrics;
@@ -377,86 +377,6 @@ pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// Input records whose outputs failed every attempt, by partition number and offset:
-/// their topic and the reason. Looked up for every record once one is there, so the
-/// key is cheap to make.
-type Poisoned = HashMap<(i32, i64), (String, String)>;
-
-fn poison(poisoned: &mut Poisoned, failures: Vec<crate::checkpoint::RecordFailure>) {
-    poisoned.extend(failures.into_iter().map(|failure| {
-        let ((topic, partition), offset) = (failure.partition, failure.offset);
-        ((partition, offset), (topic, failure.cause))
-    }));
-}
-
-/// Replaces the outputs of every input record in `poisoned` with its failure, so that
-/// the sink sends the record to the dead-letter topic instead.
-fn fail_poisoned<'a>(
-    ops: Vec<Op<'a>>,
-    input: &InputBatch<'_>,
-    poisoned: &'a Poisoned,
-) -> Vec<Op<'a>> {
-    if poisoned.is_empty() {
-        return ops;
-    }
-    let cause = |index: u32| {
-        let record = input.get(index)?;
-        match poisoned.get(&(record.partition(), record.offset())) {
-            Some((topic, cause)) if topic == record.topic() => Some(cause.as_str()),
-            _ => None,
-        }
-    };
-    let mut failed = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(ops.len() + 2);
-    for op in ops {
-        let index = match &op {
-            Op::Keep {
-                start,
-                count,
-                output,
-            } => {
-                let (start, end, output) = (*start, *start + *count, *output);
-                let mut run = start;
-                for index in start..end {
-                    if let Some(message) = cause(index) {
-                        if index > run {
-                            out.push(Op::Keep {
-                                start: run,
-                                count: index - run,
-                                output,
-                            });
-                        }
-                        if failed.insert(index) {
-                            out.push(Op::Error { index, message });
-                        }
-                        run = index + 1;
-                    }
-                }
-                if end > run {
-                    out.push(Op::Keep {
-                        start: run,
-                        count: end - run,
-                        output,
-                    });
-                }
-                continue;
-            }
-            Op::ReplaceValue { index, .. } | Op::Record { index, .. } | Op::Error { index, .. } => {
-                *index
-            }
-        };
-        match cause(index) {
-            Some(message) => {
-                if failed.insert(index) {
-                    out.push(Op::Error { index, message });
-                }
-            }
-            None => out.push(op),
-        }
-    }
-    out
-}
-
 /// `topic/partition@first..end` for each partition of a batch, as the log names them.
 fn describe_spans(spans: &[(Partition, i64, i64)]) -> String {
     if spans.is_empty() {
@@ -562,66 +482,6 @@ mod tests {
         assert_eq!(message, Err("plain".to_string()));
         let message = catch_panic(|| -> u32 { std::panic::panic_any(42) });
         assert_eq!(message, Err("a panic without a message".to_string()));
-    }
-
-    #[test]
-    fn a_poisoned_record_gets_its_failure_instead_of_its_outputs() {
-        let mut writer = InputWriter::new();
-        for offset in 10..14 {
-            writer.push(sluice_sdk::batch::RecordFields {
-                topic: "in",
-                partition: 0,
-                offset,
-                timestamp: None,
-                key: None,
-                value: Some(b"v"),
-                headers: std::iter::empty(),
-            });
-        }
-        let encoded = writer.finish().to_vec();
-        let input = InputBatch::open(&encoded).unwrap();
-        let poisoned = HashMap::from([
-            ((0, 11), ("in".to_string(), "too large".to_string())),
-            ((0, 13), ("in".to_string(), "unmapped".to_string())),
-            (
-                (0, 12),
-                ("other".to_string(), "another topic's".to_string()),
-            ),
-        ]);
-        let ops = vec![
-            Op::Keep {
-                start: 0,
-                count: 3,
-                output: None,
-            },
-            Op::ReplaceValue {
-                index: 3,
-                value: Some(b"x"),
-                output: Some("side"),
-            },
-            Op::Keep {
-                start: 3,
-                count: 1,
-                output: None,
-            },
-        ];
-        let text: Vec<String> = fail_poisoned(ops, &input, &poisoned)
-            .iter()
-            .map(|op| match op {
-                Op::Keep { start, count, .. } => format!("keep {start}+{count}"),
-                Op::Error { index, message } => format!("error {index} {message}"),
-                _ => "other".to_string(),
-            })
-            .collect();
-        assert_eq!(
-            text,
-            [
-                "keep 0+1",
-                "error 1 too large",
-                "keep 2+1",
-                "error 3 unmapped"
-            ]
-        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! failed batch is read again on restart.
 
 pub mod checkpointer;
-mod retry;
+pub(crate) mod retry;
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -7,9 +7,14 @@
 //! record `attempts` times in a row is that record's failure; a failure of no record
 //! that the broker refused for good stops the host after as many attempts; anything
 //! else (a broker away, a coordinator moving) is retried for as long as it lasts,
-//! waiting longer each time. The worker is not ready while failures last.
+//! waiting longer each time. The worker is not ready while failures last. A record
+//! that goes to the dead-letter topic has its outputs replaced by its failure when it
+//! is read again ([`fail_poisoned`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use sluice_sdk::batch::{InputBatch, Op};
 
 use super::{Partition, RecordFailure};
 
@@ -146,9 +151,151 @@ fn pause(attempts: u32) -> Duration {
     }
 }
 
+/// Input records whose outputs failed every attempt, by partition number and offset:
+/// their topic and the reason. Looked up for every record once one is there, so the
+/// key is cheap to make.
+pub(crate) type Poisoned = HashMap<(i32, i64), (String, String)>;
+
+pub(crate) fn poison(poisoned: &mut Poisoned, failures: Vec<RecordFailure>) {
+    poisoned.extend(failures.into_iter().map(|failure| {
+        let ((topic, partition), offset) = (failure.partition, failure.offset);
+        ((partition, offset), (topic, failure.cause))
+    }));
+}
+
+/// Replaces the outputs of every input record in `poisoned` with its failure, so that
+/// the sink sends the record to the dead-letter topic instead.
+pub(crate) fn fail_poisoned<'a>(
+    ops: Vec<Op<'a>>,
+    input: &InputBatch<'_>,
+    poisoned: &'a Poisoned,
+) -> Vec<Op<'a>> {
+    if poisoned.is_empty() {
+        return ops;
+    }
+    let cause = |index: u32| {
+        let record = input.get(index)?;
+        match poisoned.get(&(record.partition(), record.offset())) {
+            Some((topic, cause)) if topic == record.topic() => Some(cause.as_str()),
+            _ => None,
+        }
+    };
+    let mut failed = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(ops.len() + 2);
+    for op in ops {
+        let index = match &op {
+            Op::Keep {
+                start,
+                count,
+                output,
+            } => {
+                let (start, end, output) = (*start, *start + *count, *output);
+                let mut run = start;
+                for index in start..end {
+                    if let Some(message) = cause(index) {
+                        if index > run {
+                            out.push(Op::Keep {
+                                start: run,
+                                count: index - run,
+                                output,
+                            });
+                        }
+                        if failed.insert(index) {
+                            out.push(Op::Error { index, message });
+                        }
+                        run = index + 1;
+                    }
+                }
+                if end > run {
+                    out.push(Op::Keep {
+                        start: run,
+                        count: end - run,
+                        output,
+                    });
+                }
+                continue;
+            }
+            Op::ReplaceValue { index, .. } | Op::Record { index, .. } | Op::Error { index, .. } => {
+                *index
+            }
+        };
+        match cause(index) {
+            Some(message) => {
+                if failed.insert(index) {
+                    out.push(Op::Error { index, message });
+                }
+            }
+            None => out.push(op),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use sluice_sdk::batch::InputWriter;
+
     use super::*;
+
+    #[test]
+    fn a_poisoned_record_gets_its_failure_instead_of_its_outputs() {
+        let mut writer = InputWriter::new();
+        for offset in 10..14 {
+            writer.push(sluice_sdk::batch::RecordFields {
+                topic: "in",
+                partition: 0,
+                offset,
+                timestamp: None,
+                key: None,
+                value: Some(b"v"),
+                headers: std::iter::empty(),
+            });
+        }
+        let encoded = writer.finish().to_vec();
+        let input = InputBatch::open(&encoded).unwrap();
+        let poisoned = HashMap::from([
+            ((0, 11), ("in".to_string(), "too large".to_string())),
+            ((0, 13), ("in".to_string(), "unmapped".to_string())),
+            (
+                (0, 12),
+                ("other".to_string(), "another topic's".to_string()),
+            ),
+        ]);
+        let ops = vec![
+            Op::Keep {
+                start: 0,
+                count: 3,
+                output: None,
+            },
+            Op::ReplaceValue {
+                index: 3,
+                value: Some(b"x"),
+                output: Some("side"),
+            },
+            Op::Keep {
+                start: 3,
+                count: 1,
+                output: None,
+            },
+        ];
+        let text: Vec<String> = fail_poisoned(ops, &input, &poisoned)
+            .iter()
+            .map(|op| match op {
+                Op::Keep { start, count, .. } => format!("keep {start}+{count}"),
+                Op::Error { index, message } => format!("error {index} {message}"),
+                _ => "other".to_string(),
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "keep 0+1",
+                "error 1 too large",
+                "keep 2+1",
+                "error 3 unmapped"
+            ]
+        );
+    }
 
     fn record(offset: i64, cause: &str) -> RecordFailure {
         RecordFailure {
