@@ -46,6 +46,18 @@ pub fn load_config(
     Ok(config)
 }
 
+/// Marks the error of a plugin refused before the pipeline starts (not a component,
+/// another world, a failing `init` or self-test): invalid input, as `validate` says,
+/// not a failure at run time.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginRefused;
+
+impl std::fmt::Display for PluginRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("plugin.path")
+    }
+}
+
 /// Runtime options from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -228,7 +240,7 @@ pub fn run(
 ) -> anyhow::Result<Summary> {
     let workers = config.parallelism;
     let states: Vec<SharedState> = (0..workers).map(|_| StateStore::shared()).collect();
-    let (registry, instances) = start_plugin(&config, states.clone())?;
+    let (registry, instances) = start_plugin(&config, states.clone()).context(PluginRefused)?;
     let live = registry.live();
     tracing::info!(plugin = %live.plugin.origin, digest = live.plugin.short_digest(), "Plugin loaded.");
 
@@ -354,6 +366,10 @@ pub fn run(
         if config.delivery == Delivery::ExactlyOnce {
             checkpointer.set_commit_metadata(workers_metadata(&transactional_id, workers));
         }
+        checkpointer.set_record_failures(
+            config.sink.dead_letter_topic.is_some(),
+            config.checkpoint.record_attempts,
+        );
         let checkpointer = Arc::new(Mutex::new(checkpointer));
         source.attach(checkpointer.clone());
         pipelines.push(Pipeline {

@@ -97,7 +97,10 @@ fn main() -> ExitCode {
                 Err(error) => {
                     tracing::error!("{error:#}");
                     eprintln!("error: {error:#}");
-                    ExitCode::from(EXIT_FAILURE)
+                    match error.downcast_ref::<app::PluginRefused>() {
+                        Some(_) => ExitCode::from(EXIT_INVALID),
+                        None => ExitCode::from(EXIT_FAILURE),
+                    }
                 }
             }
         }

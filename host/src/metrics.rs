@@ -110,6 +110,14 @@ impl Metrics {
         }
     }
 
+    /// Marks a worker as retrying after failures: like a worker that has not finished
+    /// a turn yet, it is not ready until [`Metrics::turned`] again.
+    pub fn retrying(&self, worker: usize) {
+        if let Some(slot) = self.turned.get(worker) {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// How long ago each worker last finished a turn, by worker; `None` for a worker
     /// that has not finished one yet (it is starting, or restoring its state).
     pub fn since_turns(&self) -> Vec<Option<Duration>> {
@@ -232,6 +240,19 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::plugin::registry::VersionStatus;
+
+    #[test]
+    fn a_retrying_worker_counts_as_not_having_turned_until_it_turns_again() {
+        let metrics = Metrics::new(2);
+        metrics.turned(0);
+        metrics.turned(1);
+        metrics.retrying(1);
+        let since = metrics.since_turns();
+        assert!(since[0].is_some());
+        assert_eq!(since[1], None);
+        metrics.turned(1);
+        assert!(metrics.since_turns()[1].is_some());
+    }
 
     fn status() -> Status {
         Status {

@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op};
 
-use crate::checkpoint::Tracker;
 use crate::checkpoint::checkpointer::{Checkpointer, Reason};
+use crate::checkpoint::retry::{Poisoned, fail_poisoned, poison};
+use crate::checkpoint::{Partition, Tracker};
 use crate::config::CheckpointConfig;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::SendError;
 use crate::source::kafka::KafkaSource;
 use crate::state::SharedState;
+use crate::telemetry::Throttle;
 use crate::transform::TransformStage;
 
 /// Batches handed to the producer and not yet fully acknowledged, at most.
@@ -77,7 +79,17 @@ pub struct Pipeline {
 impl Pipeline {
     /// Runs until `shutdown` is requested (then drains and commits, returning the
     /// summary) or a fatal error (then commits what is safe and returns the error).
+    /// A panic, whatever its cause, is such an error: it names the records the worker
+    /// was processing, and nothing after the last checkpoint is committed.
     pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
+        catch_panic(|| self.run_loop(shutdown)).unwrap_or_else(|panic| {
+            Err(anyhow::anyhow!(
+                "the worker panicked while stopping ({panic}); records after the last checkpoint will be read again at the next start"
+            ))
+        })
+    }
+
+    fn run_loop(self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
         let Pipeline {
             mut source,
             mut transform,
@@ -93,10 +105,18 @@ impl Pipeline {
         let mut last_checkpoint = Instant::now();
         let mut last_commit_end = Instant::now();
         let keep_going = || !shutdown.requested();
+        // The records of the batch being processed, to name them should the loop panic.
+        let mut current: Vec<(Partition, i64, i64)> = Vec::new();
+        // Input records whose outputs failed every attempt, with the reason; they go to
+        // the dead-letter topic when read again.
+        let mut poisoned = Poisoned::new();
+        // Records the plugin cannot be given not yet reported in the log.
+        let mut unreadable_reported = Throttle::new(Duration::from_secs(1));
 
-        let result = (|| -> anyhow::Result<()> {
+        let looped = catch_panic(|| -> anyhow::Result<()> {
             while !shutdown.requested() {
                 batch.clear();
+                current.clear();
                 let mut turn = Turn::start();
                 source.fill(&mut batch, IDLE_POLL)?;
                 turn.lap(Phase::Fill);
@@ -104,6 +124,9 @@ impl Pipeline {
                 turn.lap(Phase::Lock);
                 if !batch.is_empty() {
                     let spans = source.take_spans();
+                    current.clone_from(&spans);
+                    // Where a partition never committed rewinds to.
+                    checkpointer.fetched(&spans);
                     let encoded = batch.finish();
                     // Encoded just above: no need to validate every record again.
                     let input = InputBatch::open(encoded).context("encoding the input batch")?;
@@ -115,11 +138,16 @@ impl Pipeline {
                     let ops = transform
                         .ops(&output, &input)
                         .inspect_err(|_| state.lock().unwrap().discard_batch())?;
+                    let ops = fail_poisoned(ops, &input, &poisoned);
                     turn.lap(Phase::Transform);
                     metrics.worker_version(transform.worker(), transform.current().version);
                     summary.records_in += input.len() as u64;
                     let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
-                    let seq = tracker.lock().unwrap().begin(ends);
+                    let inputs = input
+                        .records()
+                        .map(|r| (r.partition(), r.offset()))
+                        .collect();
+                    let seq = tracker.lock().unwrap().begin_with_inputs(ends, inputs);
                     let provenance = provenance_header.as_deref().map(|name| Header {
                         name,
                         value: Some(transform.current().plugin.short_digest().as_bytes()),
@@ -150,15 +178,79 @@ impl Pipeline {
                             metrics.batch(input.len() as u64, out, dead_lettered as u64);
                         }
                         Err(SendError::Interrupted) => break,
+                        Err(SendError::Record(failure)) if checkpointer.rewinds_after(true) => {
+                            let error = SendError::Record(failure.clone());
+                            checkpointer.recover_after(
+                                source.consumer(),
+                                &error,
+                                Some(&failure),
+                            )?;
+                            poison(&mut poisoned, checkpointer.take_poisoned());
+                            continue;
+                        }
                         Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
                             checkpointer.recover(source.consumer(), &message)?;
                             continue;
                         }
-                        Err(SendError::Fatal(message)) => anyhow::bail!(message),
+                        Err(error) => {
+                            anyhow::bail!("{error}; it stays uncommitted, so a restart retries it")
+                        }
                     }
                     tracker.lock().unwrap().seal(seq);
                     checkpointer.processed(&spans);
                     turn.lap(Phase::Send);
+                }
+                if let Some(unreadable) = source.take_unreadable() {
+                    let origin = unreadable.origin();
+                    let span = [unreadable.span()];
+                    current = span.to_vec();
+                    checkpointer.fetched(&span);
+                    if checkpointer.sink().dead_letter_topic().is_none() {
+                        // The records before it go on: exactly-once, their transaction
+                        // is committed now (the drain aborts after a failure);
+                        // at-least-once, the drain commits what was acknowledged.
+                        if checkpointer.exactly_once() {
+                            checkpointer.checkpoint(source.consumer(), Reason::Final)?;
+                        }
+                        anyhow::bail!(
+                            "record {origin} cannot be handed to the plugin: {}; it stays uncommitted. \
+                             Set [sink] dead_letter_topic to send such records there, or fix the producer that wrote it",
+                            unreadable.reason
+                        );
+                    }
+                    let seq = tracker.lock().unwrap().begin_with_inputs(
+                        vec![(span[0].0.clone(), span[0].2)],
+                        vec![(span[0].0.1, span[0].1)],
+                    );
+                    let sent = checkpointer.sink().dead_letter_unreadable(
+                        seq,
+                        &unreadable,
+                        &tracker,
+                        &keep_going,
+                    );
+                    match sent {
+                        Ok(()) => {
+                            summary.records_in += 1;
+                            summary.records_dead_lettered += 1;
+                            metrics.batch(1, 0, 1);
+                            tracker.lock().unwrap().seal(seq);
+                            checkpointer.processed(&span);
+                            if let Some(records) = unreadable_reported.count(1) {
+                                tracing::warn!(
+                                    records,
+                                    last = %origin,
+                                    reason = %unreadable.reason,
+                                    "Records the plugin cannot be given go to the dead-letter topic."
+                                );
+                            }
+                        }
+                        Err(SendError::Interrupted) => break,
+                        Err(error) if checkpointer.exactly_once() => {
+                            checkpointer.recover(source.consumer(), &error)?;
+                            continue;
+                        }
+                        Err(error) => anyhow::bail!(error),
+                    }
                 }
                 checkpointer.sink().poll(Duration::ZERO)?;
                 while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES
@@ -166,12 +258,14 @@ impl Pipeline {
                 {
                     checkpointer.sink().poll(Duration::from_millis(10))?;
                 }
-                let failure = tracker.lock().unwrap().failure().map(str::to_owned);
+                let failure = tracker.lock().unwrap().failure_report();
                 if let Some(failure) = failure {
-                    if !checkpointer.exactly_once() {
+                    let record_known = tracker.lock().unwrap().failed_record().is_some();
+                    if !checkpointer.rewinds_after(record_known) {
                         anyhow::bail!("{failure}");
                     }
                     checkpointer.recover(source.consumer(), &failure)?;
+                    poison(&mut poisoned, checkpointer.take_poisoned());
                 }
                 turn.lap(Phase::Acknowledge);
                 let now = Instant::now();
@@ -193,18 +287,39 @@ impl Pipeline {
                     turn.lap(Phase::Checkpoint);
                 }
                 turn.report(batch.len());
-                metrics.turned(transform.worker());
+                // A worker retrying after failures is not ready until a checkpoint
+                // commits again.
+                match checkpointer.retrying() {
+                    true => metrics.retrying(transform.worker()),
+                    false => metrics.turned(transform.worker()),
+                }
             }
             Ok(())
-        })();
+        });
+        let panicked = looped.is_err();
+        let result = looped.unwrap_or_else(|panic| {
+            if current.is_empty() {
+                // It panicked while reading: the records read so far.
+                current = source.take_spans();
+            }
+            Err(anyhow::anyhow!(
+                "the worker panicked while processing {} ({panic}); nothing after the last checkpoint is committed, so a restart reads those records again",
+                describe_spans(&current)
+            ))
+        });
 
         // Drain: whatever happened, commit exactly what the broker acknowledged (or,
-        // exactly-once, commit the open transaction; abort it after a failure).
+        // exactly-once, commit the open transaction; abort it after a failure). After a
+        // panic nothing is committed: the state may hold half of a batch.
         let mut no_final_checkpoint = None;
+        let still_failing;
         {
-            let mut checkpointer = checkpointer.lock().unwrap();
-            let delivery_failure = tracker.lock().unwrap().failure().is_some();
-            if checkpointer.sink().refused() {
+            let mut checkpointer = lock(&checkpointer);
+            let delivery_failure = lock(&tracker).failure().is_some();
+            if panicked {
+                checkpointer.give_up_final_commit();
+                checkpointer.abandon();
+            } else if checkpointer.sink().refused() {
                 // The cluster refused a client's credentials: nothing more will be
                 // acknowledged or committed, and waiting for it would only delay the exit.
                 tracing::warn!(
@@ -227,8 +342,10 @@ impl Pipeline {
                     }
                 }
             }
+            // A stop while retrying after failures is no clean stop.
+            still_failing = checkpointer.failing();
         }
-        let delivery_failure = tracker.lock().unwrap().failure().map(str::to_owned);
+        let delivery_failure = lock(&tracker).failure_report();
         source.close(CLOSE_TIMEOUT);
         result?;
         if let Some(failure) = delivery_failure {
@@ -239,8 +356,48 @@ impl Pipeline {
                 "stopped without a final checkpoint: {error:#}; records since the last checkpoint will be read again at the next start"
             );
         }
+        if let Some(failure) = still_failing {
+            anyhow::bail!(
+                "stopped while retrying after failures (last: {failure}); records since the last checkpoint will be read again at the next start"
+            );
+        }
         Ok(summary)
     }
+}
+
+/// Runs `work`; a panic in it comes back as `Err` with the panic's message, so that
+/// the host stops with a clear error and exit code rather than aborting.
+pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|message| (*message).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string())
+    })
+}
+
+/// `topic/partition@first..end` for each partition of a batch, as the log names them.
+fn describe_spans(spans: &[(Partition, i64, i64)]) -> String {
+    if spans.is_empty() {
+        return "no record".to_string();
+    }
+    spans
+        .iter()
+        .map(|((topic, partition), first, end)| match end - first {
+            1 => format!("{topic}/{partition}@{first}"),
+            _ => format!("{topic}/{partition}@{first}..{}", end - 1),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A lock that a panic while it was held does not make unusable: after a panic the
+/// drain still needs the checkpointer to abort what is open.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The parts of one turn of the loop.
@@ -315,6 +472,27 @@ impl Turn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_comes_back_as_an_error_with_its_message() {
+        assert_eq!(catch_panic(|| 7), Ok(7));
+        let message = catch_panic(|| -> u32 { panic!("header {} is bad", 3) });
+        assert_eq!(message, Err("header 3 is bad".to_string()));
+        let message = catch_panic(|| -> u32 { panic!("plain") });
+        assert_eq!(message, Err("plain".to_string()));
+        let message = catch_panic(|| -> u32 { std::panic::panic_any(42) });
+        assert_eq!(message, Err("a panic without a message".to_string()));
+    }
+
+    #[test]
+    fn a_batch_is_named_by_its_records_coordinates() {
+        let spans = vec![
+            (("in".to_string(), 0), 5, 10),
+            (("in".to_string(), 3), 7, 8),
+        ];
+        assert_eq!(describe_spans(&spans), "in/0@5..9, in/3@7");
+        assert_eq!(describe_spans(&[]), "no record");
+    }
 
     #[test]
     fn waiting_for_input_does_not_make_a_turn_slow_and_work_does() {

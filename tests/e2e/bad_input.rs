@@ -233,7 +233,8 @@ fn a_file_that_is_not_a_component_is_refused() {
             &[command, "--config", &config, "--plugin", bogus],
             Duration::from_secs(30),
         );
-        assert_ne!(code, 0, "{command}");
+        // Invalid input for `run` as for `validate` (the README promises 2).
+        assert_eq!(code, 2, "{command}: {log}");
         assert!(
             log.contains("bogus.wasm") && log.contains("not a valid WebAssembly component"),
             "{command}: {log}"

@@ -6,6 +6,7 @@ mod auth;
 mod authoring;
 mod bad_input;
 mod examples;
+mod failures;
 mod install;
 mod languages;
 mod passthrough;

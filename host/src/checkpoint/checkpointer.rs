@@ -28,7 +28,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Partition, Tracker};
+use super::retry::{Next, Retries};
+use super::{Partition, RecordFailure, Tracker};
 use crate::config::Delivery;
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::KafkaSink;
@@ -46,6 +47,12 @@ const CHANGELOG_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a revocation waits for the outputs in flight before it commits what was
 /// acknowledged (well within the group's `max.poll.interval.ms`).
 const REVOKE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often, unless `checkpoint.record_attempts` says otherwise, the same failure of
+/// the same input record (its output too large for the broker, an output name the
+/// sink does not map...) is retried before that is the record's failure: it goes to
+/// the dead-letter topic, or the host stops naming it.
+const RECORD_ATTEMPTS: u32 = 5;
 
 /// How long a final or pre-revocation commit of at-least-once offsets waits for the
 /// group coordinator's answer.
@@ -86,6 +93,13 @@ pub struct Checkpointer {
     /// Set when a stopping host gave up its final commit: revoked partitions are then
     /// released without one.
     gave_up: bool,
+    /// Failures in a row since the last successful checkpoint.
+    retries: Retries,
+    /// Whether failed records go to a dead-letter topic.
+    dead_letter: bool,
+    /// Input records that failed `record_attempts` times, with the
+    /// reason, not yet handed to the pipeline (which sends them to the dead-letter topic).
+    poisoned: Vec<RecordFailure>,
 }
 
 impl Checkpointer {
@@ -113,7 +127,43 @@ impl Checkpointer {
             commit_metadata: None,
             shutdown,
             gave_up: false,
+            retries: Retries::new(false, RECORD_ATTEMPTS),
+            dead_letter: false,
+            poisoned: Vec::new(),
         }
+    }
+
+    /// Whether failed records go to the sink's dead-letter topic (so does an input
+    /// record whose outputs fail `attempts` times in a row), and how many attempts a
+    /// record gets.
+    pub fn set_record_failures(&mut self, dead_letter: bool, attempts: u32) {
+        self.dead_letter = dead_letter;
+        self.retries = Retries::new(dead_letter, attempts);
+    }
+
+    /// Whether the pipeline goes on after a failure of the sink by rewinding to the
+    /// last checkpoint: always exactly-once; at-least-once when a failed delivery
+    /// names its input record and that record can go to the dead-letter topic.
+    pub fn rewinds_after(&self, record_known: bool) -> bool {
+        self.exactly_once() || (self.dead_letter && record_known)
+    }
+
+    /// Whether the worker is retrying after failures (the last
+    /// transaction failed and none committed since): it is not ready meanwhile.
+    pub fn retrying(&self) -> bool {
+        self.retries.retrying()
+    }
+
+    /// The failure of an input record being retried, if there is one: a host that
+    /// stops meanwhile has not stopped cleanly.
+    pub fn failing(&self) -> Option<String> {
+        self.retries.failing()
+    }
+
+    /// Input records that failed too often, for the pipeline to dead-letter when it
+    /// reads them again.
+    pub fn take_poisoned(&mut self) -> Vec<RecordFailure> {
+        std::mem::take(&mut self.poisoned)
     }
 
     /// Exactly-once: `metadata` goes with every offset this checkpointer commits.
@@ -127,6 +177,17 @@ impl Checkpointer {
 
     pub fn exactly_once(&self) -> bool {
         self.delivery == Delivery::ExactlyOnce
+    }
+
+    /// Records that a batch covering `spans` (partition, first offset, offset after the
+    /// last) was read. The first offset read from a partition since
+    /// it was assigned is where it rewinds to while its group has committed nothing
+    /// for it: without it, a failure of the very first batch would leave the consumer
+    /// past that batch, and a later commit would skip its records.
+    pub fn fetched(&mut self, spans: &[(Partition, i64, i64)]) {
+        for (partition, first, _) in spans {
+            self.rewind.entry(partition.clone()).or_insert(*first);
+        }
     }
 
     /// Records that a batch covering `spans` (partition, first offset, offset after
@@ -194,6 +255,12 @@ impl Checkpointer {
         match committed {
             Ok(()) => {
                 let count = tpl.count();
+                // Failures in a row end once the record that failed is behind the
+                // committed offsets (it went to the dead-letter topic).
+                self.retries.committed(|(partition, offset)| {
+                    tpl.find_partition(&partition.0, partition.1)
+                        .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o > *offset))
+                });
                 self.last_commit = tpl;
                 Ok(count)
             }
@@ -218,10 +285,30 @@ impl Checkpointer {
             }
             state.take_changes(None)
         };
+        let written = self.write_changes(&changes);
+        if written.is_err() {
+            // Offsets never outrun state: the changes stay to be saved, so no later
+            // checkpoint (the final one included) commits the offsets they go with
+            // before they are written.
+            self.state.lock().unwrap().untake_changes(&changes);
+        }
+        written.map_err(|error| {
+            error.context(format!(
+                "writing {} state changes to changelog `{}` failed; the offsets they go with stay uncommitted, \
+                 so a restart reads those records again",
+                changes.len(),
+                self.changelog
+            ))
+        })
+    }
+
+    /// At-least-once: sends `changes` and waits for the broker's acknowledgement of
+    /// them and of every output before them.
+    fn write_changes(&mut self, changes: &[crate::state::Change]) -> anyhow::Result<()> {
         let seq = self.tracker.lock().unwrap().begin(Vec::new());
         self.sink
-            .send_changes(seq, &self.changelog, &changes, &self.tracker, &|| true)
-            .map_err(|e| anyhow::anyhow!("writing state to changelog `{}`: {e}", self.changelog))?;
+            .send_changes(seq, &self.changelog, changes, &self.tracker, &|| true)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.tracker.lock().unwrap().seal(seq);
         let deadline = Instant::now() + CHANGELOG_TIMEOUT;
         loop {
@@ -236,10 +323,8 @@ impl Checkpointer {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "state changes were not acknowledged by the broker within {} s (changelog `{}`); \
-                     offsets stay uncommitted",
+                    "state changes were not acknowledged by the broker within {} s",
                     CHANGELOG_TIMEOUT.as_secs(),
-                    self.changelog
                 );
             }
             self.sink.poll(Duration::from_millis(5))?;
@@ -260,6 +345,9 @@ impl Checkpointer {
         match result {
             Ok(count) => {
                 self.rewind.extend(std::mem::take(&mut self.processed));
+                if self.retries.succeeded() {
+                    tracing::info!("A transaction committed again after failures.");
+                }
                 Ok(count)
             }
             Err(error) => {
@@ -321,6 +409,21 @@ impl Checkpointer {
         consumer: &BaseConsumer<SourceContext>,
         error: &dyn std::fmt::Display,
     ) -> anyhow::Result<()> {
+        self.recover_after(consumer, error, None)
+    }
+
+    /// [`Checkpointer::recover`] after a failure of input record `record` (when the
+    /// pipeline knows it; a failed delivery names its own). The same failure of the
+    /// same record `record_attempts` times in a row is that record's failure: it is
+    /// dead-lettered when it is read again, or, without a dead-letter topic, the host
+    /// stops naming it, its offset uncommitted. Failures in a row wait longer and
+    /// longer before the retry.
+    pub fn recover_after(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        error: &dyn std::fmt::Display,
+        record: Option<&RecordFailure>,
+    ) -> anyhow::Result<()> {
         if self.shutdown.requested() {
             // Rewinding and restoring would serve nobody: the host stops, and the
             // next owner of these partitions starts from the last committed
@@ -330,8 +433,65 @@ impl Checkpointer {
                 "stopped without a final checkpoint: the open transaction was not recovered ({error}), as the host stops; records after the last committed transaction will be read again at the next start"
             );
         }
-        tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.");
-        if let Some(fatal) = self.sink.fatal_error() {
+        match self.exactly_once() {
+            true => {
+                tracing::warn!(%error, "Transaction aborted; rewinding to the last checkpoint.")
+            }
+            false => tracing::warn!(%error, "A record failed; rewinding to the last checkpoint."),
+        }
+        // Aborting serves the delivery reports still due: a failed one names its
+        // input record.
+        let reported = self.abort_and_rewind(consumer)?;
+        let for_good = reported.refused_for_good;
+        let record = record.cloned().or(reported.record);
+        // What failed, the same each time the same thing fails (a transaction error
+        // names the producer's sequence number, which changes with each attempt).
+        let what = match (&record, reported.delivery) {
+            (Some(record), _) => format!("{}: {}", record.origin(), record.cause),
+            (None, Some(delivery)) => delivery,
+            (None, None) => error.to_string(),
+        };
+        match self.retries.failed(what, record, for_good) {
+            Next::Retry(pause) => {
+                if !pause.is_zero() {
+                    tracing::warn!(
+                        pause_ms = pause.as_millis() as u64,
+                        "The same failure again; retrying after a pause."
+                    );
+                }
+                let until = Instant::now() + pause;
+                while Instant::now() < until && !self.shutdown.requested() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Next::DeadLetter(record) => {
+                tracing::warn!(
+                    record = %record.origin(),
+                    cause = %record.cause,
+                    "A record failed every attempt; it goes to the dead-letter topic."
+                );
+                self.poisoned.push(record);
+            }
+            Next::Stop(message) => bail!(message),
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, rewinds every owned partition to its last
+    /// committed offset and restores its state. Returns what the delivery reports
+    /// said.
+    fn abort_and_rewind(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+    ) -> anyhow::Result<Reported> {
+        if !self.exactly_once() {
+            // At-least-once (a record on its way to the dead-letter topic): nothing to
+            // abort. What is in flight is waited for; the reports of the batches
+            // dropped below count for nothing, and their records are read again.
+            if let Err(error) = self.sink.flush(REVOKE_FLUSH_TIMEOUT) {
+                tracing::warn!(%error, "Not every output was acknowledged before the rewind; those records are written again.");
+            }
+        } else if let Some(fatal) = self.sink.fatal_error() {
             // Fenced: either this host stalled past the transaction timeout (the broker
             // aborted its transaction and bumped the producer epoch), or another host
             // uses the same transactional id. A new producer recovers from the first;
@@ -361,11 +521,21 @@ impl Checkpointer {
             tracing::warn!(error = %begin, "Could not begin a transaction; replacing the producer.");
             self.replace_producer("after a failed begin")?;
         }
-        self.tracker.lock().unwrap().reset();
+        let reported = {
+            let mut tracker = self.tracker.lock().unwrap();
+            let reported = Reported {
+                record: tracker.failed_record().cloned(),
+                delivery: tracker.failure().map(str::to_owned),
+                refused_for_good: tracker.was_refused_for_good(),
+            };
+            tracker.reset();
+            reported
+        };
         self.processed.clear();
         self.rewind_to_committed(consumer)?;
         let owned: Vec<i32> = self.assigned.iter().map(|(_, p)| *p).collect();
-        self.restore(&owned, false)
+        self.restore(&owned, false)?;
+        Ok(reported)
     }
 
     /// Exactly-once: a new producer of the same transactional id, which fences the
@@ -409,11 +579,11 @@ impl Checkpointer {
             .context("reading the committed offsets to rewind to")?;
         for element in committed.elements() {
             let partition = (element.topic().to_string(), element.partition());
-            let target = match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => self.rewind.get(&partition).copied(),
+            let Some(offset) =
+                rewind_target(element.offset(), self.rewind.get(&partition).copied())
+            else {
+                continue;
             };
-            let Some(offset) = target else { continue };
             // Asynchronous (no timeout): a partition the group is taking away at this
             // moment must not block the worker; records fetched before the seek are
             // discarded by the client either way.
@@ -550,6 +720,27 @@ impl Checkpointer {
     }
 }
 
+/// Where a partition rewinds to: the offset its group committed, or, when the group
+/// never committed one, the first offset read from it since it was assigned (never
+/// past it: that would skip its records). `None`: nothing was read, so the consumer
+/// is still where the partition started.
+fn rewind_target(committed: Offset, first_read: Option<i64>) -> Option<i64> {
+    match committed {
+        Offset::Offset(offset) => Some(offset),
+        _ => first_read,
+    }
+}
+
+/// What the delivery reports of an aborted transaction said.
+struct Reported {
+    /// The input record of the first failed delivery (the largest refused output).
+    record: Option<RecordFailure>,
+    /// The first failed delivery.
+    delivery: Option<String>,
+    /// Whether a delivery was refused for good.
+    refused_for_good: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 enum TransactionError {
     #[error("{0}")]
@@ -572,5 +763,18 @@ impl TransactionError {
 impl From<KafkaError> for TransactionError {
     fn from(error: KafkaError) -> Self {
         TransactionError::Kafka(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_rewinds_to_its_committed_offset_or_else_to_the_first_offset_read() {
+        assert_eq!(rewind_target(Offset::Offset(40), Some(12)), Some(40));
+        // Never committed: back to the first record read, not past the batch.
+        assert_eq!(rewind_target(Offset::Invalid, Some(12)), Some(12));
+        assert_eq!(rewind_target(Offset::Invalid, None), None);
     }
 }

@@ -11,16 +11,51 @@
 //! failed batch is read again on restart.
 
 pub mod checkpointer;
+pub(crate) mod retry;
 
 use std::collections::{BTreeMap, VecDeque};
 
 /// A source partition: topic and partition number.
 pub type Partition = (String, i32);
 
+/// An input record whose output the sink broker refused: where it was read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFailure {
+    pub partition: Partition,
+    pub offset: i64,
+    pub cause: String,
+}
+
+impl RecordFailure {
+    /// `topic/partition@offset`.
+    pub fn origin(&self) -> String {
+        format!("{}/{}@{}", self.partition.0, self.partition.1, self.offset)
+    }
+}
+
+/// A delivery's opaque value: the batch's sequence number and the index of the input
+/// record the output came from (plus one; 0 for none, as for changelog records).
+/// Batches hold at most 100 000 records, so 20 bits hold the index.
+pub fn delivery_opaque(seq: u64, input: Option<u32>) -> usize {
+    ((seq << INDEX_BITS) | input.map_or(0, |index| u64::from(index) + 1)) as usize
+}
+
+/// The batch sequence number and input index of a delivery's opaque value.
+pub fn from_delivery_opaque(opaque: usize) -> (u64, Option<u32>) {
+    let opaque = opaque as u64;
+    let index = (opaque & ((1 << INDEX_BITS) - 1)) as u32;
+    (opaque >> INDEX_BITS, index.checked_sub(1))
+}
+
+const INDEX_BITS: u32 = 20;
+
 #[derive(Debug)]
 struct PendingBatch {
     /// Offset after the batch's last record, per partition it touched.
     ends: Vec<(Partition, i64)>,
+    /// Each input record's partition number and offset, by index, to name the record
+    /// whose output fails.
+    inputs: Vec<(i32, i64)>,
     outstanding: usize,
     sealed: bool,
 }
@@ -35,6 +70,12 @@ pub struct Tracker {
     committable: BTreeMap<Partition, i64>,
     /// Set when a delivery failed; nothing after it may be committed.
     failure: Option<String>,
+    /// The input record of that failed delivery, when it had one, and the size of
+    /// its output.
+    failed_record: Option<(RecordFailure, usize)>,
+    /// Whether a failed delivery was refused for good (too large, not authorized...):
+    /// asking again gets the same answer.
+    refused_for_good: bool,
 }
 
 impl Tracker {
@@ -44,9 +85,20 @@ impl Tracker {
 
     /// Registers a new batch and returns its sequence number.
     pub fn begin(&mut self, ends: Vec<(Partition, i64)>) -> u64 {
+        self.begin_with_inputs(ends, Vec::new())
+    }
+
+    /// [`Tracker::begin`] for a batch whose input records are `inputs` (partition
+    /// number and offset, by index).
+    pub fn begin_with_inputs(
+        &mut self,
+        ends: Vec<(Partition, i64)>,
+        inputs: Vec<(i32, i64)>,
+    ) -> u64 {
         let seq = self.first_seq + self.pending.len() as u64;
         self.pending.push_back(PendingBatch {
             ends,
+            inputs,
             outstanding: 0,
             sealed: false,
         });
@@ -66,6 +118,56 @@ impl Tracker {
             batch.sealed = true;
         }
         self.advance();
+    }
+
+    /// Records the broker's answer for one output of batch `seq` derived from its
+    /// input record `input`; `size` is the output's size in bytes. A broker refuses a
+    /// whole request for one record too large, so of the outputs that fail, the
+    /// largest names the input record that failed.
+    pub fn delivered_from(
+        &mut self,
+        seq: u64,
+        input: Option<u32>,
+        size: usize,
+        result: Result<(), String>,
+    ) {
+        if let Err(cause) = &result
+            && seq >= self.first_seq
+            && self
+                .failed_record
+                .as_ref()
+                .is_none_or(|(_, largest)| size > *largest)
+            && let Some(input) = input
+            && let Some(batch) = self.batch(seq)
+            && let Some((partition, offset)) = batch.inputs.get(input as usize).copied()
+            && let Some(((topic, _), _)) = batch.ends.first()
+        {
+            let failure = RecordFailure {
+                partition: (topic.clone(), partition),
+                offset,
+                cause: cause.clone(),
+            };
+            self.failed_record = Some((failure, size));
+        }
+        self.delivered(seq, result)
+    }
+
+    /// The input record of the first failed delivery, when it had one.
+    pub fn failed_record(&self) -> Option<&RecordFailure> {
+        self.failed_record.as_ref().map(|(record, _)| record)
+    }
+
+    /// The first delivery failure and the input record it names, if any.
+    pub fn failure_report(&self) -> Option<String> {
+        let failure = self.failure.as_deref()?;
+        Some(match self.failed_record() {
+            Some(record) => format!(
+                "{} (an output of input record {}; it stays uncommitted)",
+                record.cause,
+                record.origin()
+            ),
+            None => failure.to_string(),
+        })
     }
 
     /// Records the broker's answer for one output of batch `seq`.
@@ -97,6 +199,18 @@ impl Tracker {
         self.first_seq += self.pending.len() as u64;
         self.pending.clear();
         self.failure = None;
+        self.failed_record = None;
+        self.refused_for_good = false;
+    }
+
+    /// Notes that a delivery was refused for good: asking again gets the same answer.
+    pub fn refused_for_good(&mut self) {
+        self.refused_for_good = true;
+    }
+
+    /// Whether a delivery since the last reset was refused for good.
+    pub fn was_refused_for_good(&self) -> bool {
+        self.refused_for_good
     }
 
     /// The first delivery failure, if any.
@@ -209,6 +323,33 @@ mod tests {
         t.seal(b);
         assert!(t.passed(b));
         assert_eq!(t.committable().get(&p(0)), Some(&20));
+    }
+
+    #[test]
+    fn a_failed_delivery_names_the_input_record_of_the_largest_failed_output() {
+        let mut t = Tracker::new();
+        let a = t.begin_with_inputs(vec![(p(0), 8), (p(1), 3)], vec![(0, 7), (1, 2), (0, 7)]);
+        t.add_outputs(a, 3);
+        t.seal(a);
+        let (seq, input) = from_delivery_opaque(delivery_opaque(a, Some(0)));
+        assert_eq!((seq, input), (a, Some(0)));
+        // The broker refuses the whole request: the small output fails first.
+        t.delivered_from(seq, input, 10, Err("too large".into()));
+        t.delivered_from(a, Some(1), 5000, Err("too large".into()));
+        t.delivered_from(a, Some(2), 12, Err("too large".into()));
+        let failed = t.failed_record().expect("the record is known");
+        assert_eq!(failed.origin(), "in/1@2");
+        assert_eq!(failed.cause, "too large");
+        assert_eq!(
+            t.failure_report().as_deref(),
+            Some("too large (an output of input record in/1@2; it stays uncommitted)")
+        );
+        t.reset();
+        assert_eq!(t.failed_record(), None);
+        assert_eq!(
+            from_delivery_opaque(delivery_opaque(u64::from(u32::MAX), None)),
+            (u64::from(u32::MAX), None)
+        );
     }
 
     #[test]

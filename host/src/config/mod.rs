@@ -151,6 +151,10 @@ pub struct Rollback {
 pub struct CheckpointConfig {
     pub interval: Duration,
     pub min_pause: Duration,
+    /// How often the same failure of the same input record (its output refused by the
+    /// sink broker, an unmapped output name) is retried before it is that record's
+    /// failure.
+    pub record_attempts: u32,
 }
 
 /// One problem in a configuration, with the key it is about.

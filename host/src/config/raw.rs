@@ -115,6 +115,7 @@ pub struct RawRollback {
 pub struct RawCheckpoint {
     pub interval_ms: Option<i64>,
     pub min_pause_ms: Option<i64>,
+    pub record_attempts: Option<i64>,
 }
 
 /// Parses TOML text. A syntax or type error is returned as is (it names its line);
@@ -501,13 +502,16 @@ impl RawConfig {
             10,
             86_400_000,
         );
+        // Managed Flink's 5 s, but never longer than the interval: a file that asks
+        // for a checkpoint every second gets one every second.
         let min_pause_ms = c.range(
             "checkpoint.min_pause_ms",
             k.min_pause_ms,
-            5_000,
+            5_000.min(interval_ms),
             0,
             86_400_000,
         );
+        let record_attempts = c.range("checkpoint.record_attempts", k.record_attempts, 5, 1, 100);
 
         let parallelism = c.range("parallelism", self.parallelism, 1, 1, MAX_PARALLELISM);
         let delivery = c.choice(
@@ -584,6 +588,7 @@ impl RawConfig {
             checkpoint: CheckpointConfig {
                 interval: Duration::from_millis(interval_ms as u64),
                 min_pause: Duration::from_millis(min_pause_ms as u64),
+                record_attempts: record_attempts as u32,
             },
         })
     }
@@ -618,7 +623,38 @@ mod tests {
         assert_eq!(config.source.startup, Startup::Earliest);
         assert_eq!(config.checkpoint.interval, Duration::from_secs(60));
         assert_eq!(config.checkpoint.min_pause, Duration::from_secs(5));
+        assert_eq!(config.checkpoint.record_attempts, 5);
         assert!(config.plugin.path.is_none());
+    }
+
+    #[test]
+    fn the_default_pause_between_checkpoints_is_never_longer_than_the_interval() {
+        let file = |checkpoint: &str| {
+            format!(
+                "version = 1\n[source]\nbootstrap_servers = \"127.0.0.1:9092\"\ntopic = \"in\"\n\
+                 group_id = \"g\"\n[sink]\ntopic = \"out\"\n[checkpoint]\n{checkpoint}\n"
+            )
+        };
+        let checkpoint = |text: &str| {
+            let (raw, mut problems) = parse_toml(&file(text)).unwrap();
+            let config = raw.validate(&mut problems).unwrap();
+            assert!(problems.is_empty(), "{problems:?}");
+            (config.checkpoint.interval, config.checkpoint.min_pause)
+        };
+        // The README's exactly-once advice: a checkpoint every second, in fact.
+        assert_eq!(
+            checkpoint("interval_ms = 1000"),
+            (Duration::from_secs(1), Duration::from_secs(1))
+        );
+        assert_eq!(
+            checkpoint("interval_ms = 30000"),
+            (Duration::from_secs(30), Duration::from_secs(5))
+        );
+        // A pause the file sets is kept, even a longer one.
+        assert_eq!(
+            checkpoint("interval_ms = 1000\nmin_pause_ms = 3000"),
+            (Duration::from_secs(1), Duration::from_secs(3))
+        );
     }
 
     #[test]

@@ -21,9 +21,9 @@ use rdkafka::producer::{
 use sluice_sdk::batch::{Header, Headers, InputBatch, Op, Record};
 
 use crate::auth::ClientAuth;
-use crate::checkpoint::Tracker;
+use crate::checkpoint::{RecordFailure, Tracker, delivery_opaque, from_delivery_opaque};
 use crate::config::{Partitioning, SinkConfig};
-use crate::source::kafka::topic_partitions;
+use crate::source::kafka::{Unreadable, topic_partitions};
 use crate::state::Change;
 
 /// Producer callbacks: each delivery report goes to the tracker.
@@ -68,20 +68,49 @@ impl ClientContext for AdminContext {
 }
 
 impl ProducerContext for SinkContext {
-    /// The sequence number of the batch the record belongs to.
+    /// The sequence number of the batch the record belongs to, and the input record
+    /// it came from (see [`delivery_opaque`]).
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
-        let result = match result {
-            Ok(_) => Ok(()),
-            Err((error, message)) => Err(delivery_failure(
-                message.topic(),
-                message.partition(),
-                error,
-            )),
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let (seq, input) = from_delivery_opaque(opaque);
+        if let Err((error, _)) = result
+            && refused_for_good(error)
+        {
+            self.tracker.lock().unwrap().refused_for_good();
+        }
+        let (size, result) = match result {
+            Ok(_) => (0, Ok(())),
+            Err((error, message)) => (
+                message.key_len() + message.payload_len(),
+                Err(delivery_failure(
+                    message.topic(),
+                    message.partition(),
+                    error,
+                )),
+            ),
         };
-        self.tracker.lock().unwrap().delivered(seq as u64, result);
+        self.tracker
+            .lock()
+            .unwrap()
+            .delivered_from(seq, input, size, result);
     }
+}
+
+/// Whether the broker refused a record for good: sending it again gets the same answer.
+fn refused_for_good(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    )
 }
 
 /// What a failed delivery says; a timeout also says what it means and what follows.
@@ -103,6 +132,10 @@ fn delivery_failure(topic: &str, partition: i32, error: &KafkaError) -> String {
 pub enum SendError {
     #[error("{0}")]
     Fatal(String),
+    /// The sink cannot take an output of this input record (an output name that is
+    /// not mapped, a record the producer refuses).
+    #[error("record {}: {}", .0.origin(), .0.cause)]
+    Record(RecordFailure),
     #[error("stopped while the producer queue was full")]
     Interrupted,
 }
@@ -268,12 +301,24 @@ impl KafkaSink {
                 }
                 Op::Error { .. } => unreachable!("dead-lettered above"),
             };
+            // A failure here is the failure of the input record being sent.
+            let failed = |index: u32, error: SendError| match error {
+                SendError::Fatal(cause) => match input.get(index) {
+                    Some(source) => SendError::Record(RecordFailure {
+                        partition: (source.topic().to_string(), source.partition()),
+                        offset: source.offset(),
+                        cause,
+                    }),
+                    None => SendError::Fatal(cause),
+                },
+                other => other,
+            };
             let topic = match output {
                 None => self.default_topic.as_str(),
                 Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
-                    SendError::Fatal(format!(
+                    failed(indices.start, SendError::Fatal(format!(
                         "the plugin sent a record to output `{name}`, which [sink.outputs] does not map to a topic"
-                    ))
+                    )))
                 })?,
             };
             for index in indices {
@@ -302,8 +347,10 @@ impl KafkaSink {
                     } => (*key, *value, Some(headers.clone()), *timestamp),
                     Op::Error { .. } => unreachable!(),
                 };
-                let mut record =
-                    BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize);
+                let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
+                    topic,
+                    delivery_opaque(seq, Some(index)),
+                );
                 if let Some(key) = key {
                     record = record.key(key);
                 }
@@ -319,7 +366,8 @@ impl KafkaSink {
                 if self.same_partition {
                     record = record.partition(source.partition());
                 }
-                self.send_one(record, keep_going)?;
+                self.send_one(record, keep_going)
+                    .map_err(|error| failed(index, error))?;
                 sent += 1;
             }
         }
@@ -359,8 +407,11 @@ impl KafkaSink {
                 key: SOURCE_HEADER,
                 value: Some(&origin),
             });
-        let mut record =
-            BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize).headers(headers);
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
+            topic,
+            delivery_opaque(seq, Some(source.index())),
+        )
+        .headers(headers);
         if let Some(key) = source.key() {
             record = record.key(key);
         }
@@ -371,6 +422,61 @@ impl KafkaSink {
             record = record.timestamp(timestamp);
         }
         self.send_one(record, keep_going)
+    }
+
+    /// Sends a record the plugin contract cannot carry (see
+    /// [`crate::source::kafka::Unreadable`]) to the dead-letter topic as it was read,
+    /// headers and all, with the reason and its origin in headers; counted as the one
+    /// output of batch `seq`. There must be a dead-letter topic.
+    pub fn dead_letter_unreadable(
+        &self,
+        seq: u64,
+        unreadable: &Unreadable,
+        tracker: &Mutex<Tracker>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<(), SendError> {
+        let Some(topic) = &self.dead_letter_topic else {
+            return Err(SendError::Fatal(format!(
+                "record {} cannot be handed to the plugin ({}) and no [sink] dead_letter_topic is set",
+                unreadable.origin(),
+                unreadable.reason
+            )));
+        };
+        tracker.lock().unwrap().add_outputs(seq, 1);
+        let message = &unreadable.message;
+        let origin = unreadable.origin();
+        // The original headers are copied as librdkafka holds them: their names need
+        // not be text.
+        let headers = message
+            .headers()
+            .cloned()
+            .unwrap_or_default()
+            .insert(KafkaHeader {
+                key: ERROR_HEADER,
+                value: Some(&unreadable.reason),
+            })
+            .insert(KafkaHeader {
+                key: SOURCE_HEADER,
+                value: Some(&origin),
+            });
+        let mut record =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, delivery_opaque(seq, Some(0)))
+                .headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(value) = message.payload() {
+            record = record.payload(value);
+        }
+        if let Some(timestamp) = message.timestamp().to_millis() {
+            record = record.timestamp(timestamp);
+        }
+        self.send_one(record, keep_going)
+    }
+
+    /// Where failed records go, if anywhere.
+    pub fn dead_letter_topic(&self) -> Option<&str> {
+        self.dead_letter_topic.as_deref()
     }
 
     fn send_one<'a>(
@@ -414,9 +520,10 @@ impl KafkaSink {
     ) -> Result<(), SendError> {
         tracker.lock().unwrap().add_outputs(seq, changes.len());
         for change in changes {
-            let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize)
-                .partition(change.partition)
-                .key(&change.key);
+            let mut record =
+                BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, delivery_opaque(seq, None))
+                    .partition(change.partition)
+                    .key(&change.key);
             if let Some(value) = &change.value {
                 record = record.payload(value);
             }

@@ -11,7 +11,7 @@ use rdkafka::client::OAuthToken;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -262,6 +262,42 @@ pub struct KafkaSource {
     /// First offset and offset after the last record read into the current batch, by
     /// partition number (-1: none). A Vec, not a map: this is updated for every record.
     spans: Vec<(i64, i64)>,
+    /// A record read after the current batch that the plugin contract cannot carry;
+    /// the batch ends before it, and the pipeline takes it next.
+    unreadable: Option<Unreadable>,
+}
+
+/// A record the plugin contract cannot carry (a header name that is not UTF-8, or
+/// longer than the batch format allows): it is that record's failure, never a reason
+/// to skip it or to stop the worker without naming it.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The record as it was read, headers and all.
+    pub message: OwnedMessage,
+    /// Why the plugin cannot be given it.
+    pub reason: String,
+}
+
+impl Unreadable {
+    /// Its partition, its offset, and the offset after it.
+    pub fn span(&self) -> (Partition, i64, i64) {
+        let offset = self.message.offset();
+        (
+            (self.message.topic().to_string(), self.message.partition()),
+            offset,
+            offset + 1,
+        )
+    }
+
+    /// Where the record was read: `topic/partition@offset`.
+    pub fn origin(&self) -> String {
+        format!(
+            "{}/{}@{}",
+            self.message.topic(),
+            self.message.partition(),
+            self.message.offset()
+        )
+    }
 }
 
 impl KafkaSource {
@@ -348,6 +384,7 @@ impl KafkaSource {
                 topic: config.topic.clone(),
                 batch_max_records: config.batch_max_records,
                 spans: Vec::new(),
+                unreadable: None,
             },
             partitions,
         ))
@@ -355,8 +392,13 @@ impl KafkaSource {
 
     /// Fills `batch` with up to the batch size of records: waits up to `wait` for the
     /// first one, then takes what is already fetched without waiting.
+    /// A record the plugin contract cannot carry ends the batch before it: it is kept
+    /// for [`KafkaSource::take_unreadable`], so that the records before it go on first.
     pub fn fill(&mut self, batch: &mut InputWriter, wait: Duration) -> anyhow::Result<()> {
         self.consumer.context().auth.failure().check()?;
+        self.check_fatal()?;
+        // One the pipeline did not take (its batch was rewound) is read again.
+        self.unreadable = None;
         let revocations = &self.consumer.context().revocations;
         let mut seen = revocations.load(Ordering::Relaxed);
         let mut timeout = wait;
@@ -381,7 +423,15 @@ impl KafkaSource {
             match polled {
                 None => break,
                 Some(Ok(message)) => {
-                    push(batch, &message);
+                    let headers = MessageHeaders::of(&message);
+                    if let Err(reason) = headers.check() {
+                        self.unreadable = Some(Unreadable {
+                            message: message.detach(),
+                            reason,
+                        });
+                        break;
+                    }
+                    push(batch, &message, headers);
                     let partition = message.partition() as usize;
                     if partition >= self.spans.len() {
                         self.spans.resize(partition + 1, (-1, -1));
@@ -418,6 +468,12 @@ impl KafkaSource {
         spans
     }
 
+    /// The record that ended the last batch because the plugin contract cannot carry
+    /// it, if one did.
+    pub fn take_unreadable(&mut self) -> Option<Unreadable> {
+        self.unreadable.take()
+    }
+
     /// Hands revocations and assignments to `checkpointer` from now on.
     pub fn attach(&self, checkpointer: Arc<Mutex<Checkpointer>>) {
         let _ = self.consumer.context().checkpointer.set(checkpointer);
@@ -427,8 +483,28 @@ impl KafkaSource {
         &self.consumer
     }
 
+    /// Fails when the consumer can no longer be used: librdkafka reports a fatal error
+    /// (for instance, another member joined the group with this member's static
+    /// `group.instance.id` and fenced it). Such a consumer receives nothing more, so
+    /// the host stops at once rather than sit idle and look alive.
+    fn check_fatal(&self) -> anyhow::Result<()> {
+        if let Some((code, reason)) = self.consumer.client().fatal_error() {
+            bail!(fenced_or_fatal(&self.topic, code, &reason));
+        }
+        Ok(())
+    }
+
     fn consume_error(&self, error: KafkaError) -> anyhow::Result<()> {
         match error.rdkafka_error_code() {
+            Some(code @ (RDKafkaErrorCode::FencedInstanceId | RDKafkaErrorCode::Fatal)) => {
+                let reason = self
+                    .consumer
+                    .client()
+                    .fatal_error()
+                    .map(|(_, reason)| reason)
+                    .unwrap_or_else(|| error.to_string());
+                bail!(fenced_or_fatal(&self.topic, code, &reason))
+            }
             Some(RDKafkaErrorCode::AutoOffsetReset) => bail!(
                 "source topic `{}`: the group has no committed offset for a partition and \
                  source.startup_fallback is `fail` ({error}); set startup_fallback to `earliest` or `latest`",
@@ -493,6 +569,18 @@ impl KafkaSource {
     }
 }
 
+/// What a consumer that can no longer be used says.
+fn fenced_or_fatal(topic: &str, code: RDKafkaErrorCode, reason: &str) -> String {
+    if code == RDKafkaErrorCode::FencedInstanceId || reason.contains("fenced") {
+        format!(
+            "this host was fenced from its consumer group (source topic `{topic}`): another member joined with the same static `group.instance.id` ({reason}); \
+             stopping at once. Give each host its own group.instance.id (and --instance)"
+        )
+    } else {
+        format!("the consumer of source topic `{topic}` failed for good: {code}: {reason}")
+    }
+}
+
 /// Commits `offsets` for the consumer's group and waits up to `timeout` for the
 /// answer. librdkafka's synchronous commit waits without limit for a group
 /// coordinator, which would hold up a stopping host for as long as its cluster is
@@ -535,9 +623,7 @@ pub(crate) fn commit_within(
     }
 }
 
-fn push(batch: &mut InputWriter, message: &BorrowedMessage<'_>) {
-    let headers = message.headers();
-    let count = headers.map(|h| h.count()).unwrap_or(0);
+fn push(batch: &mut InputWriter, message: &BorrowedMessage<'_>, headers: MessageHeaders<'_>) {
     batch.push(RecordFields {
         topic: message.topic(),
         partition: message.partition(),
@@ -545,14 +631,111 @@ fn push(batch: &mut InputWriter, message: &BorrowedMessage<'_>) {
         timestamp: message.timestamp().to_millis(),
         key: message.key(),
         value: message.payload(),
-        headers: (0..count).map(|i| {
-            let h = headers.expect("count > 0 means headers").get(i);
+        headers: (0..headers.count).map(|i| {
+            let (name, value) = headers.get(i).unwrap_or_default();
             Header {
-                name: h.key,
-                value: h.value,
+                // Checked by `MessageHeaders::check` before the record was pushed.
+                name: std::str::from_utf8(name).unwrap_or_default(),
+                value,
             }
         }),
     });
+}
+
+/// A consumed record's headers, read with librdkafka's own accessors: rdkafka's
+/// `Headers::get` and `try_get` panic on a name that is not UTF-8, and any producer
+/// may write one.
+#[derive(Clone, Copy)]
+struct MessageHeaders<'a> {
+    headers: *const rdkafka::bindings::rd_kafka_headers_t,
+    count: usize,
+    message: std::marker::PhantomData<&'a BorrowedMessage<'a>>,
+}
+
+impl<'a> MessageHeaders<'a> {
+    fn of(message: &'a BorrowedMessage<'a>) -> Self {
+        use rdkafka::bindings as rd;
+        let mut headers = std::ptr::null_mut();
+        // SAFETY: a live message; librdkafka parses its headers once, keeps them with
+        // the message and returns a pointer valid for as long as the message is.
+        let code = unsafe { rd::rd_kafka_message_headers(message.ptr(), &mut headers) };
+        if code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+            return MessageHeaders {
+                headers: std::ptr::null(),
+                count: 0,
+                message: std::marker::PhantomData,
+            };
+        }
+        // SAFETY: a valid headers pointer, see above.
+        let count = unsafe { rd::rd_kafka_header_cnt(headers) };
+        MessageHeaders {
+            headers,
+            count,
+            message: std::marker::PhantomData,
+        }
+    }
+
+    /// Header `index`: its name and value as bytes.
+    fn get(&self, index: usize) -> Option<(&'a [u8], Option<&'a [u8]>)> {
+        if index >= self.count {
+            return None;
+        }
+        let mut name = std::ptr::null();
+        let mut value = std::ptr::null();
+        let mut size = 0;
+        // SAFETY: a valid headers pointer and an index below its count; the name is
+        // NUL-terminated and the value `size` bytes long, both owned by the message.
+        unsafe {
+            let code = rdkafka::bindings::rd_kafka_header_get_all(
+                self.headers,
+                index,
+                &mut name,
+                &mut value,
+                &mut size,
+            );
+            if code != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+                return None;
+            }
+            let name = std::ffi::CStr::from_ptr(name).to_bytes();
+            let value =
+                (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
+            Some((name, value))
+        }
+    }
+
+    /// Why the batch format cannot carry these headers as they are, if it cannot:
+    /// names are UTF-8 text of up to 65 535 bytes, and a record has up to 65 535
+    /// headers. Anything else would be cut or changed on its way to the plugin.
+    fn check(&self) -> Result<(), String> {
+        const MAX: usize = u16::MAX as usize;
+        if self.count > MAX {
+            return Err(format!(
+                "the record has {} headers; the plugin contract carries at most {MAX}",
+                self.count
+            ));
+        }
+        for index in 0..self.count {
+            let Some((name, _)) = self.get(index) else {
+                return Err(format!("header {index} could not be read"));
+            };
+            if let Err(error) = std::str::from_utf8(name) {
+                return Err(format!(
+                    "the name of header {index} is not UTF-8 ({error}; hex {}); the plugin contract carries header names as text",
+                    name.iter()
+                        .take(64)
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                ));
+            }
+            if name.len() > MAX {
+                return Err(format!(
+                    "the name of header {index} is {} bytes long; the plugin contract carries names of at most {MAX} bytes",
+                    name.len()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How long one metadata request may wait before the client is polled again.

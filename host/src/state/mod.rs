@@ -175,6 +175,17 @@ impl StateStore {
         changes
     }
 
+    /// Marks the keys of `changes` (taken by [`StateStore::take_changes`]) changed
+    /// again: their changelog write failed, so they still have to be saved before any
+    /// offset that depends on them is committed. Partitions dropped since are skipped.
+    pub fn untake_changes(&mut self, changes: &[Change]) {
+        for change in changes {
+            if let Some(state) = self.partitions.get_mut(&change.partition) {
+                state.dirty.insert(change.key.clone());
+            }
+        }
+    }
+
     /// Replaces a partition's state with restored values (nothing dirty).
     pub fn install(&mut self, partition: i32, values: HashMap<Vec<u8>, Vec<u8>>) {
         self.partitions.insert(
@@ -253,6 +264,26 @@ mod tests {
         );
         assert!(!store.has_changes());
         assert!(store.take_changes(None).is_empty());
+    }
+
+    #[test]
+    fn changes_whose_write_failed_are_taken_again_with_their_latest_values() {
+        let mut store = StateStore::default();
+        store.set(0, 0, b"a".to_vec(), b"1".to_vec());
+        store.set(0, 2, b"b".to_vec(), b"2".to_vec());
+        let failed = store.take_changes(None);
+        assert!(!store.has_changes());
+        store.set(0, 0, b"a".to_vec(), b"latest".to_vec());
+        store.drop_partition(2);
+        store.untake_changes(&failed);
+        assert_eq!(
+            sorted(store.take_changes(None)),
+            vec![Change {
+                partition: 0,
+                key: b"a".to_vec(),
+                value: Some(b"latest".to_vec())
+            }]
+        );
     }
 
     #[test]

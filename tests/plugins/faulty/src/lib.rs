@@ -4,7 +4,13 @@
 //! - `init_error`: when set, `init` fails with this message;
 //! - `count_in_state`: when set, every record first adds one to a count kept in keyed
 //!   state under this key (per partition), failed and trapping records too, and a
-//!   record that goes through gets a `count` header with the count it saw.
+//!   record that goes through gets a `count` header with the count it saw;
+//! - `state_bytes`: with `count_in_state`, the count is stored padded to this many
+//!   bytes (for a changelog record the broker refuses);
+//! - `grow_on` and `grow_to`: a record whose value contains `grow_on` goes out with
+//!   its value repeated up to `grow_to` bytes (for an output the broker refuses);
+//! - `output_on` and `output`: a record whose value contains `output_on` goes to the
+//!   named output `output` (for an output name the host does not map).
 
 use sluice_sdk::batch::{Header, NewRecord};
 use sluice_sdk::{Config, Error, Output, Record, State, Transform};
@@ -13,6 +19,11 @@ struct Faulty {
     fail_on: Option<String>,
     trap_on: Option<String>,
     count_in_state: Option<String>,
+    state_bytes: usize,
+    grow_on: Option<String>,
+    grow_to: usize,
+    output_on: Option<String>,
+    output: String,
 }
 
 fn contains(value: Option<&[u8]>, needle: &Option<String>) -> bool {
@@ -31,6 +42,11 @@ impl Transform for Faulty {
             fail_on: config.get("fail_on").map(str::to_owned),
             trap_on: config.get("trap_on").map(str::to_owned),
             count_in_state: config.get("count_in_state").map(str::to_owned),
+            state_bytes: config.parse("state_bytes")?.unwrap_or(8),
+            grow_on: config.get("grow_on").map(str::to_owned),
+            grow_to: config.parse("grow_to")?.unwrap_or(0),
+            output_on: config.get("output_on").map(str::to_owned),
+            output: config.get("output").unwrap_or("side").to_owned(),
         })
     }
 
@@ -39,10 +55,14 @@ impl Transform for Faulty {
             Some(key) => {
                 let state = State::of(record);
                 let count = match state.get(key.as_bytes()) {
-                    Some(bytes) => u64::from_le_bytes(bytes.as_slice().try_into()?) + 1,
+                    Some(bytes) => {
+                        u64::from_le_bytes(bytes.get(..8).unwrap_or_default().try_into()?) + 1
+                    }
                     None => 1,
                 };
-                state.set(key.as_bytes(), &count.to_le_bytes());
+                let mut stored = count.to_le_bytes().to_vec();
+                stored.resize(self.state_bytes.max(8), b'.');
+                state.set(key.as_bytes(), &stored);
                 Some(count.to_string())
             }
             None => None,
@@ -52,6 +72,16 @@ impl Transform for Faulty {
         }
         if contains(record.value(), &self.fail_on) {
             return Err(Error::msg("value matched `fail_on`"));
+        }
+        if contains(record.value(), &self.grow_on) {
+            let value = record.value().unwrap_or_default();
+            let grown: Vec<u8> = value.iter().copied().cycle().take(self.grow_to).collect();
+            out.set_value(Some(&grown));
+            return Ok(());
+        }
+        if contains(record.value(), &self.output_on) {
+            out.keep_to(&self.output);
+            return Ok(());
         }
         match count {
             Some(count) => {
