@@ -120,6 +120,9 @@ pub struct PluginConfig {
     pub call_timeout: Duration,
     /// Swap in the plugin file when it changes on disk.
     pub watch: bool,
+    /// The directory (canonical) a component named by an admin swap request must be
+    /// in; `None`: anywhere the host can read.
+    pub allowed_dir: Option<PathBuf>,
     /// A header added to every output, naming the plugin version that produced it.
     pub provenance_header: Option<String>,
     /// Records every candidate must handle as expected before it goes live.

@@ -90,6 +90,8 @@ pub struct RawPlugin {
     pub timeout_ms: Option<i64>,
     pub watch: Option<bool>,
     pub provenance_header: Option<String>,
+    /// The directory a component named by an admin swap request must be in.
+    pub allowed_dir: Option<PathBuf>,
     #[serde(default)]
     pub self_test: Vec<RawSelfTest>,
     #[serde(default)]
@@ -456,6 +458,24 @@ impl RawConfig {
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
         let sandbox = p.sandbox.validate(c.problems);
+        // Resolved now, so that a candidate's resolved path can be compared with it.
+        let allowed_dir = p
+            .allowed_dir
+            .as_ref()
+            .and_then(|dir| match std::fs::canonicalize(dir) {
+                Ok(resolved) if resolved.is_dir() => Some(resolved),
+                Ok(_) => {
+                    c.report("plugin.allowed_dir", "is not a directory");
+                    None
+                }
+                Err(error) => {
+                    c.report(
+                        "plugin.allowed_dir",
+                        format!("cannot resolve it: {error}; name an existing directory"),
+                    );
+                    None
+                }
+            });
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
         if let Some(name) = &p.provenance_header
@@ -565,6 +585,7 @@ impl RawConfig {
                 max_memory_bytes: (max_memory_mb as usize) << 20,
                 call_timeout: Duration::from_millis(timeout_ms as u64),
                 watch: p.watch.unwrap_or(true),
+                allowed_dir,
                 provenance_header: p.provenance_header.clone(),
                 self_tests: p
                     .self_test

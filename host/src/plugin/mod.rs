@@ -30,9 +30,112 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::BuiltIn => f.write_str("built-in pass-through"),
-            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::File(path) => f.write_str(&escape_controls(&path.display().to_string())),
         }
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): a path a client chose must
+/// not forge a log line or a terminal sequence.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// The largest component accepted. The largest plugins (Python with its interpreter)
+/// are about 40 MiB.
+pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+/// How long reading a component may take.
+const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why a file is not a candidate; the host's log names it, a client is told only
+/// [`LoadFailure::NotACandidate`], so it learns nothing about which paths exist.
+#[derive(Debug, Error)]
+pub enum Unreadable {
+    #[error("cannot resolve the path: {0}")]
+    Resolve(std::io::Error),
+    #[error("{resolved} is outside plugin.allowed_dir {allowed}")]
+    Outside { resolved: String, allowed: String },
+    #[error("cannot open it: {0}")]
+    Open(std::io::Error),
+    #[error("it is not a regular file (a directory, a FIFO, a device or a socket)")]
+    NotRegular,
+    #[error("it is larger than {MAX_COMPONENT_BYTES} bytes")]
+    TooLarge,
+    #[error("reading it took longer than {} s", READ_DEADLINE.as_secs())]
+    TooSlow,
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+}
+
+/// Reads a component file safely: symlinks resolved (a Kubernetes ConfigMap's links
+/// included), under `allowed_dir` when given (a canonical path), a regular file of at
+/// most [`MAX_COMPONENT_BYTES`], read within a deadline. Opened without blocking, so a
+/// FIFO cannot hold the caller, and checked on the open descriptor, so the file cannot
+/// be switched between the check and the read.
+pub fn read_component(path: &Path, allowed_dir: Option<&Path>) -> Result<Vec<u8>, Unreadable> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::io::AsRawFd as _;
+
+    let resolved = std::fs::canonicalize(path).map_err(Unreadable::Resolve)?;
+    let outside = |resolved: &Path| match allowed_dir {
+        Some(allowed) if !resolved.starts_with(allowed) => Err(Unreadable::Outside {
+            resolved: escape_controls(&resolved.display().to_string()).into_owned(),
+            allowed: escape_controls(&allowed.display().to_string()).into_owned(),
+        }),
+        _ => Ok(()),
+    };
+    outside(&resolved)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&resolved)
+        .map_err(Unreadable::Open)?;
+    let metadata = file.metadata().map_err(Unreadable::Open)?;
+    if !metadata.is_file() {
+        return Err(Unreadable::NotRegular);
+    }
+    if metadata.len() > MAX_COMPONENT_BYTES {
+        return Err(Unreadable::TooLarge);
+    }
+    // A link changed between the resolution and the open: check what was opened.
+    if allowed_dir.is_some()
+        && let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    {
+        outside(&opened)?;
+    }
+    let started = std::time::Instant::now();
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    let mut limited = file.take(MAX_COMPONENT_BYTES + 1);
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = match limited.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(Unreadable::Read(error)),
+        };
+        bytes.extend_from_slice(&chunk[..n]);
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(Unreadable::TooLarge);
+        }
+        if started.elapsed() > READ_DEADLINE {
+            return Err(Unreadable::TooSlow);
+        }
+    }
+    Ok(bytes)
 }
 
 /// A plugin that could not be loaded, naming the plugin.
@@ -47,7 +150,12 @@ pub struct LoadError {
 #[derive(Debug, Error)]
 pub enum LoadFailure {
     #[error("cannot read the file: {0}")]
-    Read(std::io::Error),
+    Read(Unreadable),
+    /// What a client is told about any file that could not be read as a candidate.
+    #[error(
+        "the candidate is not a readable regular file of at most 256 MiB (within plugin.allowed_dir when one is set)"
+    )]
+    NotACandidate,
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error("self-test failed: {0}")]
@@ -60,7 +168,7 @@ pub fn read(path: Option<&Path>) -> Result<(Origin, Vec<u8>), LoadError> {
         None => Ok((Origin::BuiltIn, PASSTHROUGH_WASM.to_vec())),
         Some(path) => {
             let origin = Origin::File(path.to_path_buf());
-            match std::fs::read(path) {
+            match read_component(path, None) {
                 Ok(bytes) => Ok((origin, bytes)),
                 Err(e) => Err(LoadError {
                     origin,

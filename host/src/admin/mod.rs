@@ -1,0 +1,514 @@
+//! The admin endpoint: a small HTTP API on 127.0.0.1 by default, for operators and for
+//! `sluice plugin swap|status`.
+//!
+//! - `GET /status`: the live plugin version, when it went live, the history of swaps,
+//!   rejections and rollbacks, and the version each worker runs (JSON).
+//! - `GET /metrics`: the pipeline's counters in Prometheus' text format (see
+//!   [`crate::metrics`]).
+//! - `GET /ready[?stall_s=N]`: 200 when every worker is processing (it has finished a
+//!   turn of its loop within the last N s, 60 by default), else 503; for readiness
+//!   probes. A worker starting, restoring its state, or waiting for an unanswering
+//!   cluster is not ready. JSON either way.
+//! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}` and `Authorization: Bearer
+//!   <token>`: validates the component and makes it live; answers 200 with the
+//!   outcome, or 422 with the reason it was rejected (the live version then stays).
+//!
+//! Strategy: anything on the host can reach the endpoint, a browser tab after DNS
+//! rebinding included. So every request must name this endpoint in its `Host` header
+//! (a rebinding page's names the attacker's domain: 421), and every mutating request
+//! carries the token only the host's user can read (see [`token`]; else 401). The
+//! read-only endpoints need no token. Requests have deadlines, and one swap is
+//! validated at a time with a short queue, so no client can hold the endpoint.
+
+pub mod client;
+pub mod token;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+use crate::plugin::registry::{Registry, Status, Trigger};
+use token::Token;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwapRequest {
+    pub path: PathBuf,
+}
+
+/// What `POST /plugin/swap` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwapResponse {
+    /// `live`, `unchanged` or `rejected`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+/// How long a request may take to arrive and be answered, but for a swap's validation.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a swap's validation may take before the request is answered with 504 (the
+/// validation goes on; `/status` tells its outcome). Compiling a large JavaScript or
+/// Python component on a busy host takes tens of seconds.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(110);
+/// How long a swap waits for another one to finish before it is refused with 503.
+const SWAP_QUEUE_WAIT: Duration = Duration::from_secs(60);
+/// Swaps that may wait behind the one being validated; more are refused at once.
+const SWAP_QUEUE: usize = 2;
+/// The largest swap request body: a path in JSON.
+const MAX_SWAP_BODY: usize = 64 * 1024;
+
+/// How the endpoint is reached and guarded.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    /// The address it listens on (port resolved).
+    pub address: SocketAddr,
+    /// Host names besides the address and `localhost` that clients use (`--admin-host`).
+    pub names: Vec<String>,
+    pub token: Token,
+}
+
+impl Guard {
+    /// Whether a `Host` header names this endpoint: the bound address, `localhost`
+    /// (with or without the port), a configured name (likewise), or, when it listens
+    /// on every interface, an IP address with its port. A page after DNS rebinding
+    /// sends its own domain name, which none of these is.
+    fn allows_host(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let port = self.address.port();
+        let (name, given_port) = split_host(&host);
+        if given_port.is_some_and(|p| p != port) {
+            return false;
+        }
+        if name == "localhost" || self.names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return true;
+        }
+        let Some(ip) = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok()
+        else {
+            return false;
+        };
+        given_port.is_some() && (ip == self.address.ip() || self.address.ip().is_unspecified())
+    }
+}
+
+/// `name[:port]` or `[v6][:port]`, split.
+fn split_host(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((ip, tail)) => (ip, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => match port.parse() {
+            Ok(port) => (name, Some(port)),
+            // A port that is not a number names no endpoint.
+            Err(_) => ("", Some(0)),
+        },
+        _ => (host, None),
+    }
+}
+
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await.with_context(|| {
+        format!("admin endpoint: cannot listen on {address}; choose another address with --admin ADDR, or --admin off")
+    })?;
+    tracing::info!(address = %listener.local_addr()?, "Admin endpoint listening.");
+    Ok(listener)
+}
+
+/// Swaps in flight or waiting, and the slot the one being validated holds.
+struct SwapQueue {
+    slot: Semaphore,
+    queued: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct SwapState {
+    registry: Arc<Registry>,
+    guard: Arc<Guard>,
+    queue: Arc<SwapQueue>,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    guard: Guard,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+) {
+    let guard = Arc::new(guard);
+    let swap_state = SwapState {
+        registry: registry.clone(),
+        guard: guard.clone(),
+        queue: Arc::new(SwapQueue {
+            slot: Semaphore::new(1),
+            queued: AtomicUsize::new(0),
+        }),
+    };
+    let app = Router::new()
+        .route("/plugin/swap", post(swap))
+        .with_state(swap_state)
+        .merge(
+            Router::new()
+                .route("/status", get(status))
+                .route("/metrics", get(metrics_text))
+                .route("/ready", get(ready))
+                .route_layer(middleware::from_fn(within_request_timeout))
+                .with_state((registry, metrics)),
+        )
+        // Outermost: a request for another host is answered before anything else runs.
+        .layer(middleware::from_fn_with_state(guard, check_host));
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "Admin endpoint stopped.");
+    }
+}
+
+/// A short JSON error answer: `{"error": message}`.
+fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn check_host(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(host) if guard.allows_host(&host) => next.run(request).await,
+        host => {
+            tracing::warn!(host = ?host.unwrap_or_default(), "Admin request for another host refused (a DNS rebinding page sends its own name).");
+            refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "this endpoint answers to {} and localhost:{}; add other names the host is reached by with --admin-host NAME",
+                    guard.address,
+                    guard.address.port()
+                ),
+            )
+        }
+    }
+}
+
+async fn within_request_timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
+/// Whether the request carries the token as `Authorization: Bearer <token>`.
+fn authorized(headers: &HeaderMap, token: &Token) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .is_some_and(|offered| token.matches(offered.trim()))
+}
+
+fn unauthorized(guard: &Guard) -> Response {
+    let file = match &guard.token.file {
+        Some(file) => format!(
+            "the host's token is in {} (readable by its user only)",
+            file.display()
+        ),
+        None => format!("the host's token is the value of {}", token::TOKEN_ENV),
+    };
+    let mut response = refuse(
+        StatusCode::UNAUTHORIZED,
+        format!(
+            "this request changes the host: send `Authorization: Bearer <token>`; {file}. `sluice plugin swap` reads it by itself (or set {} / --admin-token-file)",
+            token::TOKEN_ENV
+        ),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
+    );
+    response
+}
+
+/// The registry's status, and the version each worker runs.
+#[derive(Serialize)]
+struct HostStatus {
+    #[serde(flatten)]
+    registry: Status,
+    workers: Vec<WorkerStatus>,
+}
+
+#[derive(Serialize)]
+struct WorkerStatus {
+    worker: usize,
+    /// The plugin version the worker's instance runs: it adopts the live one at its
+    /// next batch.
+    version: u64,
+}
+
+async fn status(
+    State((registry, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+) -> Json<HostStatus> {
+    Json(HostStatus {
+        registry: registry.status(),
+        workers: metrics
+            .worker_versions()
+            .into_iter()
+            .enumerate()
+            .map(|(worker, version)| WorkerStatus { worker, version })
+            .collect(),
+    })
+}
+
+/// What `GET /ready` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub workers: Vec<WorkerReadiness>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerReadiness {
+    pub worker: usize,
+    pub ready: bool,
+    /// Milliseconds since the worker last finished a turn of its loop; absent before
+    /// its first.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_turn_ms_ago: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ReadyQuery {
+    stall_s: Option<u64>,
+}
+
+/// How long a worker may go without finishing a turn and still be ready, unless the
+/// probe says otherwise.
+const READY_STALL: Duration = Duration::from_secs(60);
+
+async fn ready(
+    State((_, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+    Query(query): Query<ReadyQuery>,
+) -> (StatusCode, Json<Readiness>) {
+    let stall = query.stall_s.map_or(READY_STALL, Duration::from_secs);
+    let readiness = readiness(&metrics.since_turns(), stall);
+    let code = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(readiness))
+}
+
+/// Ready: every worker finished a turn no more than `stall` ago.
+fn readiness(since_turns: &[Option<Duration>], stall: Duration) -> Readiness {
+    let workers: Vec<WorkerReadiness> = since_turns
+        .iter()
+        .enumerate()
+        .map(|(worker, since)| WorkerReadiness {
+            worker,
+            ready: since.is_some_and(|since| since <= stall),
+            last_turn_ms_ago: since.map(|since| since.as_millis() as u64),
+        })
+        .collect();
+    Readiness {
+        ready: workers.iter().all(|worker| worker.ready),
+        workers,
+    }
+}
+
+async fn metrics_text(
+    State((registry, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(&registry.status()),
+    )
+}
+
+/// Leaves the swap queue when dropped, whatever happens to the request.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Response {
+    if !authorized(request.headers(), &state.guard.token) {
+        return unauthorized(&state.guard);
+    }
+    // A page can send a cross-origin form post without asking; only JSON is accepted.
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the request as `Content-Type: application/json`",
+        );
+    }
+    let body = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        axum::body::to_bytes(request.into_body(), MAX_SWAP_BODY),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than {MAX_SWAP_BODY} bytes or broken; send {{\"path\": \"/abs/plugin.wasm\"}}"
+                ),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body took longer than {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            );
+        }
+    };
+    let Ok(request) = serde_json::from_slice::<SwapRequest>(&body) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the body is not {\"path\": \"/abs/plugin.wasm\"}",
+        );
+    };
+
+    let queue = &state.queue;
+    if queue.queued.fetch_add(1, Ordering::SeqCst) > SWAP_QUEUE {
+        queue.queued.fetch_sub(1, Ordering::SeqCst);
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "other swaps are being validated and waiting; try again when they finished (see /status)",
+        );
+    }
+    let _queued = Queued(&queue.queued);
+    let Ok(Ok(_slot)) = tokio::time::timeout(SWAP_QUEUE_WAIT, queue.slot.acquire()).await else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "another swap was still being validated after {} s; try again when it finished (see /status)",
+                SWAP_QUEUE_WAIT.as_secs()
+            ),
+        );
+    };
+
+    // Compiling a component takes from milliseconds to seconds: keep it off the async threads.
+    let registry = state.registry.clone();
+    let validation =
+        tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &request.path));
+    let (code, answer) = match tokio::time::timeout(SWAP_TIMEOUT, validation).await {
+        Ok(Ok(Ok(outcome))) => (
+            StatusCode::OK,
+            SwapResponse {
+                outcome: outcome.outcome.to_string(),
+                version: Some(outcome.version),
+                digest: Some(outcome.digest),
+                reason: None,
+            },
+        ),
+        Ok(Ok(Err(rejection))) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            SwapResponse {
+                outcome: "rejected".into(),
+                version: None,
+                digest: None,
+                reason: Some(rejection.reason),
+            },
+        ),
+        Ok(Err(error)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            SwapResponse {
+                outcome: "rejected".into(),
+                version: None,
+                digest: None,
+                reason: Some(format!("validation did not finish: {error}")),
+            },
+        ),
+        Err(_) => {
+            return refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "validation takes longer than {} s; it goes on, and /status tells its outcome",
+                    SWAP_TIMEOUT.as_secs()
+                ),
+            );
+        }
+    };
+    (code, Json(answer)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_when_every_worker_turned_within_the_stall_limit() {
+        let stall = Duration::from_secs(60);
+        let ms = Duration::from_millis;
+        let all = readiness(&[Some(ms(5)), Some(ms(60_000))], stall);
+        assert!(all.ready);
+        assert_eq!(all.workers[1].last_turn_ms_ago, Some(60_000));
+
+        // One worker stuck past the limit, one that has not finished a turn yet.
+        let some = readiness(&[Some(ms(60_001)), None, Some(ms(1))], stall);
+        assert!(!some.ready);
+        let ready: Vec<bool> = some.workers.iter().map(|w| w.ready).collect();
+        assert_eq!(ready, [false, false, true]);
+        assert_eq!(some.workers[1].last_turn_ms_ago, None);
+    }
+
+    #[test]
+    fn a_worker_is_not_ready_before_its_first_turn() {
+        let metrics = Metrics::new(2);
+        metrics.turned(1);
+        let since = metrics.since_turns();
+        assert_eq!(since[0], None);
+        assert!(since[1].is_some_and(|since| since < Duration::from_secs(1)));
+        assert!(!readiness(&since, READY_STALL).ready);
+        metrics.turned(0);
+        assert!(readiness(&metrics.since_turns(), READY_STALL).ready);
+    }
+}
