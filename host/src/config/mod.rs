@@ -176,6 +176,20 @@ pub struct Invalid {
     pub problems: Vec<Problem>,
 }
 
+/// The most problems printed; the rest are counted. Enough to fix a file in one round,
+/// bounded for a file that is not a pipeline file at all.
+const MAX_PROBLEMS_SHOWN: usize = 50;
+/// The longest key path or message printed, in characters.
+const MAX_PROBLEM_TEXT: usize = 300;
+
+/// `text`, cut to [`MAX_PROBLEM_TEXT`] characters.
+fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_PROBLEM_TEXT) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
+}
+
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
@@ -185,11 +199,57 @@ impl fmt::Display for Invalid {
             self.file.display(),
             if count == 1 { "" } else { "s" }
         )?;
-        for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
+        for problem in self.problems.iter().take(MAX_PROBLEMS_SHOWN) {
+            write!(
+                f,
+                "\n  - {}: {}",
+                bounded(&problem.path),
+                bounded(&problem.message)
+            )?;
+        }
+        if count > MAX_PROBLEMS_SHOWN {
+            write!(f, "\n  - and {} more", count - MAX_PROBLEMS_SHOWN)?;
         }
         Ok(())
     }
+}
+
+/// The largest configuration file read. A pipeline file is a few kilobytes; reading a
+/// file of any size would let a wrong path (a log, an image) take gigabytes of memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a configuration file of at most [`MAX_CONFIG_BYTES`]: checked on the open
+/// file before reading (a regular file's size), and while reading (a pipe's).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let too_large = |size: String| {
+        format!(
+            "the file is {size} bytes; a configuration file may have at most {MAX_CONFIG_BYTES} bytes (1 MiB); check the path"
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if metadata.is_dir() {
+        return Err("is a directory; name the configuration file".into());
+    }
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(metadata.len().to_string()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(format!("more than {MAX_CONFIG_BYTES}")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the file is not UTF-8 text (byte {} is not)",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 impl std::error::Error for Invalid {}
@@ -221,8 +281,7 @@ impl ConfigSource {
                 message,
             }],
         };
-        let text = std::fs::read_to_string(self.path())
-            .map_err(|e| invalid(format!("cannot read the file: {e}")))?;
+        let text = read_bounded(self.path()).map_err(invalid)?;
         let (raw, mut problems) = match self {
             ConfigSource::Toml(_) => raw::parse_toml(&text).map_err(invalid)?,
             ConfigSource::Properties(_) => {

@@ -122,13 +122,29 @@ pub struct RawCheckpoint {
 /// Parses TOML text. A syntax or type error is returned as is (it names its line);
 /// unknown keys are collected and reported with the other problems.
 pub fn parse_toml(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
-    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
     let mut unknown = Vec::new();
     let mut raw: RawConfig =
         serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| syntax_error(text, &e))?;
     raw.unknown = unknown;
     Ok((raw, Vec::new()))
+}
+
+/// A TOML error as its position and message. Not toml's own text, which quotes the
+/// line: that line may hold a secret of a `kafka` table, or be megabytes long.
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let position = error.span().map(|span| {
+        let before = &text.as_bytes()[..span.start.min(text.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!(
+        "{}{}",
+        position.unwrap_or_default(),
+        error.message().trim_end()
+    )
 }
 
 /// Collects problems against key paths, renamed for imported formats.
@@ -217,7 +233,11 @@ impl Checker<'_> {
 /// handling rely on, and why.
 fn refused_source_setting(key: &str, value: &str) -> Option<&'static str> {
     match key {
-        "enable.auto.commit" | "enable.auto.offset.store" | "auto.commit.interval.ms" => Some(
+        // `auto.commit.enable` is librdkafka's alias of `enable.auto.commit`.
+        "enable.auto.commit"
+        | "auto.commit.enable"
+        | "enable.auto.offset.store"
+        | "auto.commit.interval.ms" => Some(
             "Sluice commits offsets itself, at checkpoints, once their outputs are acknowledged; remove it",
         ),
         "group.id" => Some("use source.group_id"),
@@ -380,6 +400,7 @@ impl RawConfig {
             c.problems,
         );
         super::security::check_pass_through("source.kafka", s.kafka.keys(), c.problems);
+        super::security::check_with_librdkafka("source.kafka", &source_kafka, c.problems);
 
         let k = &self.sink;
         let sink_bootstrap = k
@@ -446,6 +467,7 @@ impl RawConfig {
             c.problems,
         );
         super::security::check_pass_through("sink.kafka", k.kafka.keys(), c.problems);
+        super::security::check_with_librdkafka("sink.kafka", &sink_kafka, c.problems);
 
         let p = &self.plugin;
         if let Some(path) = &p.path
