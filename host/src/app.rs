@@ -322,8 +322,14 @@ pub fn run(
         let listener = handle.block_on(admin::bind(admin.address))?;
         let address = listener.local_addr()?;
         let token = admin::token::for_host(&admin.token, address.port())?;
-        if let Some(file) = &token.file {
-            tracing::info!(token_file = %file.display(), "Admin token written; `sluice plugin swap` reads it.");
+        // Logged once the token is in place: a client started on this line finds it.
+        match &token.file {
+            Some(file) => {
+                tracing::info!(%address, token_file = %file.display(), "Admin endpoint listening; `sluice plugin swap` reads its token from the file.")
+            }
+            None => {
+                tracing::info!(%address, "Admin endpoint listening; its token is SLUICE_ADMIN_TOKEN.")
+            }
         }
         let guard = admin::Guard {
             address,

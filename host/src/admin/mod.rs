@@ -135,7 +135,6 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(address).await.with_context(|| {
         format!("admin endpoint: cannot listen on {address}; choose another address with --admin ADDR, or --admin off")
     })?;
-    tracing::info!(address = %listener.local_addr()?, "Admin endpoint listening.");
     Ok(listener)
 }
 
@@ -359,6 +358,15 @@ async fn metrics_text(
     )
 }
 
+fn too_large() -> Response {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than {MAX_SWAP_BODY} bytes or broken; send {{\"path\": \"/abs/plugin.wasm\"}}"
+        ),
+    )
+}
+
 /// Leaves the swap queue when dropped, whatever happens to the request.
 struct Queued<'a>(&'a AtomicUsize);
 
@@ -384,6 +392,14 @@ async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Respons
             "send the request as `Content-Type: application/json`",
         );
     }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_SWAP_BODY) {
+        return too_large();
+    }
     let body = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         axum::body::to_bytes(request.into_body(), MAX_SWAP_BODY),
@@ -391,14 +407,7 @@ async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Respons
     .await
     {
         Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than {MAX_SWAP_BODY} bytes or broken; send {{\"path\": \"/abs/plugin.wasm\"}}"
-                ),
-            );
-        }
+        Ok(Err(_)) => return too_large(),
         Err(_) => {
             return refuse(
                 StatusCode::REQUEST_TIMEOUT,

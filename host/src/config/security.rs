@@ -543,7 +543,11 @@ pub fn reserved_client_key(key: &str) -> Option<&'static str> {
 /// The pass-through settings librdkafka refuses, each as a problem naming the key and
 /// librdkafka's reason with the value cut out (an unknown name, a value out of range).
 /// Found here, they never reach a client, whose error would print the value.
-pub fn check_with_librdkafka(table: &str, settings: &[(String, String)], problems: &mut Vec<Problem>) {
+pub fn check_with_librdkafka(
+    table: &str,
+    settings: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) {
     for (key, value) in settings {
         if reserved_client_key(key).is_some() {
             continue;
@@ -553,7 +557,10 @@ pub fn check_with_librdkafka(table: &str, settings: &[(String, String)], problem
         if let Err(error) = client.create_native_config() {
             problems.push(Problem {
                 path: format!("{table}.{key}"),
-                message: format!("librdkafka refuses it: {}", client_error_text(&error, value)),
+                message: format!(
+                    "librdkafka refuses it: {}",
+                    client_error_text(&error, value)
+                ),
             });
         }
     }
