@@ -493,6 +493,65 @@ async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Respons
 mod tests {
     use super::*;
 
+    fn guard(address: &str, names: &[&str]) -> Guard {
+        Guard {
+            address: address.parse().unwrap(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            token: token::Token::fixed_for_tests("0123456789abcdef"),
+        }
+    }
+
+    #[test]
+    fn only_hosts_naming_this_endpoint_are_allowed() {
+        let local = guard("127.0.0.1:9464", &["sluice.internal"]);
+        for host in [
+            "127.0.0.1:9464",
+            "localhost",
+            "localhost:9464",
+            "LOCALHOST:9464",
+            "sluice.internal",
+            "sluice.internal:9464",
+        ] {
+            assert!(local.allows_host(host), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:9464",
+            "localhost:80",
+            "127.0.0.1",
+            "127.0.0.2:9464",
+            "localhost.attacker.example:9464",
+            "127.0.0.1:9464:9464",
+            "127.0.0.1:x",
+            "",
+        ] {
+            assert!(!local.allows_host(host), "{host}");
+        }
+        // Listening on every interface: any address of the machine, with the port.
+        let public = guard("0.0.0.0:9464", &[]);
+        assert!(public.allows_host("10.1.2.3:9464"));
+        assert!(!public.allows_host("10.1.2.3:80"));
+        assert!(!public.allows_host("10.1.2.3.nip.io:9464"));
+        let v6 = guard("[::1]:9464", &[]);
+        assert!(v6.allows_host("[::1]:9464"));
+        assert!(!v6.allows_host("[::2]:9464"));
+    }
+
+    #[test]
+    fn the_token_is_taken_from_a_bearer_header_only() {
+        let token = token::Token::fixed_for_tests("0123456789abcdef");
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert!(authorized(&with("Bearer 0123456789abcdef"), &token));
+        assert!(!authorized(&with("Bearer 0123456789abcde"), &token));
+        assert!(!authorized(&with("Basic 0123456789abcdef"), &token));
+        assert!(!authorized(&with("0123456789abcdef"), &token));
+        assert!(!authorized(&HeaderMap::new(), &token));
+    }
+
     #[test]
     fn ready_when_every_worker_turned_within_the_stall_limit() {
         let stall = Duration::from_secs(60);

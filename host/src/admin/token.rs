@@ -78,6 +78,11 @@ impl Token {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn fixed_for_tests(text: &str) -> Token {
+        Token::new(text.to_string(), None)
+    }
+
     /// The text to send as `Authorization: Bearer <text>`.
     pub fn expose(&self) -> &str {
         &self.text

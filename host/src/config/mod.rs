@@ -298,3 +298,48 @@ impl ConfigSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_size_cap_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        let file = std::fs::File::create(&path).unwrap();
+        // Sparse: the check must not read it.
+        file.set_len(100 * MAX_CONFIG_BYTES).unwrap();
+        let invalid = ConfigSource::Toml(path.clone()).load(None).unwrap_err();
+        let text = invalid.to_string();
+        assert!(text.contains("at most 1048576 bytes (1 MiB)"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        std::fs::write(&path, "version = 1\n").unwrap();
+        assert!(
+            !ConfigSource::Toml(path)
+                .load(None)
+                .unwrap_err()
+                .to_string()
+                .contains("1 MiB")
+        );
+    }
+
+    #[test]
+    fn only_the_first_problems_are_printed_and_the_rest_counted() {
+        let problems = (0..120)
+            .map(|i| Problem {
+                path: format!("k{i}"),
+                message: "x".repeat(if i == 0 { 10_000 } else { 3 }),
+            })
+            .collect();
+        let text = Invalid {
+            file: "f.toml".into(),
+            problems,
+        }
+        .to_string();
+        assert!(text.starts_with("f.toml has 120 problems:"));
+        assert!(text.ends_with("\n  - and 70 more"), "{text}");
+        assert_eq!(text.lines().count(), 52);
+        assert!(text.len() < 2_000, "{} bytes", text.len());
+    }
+}

@@ -644,6 +644,53 @@ pub fn check_pass_through<'a>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_sensitive_property_and_its_aliases_are_refused() {
+        for key in SENSITIVE_KEYS {
+            assert!(reserved_client_key(key).is_some(), "{key}");
+        }
+        for key in [
+            "SASL.PASSWORD",
+            "sasl.oauthbearer.client.credentials.client.secret",
+            "some.future.password",
+            "x.private.key.pem",
+        ] {
+            assert!(reserved_client_key(key).is_some(), "{key}");
+        }
+        for key in [
+            "fetch.wait.max.ms",
+            "sasl.oauthbearer.token.endpoint.url",
+            "ssl.certificate.pem",
+            "client.id",
+        ] {
+            assert!(reserved_client_key(key).is_none(), "{key}");
+        }
+    }
+
+    #[test]
+    fn librdkafka_refusals_name_the_key_and_never_the_value() {
+        let settings = vec![
+            ("fetch.wait.max.ms".to_string(), "hunter2-abc".to_string()),
+            ("no.such.property".to_string(), "hunter2-def".to_string()),
+            ("client.id".to_string(), "fine".to_string()),
+        ];
+        let mut problems = Vec::new();
+        check_with_librdkafka("source.kafka", &settings, &mut problems);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(text[0].starts_with("source.kafka.fetch.wait.max.ms: librdkafka refuses it"));
+        assert!(text.iter().all(|t| !t.contains("hunter2")), "{text:?}");
+
+        let error = rdkafka::error::KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\" for configuration property \"x\"".into(),
+            "x".into(),
+            "hunter2".into(),
+        );
+        let text = format!("{:#}", without_value(error));
+        assert!(text.contains("`x`") && !text.contains("hunter2"), "{text}");
+    }
+
     fn check(raw: RawSecurity, servers: &str) -> (Security, Vec<String>) {
         let mut problems = Vec::new();
         let security = raw.validate("security", servers, &mut problems);

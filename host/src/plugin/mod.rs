@@ -333,3 +333,67 @@ impl Plugin {
         &self.digest[..12]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_in_the_allowed_directory_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().canonicalize().unwrap().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        let file = allowed.join("p.wasm");
+        std::fs::write(&file, b"\0asm").unwrap();
+        assert_eq!(read_component(&file, Some(&allowed)).unwrap(), b"\0asm");
+
+        // A link in the directory to a file in it is read (a ConfigMap's layout); one to
+        // a file outside is not.
+        let inside = allowed.join("link.wasm");
+        std::os::unix::fs::symlink(&file, &inside).unwrap();
+        assert!(read_component(&inside, Some(&allowed)).is_ok());
+        let outside = dir.path().join("outside.wasm");
+        std::fs::write(&outside, b"\0asm").unwrap();
+        let link_out = allowed.join("out.wasm");
+        std::os::unix::fs::symlink(&outside, &link_out).unwrap();
+        assert!(matches!(
+            read_component(&link_out, Some(&allowed)),
+            Err(Unreadable::Outside { .. })
+        ));
+        assert!(read_component(&link_out, None).is_ok());
+
+        let fifo = allowed.join("fifo.wasm");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            read_component(&fifo, None),
+            Err(Unreadable::NotRegular)
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(matches!(
+            read_component(Path::new("/dev/zero"), None),
+            Err(Unreadable::NotRegular)
+        ));
+        assert!(matches!(
+            read_component(&allowed, None),
+            Err(Unreadable::NotRegular)
+        ));
+        assert!(matches!(
+            read_component(&allowed.join("missing"), None),
+            Err(Unreadable::Resolve(_))
+        ));
+    }
+
+    #[test]
+    fn control_characters_in_a_path_are_escaped() {
+        assert_eq!(escape_controls("/a/b.wasm"), "/a/b.wasm");
+        assert_eq!(
+            escape_controls("/a\nERROR x\u{1b}[31m"),
+            "/a\\nERROR x\\u{1b}[31m"
+        );
+        let origin = Origin::File(PathBuf::from("/tmp/x\nforged"));
+        assert_eq!(origin.to_string(), "/tmp/x\\nforged");
+    }
+}
