@@ -302,6 +302,16 @@ fn candidates_that_are_not_component_files_are_refused_alike_and_at_once() {
     assert!(log.contains("not a regular file"), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("ERROR FORGED")), "{log}");
 
+    // A readable file that is no component: its first bytes are not quoted back.
+    let (status, answer, _) = swap_with_token(&admin, &token, Path::new("/etc/passwd"));
+    assert_eq!(status, 422, "{answer}");
+    let reason = answer["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not a valid WebAssembly component"),
+        "{reason}"
+    );
+    assert!(!reason.contains("0x"), "{reason}");
+
     // Nothing was left holding the swap: a valid candidate goes live at once.
     let b = plugins.join("b.wasm");
     let (status, answer, _) = swap_with_token(&admin, &token, &b);

@@ -156,6 +156,8 @@ pub enum LoadFailure {
         "the candidate is not a readable regular file of at most 256 MiB (within plugin.allowed_dir when one is set)"
     )]
     NotACandidate,
+    #[error("not a valid WebAssembly component: the file does not start with `\\0asm`")]
+    NotWasm,
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error("self-test failed: {0}")]

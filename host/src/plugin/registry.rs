@@ -440,6 +440,13 @@ impl Registry {
                 source: LoadFailure::NotACandidate,
             }
         })?;
+        // The parser's error would quote the first bytes of whatever file was named.
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError {
+                origin,
+                source: LoadFailure::NotWasm,
+            });
+        }
         let digest = super::digest(&bytes);
         let cached = self
             .books
