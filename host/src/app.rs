@@ -322,6 +322,9 @@ pub fn run(
         let listener = handle.block_on(admin::bind(admin.address))?;
         let address = listener.local_addr()?;
         let token = admin::token::for_host(&admin.token, address.port())?;
+        if !address.ip().is_loopback() {
+            tracing::warn!(%address, "The admin endpoint listens beyond loopback: whoever holds its token can swap the plugin.");
+        }
         // Logged once the token is in place: a client started on this line finds it.
         match &token.file {
             Some(file) => {

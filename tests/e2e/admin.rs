@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A host running tag-a (unwatched) with its admin endpoint on a free loopback port,
-/// `plugin_extra` added to its `[plugin]` table. Returns the host, its address, and the
-/// directory holding a.wasm and b.wasm.
-fn host(dir: &Path, prefix: &str, plugin_extra: &str) -> (Sluice, String, PathBuf) {
+/// `plugin_extra` added to its `[plugin]` table, `env` to its environment. Returns the
+/// host, its address, and the directory holding a.wasm and b.wasm.
+fn host(
+    dir: &Path,
+    prefix: &str,
+    plugin_extra: &str,
+    env: &[(&str, &str)],
+) -> (Sluice, String, PathBuf) {
     let (input, output, group) = (
         unique(&format!("{prefix}-in")),
         unique(&format!("{prefix}-out")),
@@ -37,7 +42,9 @@ fn host(dir: &Path, prefix: &str, plugin_extra: &str) -> (Sluice, String, PathBu
     );
     let admin = free_address();
     let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
-    command.env("SLUICE_ADMIN", &admin);
+    command
+        .env("SLUICE_ADMIN", &admin)
+        .envs(env.iter().copied());
     let mut host = Sluice::spawn(dir, command);
     host.wait_for_log("Admin endpoint listening", Duration::from_secs(60));
     (host, admin, plugins)
@@ -135,7 +142,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_rebinding_page_or_a_request_without_the_token_changes_nothing() {
     let dir = workdir();
-    let (mut host, admin, plugins) = host(dir.path(), "adm-auth", "");
+    let (mut host, admin, plugins) = host(dir.path(), "adm-auth", "", &[]);
     let b = plugins.join("b.wasm");
     let before = live_digest(&admin);
     let token = token(&admin);
@@ -251,12 +258,57 @@ fn an_admin_endpoint_beyond_loopback_needs_an_explicit_token() {
         std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_err(),
         "the refused host listened"
     );
+
+    // With a fixed token it listens, and the client sends the same token.
+    let (input, output, group) = (
+        unique("adm-pub-in"),
+        unique("adm-pub-out"),
+        unique("adm-pub-g"),
+    );
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    let config = write_config(dir.path(), &input, &output, &group, "");
+    let fixed = "a-fixed-token-from-a-secret-0123456789";
+    let mut command = sluice(&["run", "--config", &config, "--admin", &public]);
+    command.env("SLUICE_ADMIN_TOKEN", fixed);
+    let mut host = Sluice::spawn(dir.path(), command);
+    host.wait_for_log("Admin endpoint listening", Duration::from_secs(60));
+    assert!(
+        host.log().contains("listens beyond loopback"),
+        "{}",
+        host.log()
+    );
+    let local = format!("127.0.0.1:{port}");
+    let (status, _) = request(
+        &local,
+        "POST",
+        "/plugin/swap",
+        &[
+            ("Host", &local),
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer wrong"),
+        ],
+        &swap_body(&test_plugin("sluice_test_tag_b")),
+    );
+    assert_eq!(status, 401);
+    let b = test_plugin("sluice_test_tag_b");
+    let out = sluice(&["plugin", "swap", b.to_str().unwrap(), "--admin", &local])
+        .env("SLUICE_ADMIN_TOKEN", fixed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(live_digest(&local), file_digest(&b));
+    assert!(host.terminate().success());
 }
 
 #[test]
 fn candidates_that_are_not_component_files_are_refused_alike_and_at_once() {
     let dir = workdir();
-    let (mut host, admin, plugins) = host(dir.path(), "adm-read", "");
+    let (mut host, admin, plugins) = host(dir.path(), "adm-read", "", &[]);
     let token = token(&admin);
     let before = live_digest(&admin);
 
@@ -328,6 +380,7 @@ fn an_allowed_dir_keeps_swaps_to_its_files_symlinks_resolved() {
         dir.path(),
         "adm-dir",
         &format!("allowed_dir = \"{}\"", allowed.display()),
+        &[],
     );
     let token = token(&admin);
     let before = live_digest(&admin);
@@ -363,5 +416,82 @@ fn an_allowed_dir_keeps_swaps_to_its_files_symlinks_resolved() {
     let (status, answer, _) = swap_with_token(&admin, &token, &link_in);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(live_digest(&admin), file_digest(&plugins.join("b.wasm")));
+    assert!(host.terminate().success());
+}
+
+/// One swap is validated at a time, two more may wait, the rest are told at once; a
+/// request that never finishes sending its body is cut off.
+#[test]
+fn concurrent_swaps_queue_briefly_and_a_stalled_request_is_cut_off() {
+    let dir = workdir();
+    let (mut host, admin, _) = host(dir.path(), "adm-queue", "", &[("SLUICE_CACHE_DIR", "off")]);
+    let token = token(&admin);
+    // Seconds to compile with no cache: the first swap holds the slot meanwhile.
+    let slow = crate::examples::example("enrich");
+    let copy = dir.path().join("enrich.wasm");
+    std::fs::copy(&slow, &copy).unwrap();
+
+    // A request that promises a body and stops sending it.
+    let stalled = {
+        let admin = admin.clone();
+        let bearer = format!("Bearer {token}");
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(&admin).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            let head = format!(
+                "POST /plugin/swap HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nAuthorization: {bearer}\r\nContent-Length: 100\r\n\r\n{{\"path\""
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            let started = Instant::now();
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            (answer, started.elapsed())
+        })
+    };
+
+    let swaps: Vec<_> = (0..5)
+        .map(|_| {
+            let (admin, token, copy) = (admin.clone(), token.clone(), copy.clone());
+            std::thread::spawn(move || swap_with_token(&admin, &token, &copy))
+        })
+        .collect();
+    let answers: Vec<(u16, serde_json::Value, Duration)> =
+        swaps.into_iter().map(|s| s.join().unwrap()).collect();
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 503)
+        .collect();
+    let done: Vec<_> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .collect();
+    assert_eq!(busy.len(), 2, "{answers:#?}");
+    assert_eq!(done.len(), 3, "{answers:#?}");
+    for (_, answer, took) in &busy {
+        assert!(
+            answer["error"].as_str().unwrap().contains("try again"),
+            "{answer}"
+        );
+        assert!(
+            *took < Duration::from_secs(2),
+            "a refused swap waited {took:?}"
+        );
+    }
+    let outcomes: Vec<&str> = done
+        .iter()
+        .map(|(_, a, _)| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "live").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(live_digest(&admin), file_digest(&copy));
+
+    let (answer, took) = stalled.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(20), "{took:?}");
     assert!(host.terminate().success());
 }

@@ -21,6 +21,23 @@ fn validate(path: &std::path::Path) -> (Option<i32>, String, String, Duration) {
     )
 }
 
+/// The peak resident memory of `sluice ARGS`, in KiB, from the kernel's accounting of
+/// the exited child.
+fn peak_rss_kib(args: &[&str]) -> i64 {
+    let child = sluice(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child's pid, with valid pointers to fill.
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(waited, child.id() as i32);
+    usage.ru_maxrss
+}
+
 #[test]
 fn every_secret_property_of_librdkafka_is_refused_by_name_and_its_value_never_printed() {
     let dir = workdir();
@@ -122,6 +139,8 @@ fn a_huge_configuration_file_is_refused_at_once_by_its_size() {
         let (code, stdout, stderr, took) = validate(&path);
         assert_eq!(code, Some(2), "{name}: {stderr}");
         assert!(took < Duration::from_secs(5), "{name} took {took:?}");
+        let peak = peak_rss_kib(&["validate", "--config", path.to_str().unwrap()]);
+        assert!(peak < 100 * 1024, "{name}: peak RSS {peak} KiB");
         assert!(
             stderr.contains("at most 1048576 bytes (1 MiB)"),
             "{name}: {stderr}"

@@ -149,7 +149,7 @@ pub struct LoadError {
 
 #[derive(Debug, Error)]
 pub enum LoadFailure {
-    #[error("cannot read the file: {0}")]
+    #[error("{0}")]
     Read(Unreadable),
     /// What a client is told about any file that could not be read as a candidate.
     #[error(
