@@ -286,6 +286,7 @@ pub(crate) fn token_source(
 /// its own with its own consumer (a member of the group), producer, plugin instance
 /// and keyed state; they share the plugin registry, so a swap reaches every worker
 /// at its next batch. A fatal error in one stops the others gracefully.
+///
 /// `hangup`: SIGHUP, installed before anything else so that one during start does not
 /// kill the host; `None` runs without a SIGHUP trigger.
 pub fn run(

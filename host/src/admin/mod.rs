@@ -98,7 +98,9 @@ impl Guard {
         if given_port.is_some_and(|p| p != port) {
             return false;
         }
-        if name == "localhost" || self.names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        // A configured name may carry the port too.
+        let named = |n: &String| n.eq_ignore_ascii_case(name) || n.eq_ignore_ascii_case(&host);
+        if name == "localhost" || self.names.iter().any(named) {
             return true;
         }
         let Some(ip) = name
@@ -503,7 +505,7 @@ mod tests {
 
     #[test]
     fn only_hosts_naming_this_endpoint_are_allowed() {
-        let local = guard("127.0.0.1:9464", &["sluice.internal"]);
+        let local = guard("127.0.0.1:9464", &["sluice.internal", "proxy.example:9464"]);
         for host in [
             "127.0.0.1:9464",
             "localhost",
@@ -511,6 +513,7 @@ mod tests {
             "LOCALHOST:9464",
             "sluice.internal",
             "sluice.internal:9464",
+            "proxy.example:9464",
         ] {
             assert!(local.allows_host(host), "{host}");
         }
