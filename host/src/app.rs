@@ -327,12 +327,15 @@ pub fn run(
             tracing::warn!(%address, "The admin endpoint listens beyond loopback: whoever holds its token can swap the plugin.");
         }
         // Logged once the token is in place: a client started on this line finds it.
-        match &token.file {
-            Some(file) => {
+        match &token.held {
+            admin::token::Held::File(file) => {
                 tracing::info!(%address, token_file = %file.display(), "Admin endpoint listening; `sluice plugin swap` reads its token from the file.")
             }
-            None => {
+            admin::token::Held::Environment => {
                 tracing::info!(%address, "Admin endpoint listening; its token is SLUICE_ADMIN_TOKEN.")
+            }
+            admin::token::Held::Nowhere => {
+                tracing::info!(%address, "Admin endpoint listening, read-only.")
             }
         }
         let guard = admin::Guard {

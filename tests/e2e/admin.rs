@@ -495,3 +495,37 @@ fn concurrent_swaps_queue_briefly_and_a_stalled_request_is_cut_off() {
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert!(host.terminate().success());
 }
+
+/// A host that cannot write its token file (a read-only file system) still runs and
+/// answers the read-only endpoints, but no swap gets through.
+#[test]
+fn a_host_without_a_writable_token_file_runs_read_only() {
+    let dir = workdir();
+    let (mut host, admin, plugins) = host(
+        dir.path(),
+        "adm-ro",
+        "",
+        &[("HOME", "/proc/self"), ("XDG_RUNTIME_DIR", "")],
+    );
+    let before = live_digest(&admin);
+    assert!(
+        host.log().contains("No admin token could be written"),
+        "{}",
+        host.log()
+    );
+    let (status, body) = request(
+        &admin,
+        "POST",
+        "/plugin/swap",
+        &[
+            ("Host", &admin),
+            ("Content-Type", "application/json"),
+            ("Authorization", "Bearer "),
+        ],
+        &swap_body(&plugins.join("b.wasm")),
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("could not write its token"), "{body}");
+    assert_eq!(live_digest(&admin), before);
+    assert!(host.terminate().success());
+}

@@ -240,12 +240,18 @@ fn authorized(headers: &HeaderMap, token: &Token) -> bool {
 }
 
 fn unauthorized(guard: &Guard) -> Response {
-    let file = match &guard.token.file {
-        Some(file) => format!(
+    let file = match &guard.token.held {
+        token::Held::File(file) => format!(
             "the host's token is in {} (readable by its user only)",
             file.display()
         ),
-        None => format!("the host's token is the value of {}", token::TOKEN_ENV),
+        token::Held::Environment => {
+            format!("the host's token is the value of {}", token::TOKEN_ENV)
+        }
+        token::Held::Nowhere => format!(
+            "this host could not write its token (see its log); restart it with a token: {}",
+            token::HOW_TO_SET
+        ),
     };
     let mut response = refuse(
         StatusCode::UNAUTHORIZED,

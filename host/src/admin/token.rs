@@ -54,33 +54,48 @@ impl TokenSource {
     }
 }
 
+/// Where a client finds the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    /// In this file.
+    File(PathBuf),
+    /// In `SLUICE_ADMIN_TOKEN`.
+    Environment,
+    /// Nowhere: the default file could not be written, so no client can change the host.
+    Nowhere,
+}
+
 /// The admin token. Its text never prints.
 #[derive(Clone)]
 pub struct Token {
     digest: [u8; 32],
     text: String,
-    /// The file it was written to or read from, if any.
-    pub file: Option<PathBuf>,
+    pub held: Held,
 }
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("file", &self.file).finish()
+        f.debug_struct("Token").field("held", &self.held).finish()
     }
 }
 
 impl Token {
-    fn new(text: String, file: Option<PathBuf>) -> Token {
+    fn new(text: String, held: Held) -> Token {
         Token {
             digest: Sha256::digest(text.as_bytes()).into(),
             text,
-            file,
+            held,
         }
+    }
+
+    /// A random token no one is told: mutating requests are all refused.
+    fn unknown() -> Token {
+        Token::new(random_text(), Held::Nowhere)
     }
 
     #[cfg(test)]
     pub(crate) fn fixed_for_tests(text: &str) -> Token {
-        Token::new(text.to_string(), None)
+        Token::new(text.to_string(), Held::Environment)
     }
 
     /// The text to send as `Authorization: Bearer <text>`.
@@ -132,7 +147,7 @@ pub fn for_host(source: &TokenSource, port: u16) -> Result<Token, TokenError> {
                     "{TOKEN_ENV} has fewer than {MIN_FIXED_TOKEN} characters; use a random one (e.g. `openssl rand -hex 32`)"
                 )));
             }
-            Ok(Token::new(text, None))
+            Ok(Token::new(text, Held::Environment))
         }
         TokenSource::File(path) => match read_file(path) {
             Ok(Some(token)) => Ok(token),
@@ -140,12 +155,20 @@ pub fn for_host(source: &TokenSource, port: u16) -> Result<Token, TokenError> {
             Err(error) => Err(error),
         },
         TokenSource::Default => {
-            let path = default_file(port).ok_or_else(|| {
-                TokenError(format!(
-                    "neither XDG_RUNTIME_DIR nor HOME is set, so there is no private place for the token file; {HOW_TO_SET}"
-                ))
-            })?;
-            write_new(&path)
+            // The operator chose nothing: a host that cannot write the file (a read-only
+            // file system) still runs, its read-only endpoints too, but nothing can swap
+            // through the endpoint.
+            let written = default_file(port)
+                .ok_or_else(|| {
+                    TokenError(format!(
+                        "neither XDG_RUNTIME_DIR nor HOME is set, so there is no private place for the token file; {HOW_TO_SET}"
+                    ))
+                })
+                .and_then(|path| write_new(&path));
+            Ok(written.unwrap_or_else(|error| {
+                tracing::warn!(%error, "No admin token could be written: swaps through the admin endpoint are refused until the host is restarted with a token.");
+                Token::unknown()
+            }))
         }
     }
 }
@@ -157,7 +180,7 @@ pub fn for_client(file: Option<&Path>, port: u16) -> Result<Option<Token>, Token
         TokenSource::Fixed => {
             let text = std::env::var(TOKEN_ENV)
                 .map_err(|_| TokenError(format!("{TOKEN_ENV} is not valid UTF-8")))?;
-            Ok(Some(Token::new(text.trim().to_string(), None)))
+            Ok(Some(Token::new(text.trim().to_string(), Held::Environment)))
         }
         TokenSource::File(path) => match read_file(&path)? {
             Some(token) => Ok(Some(token)),
@@ -197,7 +220,10 @@ fn read_file(path: &Path) -> Result<Option<Token>, TokenError> {
     if text.is_empty() {
         return Err(TokenError(format!("{} is empty", path.display())));
     }
-    Ok(Some(Token::new(text.to_string(), Some(path.to_path_buf()))))
+    Ok(Some(Token::new(
+        text.to_string(),
+        Held::File(path.to_path_buf()),
+    )))
 }
 
 /// Writes a new random token to `path` (mode 0600, in a directory only the user can
@@ -227,10 +253,7 @@ fn write_new(path: &Path) -> Result<Token, TokenError> {
             dir.display()
         )));
     }
-    let text: String = rand::random::<[u8; 32]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let text = random_text();
     // Write aside, then rename: a reader never sees half a token, and the file is 0600
     // from its creation on.
     let staging = dir.join(format!(
@@ -251,7 +274,15 @@ fn write_new(path: &Path) -> Result<Token, TokenError> {
         .and_then(|()| file.sync_all())
         .map_err(|e| fail("write", e))?;
     fs::rename(&staging, path).map_err(|e| fail("write", e))?;
-    Ok(Token::new(text, Some(path.to_path_buf())))
+    Ok(Token::new(text, Held::File(path.to_path_buf())))
+}
+
+/// 256 random bits, hex.
+fn random_text() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -279,7 +310,7 @@ mod tests {
 
     #[test]
     fn only_the_exact_token_matches() {
-        let token = Token::new("0123456789abcdef0123".into(), None);
+        let token = Token::new("0123456789abcdef0123".into(), Held::Environment);
         assert!(token.matches("0123456789abcdef0123"));
         assert!(!token.matches("0123456789abcdef012"));
         assert!(!token.matches(""));
