@@ -77,6 +77,15 @@ fn every_secret_property_of_librdkafka_is_refused_by_name_and_its_value_never_pr
             !stdout.contains(&value) && !stderr.contains(&value),
             "{side}.kafka.{key}: the value was printed: {stderr}"
         );
+        // `run` reads the file the same way, before any client is made.
+        if side == "source" && key.contains("passphrase") {
+            let out = sluice(&["run", "--config", path.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains(key) && !stderr.contains(&value), "{stderr}");
+        }
     }
 }
 

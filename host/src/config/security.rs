@@ -578,12 +578,17 @@ pub fn client_error_text(error: &rdkafka::error::KafkaError, value: &str) -> Str
     redact(&text, value)
 }
 
-/// `text` with every occurrence of `value` replaced.
+/// `text` with `value` cut out: quoted, as librdkafka quotes it, and, unless it is too
+/// short to be a secret and would garble the words around it, anywhere.
 fn redact(text: &str, value: &str) -> String {
     if value.trim().is_empty() {
-        text.to_string()
-    } else {
+        return text.to_string();
+    }
+    let text = text.replace(&format!("\"{value}\""), "\"<value>\"");
+    if value.chars().count() >= 4 {
         text.replace(value, "<value>")
+    } else {
+        text
     }
 }
 
