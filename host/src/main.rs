@@ -107,7 +107,9 @@ fn main() -> ExitCode {
     // default action (SIGHUP's kills the process).
     let signals = {
         let _context = runtime.enter();
-        match Signals::install() {
+        // SIGHUP means "re-read the plugin" to `run` only; elsewhere it keeps its
+        // default (a closed terminal ends `plugin test`).
+        match Signals::install(matches!(cli.command, Command::Run(_))) {
             Ok(signals) => signals,
             Err(error) => {
                 eprintln!("error: installing the signal handlers: {error}");
@@ -139,7 +141,7 @@ fn main() -> ExitCode {
                 config,
                 &options,
                 &shutdown,
-                Some(signals.hangup),
+                signals.hangup,
                 runtime.handle(),
             ) {
                 Ok(summary) => {

@@ -63,17 +63,23 @@ pub struct Signals {
     pub interrupt: tokio::signal::unix::Signal,
     pub terminate: tokio::signal::unix::Signal,
     /// Until the pipeline runs, a SIGHUP waits here; then it re-reads the plugin file.
-    pub hangup: tokio::signal::unix::Signal,
+    /// `None` where SIGHUP keeps its default action (commands other than `run`).
+    pub hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
-    /// Installs the handlers; must be called within a Tokio runtime's context.
-    pub fn install() -> std::io::Result<Signals> {
+    /// Installs the handlers, SIGHUP's only with `hangup`; must be called within a Tokio
+    /// runtime's context.
+    pub fn install(hangup: bool) -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
+            hangup: if hangup {
+                Some(signal(SignalKind::hangup())?)
+            } else {
+                None
+            },
         })
     }
 }
