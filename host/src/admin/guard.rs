@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -79,7 +79,10 @@ pub(super) fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
     (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-pub(super) async fn check_host(
+/// Serves a request only if its `Host` names this endpoint (else 421) and, for any
+/// method but GET and HEAD, it carries the token (else 401): every request that can
+/// change the host is covered, whatever its route.
+pub(super) async fn check(
     State(guard): State<Arc<Guard>>,
     request: Request,
     next: Next,
@@ -90,20 +93,23 @@ pub(super) async fn check_host(
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| request.uri().authority().map(|a| a.to_string()));
-    match host {
-        Some(host) if guard.allows_host(&host) => next.run(request).await,
-        host => {
-            tracing::warn!(host = ?host.unwrap_or_default(), "Admin request for another host refused (a DNS rebinding page sends its own name).");
-            refuse(
-                StatusCode::MISDIRECTED_REQUEST,
-                format!(
-                    "this endpoint answers to {} and localhost:{}; add other names the host is reached by with --admin-host NAME",
-                    guard.address,
-                    guard.address.port()
-                ),
-            )
-        }
+    if !host.as_deref().is_some_and(|host| guard.allows_host(host)) {
+        // Debug, not warn: a page can send these in a loop.
+        tracing::debug!(host = ?host.unwrap_or_default(), "Admin request for another host refused (a DNS rebinding page sends its own name).");
+        return refuse(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this endpoint answers to {} and localhost:{}; add other names the host is reached by with --admin-host NAME",
+                guard.address,
+                guard.address.port()
+            ),
+        );
     }
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if !reads && !authorized(request.headers(), &guard.token) {
+        return unauthorized(&guard);
+    }
+    next.run(request).await
 }
 
 pub(super) async fn within_request_timeout(request: Request, next: Next) -> Response {
@@ -120,7 +126,7 @@ pub(super) async fn within_request_timeout(request: Request, next: Next) -> Resp
 }
 
 /// Whether the request carries the token as `Authorization: Bearer <token>`.
-pub(super) fn authorized(headers: &HeaderMap, token: &Token) -> bool {
+fn authorized(headers: &HeaderMap, token: &Token) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -131,7 +137,7 @@ pub(super) fn authorized(headers: &HeaderMap, token: &Token) -> bool {
         .is_some_and(|offered| token.matches(offered.trim()))
 }
 
-pub(super) fn unauthorized(guard: &Guard) -> Response {
+fn unauthorized(guard: &Guard) -> Response {
     let file = match &guard.token.held {
         token::Held::File(file) => format!(
             "the host's token is in {} (readable by its user only)",

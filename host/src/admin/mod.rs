@@ -45,9 +45,7 @@ use tokio::sync::Semaphore;
 use crate::metrics::Metrics;
 use crate::plugin::registry::{Registry, Status, Trigger};
 pub use guard::Guard;
-use guard::{
-    REQUEST_TIMEOUT, authorized, check_host, refuse, unauthorized, within_request_timeout,
-};
+use guard::{REQUEST_TIMEOUT, check, refuse, within_request_timeout};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SwapRequest {
@@ -94,7 +92,6 @@ struct SwapQueue {
 #[derive(Clone)]
 struct SwapState {
     registry: Arc<Registry>,
-    guard: Arc<Guard>,
     queue: Arc<SwapQueue>,
 }
 
@@ -107,7 +104,6 @@ pub async fn serve(
     let guard = Arc::new(guard);
     let swap_state = SwapState {
         registry: registry.clone(),
-        guard: guard.clone(),
         queue: Arc::new(SwapQueue {
             slot: Semaphore::new(1),
             queued: AtomicUsize::new(0),
@@ -124,8 +120,9 @@ pub async fn serve(
                 .route_layer(middleware::from_fn(within_request_timeout))
                 .with_state((registry, metrics)),
         )
-        // Outermost: a request for another host is answered before anything else runs.
-        .layer(middleware::from_fn_with_state(guard, check_host));
+        // Outermost: a request for another host, or a change without the token, is
+        // answered before anything else runs.
+        .layer(middleware::from_fn_with_state(guard, check));
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "Admin endpoint stopped.");
     }
@@ -249,9 +246,6 @@ impl Drop for Queued<'_> {
 }
 
 async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Response {
-    if !authorized(request.headers(), &state.guard.token) {
-        return unauthorized(&state.guard);
-    }
     // A page can send a cross-origin form post without asking; only JSON is accepted.
     let json = request
         .headers()
