@@ -61,25 +61,90 @@ impl std::fmt::Display for PluginRefused {
 /// Runtime options from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Where the admin endpoint listens; `None`: no endpoint.
-    pub admin: Option<SocketAddr>,
-    /// This host's name among the hosts of one application, for its transactional id;
-    /// `None`: the machine's host name.
+    /// The admin endpoint; `None`: no endpoint.
+    pub admin: Option<AdminOptions>,
+    /// This host's name among the hosts of one application, for its transactional id
+    /// (see [`instance_id`]).
     pub instance: Option<String>,
     /// Ignore committed offsets and state; start from the configured startup mode.
     pub fresh: bool,
 }
 
+/// Where the admin endpoint listens and how it is guarded.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    pub address: SocketAddr,
+    pub token: admin::token::TokenSource,
+    /// Host names clients use besides the address and `localhost`.
+    pub names: Vec<String>,
+}
+
+/// Options that cannot work, found before anything starts (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidOptions {
+    #[error(
+        "--admin {0} listens beyond loopback, where anything on the network could swap the plugin with a token it guessed or read; {how}, or listen on 127.0.0.1",
+        how = admin::token::HOW_TO_SET
+    )]
+    PublicAdminWithoutToken(SocketAddr),
+    #[error(
+        "exactly-once needs a stable name for this host, unique among the hosts of the application, so that a restarted host fences its predecessor's open transaction: \
+         set --instance NAME (SLUICE_INSTANCE), or run it as a StatefulSet pod, whose name (HOSTNAME `NAME-ORDINAL`, e.g. `sluice-2`) is used; {0}"
+    )]
+    NoInstance(String),
+}
+
+impl AdminOptions {
+    /// Refuses an endpoint beyond loopback whose token the operator did not choose.
+    pub fn check(&self) -> Result<(), InvalidOptions> {
+        if !self.address.ip().is_loopback() && !self.token.explicit() {
+            return Err(InvalidOptions::PublicAdminWithoutToken(self.address));
+        }
+        Ok(())
+    }
+}
+
+/// This host's stable instance name for exactly-once: `explicit` (`--instance`), else
+/// `hostname` (the `HOSTNAME` environment variable) when it is a StatefulSet pod name,
+/// `NAME-ORDINAL`, which a replaced pod keeps. A Deployment's pod names
+/// (`NAME-HASH-XXXXX`) change with every replacement, so a new pod would not fence the
+/// transaction its predecessor left open: they are refused, as is a plain host name.
+pub fn instance_id(
+    explicit: Option<&str>,
+    hostname: Option<&str>,
+) -> Result<String, InvalidOptions> {
+    if let Some(name) = explicit {
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(InvalidOptions::NoInstance("--instance is empty".into()));
+        }
+        return Ok(name.to_string());
+    }
+    match hostname.map(str::trim).filter(|h| !h.is_empty()) {
+        Some(host) if is_stateful_set_pod_name(host) => Ok(host.to_string()),
+        Some(host) => Err(InvalidOptions::NoInstance(format!(
+            "HOSTNAME `{host}` is not a StatefulSet pod name"
+        ))),
+        None => Err(InvalidOptions::NoInstance("HOSTNAME is not set".into())),
+    }
+}
+
+/// `NAME-ORDINAL`: a StatefulSet pod name. The ordinal is a decimal number without
+/// leading zeros and of at most 4 digits; a Deployment pod's random 5-character suffix
+/// can be all digits, but is never that short.
+fn is_stateful_set_pod_name(host: &str) -> bool {
+    let Some((name, ordinal)) = host.rsplit_once('-') else {
+        return false;
+    };
+    !name.is_empty()
+        && (1..=4).contains(&ordinal.len())
+        && ordinal.bytes().all(|b| b.is_ascii_digit())
+        && (ordinal == "0" || !ordinal.starts_with('0'))
+}
+
 /// The transactional id of an exactly-once host: stable across restarts, so a
 /// restarted host fences its previous incarnation and aborts what it left open.
-pub fn transactional_id(group_id: &str, instance: Option<&str>) -> String {
-    let instance = instance.map(str::to_owned).unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|name| name.trim().to_owned())
-            .ok()
-            .filter(|name| !name.is_empty())
-            .unwrap_or_else(|| "0".into())
-    });
+pub fn transactional_id(group_id: &str, instance: &str) -> String {
     format!("sluice-{group_id}-{instance}")
 }
 
@@ -210,6 +275,7 @@ pub fn start_plugin(
         runtime,
         settings(config, states)?,
         config.plugin.path.as_deref(),
+        config.plugin.allowed_dir.clone(),
     )?)
 }
 
@@ -232,15 +298,24 @@ pub(crate) fn token_source(
 /// its own with its own consumer (a member of the group), producer, plugin instance
 /// and keyed state; they share the plugin registry, so a swap reaches every worker
 /// at its next batch. A fatal error in one stops the others gracefully.
+///
+/// `hangup`: SIGHUP, installed before anything else so that one during start does not
+/// kill the host; `None` runs without a SIGHUP trigger.
 pub fn run(
     config: Config,
     options: &RunOptions,
     shutdown: &Shutdown,
+    hangup: Option<tokio::signal::unix::Signal>,
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<Summary> {
     let workers = config.parallelism;
     let states: Vec<SharedState> = (0..workers).map(|_| StateStore::shared()).collect();
     let (registry, instances) = start_plugin(&config, states.clone()).context(PluginRefused)?;
+    // Compiling can take seconds: a stop asked for meanwhile needs no pipeline.
+    if shutdown.requested() {
+        tracing::info!("Stopped while the plugin was loading; nothing was read.");
+        return Ok(Summary::default());
+    }
     let live = registry.live();
     tracing::info!(plugin = %live.plugin.origin, digest = live.plugin.short_digest(), "Plugin loaded.");
 
@@ -250,11 +325,42 @@ pub fn run(
     {
         watch::spawn(registry.clone(), path.to_path_buf(), shutdown.clone())?;
     }
-    handle.spawn(watch::on_sighup(registry.clone()));
+    // The handler was installed before the plugin loaded, so a SIGHUP meanwhile did
+    // not kill the host; it is acted on now.
+    if let Some(hangup) = hangup {
+        handle.spawn(watch::on_sighup(registry.clone(), hangup));
+    }
     let metrics = Arc::new(Metrics::new(workers));
-    if let Some(address) = options.admin {
-        let listener = handle.block_on(admin::bind(address))?;
-        handle.spawn(admin::serve(listener, registry.clone(), metrics.clone()));
+    if let Some(admin) = &options.admin {
+        let listener = handle.block_on(admin::bind(admin.address))?;
+        let address = listener.local_addr()?;
+        let token = admin::token::for_host(&admin.token, address.port())?;
+        if !address.ip().is_loopback() {
+            tracing::warn!(%address, "The admin endpoint listens beyond loopback: whoever holds its token can swap the plugin.");
+        }
+        // Logged once the token is in place: a client started on this line finds it.
+        match &token.held {
+            admin::token::Held::File(file) => {
+                tracing::info!(%address, token_file = %file.display(), "Admin endpoint listening; `sluice plugin swap` reads its token from the file.")
+            }
+            admin::token::Held::Environment => {
+                tracing::info!(%address, "Admin endpoint listening; its token is SLUICE_ADMIN_TOKEN.")
+            }
+            admin::token::Held::Nowhere => {
+                tracing::info!(%address, "Admin endpoint listening, read-only.")
+            }
+        }
+        let guard = admin::Guard {
+            address,
+            names: admin.names.clone(),
+            token,
+        };
+        handle.spawn(admin::serve(
+            listener,
+            guard,
+            registry.clone(),
+            metrics.clone(),
+        ));
     }
 
     if options.fresh
@@ -290,7 +396,15 @@ pub fn run(
         sink_tokens,
         failure,
     );
-    let transactional_id = transactional_id(&config.source.group_id, options.instance.as_deref());
+    let instance = match (config.delivery, &options.instance) {
+        (_, Some(instance)) => instance.clone(),
+        // Only an exactly-once host uses the id; main checked it for one.
+        (Delivery::AtLeastOnce, None) => "0".into(),
+        (Delivery::ExactlyOnce, None) => {
+            instance_id(None, std::env::var("HOSTNAME").ok().as_deref())?
+        }
+    };
+    let transactional_id = transactional_id(&config.source.group_id, &instance);
     if config.delivery == Delivery::ExactlyOnce {
         tracing::info!(%transactional_id, workers, "Exactly-once delivery: each checkpoint is one transaction.");
     }
@@ -504,6 +618,26 @@ mod tests {
             workers_in_metadata("sluice workers=x id=sluice-g-vm", "sluice-g-vm"),
             None
         );
+    }
+
+    #[test]
+    fn a_stateful_set_pod_name_is_a_stable_instance_and_a_deployments_is_not() {
+        assert_eq!(instance_id(Some(" a "), None).unwrap(), "a");
+        assert_eq!(instance_id(None, Some("sluice-3")).unwrap(), "sluice-3");
+        assert_eq!(instance_id(None, Some("my-app-0")).unwrap(), "my-app-0");
+        for host in [
+            "sluice-7d4b9c8f6-x2k9p",
+            "sluice-7d4b9c8f6-24567",
+            "sluice-03",
+            "vm",
+            "-3",
+            "sluice-",
+        ] {
+            let error = instance_id(None, Some(host)).unwrap_err().to_string();
+            assert!(error.contains("--instance"), "{host}: {error}");
+        }
+        assert!(instance_id(None, None).is_err());
+        assert!(instance_id(Some(""), Some("sluice-1")).is_err());
     }
 
     #[test]

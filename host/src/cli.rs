@@ -121,6 +121,11 @@ pub struct AdminArgs {
     /// The running host's admin endpoint.
     #[arg(long, env = "SLUICE_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
+
+    /// The file holding the host's admin token, when the host was started with one
+    /// (default: the file the host writes for its port; `SLUICE_ADMIN_TOKEN` wins).
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// Where the admin endpoint listens unless told otherwise: loopback only.
@@ -174,13 +179,30 @@ pub struct PipelineArgs {
     #[arg(long, env = "BOOTSTRAP_SERVERS", hide_env_values = true)]
     pub bootstrap_servers: Option<String>,
 
-    /// Where the admin endpoint (plugin swap and status) listens, or `off`.
+    /// Where the admin endpoint (plugin swap and status) listens, or `off`. An address
+    /// beyond loopback needs an explicit token (SLUICE_ADMIN_TOKEN or
+    /// --admin-token-file).
     #[arg(long, env = "SLUICE_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: AdminAddress,
 
+    /// The admin token's file: read if it exists (a mounted Secret), else written with
+    /// a new random token, mode 0600. Default: `$XDG_RUNTIME_DIR/sluice/admin-PORT.token`
+    /// or `~/.local/state/sluice/admin-PORT.token`, new at each start. A fixed token in
+    /// `SLUICE_ADMIN_TOKEN` wins.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Host names clients reach the admin endpoint by, besides its address and
+    /// `localhost` (repeatable, or comma-separated). Requests naming another host are
+    /// refused (DNS rebinding).
+    #[arg(long, env = "SLUICE_ADMIN_HOST", value_delimiter = ',')]
+    pub admin_host: Vec<String>,
+
     /// This host's name within its application (exactly-once: part of its stable
-    /// transactional id). Each host of one application needs its own; default: the
-    /// machine's host name.
+    /// transactional id, so a restarted host fences its predecessor). Each host of one
+    /// application needs its own, stable across restarts. Default with exactly-once: a
+    /// StatefulSet pod name in HOSTNAME (`NAME-ORDINAL`, e.g. `sluice-2`); otherwise it
+    /// must be given.
     #[arg(long, env = "SLUICE_INSTANCE")]
     pub instance: Option<String>,
 

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
-use sluice_host::config::{Config, ConfigSource};
+use sluice_host::config::{Config, ConfigSource, Delivery};
 use sluice_host::runtime::child as compiler_child;
-use sluice_host::shutdown::{Shutdown, watch_signals};
+use sluice_host::shutdown::{Shutdown, Signals, watch_signals};
 use sluice_host::state::StateStore;
 use sluice_host::{admin, app, author, generate, telemetry};
 
@@ -40,6 +40,39 @@ fn load(args: &PipelineArgs) -> Result<(ConfigSource, Config), ExitCode> {
     }
 }
 
+/// The run options of the command line, checked: what cannot work is refused before
+/// anything starts.
+fn run_options(
+    args: &PipelineArgs,
+    config: &Config,
+) -> Result<app::RunOptions, app::InvalidOptions> {
+    let admin = args.admin.0.map(|address| app::AdminOptions {
+        address,
+        token: admin::token::TokenSource::from_options(args.admin_token_file.as_deref()),
+        names: args
+            .admin_host
+            .iter()
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .collect(),
+    });
+    if let Some(admin) = &admin {
+        admin.check()?;
+    }
+    let instance = match config.delivery {
+        Delivery::ExactlyOnce => Some(app::instance_id(
+            args.instance.as_deref(),
+            std::env::var("HOSTNAME").ok().as_deref(),
+        )?),
+        Delivery::AtLeastOnce => args.instance.clone(),
+    };
+    Ok(app::RunOptions {
+        admin,
+        instance,
+        fresh: args.fresh,
+    })
+}
+
 fn main() -> ExitCode {
     // A compiler child started by a running host (see runtime::child): nothing else to
     // set up.
@@ -70,8 +103,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // Handlers first, before any slow work: a signal during start must not find the
+    // default action (SIGHUP's kills the process).
+    let signals = {
+        let _context = runtime.enter();
+        // SIGHUP means "re-read the plugin" to `run` only; elsewhere it keeps its
+        // default (a closed terminal ends `plugin test`).
+        match Signals::install(matches!(cli.command, Command::Run(_))) {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("error: installing the signal handlers: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    };
     let shutdown = Shutdown::new();
-    runtime.spawn(watch_signals(shutdown.clone()));
+    runtime.spawn(watch_signals(
+        shutdown.clone(),
+        signals.interrupt,
+        signals.terminate,
+    ));
 
     match cli.command {
         Command::Run(args) => {
@@ -79,12 +130,20 @@ fn main() -> ExitCode {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
-            let options = app::RunOptions {
-                admin: args.admin.0,
-                instance: args.instance.clone(),
-                fresh: args.fresh,
+            let options = match run_options(&args, &config) {
+                Ok(options) => options,
+                Err(invalid) => {
+                    eprintln!("error: {invalid}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
             };
-            match app::run(config, &options, &shutdown, runtime.handle()) {
+            match app::run(
+                config,
+                &options,
+                &shutdown,
+                signals.hangup,
+                runtime.handle(),
+            ) {
                 Ok(summary) => {
                     tracing::info!(
                         numRecordsIn = summary.records_in,
@@ -139,7 +198,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Plugin(PluginCommand::Swap { path, admin }) => {
-            match admin::client::swap(admin.admin, &path) {
+            match admin::client::swap(admin.admin, &path, admin.admin_token_file.as_deref()) {
                 Ok(answer) if answer.outcome == "rejected" => {
                     eprintln!(
                         "error: {} was rejected; the live version stays: {}",

@@ -56,11 +56,40 @@ impl Shutdown {
     }
 }
 
+/// The signals the host acts on, with their handlers installed. Installed first thing,
+/// before the plugin compiles (which can take seconds): until then SIGHUP's default
+/// action would kill the process, and SIGINT's and SIGTERM's would skip the drain.
+pub struct Signals {
+    pub interrupt: tokio::signal::unix::Signal,
+    pub terminate: tokio::signal::unix::Signal,
+    /// Until the pipeline runs, a SIGHUP waits here; then it re-reads the plugin file.
+    /// `None` where SIGHUP keeps its default action (commands other than `run`).
+    pub hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers, SIGHUP's only with `hangup`; must be called within a Tokio
+    /// runtime's context.
+    pub fn install(hangup: bool) -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: if hangup {
+                Some(signal(SignalKind::hangup())?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
 /// Requests `shutdown` on the first SIGINT or SIGTERM; exits the process on the second.
-pub async fn watch_signals(shutdown: Shutdown) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
+pub async fn watch_signals(
+    shutdown: Shutdown,
+    mut interrupt: tokio::signal::unix::Signal,
+    mut terminate: tokio::signal::unix::Signal,
+) {
     for round in 0.. {
         tokio::select! {
             _ = interrupt.recv() => {}
@@ -87,7 +116,6 @@ pub async fn watch_signals(shutdown: Shutdown) -> std::io::Result<()> {
             std::process::exit(130);
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! (started by `scripts/kafka.sh start`), with plugins built from this repository.
 //! Every test uses its own topics and consumer groups, so tests share the broker.
 
+mod admin;
 mod auth;
 mod authoring;
 mod bad_input;
+mod config_limits;
 mod examples;
 mod failures;
 mod install;

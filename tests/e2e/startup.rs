@@ -162,3 +162,90 @@ fn committed_progress_wins_over_the_startup_mode() {
         ["second-0", "second-1", "second-2", "second-3", "second-4"]
     );
 }
+
+/// SIGHUP re-reads the plugin file; sent while the plugin still compiles at start (a
+/// JavaScript component, no compilation cache: seconds), it once found no handler and
+/// killed the host.
+#[test]
+fn a_sighup_while_the_plugin_compiles_at_start_does_not_kill_the_host() {
+    let c = case("st-hup");
+    let plugin = crate::examples::example("enrich");
+    let tail = format!("[plugin]\npath = \"{}\"\nwatch = false\n", plugin.display());
+    let config = write_file(
+        c.dir.path(),
+        "hup.toml",
+        &config_text(&c.input, &c.output, &c.group, "", "", &tail),
+    );
+    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
+    command.env("SLUICE_CACHE_DIR", "off");
+    let mut sluice = Sluice::spawn(c.dir.path(), command);
+    // Past the process's first moments, well before the plugin is compiled.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sent = 0;
+    while !sluice.log().contains("Plugin loaded.") {
+        if let Some(status) = sluice.exited() {
+            panic!(
+                "the host exited ({status}) after {sent} SIGHUP during start:\n{}",
+                sluice.log()
+            );
+        }
+        assert!(sent < 1200, "the plugin did not load in 5 minutes");
+        sluice.signal(libc::SIGHUP);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(sent >= 2, "the plugin loaded before the signals were sent");
+    sluice.wait_for_log("Partitions assigned.", Duration::from_secs(60));
+    produce(
+        &c.input,
+        &(0..5)
+            .map(|i| TestRecord::value(0, &format!("{{\"price\": {i}.5}}")))
+            .collect::<Vec<_>>(),
+    );
+    sluice.wait_until("records in the sink", Duration::from_secs(60), || {
+        total(&end_offsets(&c.output)) >= 5
+    });
+    assert!(sluice.terminate().success());
+}
+
+/// Exactly-once fences a restarted host's open transaction by a transactional id that
+/// must survive the restart: a Deployment's pod name does not.
+#[test]
+fn exactly_once_needs_a_stable_instance_name() {
+    let c = case("st-inst");
+    let config = write_config(c.dir.path(), &c.input, &c.output, &c.group, "");
+    add_top_level(&config, "delivery = \"exactly-once\"");
+
+    for hostname in [None, Some("sluice-7d4b9c8f6-x2k9p")] {
+        let mut command = sluice(&["run", "--config", &config]);
+        command.env_remove("SLUICE_INSTANCE");
+        match hostname {
+            Some(name) => command.env("HOSTNAME", name),
+            None => command.env_remove("HOSTNAME"),
+        };
+        let mut host = Sluice::spawn(c.dir.path(), command);
+        let status = host.wait(Duration::from_secs(30));
+        assert_eq!(
+            status.code(),
+            Some(2),
+            "HOSTNAME {hostname:?}:\n{}",
+            host.log()
+        );
+        assert!(
+            host.log().contains("set --instance NAME (SLUICE_INSTANCE)"),
+            "{}",
+            host.log()
+        );
+    }
+
+    // A StatefulSet pod's name is stable: it is the instance.
+    let mut command = sluice(&["run", "--config", &config]);
+    command
+        .env_remove("SLUICE_INSTANCE")
+        .env("HOSTNAME", "sluice-3");
+    let mut host = Sluice::spawn(c.dir.path(), command);
+    host.wait_for_log("Partitions assigned.", Duration::from_secs(60));
+    let id = format!("transactional_id=sluice-{}-sluice-3", c.group);
+    assert!(host.log().contains(&id), "no {id} in:\n{}", host.log());
+    assert!(host.terminate().success());
+}

@@ -442,10 +442,13 @@ pub struct Sluice {
 pub fn sluice(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
     // Hosts run side by side in tests: no admin endpoint unless a test asks for one.
+    // Exactly-once hosts need a stable instance name; a test host keeps one across its
+    // restarts (tests that run several hosts in a group pass --instance each).
     command
         .args(args)
         .env_remove("BOOTSTRAP_SERVERS")
         .env("SLUICE_ADMIN", "off")
+        .env("SLUICE_INSTANCE", "e2e")
         .env("NO_COLOR", "1");
     command
 }
@@ -508,6 +511,11 @@ impl Sluice {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, signal: i32) {

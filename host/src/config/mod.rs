@@ -120,6 +120,9 @@ pub struct PluginConfig {
     pub call_timeout: Duration,
     /// Swap in the plugin file when it changes on disk.
     pub watch: bool,
+    /// The directory (canonical) a component named by an admin swap request must be
+    /// in; `None`: anywhere the host can read.
+    pub allowed_dir: Option<PathBuf>,
     /// A header added to every output, naming the plugin version that produced it.
     pub provenance_header: Option<String>,
     /// Records every candidate must handle as expected before it goes live.
@@ -177,6 +180,20 @@ pub struct Invalid {
     pub problems: Vec<Problem>,
 }
 
+/// The most problems printed; the rest are counted. Enough to fix a file in one round,
+/// bounded for a file that is not a pipeline file at all.
+const MAX_PROBLEMS_SHOWN: usize = 50;
+/// The longest key path or message printed, in characters.
+const MAX_PROBLEM_TEXT: usize = 300;
+
+/// `text`, cut to [`MAX_PROBLEM_TEXT`] characters.
+fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_PROBLEM_TEXT) {
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+        None => text.into(),
+    }
+}
+
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
@@ -186,11 +203,57 @@ impl fmt::Display for Invalid {
             self.file.display(),
             if count == 1 { "" } else { "s" }
         )?;
-        for problem in &self.problems {
-            write!(f, "\n  - {problem}")?;
+        for problem in self.problems.iter().take(MAX_PROBLEMS_SHOWN) {
+            write!(
+                f,
+                "\n  - {}: {}",
+                bounded(&problem.path),
+                bounded(&problem.message)
+            )?;
+        }
+        if count > MAX_PROBLEMS_SHOWN {
+            write!(f, "\n  - and {} more", count - MAX_PROBLEMS_SHOWN)?;
         }
         Ok(())
     }
+}
+
+/// The largest configuration file read. A pipeline file is a few kilobytes; reading a
+/// file of any size would let a wrong path (a log, an image) take gigabytes of memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a configuration file of at most [`MAX_CONFIG_BYTES`]: checked on the open
+/// file before reading (a regular file's size), and while reading (a pipe's).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let too_large = |size: String| {
+        format!(
+            "the file is {size} bytes; a configuration file may have at most {MAX_CONFIG_BYTES} bytes (1 MiB); check the path"
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if metadata.is_dir() {
+        return Err("is a directory; name the configuration file".into());
+    }
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(too_large(metadata.len().to_string()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(format!("more than {MAX_CONFIG_BYTES}")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the file is not UTF-8 text (byte {} is not)",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 impl std::error::Error for Invalid {}
@@ -222,8 +285,7 @@ impl ConfigSource {
                 message,
             }],
         };
-        let text = std::fs::read_to_string(self.path())
-            .map_err(|e| invalid(format!("cannot read the file: {e}")))?;
+        let text = read_bounded(self.path()).map_err(invalid)?;
         let (raw, mut problems) = match self {
             ConfigSource::Toml(_) => raw::parse_toml(&text).map_err(invalid)?,
             ConfigSource::Properties(_) => {
@@ -238,5 +300,50 @@ impl ConfigSource {
                 problems,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_over_the_size_cap_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        let file = std::fs::File::create(&path).unwrap();
+        // Sparse: the check must not read it.
+        file.set_len(100 * MAX_CONFIG_BYTES).unwrap();
+        let invalid = ConfigSource::Toml(path.clone()).load(None).unwrap_err();
+        let text = invalid.to_string();
+        assert!(text.contains("at most 1048576 bytes (1 MiB)"), "{text}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        std::fs::write(&path, "version = 1\n").unwrap();
+        assert!(
+            !ConfigSource::Toml(path)
+                .load(None)
+                .unwrap_err()
+                .to_string()
+                .contains("1 MiB")
+        );
+    }
+
+    #[test]
+    fn only_the_first_problems_are_printed_and_the_rest_counted() {
+        let problems = (0..120)
+            .map(|i| Problem {
+                path: format!("k{i}"),
+                message: "x".repeat(if i == 0 { 10_000 } else { 3 }),
+            })
+            .collect();
+        let text = Invalid {
+            file: "f.toml".into(),
+            problems,
+        }
+        .to_string();
+        assert!(text.starts_with("f.toml has 120 problems:"));
+        assert!(text.ends_with("\n  - and 70 more"), "{text}");
+        assert_eq!(text.lines().count(), 52);
+        assert!(text.len() < 2_000, "{} bytes", text.len());
     }
 }

@@ -90,6 +90,8 @@ pub struct RawPlugin {
     pub timeout_ms: Option<i64>,
     pub watch: Option<bool>,
     pub provenance_header: Option<String>,
+    /// The directory a component named by an admin swap request must be in.
+    pub allowed_dir: Option<PathBuf>,
     #[serde(default)]
     pub self_test: Vec<RawSelfTest>,
     #[serde(default)]
@@ -121,13 +123,29 @@ pub struct RawCheckpoint {
 /// Parses TOML text. A syntax or type error is returned as is (it names its line);
 /// unknown keys are collected and reported with the other problems.
 pub fn parse_toml(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
-    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    let deserializer = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
     let mut unknown = Vec::new();
     let mut raw: RawConfig =
         serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string()))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| syntax_error(text, &e))?;
     raw.unknown = unknown;
     Ok((raw, Vec::new()))
+}
+
+/// A TOML error as its position and message. Not toml's own text, which quotes the
+/// line: that line may hold a secret of a `kafka` table, or be megabytes long.
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let position = error.span().map(|span| {
+        let before = &text.as_bytes()[..span.start.min(text.len())];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        format!("line {line}, column {column}: ")
+    });
+    format!(
+        "{}{}",
+        position.unwrap_or_default(),
+        error.message().trim_end()
+    )
 }
 
 /// Collects problems against key paths, renamed for imported formats.
@@ -216,7 +234,11 @@ impl Checker<'_> {
 /// handling rely on, and why.
 fn refused_source_setting(key: &str, value: &str) -> Option<&'static str> {
     match key {
-        "enable.auto.commit" | "enable.auto.offset.store" | "auto.commit.interval.ms" => Some(
+        // `auto.commit.enable` is librdkafka's alias of `enable.auto.commit`.
+        "enable.auto.commit"
+        | "auto.commit.enable"
+        | "enable.auto.offset.store"
+        | "auto.commit.interval.ms" => Some(
             "Sluice commits offsets itself, at checkpoints, once their outputs are acknowledged; remove it",
         ),
         "group.id" => Some("use source.group_id"),
@@ -379,6 +401,7 @@ impl RawConfig {
             c.problems,
         );
         super::security::check_pass_through("source.kafka", s.kafka.keys(), c.problems);
+        super::security::check_with_librdkafka("source.kafka", &source_kafka, c.problems);
 
         let k = &self.sink;
         let sink_bootstrap = k
@@ -445,6 +468,7 @@ impl RawConfig {
             c.problems,
         );
         super::security::check_pass_through("sink.kafka", k.kafka.keys(), c.problems);
+        super::security::check_with_librdkafka("sink.kafka", &sink_kafka, c.problems);
 
         let p = &self.plugin;
         if let Some(path) = &p.path
@@ -457,6 +481,24 @@ impl RawConfig {
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
         let sandbox = p.sandbox.validate(c.problems);
+        // Resolved now, so that a candidate's resolved path can be compared with it.
+        let allowed_dir = p
+            .allowed_dir
+            .as_ref()
+            .and_then(|dir| match std::fs::canonicalize(dir) {
+                Ok(resolved) if resolved.is_dir() => Some(resolved),
+                Ok(_) => {
+                    c.report("plugin.allowed_dir", "is not a directory");
+                    None
+                }
+                Err(error) => {
+                    c.report(
+                        "plugin.allowed_dir",
+                        format!("cannot resolve it: {error}; name an existing directory"),
+                    );
+                    None
+                }
+            });
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
         if let Some(name) = &p.provenance_header
@@ -569,6 +611,7 @@ impl RawConfig {
                 max_memory_bytes: (max_memory_mb as usize) << 20,
                 call_timeout: Duration::from_millis(timeout_ms as u64),
                 watch: p.watch.unwrap_or(true),
+                allowed_dir,
                 provenance_header: p.provenance_header.clone(),
                 self_tests: p
                     .self_test

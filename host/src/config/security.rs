@@ -492,26 +492,117 @@ impl RawSecurity {
     }
 }
 
+/// The librdkafka properties librdkafka itself marks sensitive (`_RK_SENSITIVE` in
+/// rdkafka_conf.c, `*` in CONFIGURATION.md), and the aliases that set them.
+const SENSITIVE_KEYS: &[&str] = &[
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl_key",
+    "ssl.ca.pem",
+    "ssl.keystore.password",
+    "sasl.username",
+    "sasl.password",
+    "sasl.oauthbearer.config",
+    "sasl.oauthbearer.client.secret",
+    // An alias of sasl.oauthbearer.client.secret.
+    "sasl.oauthbearer.client.credentials.client.secret",
+    "sasl.oauthbearer.assertion.private.key.file",
+    "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem",
+];
+
+/// Words in a property's name that mean it holds a secret, for properties a newer
+/// librdkafka may add.
+const SECRET_WORDS: &[&str] = &["password", "secret", "passphrase", "private.key", "key.pem"];
+
 /// librdkafka settings that carry secrets or that `[security]` owns: refused in the
-/// `kafka` pass-through tables, so a secret cannot end up in the file.
+/// `kafka` pass-through tables, so a secret cannot end up in the file (nor, through an
+/// error about it, in a log).
 pub fn reserved_client_key(key: &str) -> Option<&'static str> {
-    match key {
-        "sasl.password"
-        | "ssl.key.password"
-        | "ssl.keystore.password"
-        | "ssl.key.pem"
-        | "sasl.oauthbearer.client.secret"
-        | "sasl.oauthbearer.config" => Some(
-            "is a secret and cannot be written in the file; use [security] with `password_env` or `key_password_env`",
-        ),
+    // librdkafka matches names exactly; a near miss is refused all the same.
+    let key = key.trim().to_ascii_lowercase();
+    match key.as_str() {
         "security.protocol"
         | "sasl.mechanism"
         | "sasl.mechanisms"
         | "sasl.username"
         | "ssl.ca.location"
         | "ssl.certificate.location"
-        | "ssl.key.location" => Some("is set by [security]; configure it there"),
-        _ => None,
+        | "ssl.key.location" => return Some("is set by [security]; configure it there"),
+        _ => {}
+    }
+    if SENSITIVE_KEYS.contains(&key.as_str()) || SECRET_WORDS.iter().any(|w| key.contains(w)) {
+        return Some(
+            "is a secret and cannot be written in the file; take it from the environment: use [security] with `password_env` or `key_password_env`",
+        );
+    }
+    None
+}
+
+/// The pass-through settings librdkafka refuses, each as a problem naming the key and
+/// librdkafka's reason with the value cut out (an unknown name, a value out of range).
+/// Found here, they never reach a client, whose error would print the value.
+pub fn check_with_librdkafka(
+    table: &str,
+    settings: &[(String, String)],
+    problems: &mut Vec<Problem>,
+) {
+    for (key, value) in settings {
+        if reserved_client_key(key).is_some() {
+            continue;
+        }
+        let mut client = rdkafka::ClientConfig::new();
+        client.set(key, value);
+        if let Err(error) = client.create_native_config() {
+            problems.push(Problem {
+                path: format!("{table}.{key}"),
+                message: format!(
+                    "librdkafka refuses it: {}",
+                    client_error_text(&error, value)
+                ),
+            });
+        }
+    }
+}
+
+/// A librdkafka client error's text without `value`: librdkafka's own texts quote the
+/// value they refuse (`Invalid value "..." for configuration property`).
+pub fn client_error_text(error: &rdkafka::error::KafkaError, value: &str) -> String {
+    let text = match error {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, _) => {
+            format!("{description} (property {key})")
+        }
+        other => other.to_string(),
+    };
+    redact(&text, value)
+}
+
+/// `text` with `value` cut out: quoted, as librdkafka quotes it, and, unless it is too
+/// short to be a secret and would garble the words around it, anywhere.
+fn redact(text: &str, value: &str) -> String {
+    if value.trim().is_empty() {
+        return text.to_string();
+    }
+    let text = text.replace(&format!("\"{value}\""), "\"<value>\"");
+    if value.chars().count() >= 4 {
+        text.replace(value, "<value>")
+    } else {
+        text
+    }
+}
+
+/// A client creation error, without any value it quotes: librdkafka's configuration
+/// errors name the property and quote the value, which may be a secret.
+pub fn without_value(error: rdkafka::error::KafkaError) -> anyhow::Error {
+    match &error {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, value) => {
+            anyhow::anyhow!(
+                "librdkafka refuses property `{key}`: {}",
+                redact(description, value)
+            )
+        }
+        _ => anyhow::Error::new(error),
     }
 }
 
@@ -557,6 +648,53 @@ pub fn check_pass_through<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_sensitive_property_and_its_aliases_are_refused() {
+        for key in SENSITIVE_KEYS {
+            assert!(reserved_client_key(key).is_some(), "{key}");
+        }
+        for key in [
+            "SASL.PASSWORD",
+            "sasl.oauthbearer.client.credentials.client.secret",
+            "some.future.password",
+            "x.private.key.pem",
+        ] {
+            assert!(reserved_client_key(key).is_some(), "{key}");
+        }
+        for key in [
+            "fetch.wait.max.ms",
+            "sasl.oauthbearer.token.endpoint.url",
+            "ssl.certificate.pem",
+            "client.id",
+        ] {
+            assert!(reserved_client_key(key).is_none(), "{key}");
+        }
+    }
+
+    #[test]
+    fn librdkafka_refusals_name_the_key_and_never_the_value() {
+        let settings = vec![
+            ("fetch.wait.max.ms".to_string(), "hunter2-abc".to_string()),
+            ("no.such.property".to_string(), "hunter2-def".to_string()),
+            ("client.id".to_string(), "fine".to_string()),
+        ];
+        let mut problems = Vec::new();
+        check_with_librdkafka("source.kafka", &settings, &mut problems);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(text[0].starts_with("source.kafka.fetch.wait.max.ms: librdkafka refuses it"));
+        assert!(text.iter().all(|t| !t.contains("hunter2")), "{text:?}");
+
+        let error = rdkafka::error::KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\" for configuration property \"x\"".into(),
+            "x".into(),
+            "hunter2".into(),
+        );
+        let text = format!("{:#}", without_value(error));
+        assert!(text.contains("`x`") && !text.contains("hunter2"), "{text}");
+    }
 
     fn check(raw: RawSecurity, servers: &str) -> (Security, Vec<String>) {
         let mut problems = Vec::new();

@@ -30,9 +30,112 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::BuiltIn => f.write_str("built-in pass-through"),
-            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::File(path) => f.write_str(&escape_controls(&path.display().to_string())),
         }
     }
+}
+
+/// `text` with control characters escaped (`\n`, `\u{1b}`): a path a client chose must
+/// not forge a log line or a terminal sequence.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// The largest component accepted. The largest plugins (Python with its interpreter)
+/// are about 40 MiB.
+pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+/// How long reading a component may take.
+const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why a file is not a candidate; the host's log names it, a client is told only
+/// [`LoadFailure::NotACandidate`], so it learns nothing about which paths exist.
+#[derive(Debug, Error)]
+pub enum Unreadable {
+    #[error("cannot resolve the path: {0}")]
+    Resolve(std::io::Error),
+    #[error("{resolved} is outside plugin.allowed_dir {allowed}")]
+    Outside { resolved: String, allowed: String },
+    #[error("cannot open it: {0}")]
+    Open(std::io::Error),
+    #[error("it is not a regular file (a directory, a FIFO, a device or a socket)")]
+    NotRegular,
+    #[error("it is larger than {MAX_COMPONENT_BYTES} bytes")]
+    TooLarge,
+    #[error("reading it took longer than {} s", READ_DEADLINE.as_secs())]
+    TooSlow,
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+}
+
+/// Reads a component file safely: symlinks resolved (a Kubernetes ConfigMap's links
+/// included), under `allowed_dir` when given (a canonical path), a regular file of at
+/// most [`MAX_COMPONENT_BYTES`], read within a deadline. Opened without blocking, so a
+/// FIFO cannot hold the caller, and checked on the open descriptor, so the file cannot
+/// be switched between the check and the read.
+pub fn read_component(path: &Path, allowed_dir: Option<&Path>) -> Result<Vec<u8>, Unreadable> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::io::AsRawFd as _;
+
+    let resolved = std::fs::canonicalize(path).map_err(Unreadable::Resolve)?;
+    let outside = |resolved: &Path| match allowed_dir {
+        Some(allowed) if !resolved.starts_with(allowed) => Err(Unreadable::Outside {
+            resolved: escape_controls(&resolved.display().to_string()).into_owned(),
+            allowed: escape_controls(&allowed.display().to_string()).into_owned(),
+        }),
+        _ => Ok(()),
+    };
+    outside(&resolved)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&resolved)
+        .map_err(Unreadable::Open)?;
+    let metadata = file.metadata().map_err(Unreadable::Open)?;
+    if !metadata.is_file() {
+        return Err(Unreadable::NotRegular);
+    }
+    if metadata.len() > MAX_COMPONENT_BYTES {
+        return Err(Unreadable::TooLarge);
+    }
+    // A link changed between the resolution and the open: check what was opened.
+    if allowed_dir.is_some()
+        && let Ok(opened) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    {
+        outside(&opened)?;
+    }
+    let started = std::time::Instant::now();
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    let mut limited = file.take(MAX_COMPONENT_BYTES + 1);
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let n = match limited.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(Unreadable::Read(error)),
+        };
+        bytes.extend_from_slice(&chunk[..n]);
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(Unreadable::TooLarge);
+        }
+        if started.elapsed() > READ_DEADLINE {
+            return Err(Unreadable::TooSlow);
+        }
+    }
+    Ok(bytes)
 }
 
 /// A plugin that could not be loaded, naming the plugin.
@@ -46,8 +149,15 @@ pub struct LoadError {
 
 #[derive(Debug, Error)]
 pub enum LoadFailure {
-    #[error("cannot read the file: {0}")]
-    Read(std::io::Error),
+    #[error("{0}")]
+    Read(Unreadable),
+    /// What a client is told about any file that could not be read as a candidate.
+    #[error(
+        "the candidate is not a readable regular file of at most 256 MiB (within plugin.allowed_dir when one is set)"
+    )]
+    NotACandidate,
+    #[error("not a valid WebAssembly component: the file does not start with `\\0asm`")]
+    NotWasm,
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error("self-test failed: {0}")]
@@ -60,7 +170,7 @@ pub fn read(path: Option<&Path>) -> Result<(Origin, Vec<u8>), LoadError> {
         None => Ok((Origin::BuiltIn, PASSTHROUGH_WASM.to_vec())),
         Some(path) => {
             let origin = Origin::File(path.to_path_buf());
-            match std::fs::read(path) {
+            match read_component(path, None) {
                 Ok(bytes) => Ok((origin, bytes)),
                 Err(e) => Err(LoadError {
                     origin,
@@ -223,5 +333,69 @@ impl Plugin {
     /// The first 12 hex digits of the digest, for logs.
     pub fn short_digest(&self) -> &str {
         &self.digest[..12]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_in_the_allowed_directory_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().canonicalize().unwrap().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        let file = allowed.join("p.wasm");
+        std::fs::write(&file, b"\0asm").unwrap();
+        assert_eq!(read_component(&file, Some(&allowed)).unwrap(), b"\0asm");
+
+        // A link in the directory to a file in it is read (a ConfigMap's layout); one to
+        // a file outside is not.
+        let inside = allowed.join("link.wasm");
+        std::os::unix::fs::symlink(&file, &inside).unwrap();
+        assert!(read_component(&inside, Some(&allowed)).is_ok());
+        let outside = dir.path().join("outside.wasm");
+        std::fs::write(&outside, b"\0asm").unwrap();
+        let link_out = allowed.join("out.wasm");
+        std::os::unix::fs::symlink(&outside, &link_out).unwrap();
+        assert!(matches!(
+            read_component(&link_out, Some(&allowed)),
+            Err(Unreadable::Outside { .. })
+        ));
+        assert!(read_component(&link_out, None).is_ok());
+
+        let fifo = allowed.join("fifo.wasm");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            read_component(&fifo, None),
+            Err(Unreadable::NotRegular)
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(matches!(
+            read_component(Path::new("/dev/zero"), None),
+            Err(Unreadable::NotRegular)
+        ));
+        assert!(matches!(
+            read_component(&allowed, None),
+            Err(Unreadable::NotRegular)
+        ));
+        assert!(matches!(
+            read_component(&allowed.join("missing"), None),
+            Err(Unreadable::Resolve(_))
+        ));
+    }
+
+    #[test]
+    fn control_characters_in_a_path_are_escaped() {
+        assert_eq!(escape_controls("/a/b.wasm"), "/a/b.wasm");
+        assert_eq!(
+            escape_controls("/a\nERROR x\u{1b}[31m"),
+            "/a\\nERROR x\\u{1b}[31m"
+        );
+        let origin = Origin::File(PathBuf::from("/tmp/x\nforged"));
+        assert_eq!(origin.to_string(), "/tmp/x\\nforged");
     }
 }

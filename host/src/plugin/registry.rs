@@ -184,6 +184,8 @@ pub struct Registry {
     next_version: AtomicU64,
     /// Serialises proposals: one candidate is validated at a time.
     proposing: Mutex<()>,
+    /// The directory (canonical) a candidate named by an admin request must be in.
+    allowed_dir: Option<PathBuf>,
     books: Mutex<Books>,
 }
 
@@ -253,10 +255,14 @@ fn timestamp(at: SystemTime) -> String {
 impl Registry {
     /// Validates the initial plugin and makes it live. Returns the registry and an
     /// instance of that plugin for each worker.
+    ///
+    /// `allowed_dir`: the directory (canonical) a candidate an admin request names must
+    /// be in; `None`: anywhere the host can read.
     pub fn start(
         runtime: Runtime,
         settings: InstanceSettings,
         path: Option<&Path>,
+        allowed_dir: Option<PathBuf>,
     ) -> Result<(Arc<Registry>, Vec<Instance>), LoadError> {
         let (origin, bytes) = super::read(path)?;
         let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
@@ -280,6 +286,7 @@ impl Registry {
             live: Arc::new(ArcSwap::from_pointee(live)),
             next_version: AtomicU64::new(2),
             proposing: Mutex::new(()),
+            allowed_dir,
             books: Mutex::default(),
         };
         registry.record(
@@ -312,7 +319,7 @@ impl Registry {
         let origin = Origin::File(path.to_path_buf());
         let result = in_background(|| -> Result<Outcome, LoadError> {
             let started = Instant::now();
-            let (plugin, bytes_digest, pending) = self.candidate(path)?;
+            let (plugin, bytes_digest, pending) = self.candidate(trigger, path)?;
             let loaded = Instant::now();
             let live = self.live();
             if live.plugin.digest == bytes_digest {
@@ -415,12 +422,31 @@ impl Registry {
     /// Reads `path` once and compiles it, or finds it in the cache by digest. A
     /// component compiled now may come on baseline code, with Cranelift's compile still
     /// under way.
-    fn candidate(&self, path: &Path) -> Result<(Plugin, String, Option<Pending>), LoadError> {
+    fn candidate(
+        &self,
+        trigger: Trigger,
+        path: &Path,
+    ) -> Result<(Plugin, String, Option<Pending>), LoadError> {
         let origin = Origin::File(path.to_path_buf());
-        let bytes = std::fs::read(path).map_err(|e| LoadError {
-            origin: origin.clone(),
-            source: LoadFailure::Read(e),
+        let allowed = match trigger {
+            // The configured file is the operator's; a client's choice is checked.
+            Trigger::Admin => self.allowed_dir.as_deref(),
+            _ => None,
+        };
+        let bytes = super::read_component(path, allowed).map_err(|reason| {
+            tracing::warn!(?trigger, plugin = %origin, %reason, "Plugin candidate not read.");
+            LoadError {
+                origin: origin.clone(),
+                source: LoadFailure::NotACandidate,
+            }
         })?;
+        // The parser's error would quote the first bytes of whatever file was named.
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError {
+                origin,
+                source: LoadFailure::NotWasm,
+            });
+        }
         let digest = super::digest(&bytes);
         let cached = self
             .books

@@ -41,7 +41,9 @@ pub fn spawn(registry: Arc<Registry>, path: PathBuf, shutdown: Shutdown) -> anyh
             .with_context(|| format!("watching {} for plugin changes", dir.display()))?;
     }
     let relevant = Relevant::new(&path);
-    let mut last = std::fs::read(&path).map(|b| super::digest(&b)).ok();
+    let mut last = super::read_component(&path, None)
+        .map(|b| super::digest(&b))
+        .ok();
     std::thread::Builder::new()
         .name("sluice-watch".into())
         .spawn(move || {
@@ -76,7 +78,7 @@ pub fn spawn(registry: Arc<Registry>, path: PathBuf, shutdown: Shutdown) -> anyh
                         tracing::warn!(dir = %dir.display(), %error, "Could not renew the plugin file watch.");
                     }
                 }
-                let Ok(bytes) = std::fs::read(&path) else {
+                let Ok(bytes) = super::read_component(&path, None) else {
                     tracing::debug!(plugin = %path.display(), "Plugin file not readable yet; waiting for the next change.");
                     continue;
                 };
@@ -151,15 +153,9 @@ fn watched_dirs(path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// Proposes the configured plugin file again on every SIGHUP.
-pub async fn on_sighup(registry: Arc<Registry>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!(
-            "Cannot listen for SIGHUP; use the file watcher or the admin endpoint to swap."
-        );
-        return;
-    };
+/// Proposes the configured plugin file again on every SIGHUP `hangup` delivers (one
+/// received while the host started included).
+pub async fn on_sighup(registry: Arc<Registry>, mut hangup: tokio::signal::unix::Signal) {
     while hangup.recv().await.is_some() {
         let Some(path) = registry.configured_path().map(Path::to_path_buf) else {
             tracing::warn!(

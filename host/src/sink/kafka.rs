@@ -737,6 +737,7 @@ fn new_producer(
             tracker: tracker.clone(),
             auth: auth.clone(),
         })
+        .map_err(crate::config::security::without_value)
         .context("creating the Kafka producer (check sink.kafka and [security])")?;
     // The first MSK IAM token now: initialising transactions talks to the cluster
     // before anything polls the producer.

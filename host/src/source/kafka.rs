@@ -352,6 +352,7 @@ impl KafkaSource {
         };
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
+            .map_err(crate::config::security::without_value)
             .context("creating the Kafka consumer (check source.kafka and [security])")?;
         consumer.context().auth.install_token(consumer.client())?;
 

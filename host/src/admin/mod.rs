@@ -9,25 +9,43 @@
 //!   turn of its loop within the last N s, 60 by default), else 503; for readiness
 //!   probes. A worker starting, restoring its state, or waiting for an unanswering
 //!   cluster is not ready. JSON either way.
-//! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}`: validates the component
-//!   and makes it live; answers 200 with the outcome, or 422 with the reason it was
-//!   rejected (the live version then stays).
+//! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}` and `Authorization: Bearer
+//!   <token>`: validates the component and makes it live; answers 200 with the
+//!   outcome, or 422 with the reason it was rejected (the live version then stays).
+//!
+//! Strategy: anything on the host can reach the endpoint, a browser tab after DNS
+//! rebinding included. So every request must name this endpoint in its `Host` header
+//! (a rebinding page's names the attacker's domain: 421), and every mutating request
+//! carries the token only the host's user can read (see [`token`]; else 401). The
+//! read-only endpoints need no token. Requests have deadlines, and one swap is
+//! validated at a time with a short queue, so no client can hold the endpoint.
+
+pub mod client;
+mod guard;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::plugin::registry::{Registry, Status, Trigger};
+pub use guard::Guard;
+use guard::{REQUEST_TIMEOUT, check, refuse, within_request_timeout};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SwapRequest {
@@ -47,25 +65,64 @@ pub struct SwapResponse {
     pub reason: Option<String>,
 }
 
+/// How long a swap's validation may take before the request is answered with 504 (the
+/// validation goes on; `/status` tells its outcome). Compiling a large JavaScript or
+/// Python component on a busy host takes tens of seconds.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(110);
+/// How long a swap waits for another one to finish before it is refused with 503.
+const SWAP_QUEUE_WAIT: Duration = Duration::from_secs(60);
+/// Swaps that may wait behind the one being validated; more are refused at once.
+const SWAP_QUEUE: usize = 2;
+/// The largest swap request body: a path in JSON.
+const MAX_SWAP_BODY: usize = 64 * 1024;
+
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(address).await.with_context(|| {
         format!("admin endpoint: cannot listen on {address}; choose another address with --admin ADDR, or --admin off")
     })?;
-    tracing::info!(address = %listener.local_addr()?, "Admin endpoint listening.");
     Ok(listener)
 }
 
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, metrics: Arc<Metrics>) {
+/// Swaps in flight or waiting, and the slot the one being validated holds.
+struct SwapQueue {
+    slot: Semaphore,
+    queued: AtomicUsize,
+}
+
+#[derive(Clone)]
+struct SwapState {
+    registry: Arc<Registry>,
+    queue: Arc<SwapQueue>,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    guard: Guard,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+) {
+    let guard = Arc::new(guard);
+    let swap_state = SwapState {
+        registry: registry.clone(),
+        queue: Arc::new(SwapQueue {
+            slot: Semaphore::new(1),
+            queued: AtomicUsize::new(0),
+        }),
+    };
     let app = Router::new()
         .route("/plugin/swap", post(swap))
-        .with_state(registry.clone())
+        .with_state(swap_state)
         .merge(
             Router::new()
                 .route("/status", get(status))
                 .route("/metrics", get(metrics_text))
                 .route("/ready", get(ready))
+                .route_layer(middleware::from_fn(within_request_timeout))
                 .with_state((registry, metrics)),
-        );
+        )
+        // Outermost: a request for another host, or a change without the token, is
+        // answered before anything else runs.
+        .layer(middleware::from_fn_with_state(guard, check));
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "Admin endpoint stopped.");
     }
@@ -170,92 +227,132 @@ async fn metrics_text(
     )
 }
 
-async fn swap(
-    State(registry): State<Arc<Registry>>,
-    Json(request): Json<SwapRequest>,
-) -> (StatusCode, Json<SwapResponse>) {
+fn too_large() -> Response {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than {MAX_SWAP_BODY} bytes or broken; send {{\"path\": \"/abs/plugin.wasm\"}}"
+        ),
+    )
+}
+
+/// Leaves the swap queue when dropped, whatever happens to the request.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Response {
+    // A page can send a cross-origin form post without asking; only JSON is accepted.
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the request as `Content-Type: application/json`",
+        );
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_SWAP_BODY) {
+        return too_large();
+    }
+    let body = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        axum::body::to_bytes(request.into_body(), MAX_SWAP_BODY),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body took longer than {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            );
+        }
+    };
+    let Ok(request) = serde_json::from_slice::<SwapRequest>(&body) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the body is not {\"path\": \"/abs/plugin.wasm\"}",
+        );
+    };
+
+    let queue = &state.queue;
+    if queue.queued.fetch_add(1, Ordering::SeqCst) > SWAP_QUEUE {
+        queue.queued.fetch_sub(1, Ordering::SeqCst);
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "other swaps are being validated and waiting; try again when they finished (see /status)",
+        );
+    }
+    let _queued = Queued(&queue.queued);
+    let Ok(Ok(_slot)) = tokio::time::timeout(SWAP_QUEUE_WAIT, queue.slot.acquire()).await else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "another swap was still being validated after {} s; try again when it finished (see /status)",
+                SWAP_QUEUE_WAIT.as_secs()
+            ),
+        );
+    };
+
     // Compiling a component takes from milliseconds to seconds: keep it off the async threads.
-    let result =
-        tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &request.path)).await;
-    match result {
-        Ok(Ok(outcome)) => (
+    let registry = state.registry.clone();
+    let validation =
+        tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &request.path));
+    let (code, answer) = match tokio::time::timeout(SWAP_TIMEOUT, validation).await {
+        Ok(Ok(Ok(outcome))) => (
             StatusCode::OK,
-            Json(SwapResponse {
+            SwapResponse {
                 outcome: outcome.outcome.to_string(),
                 version: Some(outcome.version),
                 digest: Some(outcome.digest),
                 reason: None,
-            }),
+            },
         ),
-        Ok(Err(rejection)) => (
+        Ok(Ok(Err(rejection))) => (
             StatusCode::UNPROCESSABLE_ENTITY,
-            Json(SwapResponse {
+            SwapResponse {
                 outcome: "rejected".into(),
                 version: None,
                 digest: None,
                 reason: Some(rejection.reason),
-            }),
+            },
         ),
-        Err(error) => (
+        Ok(Err(error)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(SwapResponse {
+            SwapResponse {
                 outcome: "rejected".into(),
                 version: None,
                 digest: None,
                 reason: Some(format!("validation did not finish: {error}")),
-            }),
+            },
         ),
-    }
-}
-
-/// The client side, for `sluice plugin swap` and `sluice plugin status`.
-pub mod client {
-    use std::net::SocketAddr;
-    use std::path::Path;
-    use std::time::Duration;
-
-    use anyhow::Context as _;
-
-    use super::{SwapRequest, SwapResponse};
-
-    fn agent() -> ureq::Agent {
-        ureq::Agent::config_builder()
-            // 4xx answers carry the rejection reason: read them, do not fail on them.
-            .http_status_as_error(false)
-            // Compiling a large component can take seconds.
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into()
-    }
-
-    fn unreachable(address: SocketAddr) -> String {
-        format!(
-            "no Sluice admin endpoint answers at {address}; is `sluice run` running, and with this --admin address?"
-        )
-    }
-
-    pub fn swap(address: SocketAddr, path: &Path) -> anyhow::Result<SwapResponse> {
-        // The host resolves the path itself: send it absolute.
-        let path =
-            std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
-        agent()
-            .post(format!("http://{address}/plugin/swap"))
-            .send_json(&SwapRequest { path })
-            .with_context(|| unreachable(address))?
-            .body_mut()
-            .read_json::<SwapResponse>()
-            .context("reading the admin endpoint's answer")
-    }
-
-    pub fn status(address: SocketAddr) -> anyhow::Result<serde_json::Value> {
-        agent()
-            .get(format!("http://{address}/status"))
-            .call()
-            .with_context(|| unreachable(address))?
-            .body_mut()
-            .read_json()
-            .context("reading the admin endpoint's answer")
-    }
+        Err(_) => {
+            return refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "validation takes longer than {} s; it goes on, and /status tells its outcome",
+                    SWAP_TIMEOUT.as_secs()
+                ),
+            );
+        }
+    };
+    (code, Json(answer)).into_response()
 }
 
 #[cfg(test)]
