@@ -2,11 +2,19 @@
 //!
 //! This is the only module that touches wasmtime. Everything above it sees a
 //! [`Runtime`] that compiles components and an [`Instance`] that runs batches.
+//!
+//! Layout: this file holds the engines and the way from a component's bytes to
+//! linked code: the compilation cache, whose entries are authenticated before
+//! they are loaded (`cache`), then a compiler process (`child`). An instance
+//! (`instance`) has its host state (`host_state`: what its imports reach), one
+//! memory budget (`limits`) and a bounded share of the host log (`logs`, `stdio`).
 
 mod bindings;
 mod cache;
 pub mod child;
 mod describe;
+mod host_state;
+mod instance;
 mod limits;
 mod logs;
 mod sandbox;
@@ -16,22 +24,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sluice_sdk::batch::InputBatch;
 use thiserror::Error;
-use wasmtime::component::{Component, Linker, ResourceTable, WasmStr, types::ComponentItem};
-use wasmtime::{Config, Engine, Store, StoreContextMut, Strategy, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, Strategy};
 
-use bindings::{Transformer, TransformerPre, log, state};
+use bindings::{Transformer, TransformerPre};
 use cache::CodeCache;
-pub use limits::Limits;
-use limits::MemoryLimit;
-use logs::{LogGate, SharedGate};
-pub use sandbox::{DirGrant, Sandbox};
-use stdio::PluginOutput;
-
-use crate::state::SharedState;
 pub use describe::Description;
+use host_state::HostState;
+pub use instance::Instance;
+pub use limits::Limits;
+pub use sandbox::{DirGrant, Sandbox};
 
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";
@@ -132,110 +135,6 @@ impl PluginError {
     }
 }
 
-/// Per-instance host state.
-pub struct HostState {
-    plugin: Arc<str>,
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: MemoryLimit,
-    /// The instance's share of the host's log, for its `log` import and its stdio.
-    log: SharedGate,
-    /// Socket and name-lookup attempts refused so far.
-    network_denials: u64,
-    state: SharedState,
-    /// The input partition of each record of the batch being processed, filled only
-    /// for plugins that import the state interface.
-    partitions: Vec<i32>,
-}
-
-impl HostState {
-    fn partition_of(&self, record: u32) -> wasmtime::Result<i32> {
-        match self.partitions.get(record as usize) {
-            Some(&partition) => Ok(partition),
-            None if self.partitions.is_empty() => wasmtime::bail!(
-                "state was used outside `process` (record index {record}); state is scoped to the partition of a record being processed"
-            ),
-            None => wasmtime::bail!(
-                "state was used for record index {record}, but the batch has {} records",
-                self.partitions.len()
-            ),
-        }
-    }
-}
-
-impl state::Host for HostState {
-    fn get(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let partition = self.partition_of(record)?;
-        let store = self.state.lock().unwrap();
-        Ok(store.get(partition, &key).map(<[u8]>::to_vec))
-    }
-
-    fn set(&mut self, record: u32, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
-        let partition = self.partition_of(record)?;
-        self.state
-            .lock()
-            .unwrap()
-            .set(record, partition, key, value);
-        Ok(())
-    }
-
-    fn delete(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<()> {
-        let partition = self.partition_of(record)?;
-        self.state.lock().unwrap().delete(record, partition, &key);
-        Ok(())
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl From<log::Level> for logs::Level {
-    fn from(level: log::Level) -> Self {
-        match level {
-            log::Level::Trace => logs::Level::Trace,
-            log::Level::Debug => logs::Level::Debug,
-            log::Level::Info => logs::Level::Info,
-            log::Level::Warn => logs::Level::Warn,
-            log::Level::Error => logs::Level::Error,
-        }
-    }
-}
-
-impl log::Host for HostState {
-    // Not called: `Backend::new` links `write_log` in its place, which reads the
-    // message where it is instead of copying it.
-    fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(level.into(), None, &message);
-        Ok(())
-    }
-}
-
-/// The `log` import: the message is read in the plugin's memory, not copied out of it
-/// (a plugin may log hundreds of MB at once), and only its first `logs::MAX_LINE`
-/// bytes reach the host's log.
-fn write_log(
-    store: StoreContextMut<'_, HostState>,
-    (level, message): (log::Level, WasmStr),
-) -> wasmtime::Result<()> {
-    let text = message.to_str(&store)?;
-    store
-        .data()
-        .log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .write(level.into(), None, &text);
-    Ok(())
-}
-
 /// The engine and linker shared by every plugin of a process.
 #[derive(Clone)]
 pub struct Runtime {
@@ -290,7 +189,9 @@ impl Backend {
             |state| state,
         )?;
         linker.allow_shadowing(true);
-        linker.instance(LOG_IMPORT)?.func_wrap("write", write_log)?;
+        linker
+            .instance(LOG_IMPORT)?
+            .func_wrap("write", host_state::write_log)?;
         linker.allow_shadowing(false);
         Ok(Backend {
             engine,
@@ -822,155 +723,10 @@ impl Prepared {
     }
 }
 
-/// One running plugin instance. Not shared: each worker owns its own.
-pub struct Instance {
-    store: Store<HostState>,
-    bindings: Transformer,
-    stderr: PluginOutput,
-    limits: Limits,
-    uses_state: bool,
-}
-
-impl Instance {
-    /// Instantiates the plugin inside `sandbox` and runs its `init` with `config`. The
-    /// instance keeps its keyed state in `state`.
-    pub fn start(
-        prepared: &Prepared,
-        name: Arc<str>,
-        limits: Limits,
-        sandbox: &Sandbox,
-        config: &[(String, String)],
-        state: SharedState,
-    ) -> Result<Self, PluginError> {
-        let log = LogGate::shared(name.clone());
-        let stdout = PluginOutput::new(log.clone(), "stdout");
-        let stderr = PluginOutput::new(log.clone(), "stderr");
-        let wasi = sandbox
-            .wasi(&name, stdout, stderr.clone())
-            .map_err(PluginError::Init)?;
-        let state = HostState {
-            plugin: name,
-            wasi,
-            table: ResourceTable::new(),
-            limits: MemoryLimit::new(limits.max_memory_bytes),
-            log,
-            network_denials: 0,
-            state,
-            partitions: Vec::new(),
-        };
-        let mut store = Store::new(prepared.pre.engine(), state);
-        store.limiter(|state| &mut state.limits);
-        // Instantiation runs guest code (start functions, allocations): time-limit it too.
-        let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(ticks as u64);
-        let bindings = prepared.pre.instantiate(&mut store).map_err(|e| {
-            let refused = store.data().limits.refused;
-            match (refused, e.downcast_ref::<Trap>()) {
-                // Not the guest's doing: this process could not make the instance.
-                (None, None) => PluginError::Instantiate(format!("{e:#}")),
-                _ => classify(e, &limits, refused, &stderr),
-            }
-        })?;
-        let mut instance = Instance {
-            bindings,
-            store,
-            stderr,
-            limits,
-            uses_state: prepared.uses_state,
-        };
-        instance.arm_deadline();
-        let result = instance
-            .bindings
-            .sluice_plugin_transform()
-            .call_init(&mut instance.store, config)
-            .map_err(|e| instance.classify(e))?;
-        // The plugin's own words end up in the host's log: cleaned like its log lines.
-        result.map_err(|message| PluginError::Init(logs::clean(&message, 0)))?;
-        Ok(instance)
-    }
-
-    /// Runs one input batch through the plugin: `input` is the encoded form of `batch`.
-    /// Returns the encoded output.
-    pub fn process(
-        &mut self,
-        input: &[u8],
-        batch: &InputBatch<'_>,
-    ) -> Result<Vec<u8>, PluginError> {
-        self.arm_deadline();
-        if self.uses_state {
-            let partitions = &mut self.store.data_mut().partitions;
-            partitions.clear();
-            partitions.extend(batch.records().map(|record| record.partition()));
-        }
-        let result = self
-            .bindings
-            .sluice_plugin_transform()
-            .call_process(&mut self.store, input);
-        self.store.data_mut().partitions.clear();
-        result
-            .map_err(|e| self.classify(e))?
-            .map_err(|message| PluginError::Batch(logs::clean(&message, 0)))
-    }
-
-    fn arm_deadline(&mut self) {
-        // A refusal counts for the call it happened in only.
-        self.store.data_mut().limits.refused = None;
-        // Lines dropped since the last count are counted even if the plugin is quiet.
-        self.store
-            .data()
-            .log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .summarize(false);
-        let ticks = self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
-        self.store.set_epoch_deadline(ticks.max(1) as u64);
-    }
-
-    fn classify(&self, error: wasmtime::Error) -> PluginError {
-        classify(
-            error,
-            &self.limits,
-            self.store.data().limits.refused,
-            &self.stderr,
-        )
-    }
-}
-
-/// What stopped a call into the plugin (or its instantiation): the time limit, a
-/// refused memory growth (`refused`: the size asked for), or a trap, named with the
-/// plugin's last stderr lines.
-fn classify(
-    error: wasmtime::Error,
-    limits: &Limits,
-    refused: Option<usize>,
-    stderr: &PluginOutput,
-) -> PluginError {
-    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return PluginError::Timeout(limits.call_timeout);
-    }
-    // A refused growth ends in a trap of the guest's choosing (an allocator abort,
-    // typically); the limit is the cause worth naming.
-    if let Some(requested) = refused {
-        tracing::debug!("Plugin trap after a refused memory growth: {error:?}");
-        return PluginError::Memory {
-            limit: limits.max_memory_bytes,
-            requested,
-        };
-    }
-    // The trap itself, not the wasm backtrace around it; that goes to the debug log.
-    tracing::debug!("Plugin trap: {error:?}");
-    let mut message = match error.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => format!("{:#}", error.root_cause()),
-    };
-    if let Some(lines) = stderr.recent() {
-        message.push_str(&format!(" (plugin stderr: {lines})"));
-    }
-    PluginError::Trap(message)
-}
-
 #[cfg(test)]
 mod tests {
+    use sluice_sdk::batch::InputBatch;
+
     use super::*;
 
     #[test]
