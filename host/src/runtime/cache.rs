@@ -188,7 +188,7 @@ impl CodeCache {
     }
 
     /// Deletes an entry that cannot be used, saying why.
-    pub fn reject(&self, path: &Path, reason: &str) {
+    fn reject(&self, path: &Path, reason: &str) {
         let _ = std::fs::remove_file(path);
         tracing::warn!(
             entry = %path.display(),
