@@ -344,7 +344,9 @@ fn inspect_cached(plugin: &Path, home: &Path, cache: Option<&str>) -> (bool, Str
     command
         .env("HOME", home)
         .env_remove("XDG_CACHE_HOME")
+        .env_remove("XDG_CONFIG_HOME")
         .env_remove("SLUICE_CACHE_DIR")
+        .env_remove("SLUICE_CACHE_KEY_FILE")
         .env("RUST_LOG", "sluice_host=debug");
     if let Some(cache) = cache {
         command.env("SLUICE_CACHE_DIR", cache);
@@ -394,8 +396,8 @@ fn a_compiled_plugin_is_loaded_from_the_compilation_cache_next_time() {
     assert!(ok && !log.contains(HIT), "{log}");
     assert!(!walk(&elsewhere).is_empty());
 
-    // A pipeline host compiles in a child process; the child uses the same cache and
-    // says when it found the plugin there.
+    // A pipeline host compiles in a child process; the host looks in the same cache
+    // (its entries sealed with the key under the same $HOME) before it starts one.
     let config = crate::support::write_config(dir.path(), "in", "out", "g", "");
     let validate = |cache: &Path| {
         let output = crate::support::sluice(&[
@@ -405,6 +407,9 @@ fn a_compiled_plugin_is_loaded_from_the_compilation_cache_next_time() {
             "--plugin",
             &plugin.display().to_string(),
         ])
+        .env("HOME", &home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("SLUICE_CACHE_KEY_FILE")
         .env("SLUICE_CACHE_DIR", cache)
         .env("RUST_LOG", "sluice_host=debug")
         .output()

@@ -469,6 +469,11 @@ impl Sluice {
         Sluice { child, log }
     }
 
+    /// The process id, to read its memory in /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -11,9 +11,11 @@
 //!
 //! The child is the running executable itself (`/proc/self/exe`, so a binary replaced
 //! on disk during an upgrade is not the one asked), started with [`COMMAND`] and the
-//! compiler tier (`baseline` or `optimized`) as its arguments. It reads the component from stdin, compiles it with the same engine
-//! settings (through the compilation cache), and writes the compiled artifact to
-//! stdout. On failure it writes the reason to stderr and exits non-zero. It gets the
+//! compiler tier (`baseline` or `optimized`) as its arguments. It reads a key and the
+//! component from stdin, compiles it with the same engine settings, and writes the
+//! compiled artifact to stdout, sealed with the key as a compilation cache entry is
+//! (see `cache`): the host checks it before loading it, and stores it as it is. The
+//! child never reads the cache. On failure it writes the reason to stderr and exits non-zero. It gets the
 //! calling thread's priority, runs in a process group of its own (a terminal's
 //! Ctrl-C is the host's to handle) and dies with the host. `ps` shows it as
 //! `sluice-compile`.
@@ -27,8 +29,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use wasmtime::component::Component;
 
+use super::cache::{KEY_LEN, Key};
 use super::{Runtime, Tier};
 
 /// The first argument that makes the executable a compiler child.
@@ -36,9 +38,6 @@ pub const COMMAND: &str = "__sluice-compile";
 
 /// How often a waiting host looks whether the child has exited.
 const WAIT_POLL: Duration = Duration::from_millis(2);
-
-/// Written to stderr by a child that found the component in the compilation cache.
-const CACHE_HIT: &str = "loaded from the compilation cache";
 
 /// The executable to start as a compiler child: the running one, as the kernel sees
 /// it, when there is such a path.
@@ -49,31 +48,32 @@ pub fn own_executable() -> Option<PathBuf> {
 
 /// What a child compiled.
 pub struct Compiled {
-    /// The artifact, as `Component::serialize` wrote it.
-    pub artifact: Vec<u8>,
-    /// Whether the child loaded it from the compilation cache.
-    pub cached: bool,
+    /// The artifact, as `Component::serialize` wrote it, sealed with the key the child
+    /// was handed (see `cache::seal`); unchecked until `cache::unseal` says otherwise.
+    pub sealed: Vec<u8>,
 }
 
 /// Compiles `bytes` with `tier`'s compiler in a child process started from
-/// `program`, stopping it after `timeout`.
+/// `program`, which seals its output with `key`, stopping it after `timeout`.
 ///
 /// Errors are the child's own report (the component does not compile), a child that
 /// ran out of time or died, or a failure to run the child at all;
 /// [`ChildError::Spawn`] tells the caller it may compile in-process instead.
 pub fn compile(
     program: &Path,
+    key: &Arc<Key>,
     bytes: &[u8],
     tier: Tier,
     timeout: Duration,
 ) -> Result<Compiled, ChildError> {
-    spawn(program, bytes.into(), tier, timeout)?.finish()
+    spawn(program, key.clone(), bytes.into(), tier, timeout)?.finish()
 }
 
 /// Starts compiling `bytes` with `tier`'s compiler in a child process, which
 /// [`Running`] then follows.
 pub fn spawn(
     program: &Path,
+    key: Arc<Key>,
     bytes: Arc<[u8]>,
     tier: Tier,
     timeout: Duration,
@@ -103,7 +103,13 @@ pub fn spawn(
     // early: each pipe has its own thread so that none can block another. A child
     // that stopped reading has said why on stderr, which matters more than the broken
     // pipe.
-    std::thread::spawn(move || stdin.write_all(&bytes));
+    // The key goes through the pipe, not the command line or the environment, which
+    // other processes may read.
+    std::thread::spawn(move || {
+        stdin
+            .write_all(&key[..])
+            .and_then(|()| stdin.write_all(&bytes))
+    });
     let artifact = std::thread::spawn(move || {
         let mut artifact = Vec::new();
         stdout.read_to_end(&mut artifact).map(|_| artifact)
@@ -282,7 +288,7 @@ impl Running {
                 ChildError::Rejected(anyhow::anyhow!("{report}"))
             });
         }
-        let artifact = self
+        let sealed = self
             .artifact
             .take()
             .expect("collected once")
@@ -293,10 +299,7 @@ impl Running {
                     anyhow::Error::new(e).context("reading the compiler process's output"),
                 )
             })?;
-        Ok(Compiled {
-            artifact,
-            cached: report == CACHE_HIT,
-        })
+        Ok(Compiled { sealed })
     }
 }
 
@@ -333,12 +336,7 @@ pub fn main() -> ExitCode {
         libc::prctl(libc::PR_SET_NAME, c"sluice-compile".as_ptr());
     }
     match run_child() {
-        Ok(cached) => {
-            if cached {
-                eprint!("{CACHE_HIT}");
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprint!("{error:#}");
             ExitCode::FAILURE
@@ -346,29 +344,32 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_child() -> anyhow::Result<bool> {
+fn run_child() -> anyhow::Result<()> {
     let tier = match std::env::args().nth(2) {
         None => Tier::Optimized,
         Some(name) => {
             Tier::parse(&name).with_context(|| format!("unknown compiler tier `{name}`"))?
         }
     };
+    let mut stdin = std::io::stdin().lock();
+    let mut key = [0; KEY_LEN];
+    stdin
+        .read_exact(&mut key)
+        .context("reading the key from stdin")?;
     let mut bytes = Vec::new();
-    std::io::stdin()
+    stdin
         .read_to_end(&mut bytes)
         .context("reading the component from stdin")?;
     if bytes.is_empty() {
         bail!("no component on stdin");
     }
-    let runtime = Runtime::new()?;
-    let (component, cached): (Component, bool) = runtime.compile_here(&bytes, tier)?;
-    let artifact = component.serialize()?;
+    let sealed = Runtime::without_cache()?.compile_sealed(&bytes, tier, &key)?;
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(&artifact)
+        .write_all(&sealed)
         .and_then(|()| stdout.flush())
         .context("writing the compiled component to stdout")?;
-    Ok(cached)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -404,7 +405,7 @@ mod tests {
     fn the_childs_report_is_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "echo 'failed to parse: bad magic' >&2; exit 3");
-        match compile(&program, b"\0asm-not-really", Tier::Optimized, LONG) {
+        match compile(&program, &KEY, b"\0asm-not-really", Tier::Optimized, LONG) {
             Err(ChildError::Rejected(error)) => {
                 assert_eq!(error.to_string(), "failed to parse: bad magic")
             }
@@ -419,7 +420,7 @@ mod tests {
     fn a_child_that_dies_without_a_word_is_named_with_its_status() {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "exit 7");
-        let text = failure(compile(&program, b"bytes", Tier::Optimized, LONG));
+        let text = failure(compile(&program, &KEY, b"bytes", Tier::Optimized, LONG));
         assert!(
             text.contains("exit status: 7") && text.contains("no report"),
             "{text}"
@@ -428,6 +429,8 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(60);
 
+    static KEY: std::sync::LazyLock<Arc<Key>> = std::sync::LazyLock::new(|| Arc::new([0; KEY_LEN]));
+
     #[test]
     fn a_child_that_takes_too_long_is_stopped() {
         let dir = tempfile::tempdir().unwrap();
@@ -435,6 +438,7 @@ mod tests {
         let started = Instant::now();
         let text = failure(compile(
             &program,
+            &KEY,
             b"bytes",
             Tier::Optimized,
             Duration::from_millis(200),
@@ -447,13 +451,20 @@ mod tests {
     fn a_paused_child_waits_until_it_is_resumed() {
         let dir = tempfile::tempdir().unwrap();
         let program = program(dir.path(), "sleep 0.2; printf 'compiled'");
-        let mut running = spawn(&program, b"bytes"[..].into(), Tier::Optimized, LONG).unwrap();
+        let mut running = spawn(
+            &program,
+            KEY.clone(),
+            b"bytes"[..].into(),
+            Tier::Optimized,
+            LONG,
+        )
+        .unwrap();
         running.pause();
         std::thread::sleep(Duration::from_millis(800));
         assert!(running.poll().is_none(), "a paused child does not finish");
         running.resume();
         match running.finish() {
-            Ok(compiled) => assert_eq!(compiled.artifact, b"compiled"),
+            Ok(compiled) => assert_eq!(compiled.sealed, b"compiled"),
             Err(error) => panic!("{error:?}"),
         }
     }
@@ -462,14 +473,14 @@ mod tests {
     fn a_child_that_cannot_start_is_told_apart() {
         let missing = Path::new("/nonexistent/sluice");
         assert!(matches!(
-            compile(missing, b"bytes", Tier::Optimized, LONG),
+            compile(missing, &KEY, b"bytes", Tier::Optimized, LONG),
             Err(ChildError::Spawn(_))
         ));
     }
 
     #[test]
     fn without_a_child_the_host_compiles_itself() {
-        let mut runtime = Runtime::new().unwrap();
+        let mut runtime = Runtime::without_cache().unwrap();
         runtime.compiler = Some(PathBuf::from("/nonexistent/sluice"));
         assert!(runtime.load(&tag_plugin()).is_ok());
     }
@@ -477,15 +488,43 @@ mod tests {
     #[test]
     fn an_artifact_that_is_not_one_is_refused_not_run() {
         let dir = tempfile::tempdir().unwrap();
-        let mut runtime = Runtime::new().unwrap();
+        // No cache: it would answer before any compiler process is asked.
+        let mut runtime = Runtime::without_cache().unwrap();
         runtime.compiler = Some(program(dir.path(), "printf 'not an artifact'"));
         match runtime.load(&tag_plugin()) {
             Err(PluginError::Compiler(error)) => {
                 let text = format!("{error:#}");
-                assert!(text.contains("compiled by the compiler process"), "{text}");
+                assert!(
+                    text.contains("compiled by the compiler process was refused")
+                        && text.contains("integrity check"),
+                    "{text}"
+                );
             }
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("loaded"),
+        }
+    }
+
+    #[test]
+    fn another_components_authentic_code_from_the_compiler_process_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runtime = Runtime::without_cache().unwrap();
+        let other =
+            std::fs::read(Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_tag_b.wasm"))
+                .unwrap();
+        let sealed = runtime
+            .compile_sealed(&other, Tier::Optimized, &runtime.seal_key)
+            .unwrap();
+        let file = dir.path().join("sealed");
+        std::fs::write(&file, sealed).unwrap();
+        runtime.compiler = Some(program(dir.path(), &format!("cat '{}'", file.display())));
+        match runtime.load(&tag_plugin()) {
+            Err(PluginError::Compiler(error)) => {
+                let text = format!("{error:#}");
+                assert!(text.contains("integrity check"), "{text}");
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("loaded tag-b's code for tag-a"),
         }
     }
 }

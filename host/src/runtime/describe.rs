@@ -18,7 +18,7 @@ pub struct Description {
 impl Runtime {
     /// Compiles `bytes` and describes the component (see [`Description`]).
     pub fn describe(&self, bytes: &[u8]) -> Result<Description, PluginError> {
-        let component = self.compile(bytes)?;
+        let component = self.compile(bytes, super::Tier::Optimized)?;
         let ty = component.component_type();
         let imports = ty
             .imports(&self.engine)

@@ -2,37 +2,46 @@
 //!
 //! This is the only module that touches wasmtime. Everything above it sees a
 //! [`Runtime`] that compiles components and an [`Instance`] that runs batches.
+//!
+//! Layout: this file holds the engines and the way from a component's bytes to
+//! linked code: the compilation cache, whose entries are authenticated before
+//! they are loaded (`cache`), then a compiler process (`child`). An instance
+//! (`instance`) has its host state (`host_state`: what its imports reach), one
+//! memory budget (`limits`) and a bounded share of the host log (`logs`, `stdio`).
 
 mod bindings;
+mod cache;
 pub mod child;
 mod describe;
+mod host_state;
+mod instance;
+mod limits;
+mod logs;
 mod sandbox;
 mod stdio;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sluice_sdk::batch::InputBatch;
 use thiserror::Error;
-use wasmtime::component::{Component, Linker, ResourceTable, types::ComponentItem};
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder,
-    Strategy, Trap,
-};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, Strategy};
 
-use bindings::{Transformer, TransformerPre, log, state};
-pub use sandbox::{DirGrant, Sandbox};
-use stdio::PluginOutput;
-
-use crate::state::SharedState;
+use bindings::{Transformer, TransformerPre};
+use cache::CodeCache;
 pub use describe::Description;
+use host_state::HostState;
+pub use instance::Instance;
+pub use limits::Limits;
+pub use sandbox::{DirGrant, Sandbox};
 
 /// The WIT world every plugin must target.
 pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";
 /// The interface a plugin must export.
 const TRANSFORM_EXPORT: &str = "sluice:plugin/transform@0.1.0";
+/// The log interface a plugin may import.
+const LOG_IMPORT: &str = "sluice:plugin/log@0.1.0";
 /// The keyed-state interface a plugin may import.
 const STATE_IMPORT: &str = "sluice:plugin/state@0.1.0";
 
@@ -43,15 +52,6 @@ const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How often the engine's epoch advances: the resolution of the per-call time limit.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// How long a host waits for the optimizing compiler to answer from the compilation
-/// cache before it pauses it and starts the baseline compiler (see
-/// [`Runtime::load_fast`]): 25 ms, and 25 ms more per MB of component. A cached Rust
-/// component answers in a few ms; a cached 12 MB JavaScript one in 0.1 to 0.3 s, the
-/// time to read and unpack its code.
-fn cache_answer(component_bytes: usize) -> Duration {
-    Duration::from_millis(25) + Duration::from_micros(25 * component_bytes as u64 / 1000)
-}
 
 /// The nice value of an optimizing compile that baseline code stands in for: the
 /// lowest, so that it takes only the CPU nothing else wants.
@@ -135,143 +135,6 @@ impl PluginError {
     }
 }
 
-/// Limits applied to every plugin instance.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Linear memory an instance may grow to.
-    pub max_memory_bytes: usize,
-    /// Wall-clock time one `process` call may take before it is interrupted.
-    pub call_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_memory_bytes: 256 << 20,
-            call_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Per-instance host state.
-pub struct HostState {
-    plugin: Arc<str>,
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: MemoryLimit,
-    /// Socket and name-lookup attempts refused so far.
-    network_denials: u64,
-    state: SharedState,
-    /// The input partition of each record of the batch being processed, filled only
-    /// for plugins that import the state interface.
-    partitions: Vec<i32>,
-}
-
-impl HostState {
-    fn partition_of(&self, record: u32) -> wasmtime::Result<i32> {
-        match self.partitions.get(record as usize) {
-            Some(&partition) => Ok(partition),
-            None if self.partitions.is_empty() => wasmtime::bail!(
-                "state was used outside `process` (record index {record}); state is scoped to the partition of a record being processed"
-            ),
-            None => wasmtime::bail!(
-                "state was used for record index {record}, but the batch has {} records",
-                self.partitions.len()
-            ),
-        }
-    }
-}
-
-impl state::Host for HostState {
-    fn get(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
-        let partition = self.partition_of(record)?;
-        let store = self.state.lock().unwrap();
-        Ok(store.get(partition, &key).map(<[u8]>::to_vec))
-    }
-
-    fn set(&mut self, record: u32, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
-        let partition = self.partition_of(record)?;
-        self.state
-            .lock()
-            .unwrap()
-            .set(record, partition, key, value);
-        Ok(())
-    }
-
-    fn delete(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<()> {
-        let partition = self.partition_of(record)?;
-        self.state.lock().unwrap().delete(record, partition, &key);
-        Ok(())
-    }
-}
-
-/// wasmtime's store limits, remembering a refused memory growth so that the trap it
-/// leads to (a guest allocator aborts) is reported as the memory limit it is.
-struct MemoryLimit {
-    inner: StoreLimits,
-    max_bytes: usize,
-    refused: Option<usize>,
-}
-
-impl ResourceLimiter for MemoryLimit {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if !allowed && desired > self.max_bytes {
-            self.refused = Some(desired);
-        }
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl log::Host for HostState {
-    fn write(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
-        let plugin = &*self.plugin;
-        match level {
-            log::Level::Trace => tracing::trace!(plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin, "{message}"),
-            log::Level::Info => tracing::info!(plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin, "{message}"),
-            log::Level::Error => tracing::error!(plugin, "{message}"),
-        }
-        Ok(())
-    }
-}
-
 /// The engine and linker shared by every plugin of a process.
 #[derive(Clone)]
 pub struct Runtime {
@@ -281,7 +144,10 @@ pub struct Runtime {
     /// Winch's, where this platform has it: quick code for a version just swapped in.
     baseline: Option<Backend>,
     /// Compiled components on disk, by digest of their bytes and the engine settings.
-    cache: Option<Cache>,
+    cache: Option<Arc<CodeCache>>,
+    /// What compiler processes seal their output with (see `child`): the cache's key,
+    /// else one made for this process.
+    seal_key: Arc<cache::Key>,
     /// The executable that compiles components in a child process (see `child`);
     /// none: on the calling thread.
     compiler: Option<PathBuf>,
@@ -295,7 +161,7 @@ struct Backend {
 }
 
 impl Backend {
-    fn new(tier: Tier, cache: Option<Cache>) -> anyhow::Result<Backend> {
+    fn new(tier: Tier) -> anyhow::Result<Backend> {
         let mut config = Config::new();
         config.strategy(tier.strategy());
         config.wasm_component_model(true);
@@ -308,10 +174,8 @@ impl Backend {
         // must not take every core from the running pipeline (measured on 2 cores: a
         // parallel first-time compile stretched one output gap to 78 ms).
         config.parallel_compilation(false);
-        // A restarted host, a swap back to a version compiled by an earlier run, and
-        // every `sluice plugin` command skip the compile (seconds for JavaScript and
-        // Python components) when the same bytes were compiled before.
-        config.cache(cache);
+        // No `config.cache`: wasmtime's cache loads its entries unchecked. Sluice's
+        // own (see cache.rs) authenticates them first.
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
@@ -324,6 +188,11 @@ impl Backend {
             &mut linker,
             |state| state,
         )?;
+        linker.allow_shadowing(true);
+        linker
+            .instance(LOG_IMPORT)?
+            .func_wrap("write", host_state::write_log)?;
+        linker.allow_shadowing(false);
         Ok(Backend {
             engine,
             linker: Arc::new(linker),
@@ -409,38 +278,66 @@ fn cache_max_bytes(value: Option<&std::ffi::OsStr>) -> anyhow::Result<u64> {
         })
 }
 
-/// The compilation cache, or none (with a warning) when its directory or size is
-/// unusable: plugins are then compiled at every start, which is slower but correct.
-fn compile_cache() -> Option<Cache> {
-    let dir = compile_cache_dir()?;
-    let opened = (|| {
-        let max_bytes = cache_max_bytes(std::env::var_os("SLUICE_CACHE_MAX_MB").as_deref())?;
-        std::fs::create_dir_all(&dir)?;
-        let mut config = CacheConfig::new();
-        config
-            .with_directory(&dir)
-            .with_files_total_size_soft_limit(max_bytes);
-        Cache::new(config).map_err(|e| anyhow::anyhow!("{e:#}"))
-    })();
-    match opened {
-        Ok(cache) => Some(cache),
-        Err(error) => {
-            tracing::warn!(
-                dir = %dir.display(),
-                error = format!("{error:#}"),
-                "The compilation cache is unusable; plugins are compiled at every start. Set SLUICE_CACHE_DIR to a writable directory, or to `off`, and SLUICE_CACHE_MAX_MB, if set, to a number of MB."
-            );
-            None
-        }
+/// Where the key that seals compilation cache entries is kept, outside the cache:
+/// `SLUICE_CACHE_KEY_FILE`, else `$XDG_CONFIG_HOME/sluice/cache.key`, else
+/// `$HOME/.config/sluice/cache.key`.
+fn cache_key_file() -> Option<PathBuf> {
+    match std::env::var_os("SLUICE_CACHE_KEY_FILE") {
+        Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
+        _ => std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+            .map(|dir| dir.join("sluice").join("cache.key")),
     }
+}
+
+/// The compilation cache, or none (with one warning per process) when its directory,
+/// key or size is unusable or untrustworthy: plugins are then compiled at every start,
+/// which is slower but correct.
+fn compile_cache() -> Option<Arc<CodeCache>> {
+    static CACHE: OnceLock<Option<Arc<CodeCache>>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let dir = compile_cache_dir()?;
+            let opened = (|| {
+                let max_bytes =
+                    cache_max_bytes(std::env::var_os("SLUICE_CACHE_MAX_MB").as_deref())?;
+                let key_file = cache_key_file().ok_or_else(|| {
+                    anyhow::anyhow!("no place for its key: set SLUICE_CACHE_KEY_FILE or HOME")
+                })?;
+                CodeCache::open(&dir, &key_file, max_bytes)
+            })();
+            match opened {
+                Ok(cache) => Some(Arc::new(cache)),
+                Err(error) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        error = format!("{error:#}"),
+                        "The compilation cache is unusable; plugins are compiled at every start. Set SLUICE_CACHE_DIR to a directory only this user can write, or to `off`, and SLUICE_CACHE_MAX_MB, if set, to a number of MB."
+                    );
+                    None
+                }
+            }
+        })
+        .clone()
 }
 
 impl Runtime {
     pub fn new() -> anyhow::Result<Self> {
-        let cache = compile_cache();
-        let Backend { engine, linker } = Backend::new(Tier::Optimized, cache.clone())?;
+        Self::with_cache(compile_cache())
+    }
+
+    /// A runtime that compiles without a cache: a compiler process's (the host
+    /// that started it keeps the cache).
+    fn without_cache() -> anyhow::Result<Self> {
+        Self::with_cache(None)
+    }
+
+    fn with_cache(cache: Option<Arc<CodeCache>>) -> anyhow::Result<Self> {
+        let Backend { engine, linker } = Backend::new(Tier::Optimized)?;
         let baseline = if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
-            Backend::new(Tier::Baseline, cache.clone())
+            Backend::new(Tier::Baseline)
                 .inspect_err(|error| {
                     tracing::debug!(
                         error = format!("{error:#}"),
@@ -467,11 +364,16 @@ impl Runtime {
                 }
             })?;
 
+        let seal_key = match &cache {
+            Some(cache) => *cache.key(),
+            None => rand::random(),
+        };
         Ok(Runtime {
             engine,
             linker,
             baseline,
             cache,
+            seal_key: Arc::new(seal_key),
             compiler: None,
         })
     }
@@ -496,20 +398,47 @@ impl Runtime {
         self
     }
 
-    /// Compiles a component with Cranelift, or loads it from the compilation cache.
-    fn compile(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+    /// `bytes` compiled by `tier`'s compiler: from the compilation cache, else by a
+    /// compiler process, else on the calling thread.
+    fn compile(&self, bytes: &[u8], tier: Tier) -> Result<Component, PluginError> {
+        if let Some(component) = self.cached(bytes, tier) {
+            return Ok(component);
+        }
         match &self.compiler {
             Some(program) => self.compiled_by_child(
-                child::compile(program, bytes, Tier::Optimized, COMPILE_TIMEOUT),
+                child::compile(program, &self.seal_key, bytes, tier, COMPILE_TIMEOUT),
                 bytes,
-                Tier::Optimized,
+                tier,
             ),
-            None => self.compile_logged(bytes, Tier::Optimized),
+            None => self.compile_here(bytes, tier),
+        }
+    }
+
+    /// `bytes` compiled by `tier`'s compiler, from an authentic compilation cache entry.
+    fn cached(&self, bytes: &[u8], tier: Tier) -> Option<Component> {
+        let cache = self.cache.as_ref()?;
+        let engine = self.backend(tier).0;
+        let name = cache::entry_name(engine, tier, bytes);
+        let artifact = cache.get(&name)?;
+        // SAFETY: `artifact` was sealed with this user's private key (kept outside
+        // the cache directory, which only this user may write) under the name of
+        // exactly these bytes, this tier and these engine settings; only Sluice
+        // seals, and only what `Component::serialize` wrote. wasmtime also checks
+        // the artifact's header (its version, target and engine settings).
+        match unsafe { Component::deserialize(engine, &artifact) } {
+            Ok(component) => {
+                tracing::debug!(dir = %cache.directory().display(), "Plugin loaded from the compilation cache.");
+                Some(component)
+            }
+            Err(error) => {
+                cache.reject_named(&name, &format!("it does not load here: {error:#}"));
+                None
+            }
         }
     }
 
     /// The component a compiler child made, or its failure; compiles in-process when
-    /// no child could be started.
+    /// no child could be started. Stores it in the compilation cache.
     fn compiled_by_child(
         &self,
         outcome: Result<child::Compiled, child::ChildError>,
@@ -525,56 +454,76 @@ impl Runtime {
                     error = format!("{error:#}"),
                     "Could not start a compiler process; compiling in the host instead, which may hold up the pipeline while it runs."
                 );
-                return self.compile_logged(bytes, tier);
+                return self.compile_here(bytes, tier);
             }
         };
-        if compiled.cached {
-            self.log_cache_hit();
-        }
-        // SAFETY: the artifact was written by `Component::serialize` in a child
-        // running this very executable (`/proc/self/exe`) with the engine settings of
-        // `Runtime::new`, and reached us through a pipe only we and the child hold.
-        // wasmtime also checks the artifact's header (its version, target and engine
-        // settings) and refuses one that does not match this engine.
-        unsafe { Component::deserialize(self.backend(tier).0, &compiled.artifact) }.map_err(|e| {
+        let engine = self.backend(tier).0;
+        let name = cache::entry_name(engine, tier, bytes);
+        let artifact =
+            cache::unseal(&self.seal_key, &name, &compiled.sealed).map_err(|reason| {
+                PluginError::Compiler(anyhow::anyhow!(
+                    "the component compiled by the compiler process was refused: {reason}"
+                ))
+            })?;
+        // SAFETY: `artifact` carries the tag of the key this process handed the
+        // compiler process for exactly these bytes, this tier and these engine
+        // settings: it is what `Component::serialize` wrote in that child, which runs
+        // this very executable (`/proc/self/exe`). wasmtime also checks the artifact's
+        // header (its version, target and engine settings).
+        let component = unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| {
             PluginError::Compiler(
                 anyhow::Error::from(e)
                     .context("loading the component compiled by the compiler process"),
             )
-        })
-    }
-
-    fn compile_logged(&self, bytes: &[u8], tier: Tier) -> Result<Component, PluginError> {
-        let (component, cached) = self
-            .compile_here(bytes, tier)
-            .map_err(PluginError::Compile)?;
-        if cached {
-            self.log_cache_hit();
+        })?;
+        if let Some(cache) = &self.cache {
+            // Sealed with the cache's key: the child's output is an entry as it is.
+            cache.put(&name, &compiled.sealed);
         }
         Ok(component)
     }
 
-    /// Compiles a component with `tier`'s compiler on the calling thread, or loads it
-    /// from the compilation cache; tells which.
-    fn compile_here(&self, bytes: &[u8], tier: Tier) -> anyhow::Result<(Component, bool)> {
-        let hits = self.cache.as_ref().map(Cache::cache_hits);
-        let component = Component::new(self.backend(tier).0, bytes)?;
-        let cached =
-            matches!((&self.cache, hits), (Some(cache), Some(hits)) if cache.cache_hits() > hits);
-        Ok((component, cached))
+    /// Compiles `bytes` with `tier`'s compiler on the calling thread and stores the
+    /// code in the compilation cache.
+    fn compile_here(&self, bytes: &[u8], tier: Tier) -> Result<Component, PluginError> {
+        let engine = self.backend(tier).0;
+        let component =
+            Component::new(engine, bytes).map_err(|e| PluginError::Compile(e.into()))?;
+        if let Some(cache) = &self.cache {
+            let name = cache::entry_name(engine, tier, bytes);
+            let sealed = component.serialize().and_then(|artifact| {
+                cache::seal(cache.key(), &name, &artifact).map_err(wasmtime::Error::from)
+            });
+            match sealed {
+                Ok(sealed) => cache.put(&name, &sealed),
+                Err(error) => tracing::debug!("Could not store a compiled plugin: {error:#}"),
+            }
+        }
+        Ok(component)
     }
 
-    fn log_cache_hit(&self) {
-        if let Some(cache) = &self.cache {
-            tracing::debug!(dir = %cache.directory().display(), "Plugin loaded from the compilation cache.");
-        }
+    /// Compiles `bytes` with `tier`'s compiler for a host that asked for it (see
+    /// `child`): the artifact sealed with `key`.
+    fn compile_sealed(
+        &self,
+        bytes: &[u8],
+        tier: Tier,
+        key: &cache::Key,
+    ) -> anyhow::Result<Vec<u8>> {
+        let engine = self.backend(tier).0;
+        let artifact = Component::new(engine, bytes)?.serialize()?;
+        Ok(cache::seal(
+            key,
+            &cache::entry_name(engine, tier, bytes),
+            &artifact,
+        )?)
     }
 
     /// Compiles (with Cranelift) and links a component, checking that it targets the
     /// transform world.
     pub fn load(&self, bytes: &[u8]) -> Result<Prepared, PluginError> {
         check_format(bytes)?;
-        let component = self.compile(bytes)?;
+        let component = self.compile(bytes, Tier::Optimized)?;
         self.link(&component, Tier::Optimized)
     }
 
@@ -582,40 +531,39 @@ impl Runtime {
     /// Cranelift's code is not in the compilation cache, returns Winch's code and the
     /// Cranelift compile to wait for.
     ///
-    /// Cranelift's compiler process starts first, and answers at once from the cache
-    /// if it can. When it does not within `cache_answer`, it is paused (so that it
-    /// takes no CPU while the version goes live) and Winch's compiler process starts.
-    /// The paused compile is resumed by [`Pending::resume`] or [`Pending::finish`]. A
-    /// component Winch refuses is judged by Cranelift's answer alone.
+    /// Cranelift's compiler process starts first and is paused at once (so that it
+    /// takes no CPU while the version goes live); Winch's code comes from the cache or
+    /// a second compiler process. The paused compile is resumed by [`Pending::resume`]
+    /// or [`Pending::finish`]. A component Winch refuses is judged by Cranelift's
+    /// answer alone.
     pub fn load_fast(&self, bytes: &[u8]) -> Result<(Prepared, Option<Pending>), PluginError> {
         check_format(bytes)?;
         if self.baseline.is_none() {
             return Ok((self.load(bytes)?, None));
         }
+        if let Some(component) = self.cached(bytes, Tier::Optimized) {
+            return Ok((self.link(&component, Tier::Optimized)?, None));
+        }
         let bytes: Arc<[u8]> = bytes.into();
         let Some(program) = &self.compiler else {
             return self.load_fast_here(bytes);
         };
-        let mut optimized =
-            match child::spawn(program, bytes.clone(), Tier::Optimized, COMPILE_TIMEOUT) {
-                Ok(running) => running,
-                Err(error) => {
-                    let component = self.compiled_by_child(Err(error), &bytes, Tier::Optimized)?;
-                    return Ok((self.link(&component, Tier::Optimized)?, None));
-                }
-            };
-        let deadline = std::time::Instant::now() + cache_answer(bytes.len());
-        while std::time::Instant::now() < deadline {
-            if let Some(outcome) = optimized.poll() {
-                let component = self.compiled_by_child(outcome, &bytes, Tier::Optimized)?;
+        let optimized = match child::spawn(
+            program,
+            self.seal_key.clone(),
+            bytes.clone(),
+            Tier::Optimized,
+            COMPILE_TIMEOUT,
+        ) {
+            Ok(running) => running,
+            Err(error) => {
+                let component = self.compiled_by_child(Err(error), &bytes, Tier::Optimized)?;
                 return Ok((self.link(&component, Tier::Optimized)?, None));
             }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        };
         optimized.pause();
-        let baseline = child::compile(program, &bytes, Tier::Baseline, COMPILE_TIMEOUT);
         match self
-            .compiled_by_child(baseline, &bytes, Tier::Baseline)
+            .compile(&bytes, Tier::Baseline)
             .and_then(|component| self.link(&component, Tier::Baseline))
         {
             Ok(prepared) => {
@@ -642,7 +590,7 @@ impl Runtime {
     /// then Cranelift's on a thread of its own (from the compilation cache, if there).
     fn load_fast_here(&self, bytes: Arc<[u8]>) -> Result<(Prepared, Option<Pending>), PluginError> {
         let prepared = match self
-            .compile_logged(&bytes, Tier::Baseline)
+            .compile(&bytes, Tier::Baseline)
             .and_then(|component| self.link(&component, Tier::Baseline))
         {
             Ok(prepared) => prepared,
@@ -653,7 +601,7 @@ impl Runtime {
         let source = bytes.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-optimize".into())
-            .spawn(move || runtime.compile_logged(&source, Tier::Optimized))
+            .spawn(move || runtime.compile(&source, Tier::Optimized))
             .map_err(|e| PluginError::Compiler(e.into()))?;
         let pending = Pending {
             runtime: self.clone(),
@@ -775,152 +723,10 @@ impl Prepared {
     }
 }
 
-/// One running plugin instance. Not shared: each worker owns its own.
-pub struct Instance {
-    store: Store<HostState>,
-    bindings: Transformer,
-    stderr: PluginOutput,
-    limits: Limits,
-    uses_state: bool,
-}
-
-impl Instance {
-    /// Instantiates the plugin inside `sandbox` and runs its `init` with `config`. The
-    /// instance keeps its keyed state in `state`.
-    pub fn start(
-        prepared: &Prepared,
-        name: Arc<str>,
-        limits: Limits,
-        sandbox: &Sandbox,
-        config: &[(String, String)],
-        state: SharedState,
-    ) -> Result<Self, PluginError> {
-        let stdout = PluginOutput::new(name.clone(), "stdout");
-        let stderr = PluginOutput::new(name.clone(), "stderr");
-        let wasi = sandbox
-            .wasi(&name, stdout, stderr.clone())
-            .map_err(PluginError::Init)?;
-        let state = HostState {
-            plugin: name,
-            wasi,
-            table: ResourceTable::new(),
-            limits: MemoryLimit {
-                inner: StoreLimitsBuilder::new()
-                    .memory_size(limits.max_memory_bytes)
-                    .instances(64)
-                    .build(),
-                max_bytes: limits.max_memory_bytes,
-                refused: None,
-            },
-            network_denials: 0,
-            state,
-            partitions: Vec::new(),
-        };
-        let mut store = Store::new(prepared.pre.engine(), state);
-        store.limiter(|state| &mut state.limits);
-        // Instantiation runs guest code (start functions, allocations): time-limit it too.
-        let ticks = (limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(ticks as u64);
-        let bindings = prepared.pre.instantiate(&mut store).map_err(|e| {
-            let refused = store.data().limits.refused;
-            match (refused, e.downcast_ref::<Trap>()) {
-                // Not the guest's doing: this process could not make the instance.
-                (None, None) => PluginError::Instantiate(format!("{e:#}")),
-                _ => classify(e, &limits, refused, &stderr),
-            }
-        })?;
-        let mut instance = Instance {
-            bindings,
-            store,
-            stderr,
-            limits,
-            uses_state: prepared.uses_state,
-        };
-        instance.arm_deadline();
-        let result = instance
-            .bindings
-            .sluice_plugin_transform()
-            .call_init(&mut instance.store, config)
-            .map_err(|e| instance.classify(e))?;
-        result.map_err(PluginError::Init)?;
-        Ok(instance)
-    }
-
-    /// Runs one input batch through the plugin: `input` is the encoded form of `batch`.
-    /// Returns the encoded output.
-    pub fn process(
-        &mut self,
-        input: &[u8],
-        batch: &InputBatch<'_>,
-    ) -> Result<Vec<u8>, PluginError> {
-        self.arm_deadline();
-        if self.uses_state {
-            let partitions = &mut self.store.data_mut().partitions;
-            partitions.clear();
-            partitions.extend(batch.records().map(|record| record.partition()));
-        }
-        let result = self
-            .bindings
-            .sluice_plugin_transform()
-            .call_process(&mut self.store, input);
-        self.store.data_mut().partitions.clear();
-        result
-            .map_err(|e| self.classify(e))?
-            .map_err(PluginError::Batch)
-    }
-
-    fn arm_deadline(&mut self) {
-        // A refusal counts for the call it happened in only.
-        self.store.data_mut().limits.refused = None;
-        let ticks = self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis();
-        self.store.set_epoch_deadline(ticks.max(1) as u64);
-    }
-
-    fn classify(&self, error: wasmtime::Error) -> PluginError {
-        classify(
-            error,
-            &self.limits,
-            self.store.data().limits.refused,
-            &self.stderr,
-        )
-    }
-}
-
-/// What stopped a call into the plugin (or its instantiation): the time limit, a
-/// refused memory growth (`refused`: the size asked for), or a trap, named with the
-/// plugin's last stderr lines.
-fn classify(
-    error: wasmtime::Error,
-    limits: &Limits,
-    refused: Option<usize>,
-    stderr: &PluginOutput,
-) -> PluginError {
-    if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-        return PluginError::Timeout(limits.call_timeout);
-    }
-    // A refused growth ends in a trap of the guest's choosing (an allocator abort,
-    // typically); the limit is the cause worth naming.
-    if let Some(requested) = refused {
-        tracing::debug!("Plugin trap after a refused memory growth: {error:?}");
-        return PluginError::Memory {
-            limit: limits.max_memory_bytes,
-            requested,
-        };
-    }
-    // The trap itself, not the wasm backtrace around it; that goes to the debug log.
-    tracing::debug!("Plugin trap: {error:?}");
-    let mut message = match error.downcast_ref::<Trap>() {
-        Some(trap) => trap.to_string(),
-        None => format!("{:#}", error.root_cause()),
-    };
-    if let Some(lines) = stderr.recent() {
-        message.push_str(&format!(" (plugin stderr: {lines})"));
-    }
-    PluginError::Trap(message)
-}
-
 #[cfg(test)]
 mod tests {
+    use sluice_sdk::batch::InputBatch;
+
     use super::*;
 
     #[test]
@@ -951,9 +757,10 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
-    /// Both codes of `bytes`: Winch's, then Cranelift's.
+    /// Both codes of `bytes`: Winch's, then Cranelift's (none from the cache, which
+    /// would answer with Cranelift's at once).
     fn both_codes(bytes: &[u8]) -> [Prepared; 2] {
-        let (baseline, pending) = Runtime::new().unwrap().load_fast(bytes).unwrap();
+        let (baseline, pending) = Runtime::without_cache().unwrap().load_fast(bytes).unwrap();
         let optimized = pending
             .expect("an optimizing compile under way")
             .finish()

@@ -1,7 +1,9 @@
 //! Plugin stdout and stderr, forwarded line by line into the host's log.
 //!
-//! A plugin's `println!`/`console.log`/`print` and its panic messages land here. The
-//! last line is kept so that a trap can be reported with the panic message that
+//! A plugin's `println!`/`console.log`/`print` and its panic messages land here. Each
+//! line goes through the instance's [`LogGate`] (cut, escaped, rate-limited); at most
+//! [`MAX_LINE`] bytes of a line are held while it is incomplete, whatever its length.
+//! The last lines are kept so that a trap can be reported with the panic message that
 //! caused it.
 
 use std::pin::Pin;
@@ -11,12 +13,11 @@ use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// Lines longer than this are cut: a plugin must not grow host memory through its log.
-const MAX_LINE: usize = 4096;
+use super::logs::{Level, MAX_LINE, SharedGate, clean};
 
 #[derive(Clone)]
 pub struct PluginOutput {
-    plugin: Arc<str>,
+    gate: SharedGate,
     stream: &'static str,
     state: Arc<Mutex<LineState>>,
 }
@@ -27,13 +28,15 @@ const KEPT_LINES: usize = 4;
 #[derive(Default)]
 struct LineState {
     partial: Vec<u8>,
+    /// Bytes of the incomplete line beyond [`MAX_LINE`], left out.
+    cut: usize,
     recent: std::collections::VecDeque<String>,
 }
 
 impl PluginOutput {
-    pub fn new(plugin: Arc<str>, stream: &'static str) -> Self {
+    pub fn new(gate: SharedGate, stream: &'static str) -> Self {
         PluginOutput {
-            plugin,
+            gate,
             stream,
             state: Arc::default(),
         }
@@ -42,7 +45,7 @@ impl PluginOutput {
     /// The last few lines written (a panic message, typically), for error reports.
     pub fn recent(&self) -> Option<String> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = String::from_utf8_lossy(&state.partial).trim().to_string();
+        let pending = clean(String::from_utf8_lossy(&state.partial).trim(), state.cut);
         let lines: Vec<&str> = state
             .recent
             .iter()
@@ -53,24 +56,36 @@ impl PluginOutput {
         (!lines.is_empty()).then(|| lines.join(" "))
     }
 
-    fn write_bytes(&self, bytes: &[u8]) {
+    fn write_bytes(&self, mut bytes: &[u8]) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for &byte in bytes {
-            if byte == b'\n' {
-                let line = String::from_utf8_lossy(&state.partial).into_owned();
-                state.partial.clear();
-                if self.stream == "stderr" {
-                    tracing::warn!(plugin = %self.plugin, stream = self.stream, "{line}");
-                } else {
-                    tracing::info!(plugin = %self.plugin, stream = self.stream, "{line}");
-                }
-                if state.recent.len() == KEPT_LINES {
-                    state.recent.pop_front();
-                }
-                state.recent.push_back(line);
-            } else if state.partial.len() < MAX_LINE {
-                state.partial.push(byte);
+        loop {
+            let end = bytes.iter().position(|&b| b == b'\n');
+            let part = &bytes[..end.unwrap_or(bytes.len())];
+            let room = MAX_LINE - state.partial.len();
+            state
+                .partial
+                .extend_from_slice(&part[..part.len().min(room)]);
+            state.cut += part.len().saturating_sub(room);
+            let Some(end) = end else {
+                return;
+            };
+            bytes = &bytes[end + 1..];
+            let line = clean(&String::from_utf8_lossy(&state.partial), state.cut);
+            state.partial.clear();
+            state.cut = 0;
+            let level = if self.stream == "stderr" {
+                Level::Warn
+            } else {
+                Level::Info
+            };
+            self.gate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_clean(level, Some(self.stream), &line);
+            if state.recent.len() == KEPT_LINES {
+                state.recent.pop_front();
             }
+            state.recent.push_back(line);
         }
     }
 }
