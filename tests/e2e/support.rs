@@ -518,11 +518,6 @@ impl Sluice {
         }
     }
 
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with a child's pid and a valid signal number.
         unsafe {
