@@ -455,7 +455,8 @@ impl TransformStage {
                         topic: record.topic().to_string(),
                         partition: record.partition(),
                         offset: record.offset(),
-                        message: message.to_string(),
+                        // The plugin's text reaches the host log: one escaped line.
+                        message: crate::runtime::logs::clean(message, 0),
                     });
                 }
             }

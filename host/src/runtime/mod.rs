@@ -16,7 +16,7 @@ mod describe;
 mod host_state;
 mod instance;
 mod limits;
-mod logs;
+pub(crate) mod logs;
 mod sandbox;
 mod stdio;
 
