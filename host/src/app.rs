@@ -17,6 +17,7 @@ use crate::checkpoint::checkpointer::Checkpointer;
 use crate::config::security::{Sasl, Security};
 use crate::config::{Config, ConfigSource, Delivery, Fallback, Invalid, Startup};
 use crate::metrics::Metrics;
+use crate::output::{OutputLimits, added_header_bytes};
 use crate::pipeline::{Pipeline, Summary};
 use crate::plugin::registry::{InstanceSettings, Registry};
 use crate::plugin::watch;
@@ -25,7 +26,7 @@ use crate::shutdown::Shutdown;
 use crate::sink::kafka::{KafkaSink, TransactionSettings};
 use crate::source::kafka::{FreshStart, KafkaSource, SourceContext};
 use crate::state::changelog::{self, Restorer};
-use crate::state::{SharedState, StateStore};
+use crate::state::{SharedState, StateLimits, StateStore};
 use crate::transform::TransformStage;
 
 /// Reads and validates the configuration; `plugin` replaces the configured plugin and
@@ -224,12 +225,58 @@ fn fence_retired_workers(
 }
 
 /// How long the broker lets an exactly-once checkpoint's transaction stay open before
-/// aborting it: one checkpoint interval and 10 s of slack (Kafka Streams uses 10 s).
-/// Short, because an open transaction of a host that died holds back every
-/// `read_committed` consumer of the sink until it ends.
-fn transaction_timeout(interval: Duration) -> Duration {
-    (interval + Duration::from_secs(10)).min(Duration::from_secs(900))
+/// aborting it: one checkpoint interval, the longest a batch may take (twice the
+/// plugin's time limit: a run, then a run record by record), and 10 s of slack (Kafka
+/// Streams uses 10 s). Short, because an open transaction of a host that died holds
+/// back every `read_committed` consumer of the sink until it ends. The configuration
+/// check keeps it within brokers' default cap of 15 minutes.
+fn transaction_timeout(interval: Duration, call_timeout: Duration) -> Duration {
+    let slack = Duration::from_millis(crate::config::TURN_SLACK_MS as u64);
+    (interval + 2 * call_timeout + slack).min(Duration::from_secs(900))
 }
+
+/// librdkafka's default `message.max.bytes`, when `sink.kafka` does not set it.
+const DEFAULT_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
+/// The largest record the sink producer accepts: its `message.max.bytes`.
+fn message_max_bytes(config: &Config) -> u64 {
+    config
+        .sink
+        .kafka
+        .iter()
+        .find(|(key, _)| key.as_str() == "message.max.bytes")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
+/// What the outputs of one batch must keep to; see [`crate::output`].
+fn output_limits(config: &Config) -> OutputLimits {
+    let provenance = config
+        .plugin
+        .provenance_header
+        .as_deref()
+        .map_or(0, |name| added_header_bytes(name, SHORT_DIGEST_LEN));
+    OutputLimits {
+        per_record: config.plugin.max_outputs_per_record,
+        batch_bytes: config.plugin.max_batch_output_bytes,
+        record_bytes: message_max_bytes(config).saturating_sub(provenance),
+        outputs: config.sink.outputs.keys().cloned().collect(),
+    }
+}
+
+/// What the keyed state may hold: one entry fits one changelog record.
+fn state_limits(config: &Config) -> StateLimits {
+    StateLimits {
+        entry_bytes: message_max_bytes(config).saturating_sub(CHANGELOG_FRAMING),
+        partition_bytes: config.plugin.max_state_bytes_per_partition,
+    }
+}
+
+/// Hex digits of the plugin digest in the provenance header.
+const SHORT_DIGEST_LEN: usize = 12;
+
+/// Bytes of framing counted for a changelog record beyond its key and value.
+const CHANGELOG_FRAMING: u64 = 64;
 
 fn settings(config: &Config, states: Vec<SharedState>) -> anyhow::Result<InstanceSettings> {
     let grants = &config.plugin.sandbox;
@@ -309,7 +356,10 @@ pub fn run(
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<Summary> {
     let workers = config.parallelism;
-    let states: Vec<SharedState> = (0..workers).map(|_| StateStore::shared()).collect();
+    let state_limits = state_limits(&config);
+    let states: Vec<SharedState> = (0..workers)
+        .map(|_| StateStore::shared_with(state_limits))
+        .collect();
     let (registry, instances) = start_plugin(&config, states.clone()).context(PluginRefused)?;
     // Compiling can take seconds: a stop asked for meanwhile needs no pipeline.
     if shutdown.requested() {
@@ -456,7 +506,7 @@ pub fn run(
         // A restarted host's workers fence their previous runs by these ids.
         let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
             id: worker_name(&transactional_id, worker),
-            timeout: transaction_timeout(config.checkpoint.interval),
+            timeout: transaction_timeout(config.checkpoint.interval, config.plugin.call_timeout),
         });
         let tracker = Arc::new(Mutex::new(Tracker::new()));
         let sink = KafkaSink::connect(
@@ -494,6 +544,7 @@ pub fn run(
                 instance,
                 config.plugin.rollback,
                 config.sink.dead_letter_topic.is_some(),
+                output_limits(&config),
             ),
             checkpointer,
             tracker,

@@ -35,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod generate;
 pub mod metrics;
+pub mod output;
 pub mod pipeline;
 pub mod plugin;
 pub mod runtime;

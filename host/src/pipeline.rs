@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op};
+use sluice_sdk::batch::{Header, InputBatch, InputWriter};
 
 use crate::checkpoint::checkpointer::{Checkpointer, Reason};
-use crate::checkpoint::retry::{Poisoned, fail_poisoned, poison};
+use crate::checkpoint::retry::{Poisoned, poison};
 use crate::checkpoint::{Partition, Tracker};
 use crate::config::CheckpointConfig;
 use crate::metrics::Metrics;
@@ -123,28 +123,30 @@ impl Pipeline {
                 let mut checkpointer = checkpointer.lock().unwrap();
                 turn.lap(Phase::Lock);
                 if !batch.is_empty() {
-                    let spans = source.take_spans();
-                    current.clone_from(&spans);
+                    let mut spans = source.take_spans();
                     // Where a partition never committed rewinds to.
                     checkpointer.fetched(&spans);
                     let encoded = batch.finish();
                     // Encoded just above: no need to validate every record again.
                     let input = InputBatch::open(encoded).context("encoding the input batch")?;
+                    current.clone_from(&spans);
                     // On a fatal transform error the failed batch leaves no trace in
                     // the state either.
-                    let output = transform
-                        .run(encoded, &input)
+                    let transformed = transform
+                        .run(encoded, &input, &poisoned)
                         .inspect_err(|_| state.lock().unwrap().discard_batch())?;
-                    let ops = transform
-                        .ops(&output, &input)
-                        .inspect_err(|_| state.lock().unwrap().discard_batch())?;
-                    let ops = fail_poisoned(ops, &input, &poisoned);
+                    if transformed.processed < input.len() {
+                        // The batch's time ran out: the records not run are read again.
+                        spans = spans_of(&input, transformed.processed);
+                        source.read_again(&input, transformed.processed)?;
+                    }
                     turn.lap(Phase::Transform);
                     metrics.worker_version(transform.worker(), transform.current().version);
-                    summary.records_in += input.len() as u64;
+                    summary.records_in += transformed.processed as u64;
                     let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
                     let inputs = input
                         .records()
+                        .take(transformed.processed)
                         .map(|r| (r.partition(), r.offset()))
                         .collect();
                     let seq = tracker.lock().unwrap().begin_with_inputs(ends, inputs);
@@ -155,7 +157,8 @@ impl Pipeline {
                     let sent = checkpointer.sink().send(
                         seq,
                         &input,
-                        &ops,
+                        &transformed.output,
+                        &transformed.verdicts,
                         &tracker,
                         provenance,
                         &keep_going,
@@ -168,14 +171,11 @@ impl Pipeline {
                     }
                     match sent {
                         Ok(sent) => {
-                            let dead_lettered = ops
-                                .iter()
-                                .filter(|op| matches!(op, Op::Error { .. }))
-                                .count();
+                            let dead_lettered = transformed.verdicts.failed().len();
                             let out = (sent - dead_lettered) as u64;
                             summary.records_out += out;
                             summary.records_dead_lettered += dead_lettered as u64;
-                            metrics.batch(input.len() as u64, out, dead_lettered as u64);
+                            metrics.batch(transformed.processed as u64, out, dead_lettered as u64);
                         }
                         Err(SendError::Interrupted) => break,
                         Err(SendError::Record(failure)) if checkpointer.rewinds_after(true) => {
@@ -375,6 +375,20 @@ pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic without a message".to_string())
     })
+}
+
+/// The spans of the first `records` records of `input`: per partition, the first
+/// offset and the offset after the last record.
+fn spans_of(input: &InputBatch<'_>, records: usize) -> Vec<(Partition, i64, i64)> {
+    let mut spans: Vec<(Partition, i64, i64)> = Vec::new();
+    for record in input.records().take(records) {
+        let partition = (record.topic().to_string(), record.partition());
+        match spans.iter_mut().find(|(p, _, _)| *p == partition) {
+            Some(span) => span.2 = record.offset() + 1,
+            None => spans.push((partition, record.offset(), record.offset() + 1)),
+        }
+    }
+    spans
 }
 
 /// `topic/partition@first..end` for each partition of a batch, as the log names them.

@@ -15,7 +15,7 @@
 //! record keeps none of its writes, and the records after it see none of them.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sluice_sdk::batch::{
     DecodeError, Header, InputBatch, InputWriter, NewRecord, Op, OutputReader, OutputWriter,
@@ -23,7 +23,9 @@ use sluice_sdk::batch::{
 };
 use thiserror::Error;
 
+use crate::checkpoint::retry::{Poisoned, fail_poisoned};
 use crate::config::Rollback;
+use crate::output::{OutputLimits, Verdicts};
 use crate::plugin::registry::{Live, Registry};
 use crate::runtime::{Instance, PluginError, Tier};
 use crate::telemetry::Throttle;
@@ -87,6 +89,21 @@ pub struct TransformStage {
     /// Batches run again record by record because a failed record wrote state, not yet
     /// reported in the log.
     rerun_for_state: Throttle,
+    /// What the outputs of a batch must keep to.
+    limits: OutputLimits,
+    /// Batches whose re-run ran out of time, not yet reported in the log.
+    handed_back: Throttle,
+}
+
+/// A batch's output, checked, and how much of the batch it covers.
+pub struct Transformed {
+    /// The output batch, to be read with the verdicts.
+    pub output: Vec<u8>,
+    pub verdicts: Verdicts,
+    /// The records of the batch the output is for: all of them, or, when running the
+    /// batch again record by record took the batch's whole time budget, the first
+    /// ones. The rest must be read again.
+    pub processed: usize,
 }
 
 /// Why a batch runs again record by record.
@@ -99,7 +116,30 @@ enum Rerun {
 }
 
 /// How often the failed-record and isolated-batch lines may be written.
-const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// A record of a batch run again record by record is not started with less time than
+/// this left of the batch's budget: it is left for the next batch instead.
+const MIN_RECORD_BUDGET: Duration = Duration::from_millis(20);
+
+/// The output of a batch run again record by record.
+struct Isolated {
+    output: Vec<u8>,
+    /// The records run: all of them, or those before the budget ran out.
+    processed: usize,
+    /// How many of them failed.
+    failed: u64,
+}
+
+impl Isolated {
+    /// The output of the records before `index`, when the budget ran out there.
+    fn part(output: OutputWriter, index: u32, failed: u64) -> Self {
+        Isolated {
+            output: output.finish(),
+            processed: index as usize,
+            failed,
+        }
+    }
+}
 
 impl TransformStage {
     pub fn new(
@@ -108,6 +148,7 @@ impl TransformStage {
         instance: Instance,
         rollback: Rollback,
         dead_letter: bool,
+        limits: OutputLimits,
     ) -> Self {
         let current = registry.live();
         TransformStage {
@@ -127,6 +168,8 @@ impl TransformStage {
             dead_lettered: Throttle::new(REPORT_EVERY),
             isolated: Throttle::new(REPORT_EVERY),
             rerun_for_state: Throttle::new(REPORT_EVERY),
+            limits,
+            handed_back: Throttle::new(REPORT_EVERY),
         }
     }
 
@@ -141,17 +184,26 @@ impl TransformStage {
     }
 
     /// Runs `input` (the encoded form of `batch`) through the live version and returns
-    /// its checked output. Failed records come back as errors (see the module notes).
+    /// its output, checked against the output limits: failed records (the plugin's
+    /// word, a limit, an unmapped output, or `poisoned` by the sink before) are in
+    /// its verdicts. Without a dead-letter topic a failed record is an error instead.
     ///
     /// The batch's state writes stay open: the caller keeps them with
     /// `StateStore::commit_batch` once the outputs are handed to the sink, or drops
-    /// them with `discard_batch`. A rolled-back attempt's writes are dropped here.
-    pub fn run(&mut self, input: &[u8], batch: &InputBatch<'_>) -> Result<Vec<u8>, TransformError> {
+    /// them with `discard_batch`. A rolled-back attempt's writes are dropped here, and
+    /// so are those of failed records.
+    pub fn run(
+        &mut self,
+        input: &[u8],
+        batch: &InputBatch<'_>,
+        poisoned: &Poisoned,
+    ) -> Result<Transformed, TransformError> {
         loop {
             self.adopt()?;
             self.state().begin_batch();
             // Whether the output comes from a run record by record already.
             let mut isolated = false;
+            let mut processed = batch.len();
             let output = match self.instance.process(input, batch) {
                 Ok(output) => output,
                 Err(error) => {
@@ -164,19 +216,28 @@ impl TransformStage {
                         return Err(error);
                     }
                     isolated = true;
-                    self.rerun(batch, restart, &error, Rerun::FailedAsAWhole)?.0
+                    let rerun =
+                        self.rerun(batch, poisoned, restart, &error, Rerun::FailedAsAWhole)?;
+                    processed = rerun.processed;
+                    rerun.output
                 }
             };
-            let (failed_records, first) = match self.failures(&output, batch) {
-                Ok(found) => found,
+            let verdicts = match self.check(&output, batch, poisoned) {
+                Ok(verdicts) => verdicts,
                 Err(error) if self.roll_back(&error.to_string()) => continue,
                 Err(error) => return Err(error),
             };
+            let failed_records: Vec<u32> = verdicts.failed().keys().copied().collect();
             let failed = failed_records.len() as u64;
-            self.probation.records += batch.len() as u64;
+            self.probation.records += processed as u64;
             self.probation.failed += failed;
-            let Some(first) = first else {
-                return Ok(output);
+            let transformed = Transformed {
+                output,
+                verdicts,
+                processed,
+            };
+            let Some(first) = self.first_failure(&transformed.verdicts, batch) else {
+                return Ok(transformed);
             };
             let rate = self.probation.failed as f64 / self.probation.records.max(1) as f64;
             if rate > self.rollback.max_error_rate
@@ -192,16 +253,21 @@ impl TransformStage {
             }
             if isolated || !self.state().any_wrote(&failed_records) {
                 self.report_dead_lettered(failed, &first);
-                return Ok(output);
+                return Ok(transformed);
             }
             // A failed record keeps none of its state writes, but later records of the
             // batch may have read them: the batch runs again record by record, on a new
             // instance (the first pass left its memory changed by every record).
-            let (output, failed) = self.rerun(batch, true, &first, Rerun::FailedWroteState)?;
-            if failed > 0 {
-                self.report_dead_lettered(failed, &first);
+            let rerun = self.rerun(batch, poisoned, true, &first, Rerun::FailedWroteState)?;
+            let verdicts = self.check(&rerun.output, batch, poisoned)?;
+            if !verdicts.failed().is_empty() {
+                self.report_dead_lettered(verdicts.failed().len() as u64, &first);
             }
-            return Ok(output);
+            return Ok(Transformed {
+                output: rerun.output,
+                verdicts,
+                processed: rerun.processed,
+            });
         }
     }
 
@@ -210,11 +276,12 @@ impl TransformStage {
     fn rerun(
         &mut self,
         batch: &InputBatch<'_>,
+        poisoned: &Poisoned,
         restart: bool,
         cause: &TransformError,
         why: Rerun,
-    ) -> Result<(Vec<u8>, u64), TransformError> {
-        let (output, failed) = self.isolate(batch, restart, cause)?;
+    ) -> Result<Isolated, TransformError> {
+        let isolated = self.isolate(batch, poisoned, restart, cause)?;
         let (throttle, message) = match why {
             Rerun::FailedAsAWhole => (
                 &mut self.isolated,
@@ -228,13 +295,24 @@ impl TransformStage {
         if let Some(batches) = throttle.count(1) {
             tracing::warn!(
                 batches,
-                last_failed = failed,
+                last_failed = isolated.failed,
                 last_records = batch.len(),
                 last_cause = %cause,
                 "{message}"
             );
         }
-        Ok((output, failed))
+        if isolated.processed < batch.len()
+            && let Some(batches) = self.handed_back.count(1)
+        {
+            tracing::warn!(
+                batches,
+                last_run = isolated.processed,
+                last_records = batch.len(),
+                time_limit_ms = self.instance.call_timeout().as_millis() as u64,
+                "Running a batch again record by record took its whole time budget ([plugin] timeout_ms); the records not reached are read again in the next batch."
+            );
+        }
+        Ok(isolated)
     }
 
     /// Runs a batch again one record at a time, so that only the records that fail on
@@ -242,23 +320,36 @@ impl TransformStage {
     /// failed as a whole (a trap, the time or memory limit, or an error for the whole
     /// batch), or one whose failed records wrote state. Each record's state writes are
     /// kept only if it succeeds. With `restart`, a new instance of the same version
-    /// takes over first; an instance that traps is not called again either. Returns
-    /// the output and how many records failed.
+    /// takes over first; an instance that traps is not called again either.
+    ///
+    /// The run shares one time budget, the plugin's time limit, so that a batch never
+    /// takes more than twice that: the first record has all of it, and a later record
+    /// cut short by what is left is not failed but left, with the records after it,
+    /// for the next batch (see [`Transformed::processed`]). The outputs share the
+    /// batch's output byte limit.
     fn isolate(
         &mut self,
         batch: &InputBatch<'_>,
+        poisoned: &Poisoned,
         restart: bool,
         cause: &TransformError,
-    ) -> Result<(Vec<u8>, u64), TransformError> {
+    ) -> Result<Isolated, TransformError> {
         self.state().discard_batch();
         self.state().begin_batch();
         if restart {
             self.restart(cause)?;
         }
+        let limit = self.instance.call_timeout();
+        let deadline = Instant::now() + limit;
         let mut output = OutputWriter::new();
         let mut single = InputWriter::new();
         let mut failed = 0;
+        let mut bytes = 0;
         for record in batch.records() {
+            let budget = deadline.saturating_duration_since(Instant::now());
+            if record.index() > 0 && budget < MIN_RECORD_BUDGET {
+                return Ok(Isolated::part(output, record.index(), failed));
+            }
             single.clear();
             single.push(RecordFields {
                 topic: record.topic(),
@@ -272,30 +363,54 @@ impl TransformStage {
             let encoded = single.finish();
             let one = InputBatch::open(encoded).map_err(|error| self.malformed(error))?;
             let savepoint = self.state().savepoint();
-            match self.instance.process(encoded, &one) {
+            let budget = if record.index() == 0 { limit } else { budget };
+            match self.instance.process_within(encoded, &one, budget) {
                 Ok(result) => {
-                    let failed_alone = copy_ops(&result, record.index(), &mut output)
+                    let limits = self
+                        .limits
+                        .with_batch_bytes(self.limits.batch_bytes.saturating_sub(bytes));
+                    let mut verdicts = Verdicts::check(&result, &one, &limits)
                         .map_err(|error| self.malformed(error))?;
-                    if failed_alone {
-                        self.state().rollback_to(savepoint);
-                        failed += 1;
+                    fail_poisoned(&mut verdicts, &one, poisoned);
+                    match verdicts.failed().get(&0) {
+                        Some(reason) => {
+                            self.state().rollback_to(savepoint);
+                            output.error(record.index(), reason);
+                            failed += 1;
+                        }
+                        None => {
+                            bytes += verdicts.bytes();
+                            copy_ops(&result, record.index(), &mut output)
+                                .map_err(|error| self.malformed(error))?;
+                        }
                     }
                 }
                 Err(error) => {
                     self.state().rollback_to(savepoint);
+                    let unusable = error.leaves_instance_unusable();
+                    let cut_short =
+                        matches!(error, PluginError::Timeout(limit_used) if limit_used < limit);
+                    if unusable {
+                        self.restart(cause)?;
+                    }
+                    if cut_short {
+                        // Not this record's fault: the batch's budget ran out.
+                        return Ok(Isolated::part(output, record.index(), failed));
+                    }
                     failed += 1;
                     let message = match &error {
                         PluginError::Batch(message) => message.clone(),
                         other => other.to_string(),
                     };
                     output.error(record.index(), &message);
-                    if error.leaves_instance_unusable() {
-                        self.restart(cause)?;
-                    }
                 }
             }
         }
-        Ok((output.finish(), failed))
+        Ok(Isolated {
+            output: output.finish(),
+            processed: batch.len(),
+            failed,
+        })
     }
 
     /// Replaces the instance with a new one of the same version.
@@ -315,17 +430,6 @@ impl TransformStage {
                 error: format!("{:#}", anyhow::Error::new(error)),
             })?;
         Ok(())
-    }
-
-    /// Reads the output ops of a batch that [`TransformStage::run`] returned.
-    pub fn ops<'a>(
-        &self,
-        output: &'a [u8],
-        batch: &InputBatch<'_>,
-    ) -> Result<Vec<Op<'a>>, TransformError> {
-        OutputReader::parse(output, batch.len() as u32)
-            .and_then(|reader| reader.collect::<Result<Vec<_>, _>>())
-            .map_err(|error| self.malformed(error))
     }
 
     /// Starts an instance of the live version if it is not the one running, or of the
@@ -434,34 +538,31 @@ impl TransformStage {
         self.registry.settings().states[self.worker].lock().unwrap()
     }
 
-    /// The records the plugin reported as failed (their indices), and the first
-    /// described.
-    fn failures(
+    /// `output` checked against the limits, with the `poisoned` records failed.
+    fn check(
         &self,
         output: &[u8],
         batch: &InputBatch<'_>,
-    ) -> Result<(Vec<u32>, Option<TransformError>), TransformError> {
-        let reader =
-            OutputReader::parse(output, batch.len() as u32).map_err(|e| self.malformed(e))?;
-        let mut failed = Vec::new();
-        let mut first = None;
-        for op in reader {
-            if let Op::Error { index, message } = op.map_err(|e| self.malformed(e))? {
-                failed.push(index);
-                if first.is_none() {
-                    let record = batch.get(index).expect("index checked by the reader");
-                    first = Some(TransformError::Record {
-                        plugin: self.current.plugin.origin.to_string(),
-                        topic: record.topic().to_string(),
-                        partition: record.partition(),
-                        offset: record.offset(),
-                        // The plugin's text reaches the host log: one escaped line.
-                        message: crate::runtime::logs::clean(message, 0),
-                    });
-                }
-            }
-        }
-        Ok((failed, first))
+        poisoned: &Poisoned,
+    ) -> Result<Verdicts, TransformError> {
+        let mut verdicts =
+            Verdicts::check(output, batch, &self.limits).map_err(|e| self.malformed(e))?;
+        fail_poisoned(&mut verdicts, batch, poisoned);
+        Ok(verdicts)
+    }
+
+    /// The first failed record, described.
+    fn first_failure(&self, verdicts: &Verdicts, batch: &InputBatch<'_>) -> Option<TransformError> {
+        let (&index, message) = verdicts.failed().iter().next()?;
+        let record = batch.get(index).expect("index checked by the reader");
+        Some(TransformError::Record {
+            plugin: self.current.plugin.origin.to_string(),
+            topic: record.topic().to_string(),
+            partition: record.partition(),
+            offset: record.offset(),
+            // The plugin's text reaches the host log: one escaped line.
+            message: crate::runtime::logs::clean(message, 0),
+        })
     }
 
     fn report_dead_lettered(&mut self, failed: u64, first: &TransformError) {

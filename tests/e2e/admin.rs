@@ -129,16 +129,6 @@ fn swap_with_token(admin: &str, token: &str, path: &Path) -> (u16, serde_json::V
     (status, answer, started.elapsed())
 }
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_rebinding_page_or_a_request_without_the_token_changes_nothing() {
     let dir = workdir();

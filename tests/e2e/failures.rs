@@ -156,13 +156,25 @@ fn run_to_end(dir: &Path, args: &[&str], limit: Duration) -> (i32, String) {
 
 fn faulty_config(
     dir: &Path,
-    (input, output, group): (&str, &str, &str),
+    names: (&str, &str, &str),
     delivery: &str,
     sink_extra: &str,
     plugin_config: &str,
 ) -> PathBuf {
+    faulty_config_with(dir, names, delivery, sink_extra, "", plugin_config)
+}
+
+/// [`faulty_config`] with `plugin_keys` in the `[plugin]` table.
+fn faulty_config_with(
+    dir: &Path,
+    (input, output, group): (&str, &str, &str),
+    delivery: &str,
+    sink_extra: &str,
+    plugin_keys: &str,
+    plugin_config: &str,
+) -> PathBuf {
     let tail = format!(
-        "[plugin]\npath = \"{}\"\n[plugin.config]\n{plugin_config}",
+        "[plugin]\npath = \"{}\"\n{plugin_keys}\n[plugin.config]\n{plugin_config}",
         test_plugin("sluice_test_faulty").display()
     );
     let config = write_file(
@@ -531,10 +543,9 @@ fn exactly_once_an_output_over_the_producers_limit_on_a_never_committed_partitio
     assert_eq!(host.terminate().code(), Some(0), "{}", host.log());
 }
 
-/// Exactly-once, an error that recurs on every attempt (an output name the sink does
-/// not map): not a silent loop, but exit 1 within bounded time naming the record,
-/// nothing committed past it, after `checkpoint.record_attempts` attempts. The
-/// partition was never committed: every retry must rewind to its first record.
+/// Exactly-once, an output name the sink does not map: the record fails before
+/// anything of its batch is sent (no retry loop): exit 1 at once naming the record and
+/// the output, nothing committed past it, nothing written.
 #[test]
 fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
     let dir = workdir();
@@ -556,17 +567,6 @@ fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
         "",
         "output_on = \"route\"\noutput = \"nowhere\"",
     );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen(
-            "min_pause_ms = 0\n",
-            "min_pause_ms = 0\nrecord_attempts = 3\n",
-            1,
-        ),
-    )
-    .unwrap();
-    let started = Instant::now();
     let (code, log) = run_to_end(
         dir.path(),
         &["run", "--config", config.to_str().unwrap()],
@@ -574,33 +574,25 @@ fn exactly_once_an_unmapped_output_name_stops_the_host_naming_the_record() {
     );
     assert_eq!(code, 1, "{log}");
     assert!(
-        log.contains(&format!("record {input}/0@1 failed 3 times in a row"))
-            && log.contains("output `nowhere`"),
+        log.contains(&format!("failed on record {input}/0@1"))
+            && log.contains("output `nowhere`")
+            && log.contains("does not map"),
         "{log}"
     );
+    assert!(!log.contains("retrying"), "no retries: {log}");
     assert!(!log.contains("Stopped cleanly"), "{log}");
-    assert!(started.elapsed() < Duration::from_secs(45));
     let committed = committed(&group, &input).get(&0).copied().unwrap_or(0);
     assert!(committed <= 1, "committed past the record: {committed}");
     assert!(read_all(&output, 0, Duration::from_secs(10)).is_empty());
 }
 
-/// Exactly-once, while a worker retries a record whose output keeps failing, `/ready`
-/// answers 503; a stop meanwhile is no clean stop (exit 1, the record named).
+/// Exactly-once, while a worker retries a record whose output the broker keeps
+/// refusing, `/ready` answers 503; a stop meanwhile is no clean stop (exit 1, the
+/// record named).
 #[test]
 fn a_worker_retrying_a_failing_record_is_not_ready_and_a_stop_then_is_not_clean() {
     let dir = workdir();
-    let (input, output, group) = names("retrying");
-    create_topic(&input, 1);
-    create_topic(&output, 1);
-    produce(&input, &[TestRecord::value(0, "route 0")]);
-    let config = faulty_config(
-        dir.path(),
-        (&input, &output, &group),
-        "exactly-once",
-        "",
-        "output_on = \"route\"\noutput = \"nowhere\"",
-    );
+    let (input, _output, group, config) = oversized_output_setup(dir.path(), "exactly-once", None);
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
@@ -636,8 +628,221 @@ fn a_worker_retrying_a_failing_record_is_not_ready_and_a_stop_then_is_not_clean(
     assert!(
         (log.contains("stopped while retrying after failures")
             || log.contains("stopped without a final checkpoint"))
-            && log.contains(&format!("{input}/0@0")),
+            && log.contains(&format!("{input}/0@1")),
         "{log}"
     );
-    assert_eq!(committed(&group, &input), BTreeMap::new());
+    let committed = committed(&group, &input).get(&0).copied().unwrap_or(0);
+    assert!(committed <= 1, "committed past the record: {committed}");
+}
+
+/// The reason a dead-lettered record carries.
+fn error_header(record: &TestRecord) -> String {
+    record
+        .headers
+        .iter()
+        .find(|(name, _)| name == "sluice-error")
+        .and_then(|(_, value)| value.clone())
+        .map(|value| String::from_utf8(value).unwrap())
+        .expect("the reason")
+}
+
+/// A plugin that writes ten million outputs for one input record: that record fails
+/// (to the dead-letter topic, naming the limit) before any of its outputs is sent,
+/// the records around it go on, and the host's memory stays small: the output is
+/// read where it lies, never collected.
+#[test]
+fn millions_of_outputs_for_one_record_fail_that_record_and_the_host_stays_small() {
+    let dir = workdir();
+    let (input, output, group) = names("copies");
+    let dead_letter = unique("copies-dead");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    create_topic(&dead_letter, 1);
+    produce(
+        &input,
+        &[
+            TestRecord::value(0, "a0"),
+            TestRecord::value(0, "copy 1"),
+            TestRecord::value(0, "a2"),
+        ],
+    );
+    let config = faulty_config(
+        dir.path(),
+        (&input, &output, &group),
+        "at-least-once",
+        &format!("dead_letter_topic = \"{dead_letter}\""),
+        "copies_on = \"copy\"\ncopies = \"10000000\"",
+    );
+    let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+    host.wait_until("every offset committed", Duration::from_secs(90), || {
+        committed(&group, &input).get(&0) == Some(&3)
+    });
+    let peak_mib = peak_rss_kib(host.pid()) / 1024;
+    let written: Vec<String> = read_all(&output, 2, Duration::from_secs(30))
+        .iter()
+        .map(TestRecord::value_text)
+        .collect();
+    assert_eq!(written, ["a0", "a2"]);
+    let dead = read_all(&dead_letter, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value_text(), "copy 1");
+    let error = error_header(&dead[0]);
+    assert!(
+        error.contains("more than 1000 outputs") && error.contains("max_outputs_per_record"),
+        "{error}"
+    );
+    // The plugin's own memory (up to its 256 MiB limit) holds the 50 MB output
+    // batch; the host adds no copy per output.
+    assert!(peak_mib < 450, "host peak RSS {peak_mib} MiB");
+    assert_eq!(host.terminate().code(), Some(0), "{}", host.log());
+}
+
+/// Keyed state beyond `[plugin] max_state_mb_per_partition`: the write traps, the
+/// record fails (dead-letter topic, naming the limit) and keeps none of its writes;
+/// the records around it keep theirs, and the host's memory stays within the limit.
+#[test]
+fn keyed_state_beyond_the_partition_limit_fails_the_record_and_keeps_the_rest() {
+    let dir = workdir();
+    let (input, output, group) = names("fill");
+    let dead_letter = unique("fill-dead");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    create_topic(&dead_letter, 1);
+    produce(
+        &input,
+        &[
+            TestRecord::value(0, "a0"),
+            TestRecord::value(0, "fill 1"),
+            TestRecord::value(0, "a2"),
+        ],
+    );
+    // 1 000 values of 900 kB: 900 MB asked for, 8 MiB allowed.
+    let config = faulty_config_with(
+        dir.path(),
+        (&input, &output, &group),
+        "at-least-once",
+        &format!("dead_letter_topic = \"{dead_letter}\""),
+        "max_state_mb_per_partition = 8\nmax_memory_mb = 16",
+        "count_in_state = \"n\"\nfill_on = \"fill\"\nfill_keys = \"1000\"\nfill_bytes = \"900000\"",
+    );
+    let mut host = Sluice::start(dir.path(), &["run", "--config", config.to_str().unwrap()]);
+    host.wait_until("every offset committed", Duration::from_secs(90), || {
+        committed(&group, &input).get(&0) == Some(&3)
+    });
+    let peak_mib = peak_rss_kib(host.pid()) / 1024;
+    let written = read_all(&output, 2, Duration::from_secs(30));
+    let counts: Vec<(String, String)> = written
+        .iter()
+        .map(|record| {
+            let count = record
+                .headers
+                .iter()
+                .find(|(name, _)| name == "count")
+                .and_then(|(_, value)| value.clone())
+                .map(|value| String::from_utf8(value).unwrap())
+                .unwrap_or_default();
+            (record.value_text(), count)
+        })
+        .collect();
+    // The failed record's count write was undone with the rest of its writes.
+    assert_eq!(
+        counts,
+        [
+            ("a0".to_string(), "1".to_string()),
+            ("a2".to_string(), "2".to_string())
+        ]
+    );
+    let dead = read_all(&dead_letter, 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value_text(), "fill 1");
+    let error = error_header(&dead[0]);
+    assert!(error.contains("max_state_mb_per_partition"), "{error}");
+    assert!(peak_mib < 350, "host peak RSS {peak_mib} MiB");
+    assert_eq!(host.terminate().code(), Some(0), "{}", host.log());
+}
+
+/// A keyed-state value larger than one changelog record can carry, without a
+/// dead-letter topic: the host stops at once (exit 1) naming the record and the
+/// limit, instead of failing at every checkpoint later; nothing is committed past it.
+#[test]
+fn a_state_value_too_large_for_the_changelog_stops_the_host_naming_the_record() {
+    let dir = workdir();
+    let (input, output, group) = names("bigstate");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    produce(
+        &input,
+        &[TestRecord::value(0, "a0"), TestRecord::value(0, "fill 1")],
+    );
+    let config = faulty_config(
+        dir.path(),
+        (&input, &output, &group),
+        "exactly-once",
+        "",
+        "fill_on = \"fill\"\nfill_keys = \"1\"\nfill_bytes = \"1100000\"",
+    );
+    let (code, log) = run_to_end(
+        dir.path(),
+        &["run", "--config", config.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!("{input}/0@")) && log.contains("larger than one changelog record"),
+        "{log}"
+    );
+    assert!(committed(&group, &input).get(&0).copied().unwrap_or(0) <= 1);
+}
+
+/// With a dead-letter topic, a batch of slow records that fails as a whole (the time
+/// limit) is run again record by record within one time budget: no turn of the
+/// worker takes more than about twice `timeout_ms` (before, every record had the full
+/// limit again: here 1 s + 12 × 0.3 s in one turn), the records not reached are read
+/// again, and none is dead-lettered or written twice.
+#[test]
+fn a_slow_batch_run_again_record_by_record_keeps_to_one_time_budget() {
+    let dir = workdir();
+    let (input, output, group) = names("slow");
+    let dead_letter = unique("slow-dead");
+    create_topic(&input, 1);
+    create_topic(&output, 1);
+    create_topic(&dead_letter, 1);
+    let records: Vec<TestRecord> = (0..12)
+        .map(|i| TestRecord::value(0, &format!("s{i}")))
+        .collect();
+    produce(&input, &records);
+    let config = faulty_config_with(
+        dir.path(),
+        (&input, &output, &group),
+        "at-least-once",
+        &format!("dead_letter_topic = \"{dead_letter}\""),
+        "timeout_ms = 1000",
+        "busy_ms = \"300\"",
+    );
+    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
+    command.env("RUST_LOG", "info,sluice_host::pipeline=debug");
+    let mut host = Sluice::spawn(dir.path(), command);
+    host.wait_until("every offset committed", Duration::from_secs(90), || {
+        committed(&group, &input).get(&0) == Some(&12)
+    });
+    let written: Vec<String> = read_all(&output, 12, Duration::from_secs(30))
+        .iter()
+        .map(TestRecord::value_text)
+        .collect();
+    let expected: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    assert_eq!(written, expected);
+    assert!(read_all(&dead_letter, 0, Duration::from_secs(5)).is_empty());
+    assert_eq!(host.terminate().code(), Some(0), "{}", host.log());
+    let log = host.log();
+    assert!(log.contains("took its whole time budget"), "{log}");
+    let longest = log
+        .lines()
+        .filter(|line| line.contains("Slow turn."))
+        .filter_map(|line| {
+            let at = line.find("total_ms=")? + "total_ms=".len();
+            line[at..].split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .fold(0.0, f64::max);
+    assert!(longest > 900.0, "the first pass hit the time limit: {log}");
+    assert!(longest < 2_700.0, "longest turn {longest} ms:\n{log}");
 }

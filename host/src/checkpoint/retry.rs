@@ -14,9 +14,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sluice_sdk::batch::{InputBatch, Op};
+use sluice_sdk::batch::InputBatch;
 
 use super::{Partition, RecordFailure};
+use crate::output::Verdicts;
 
 /// The wait before the second attempt; each further failure in a row doubles it, up to
 /// [`MAX_PAUSE`].
@@ -163,77 +164,26 @@ pub(crate) fn poison(poisoned: &mut Poisoned, failures: Vec<RecordFailure>) {
     }));
 }
 
-/// Replaces the outputs of every input record in `poisoned` with its failure, so that
-/// the sink sends the record to the dead-letter topic instead.
-pub(crate) fn fail_poisoned<'a>(
-    ops: Vec<Op<'a>>,
-    input: &InputBatch<'_>,
-    poisoned: &'a Poisoned,
-) -> Vec<Op<'a>> {
+/// Fails every input record in `poisoned` with its failure, so that the sink sends
+/// the record to the dead-letter topic instead of its outputs.
+pub(crate) fn fail_poisoned(verdicts: &mut Verdicts, input: &InputBatch<'_>, poisoned: &Poisoned) {
     if poisoned.is_empty() {
-        return ops;
+        return;
     }
-    let cause = |index: u32| {
-        let record = input.get(index)?;
-        match poisoned.get(&(record.partition(), record.offset())) {
-            Some((topic, cause)) if topic == record.topic() => Some(cause.as_str()),
-            _ => None,
-        }
-    };
-    let mut failed = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(ops.len() + 2);
-    for op in ops {
-        let index = match &op {
-            Op::Keep {
-                start,
-                count,
-                output,
-            } => {
-                let (start, end, output) = (*start, *start + *count, *output);
-                let mut run = start;
-                for index in start..end {
-                    if let Some(message) = cause(index) {
-                        if index > run {
-                            out.push(Op::Keep {
-                                start: run,
-                                count: index - run,
-                                output,
-                            });
-                        }
-                        if failed.insert(index) {
-                            out.push(Op::Error { index, message });
-                        }
-                        run = index + 1;
-                    }
-                }
-                if end > run {
-                    out.push(Op::Keep {
-                        start: run,
-                        count: end - run,
-                        output,
-                    });
-                }
-                continue;
-            }
-            Op::ReplaceValue { index, .. } | Op::Record { index, .. } | Op::Error { index, .. } => {
-                *index
-            }
-        };
-        match cause(index) {
-            Some(message) => {
-                if failed.insert(index) {
-                    out.push(Op::Error { index, message });
-                }
-            }
-            None => out.push(op),
+    for record in input.records() {
+        if let Some((topic, cause)) = poisoned.get(&(record.partition(), record.offset()))
+            && topic == record.topic()
+        {
+            verdicts.fail(record.index(), cause.clone());
         }
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    use sluice_sdk::batch::InputWriter;
+    use sluice_sdk::batch::{InputWriter, OutputWriter};
+
+    use crate::output::OutputLimits;
 
     use super::*;
 
@@ -261,40 +211,20 @@ mod tests {
                 ("other".to_string(), "another topic's".to_string()),
             ),
         ]);
-        let ops = vec![
-            Op::Keep {
-                start: 0,
-                count: 3,
-                output: None,
-            },
-            Op::ReplaceValue {
-                index: 3,
-                value: Some(b"x"),
-                output: Some("side"),
-            },
-            Op::Keep {
-                start: 3,
-                count: 1,
-                output: None,
-            },
-        ];
-        let text: Vec<String> = fail_poisoned(ops, &input, &poisoned)
+        let mut output = OutputWriter::new();
+        output.keep_range(0, 3);
+        output.replace_value(3, Some(b"x"), None);
+        output.keep(3);
+        let output = output.finish();
+        let mut verdicts = Verdicts::check(&output, &input, &OutputLimits::unlimited()).unwrap();
+        fail_poisoned(&mut verdicts, &input, &poisoned);
+        let failed: Vec<(u32, &str)> = verdicts
+            .failed()
             .iter()
-            .map(|op| match op {
-                Op::Keep { start, count, .. } => format!("keep {start}+{count}"),
-                Op::Error { index, message } => format!("error {index} {message}"),
-                _ => "other".to_string(),
-            })
+            .map(|(index, reason)| (*index, reason.as_str()))
             .collect();
-        assert_eq!(
-            text,
-            [
-                "keep 0+1",
-                "error 1 too large",
-                "keep 2+1",
-                "error 3 unmapped"
-            ]
-        );
+        assert_eq!(failed, [(1, "too large"), (3, "unmapped")]);
+        assert_eq!(verdicts.sends(), 4, "records 0 and 2, and two dead letters");
     }
 
     fn record(offset: i64, cause: &str) -> RecordFailure {

@@ -118,6 +118,12 @@ pub struct PluginConfig {
     pub config: Vec<(String, String)>,
     pub max_memory_bytes: usize,
     pub call_timeout: Duration,
+    /// Outputs one input record may have.
+    pub max_outputs_per_record: u32,
+    /// Bytes of all outputs of one batch.
+    pub max_batch_output_bytes: u64,
+    /// Bytes (keys and values) of the keyed state of one input partition.
+    pub max_state_bytes_per_partition: u64,
     /// Swap in the plugin file when it changes on disk.
     pub watch: bool,
     /// The directory (canonical) a component named by an admin swap request must be
@@ -159,6 +165,11 @@ pub struct CheckpointConfig {
     /// failure.
     pub record_attempts: u32,
 }
+
+/// What a turn of the worker may take besides running its batch: restarting an
+/// instance, handing outputs over, a checkpoint. Counted in the checks of the
+/// worst case against the group's poll interval and the transaction timeout.
+pub(crate) const TURN_SLACK_MS: i64 = 10_000;
 
 /// One problem in a configuration, with the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]

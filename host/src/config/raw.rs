@@ -10,12 +10,16 @@ use serde::Deserialize;
 use super::security::RawSecurity;
 use super::{
     CONFIG_VERSION, CheckpointConfig, Config, Delivery, Fallback, Partitioning, PluginConfig,
-    Problem, Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TopicSpec,
+    Problem, Rollback, SelfTest, SinkConfig, SourceConfig, Startup, TURN_SLACK_MS, TopicSpec,
 };
 
 /// The longest checkpoint interval exactly-once allows: a transaction stays open for
 /// one interval, and brokers cap transactions at 15 minutes by default.
 const MAX_TRANSACTION_INTERVAL_MS: i64 = 300_000;
+/// Brokers' default `transaction.max.timeout.ms`: the longest transaction they accept.
+const MAX_TRANSACTION_TIMEOUT_MS: i64 = 900_000;
+/// librdkafka's default `max.poll.interval.ms`.
+const DEFAULT_MAX_POLL_INTERVAL_MS: i64 = 300_000;
 
 /// The most workers one host runs. Each has its own consumer, producer and plugin
 /// instance; more hosts in the group scale further.
@@ -88,6 +92,9 @@ pub struct RawPlugin {
     pub config: BTreeMap<String, toml::Value>,
     pub max_memory_mb: Option<i64>,
     pub timeout_ms: Option<i64>,
+    pub max_outputs_per_record: Option<i64>,
+    pub max_batch_output_mb: Option<i64>,
+    pub max_state_mb_per_partition: Option<i64>,
     pub watch: Option<bool>,
     pub provenance_header: Option<String>,
     /// The directory a component named by an admin swap request must be in.
@@ -501,6 +508,46 @@ impl RawConfig {
             });
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
+        let max_outputs_per_record = c.range(
+            "plugin.max_outputs_per_record",
+            p.max_outputs_per_record,
+            1_000,
+            1,
+            1_000_000,
+        );
+        let max_batch_output_mb = c.range(
+            "plugin.max_batch_output_mb",
+            p.max_batch_output_mb,
+            64,
+            1,
+            4096,
+        );
+        let max_state_mb_per_partition = c.range(
+            "plugin.max_state_mb_per_partition",
+            p.max_state_mb_per_partition,
+            64,
+            1,
+            65_536,
+        );
+        // A batch runs at most twice (as a whole, then record by record sharing one
+        // budget), and the consumer is not polled meanwhile.
+        let max_poll_interval_ms = source_kafka
+            .iter()
+            .find(|(key, _)| key == "max.poll.interval.ms")
+            .and_then(|(_, value)| value.parse::<i64>().ok())
+            .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS);
+        if 2 * timeout_ms + TURN_SLACK_MS > max_poll_interval_ms {
+            c.report(
+                "plugin.timeout_ms",
+                format!(
+                    "a batch may take twice {timeout_ms} ms (a run, then a run record by record), \
+                     and the group takes a worker's partitions away after source.kafka.max.poll.interval.ms \
+                     ({max_poll_interval_ms} ms) without a poll; lower plugin.timeout_ms to at most {} \
+                     or raise max.poll.interval.ms",
+                    (max_poll_interval_ms - TURN_SLACK_MS) / 2
+                ),
+            );
+        }
         if let Some(name) = &p.provenance_header
             && name.trim().is_empty()
         {
@@ -572,6 +619,20 @@ impl RawConfig {
                     "`exactly-once` commits the source offsets in the sink's transactions, so source and sink must be the same cluster (same bootstrap_servers)",
                 );
             }
+            let transaction_ms = interval_ms + 2 * timeout_ms + TURN_SLACK_MS;
+            if interval_ms <= MAX_TRANSACTION_INTERVAL_MS
+                && transaction_ms > MAX_TRANSACTION_TIMEOUT_MS
+            {
+                c.report(
+                    "plugin.timeout_ms",
+                    format!(
+                        "with `delivery = \"exactly-once\"` a transaction stays open for checkpoint.interval_ms \
+                         ({interval_ms} ms) and at most two runs of a batch (2 × {timeout_ms} ms), longer than \
+                         brokers let a transaction live (15 minutes by default); lower plugin.timeout_ms or \
+                         checkpoint.interval_ms"
+                    ),
+                );
+            }
             if interval_ms > MAX_TRANSACTION_INTERVAL_MS {
                 c.report(
                     "checkpoint.interval_ms",
@@ -610,6 +671,9 @@ impl RawConfig {
                 config: plugin_config,
                 max_memory_bytes: (max_memory_mb as usize) << 20,
                 call_timeout: Duration::from_millis(timeout_ms as u64),
+                max_outputs_per_record: max_outputs_per_record as u32,
+                max_batch_output_bytes: (max_batch_output_mb as u64) << 20,
+                max_state_bytes_per_partition: (max_state_mb_per_partition as u64) << 20,
                 watch: p.watch.unwrap_or(true),
                 allowed_dir,
                 provenance_header: p.provenance_header.clone(),
@@ -698,6 +762,45 @@ mod tests {
             checkpoint("interval_ms = 1000\nmin_pause_ms = 3000"),
             (Duration::from_secs(1), Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn a_batch_that_could_outlive_the_poll_interval_or_the_transaction_is_refused() {
+        let file = |top: &str, source: &str, plugin: &str| {
+            format!(
+                "version = 1\n{top}\n[source]\nbootstrap_servers = \"127.0.0.1:9092\"\ntopic = \"in\"\n\
+                 group_id = \"g\"\n{source}\n[sink]\ntopic = \"out\"\n[plugin]\n{plugin}\n"
+            )
+        };
+        // Twice 200 s and the slack is more than librdkafka's 300 s poll interval.
+        let found = problems(&file("", "", "timeout_ms = 200000"));
+        assert!(
+            found.iter().any(|p| p.starts_with("plugin.timeout_ms:")
+                && p.contains("max.poll.interval.ms (300000 ms)")
+                && p.contains("at most 145000")),
+            "{found:?}"
+        );
+        // Raising the poll interval allows it.
+        let found = problems(&file(
+            "",
+            "[source.kafka]\n\"max.poll.interval.ms\" = 500000",
+            "timeout_ms = 200000",
+        ));
+        assert!(found.is_empty(), "{found:?}");
+        // Exactly-once: a 300 s interval and two runs of 296 s outlive a transaction.
+        let found = problems(&file(
+            "delivery = \"exactly-once\"\n[checkpoint]\ninterval_ms = 300000",
+            "[source.kafka]\n\"max.poll.interval.ms\" = 900000",
+            "timeout_ms = 296000",
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("plugin.timeout_ms:") && p.contains("15 minutes")),
+            "{found:?}"
+        );
+        // The defaults are well within both.
+        assert!(problems(&file("delivery = \"exactly-once\"", "", "")).is_empty());
     }
 
     #[test]

@@ -52,11 +52,13 @@ impl state::Host for HostState {
 
     fn set(&mut self, record: u32, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
         let partition = self.partition_of(record)?;
+        // A write beyond the state limits traps: the record fails, and with it every
+        // write it made (see `transform`).
         self.state
             .lock()
             .unwrap()
-            .set(record, partition, key, value);
-        Ok(())
+            .set(record, partition, key, value)
+            .map_err(wasmtime::Error::msg)
     }
 
     fn delete(&mut self, record: u32, key: Vec<u8>) -> wasmtime::Result<()> {

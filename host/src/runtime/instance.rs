@@ -2,6 +2,7 @@
 //! batch by batch, and what stopped a call named.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_sdk::batch::InputBatch;
 use wasmtime::component::ResourceTable;
@@ -103,6 +104,27 @@ impl Instance {
         result
             .map_err(|e| self.classify(e))?
             .map_err(|message| PluginError::Batch(logs::clean(&message, 0)))
+    }
+
+    /// [`Instance::process`] with at most `budget` for the call, when that is less than
+    /// the plugin's time limit: a batch run again record by record shares one budget.
+    /// A call cut short reports `budget` as its limit.
+    pub fn process_within(
+        &mut self,
+        input: &[u8],
+        batch: &InputBatch<'_>,
+        budget: Duration,
+    ) -> Result<Vec<u8>, PluginError> {
+        let limit = self.limits.call_timeout;
+        self.limits.call_timeout = budget.min(limit);
+        let result = self.process(input, batch);
+        self.limits.call_timeout = limit;
+        result
+    }
+
+    /// How long one call may take.
+    pub fn call_timeout(&self) -> Duration {
+        self.limits.call_timeout
     }
 
     fn arm_deadline(&mut self) {

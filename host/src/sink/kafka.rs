@@ -18,11 +18,12 @@ use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
-use sluice_sdk::batch::{Header, Headers, InputBatch, Op, Record};
+use sluice_sdk::batch::{Header, Headers, InputBatch, Op, OutputReader, Record};
 
 use crate::auth::ClientAuth;
 use crate::checkpoint::{RecordFailure, Tracker, delivery_opaque, from_delivery_opaque};
 use crate::config::{Partitioning, SinkConfig};
+use crate::output::Verdicts;
 use crate::source::kafka::{Unreadable, topic_partitions};
 use crate::state::Change;
 
@@ -258,13 +259,17 @@ impl KafkaSink {
         })
     }
 
-    /// Hands every output of one transformed batch to the producer, in order. Returns
-    /// the number of records sent. `keep_going` is asked while the queue is full.
+    /// Hands the outputs of one transformed batch to the producer, in order: those of
+    /// the records that did not fail, and each failed record, as it was read, to the
+    /// dead-letter topic (see [`crate::output`]). Returns the number of records sent.
+    /// `keep_going` is asked while the queue is full.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
         seq: u64,
         input: &InputBatch<'_>,
-        ops: &[Op<'_>],
+        output: &[u8],
+        verdicts: &Verdicts,
         tracker: &Mutex<Tracker>,
         provenance: Option<Header<'_>>,
         keep_going: &dyn Fn() -> bool,
@@ -272,25 +277,18 @@ impl KafkaSink {
         // Counted before sending: a delivery report may arrive before `send` returns.
         // A batch cut short (error or shutdown) keeps outputs outstanding, so it and
         // everything after it stay uncommitted.
-        let total: usize = ops
-            .iter()
-            .map(|op| match op {
-                Op::Keep { count, .. } => *count as usize,
-                _ => 1,
-            })
-            .sum();
-        tracker.lock().unwrap().add_outputs(seq, total);
+        tracker.lock().unwrap().add_outputs(seq, verdicts.sends());
+        let mut dead_lettered = std::collections::BTreeSet::new();
         let mut sent = 0;
-        for op in ops {
-            if let Op::Error { index, message } = op {
-                let source = input
-                    .get(*index)
-                    .expect("ops were checked against the input");
-                self.dead_letter(seq, &source, message, provenance, keep_going)?;
-                sent += 1;
-                continue;
-            }
-            let (indices, output) = match op {
+        let reader = OutputReader::parse(output, input.len() as u32).map_err(|error| {
+            SendError::Fatal(format!("the output batch cannot be read: {error}"))
+        })?;
+        for op in reader {
+            // Read once already, by the check that made the verdicts.
+            let op = op.map_err(|error| {
+                SendError::Fatal(format!("the output batch cannot be read: {error}"))
+            })?;
+            let (indices, output) = match &op {
                 Op::Keep {
                     start,
                     count,
@@ -299,79 +297,91 @@ impl KafkaSink {
                 Op::ReplaceValue { index, output, .. } | Op::Record { index, output, .. } => {
                     (*index..*index + 1, *output)
                 }
-                Op::Error { .. } => unreachable!("dead-lettered above"),
-            };
-            // A failure here is the failure of the input record being sent.
-            let failed = |index: u32, error: SendError| match error {
-                SendError::Fatal(cause) => match input.get(index) {
-                    Some(source) => SendError::Record(RecordFailure {
-                        partition: (source.topic().to_string(), source.partition()),
-                        offset: source.offset(),
-                        cause,
-                    }),
-                    None => SendError::Fatal(cause),
-                },
-                other => other,
-            };
-            let topic = match output {
-                None => self.default_topic.as_str(),
-                Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
-                    failed(indices.start, SendError::Fatal(format!(
-                        "the plugin sent a record to output `{name}`, which [sink.outputs] does not map to a topic"
-                    )))
-                })?,
+                Op::Error { index, .. } => (*index..*index + 1, None),
             };
             for index in indices {
                 let source = input
                     .get(index)
                     .expect("ops were checked against the input");
-                let (key, value, headers, timestamp) = match op {
-                    Op::Keep { .. } => (
-                        source.key(),
-                        source.value(),
-                        Some(source.headers()),
-                        source.timestamp(),
-                    ),
-                    Op::ReplaceValue { value, .. } => (
-                        source.key(),
-                        *value,
-                        Some(source.headers()),
-                        source.timestamp(),
-                    ),
-                    Op::Record {
-                        key,
-                        value,
-                        headers,
-                        timestamp,
-                        ..
-                    } => (*key, *value, Some(headers.clone()), *timestamp),
-                    Op::Error { .. } => unreachable!(),
+                if let Some(reason) = verdicts.failed().get(&index) {
+                    if dead_lettered.insert(index) {
+                        self.dead_letter(seq, &source, reason, provenance, keep_going)?;
+                        sent += 1;
+                    }
+                    continue;
+                }
+                let topic = match output {
+                    None => self.default_topic.as_str(),
+                    Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
+                        // The verdicts fail records sent to an unmapped output.
+                        SendError::Fatal(format!("output `{name}` is not mapped to a topic"))
+                    })?,
                 };
-                let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
-                    topic,
-                    delivery_opaque(seq, Some(index)),
-                );
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
-                if let Some(value) = value {
-                    record = record.payload(value);
-                }
-                if let Some(headers) = headers.filter(|h| h.len() > 0 || provenance.is_some()) {
-                    record = record.headers(owned_headers(headers, provenance));
-                }
-                if let Some(timestamp) = timestamp {
-                    record = record.timestamp(timestamp);
-                }
-                if self.same_partition {
-                    record = record.partition(source.partition());
-                }
-                self.send_one(record, keep_going)
-                    .map_err(|error| failed(index, error))?;
+                self.send_output(seq, &op, &source, topic, provenance, keep_going)
+                    .map_err(|error| match error {
+                        // A failure here is the failure of the input record being sent.
+                        SendError::Fatal(cause) => SendError::Record(RecordFailure {
+                            partition: (source.topic().to_string(), source.partition()),
+                            offset: source.offset(),
+                            cause,
+                        }),
+                        other => other,
+                    })?;
                 sent += 1;
             }
         }
         Ok(sent)
+    }
+
+    /// Sends the output `op` makes of input record `source` to `topic`.
+    fn send_output(
+        &self,
+        seq: u64,
+        op: &Op<'_>,
+        source: &Record<'_>,
+        topic: &str,
+        provenance: Option<Header<'_>>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<(), SendError> {
+        let (key, value, headers, timestamp) = match op {
+            Op::Keep { .. } => (
+                source.key(),
+                source.value(),
+                source.headers(),
+                source.timestamp(),
+            ),
+            Op::ReplaceValue { value, .. } => {
+                (source.key(), *value, source.headers(), source.timestamp())
+            }
+            Op::Record {
+                key,
+                value,
+                headers,
+                timestamp,
+                ..
+            } => (*key, *value, headers.clone(), *timestamp),
+            Op::Error { .. } => return Ok(()),
+        };
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(
+            topic,
+            delivery_opaque(seq, Some(source.index())),
+        );
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        if headers.len() > 0 || provenance.is_some() {
+            record = record.headers(owned_headers(headers, provenance));
+        }
+        if let Some(timestamp) = timestamp {
+            record = record.timestamp(timestamp);
+        }
+        if self.same_partition {
+            record = record.partition(source.partition());
+        }
+        self.send_one(record, keep_going)
     }
 
     /// Sends input record `source`, which the plugin failed with `message`, to the

@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use sluice_sdk::batch::{Header, InputWriter, RecordFields};
+use sluice_sdk::batch::{Header, InputBatch, InputWriter, RecordFields};
 
 use crate::auth::{AuthFailure, ClientAuth};
 use crate::checkpoint::Partition;
@@ -467,6 +467,40 @@ impl KafkaSource {
             .collect();
         self.spans.fill((-1, -1));
         spans
+    }
+
+    /// Seeks each partition with records in `batch` from index `from` on back to the
+    /// first of them, so that they are read again: the batch's time ran out before
+    /// they were run. A record the contract cannot carry, kept after the batch, is
+    /// read again too if it is on one of those partitions.
+    pub fn read_again(&mut self, batch: &InputBatch<'_>, from: usize) -> anyhow::Result<()> {
+        let mut first: Vec<(i32, i64)> = Vec::new();
+        for record in batch.records().skip(from) {
+            if !first.iter().any(|(p, _)| *p == record.partition()) {
+                first.push((record.partition(), record.offset()));
+            }
+        }
+        if let Some(unreadable) = &self.unreadable
+            && first
+                .iter()
+                .any(|(p, _)| *p == unreadable.message.partition())
+        {
+            self.unreadable = None;
+        }
+        for (partition, offset) in first {
+            // Asynchronous, as a rewind: the client drops what it fetched beyond.
+            self.consumer
+                .seek(
+                    &self.topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::ZERO,
+                )
+                .with_context(|| {
+                    format!("seeking {}/{partition} back to offset {offset}", self.topic)
+                })?;
+        }
+        Ok(())
     }
 
     /// The record that ended the last batch because the plugin contract cannot carry

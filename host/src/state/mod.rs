@@ -29,6 +29,50 @@ struct PartitionState {
     values: HashMap<Vec<u8>, Vec<u8>>,
     /// Keys written since the last checkpoint.
     dirty: HashSet<Vec<u8>>,
+    /// Bytes of the keys and values held.
+    bytes: u64,
+}
+
+impl PartitionState {
+    fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        self.bytes += entry_bytes(&key, &value);
+        let key_len = key.len();
+        let previous = self.values.insert(key, value);
+        if let Some(previous) = &previous {
+            self.bytes -= (key_len + previous.len()) as u64;
+        }
+        previous
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let previous = self.values.remove(key);
+        if let Some(previous) = &previous {
+            self.bytes -= entry_bytes(key, previous);
+        }
+        previous
+    }
+}
+
+fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+/// What the keyed state may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct StateLimits {
+    /// Bytes of one key and its value: at most what one changelog record can carry.
+    pub entry_bytes: u64,
+    /// Bytes of the keys and values of one partition.
+    pub partition_bytes: u64,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            entry_bytes: u64::MAX,
+            partition_bytes: u64::MAX,
+        }
+    }
 }
 
 /// How to undo one write of the open batch: the key's previous value and dirty mark,
@@ -55,11 +99,20 @@ pub struct Savepoint(usize);
 pub struct StateStore {
     partitions: HashMap<i32, PartitionState>,
     undo: Option<Vec<Undo>>,
+    limits: StateLimits,
 }
 
 impl StateStore {
     pub fn shared() -> SharedState {
         Arc::new(Mutex::new(StateStore::default()))
+    }
+
+    /// A shared store that refuses writes beyond `limits`.
+    pub fn shared_with(limits: StateLimits) -> SharedState {
+        Arc::new(Mutex::new(StateStore {
+            limits,
+            ..StateStore::default()
+        }))
     }
 
     pub fn get(&self, partition: i32, key: &[u8]) -> Option<&[u8]> {
@@ -71,10 +124,36 @@ impl StateStore {
     }
 
     /// Stores `value` under `key` in `partition`, for the open batch's record `record`.
-    pub fn set(&mut self, record: u32, partition: i32, key: Vec<u8>, value: Vec<u8>) {
+    /// A write beyond the limits is refused, with the reason, and changes nothing.
+    pub fn set(
+        &mut self,
+        record: u32,
+        partition: i32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), String> {
         let state = self.partitions.entry(partition).or_default();
+        let bytes = entry_bytes(&key, &value);
+        if bytes > self.limits.entry_bytes {
+            return Err(format!(
+                "a keyed-state value of {} bytes (key {} bytes) is larger than one changelog record can carry ({} bytes for key and value: the sink producer's message.max.bytes, less framing)",
+                value.len(),
+                key.len(),
+                self.limits.entry_bytes
+            ));
+        }
+        let replaced = state
+            .values
+            .get(&key)
+            .map_or(0, |old| entry_bytes(&key, old));
+        if state.bytes - replaced + bytes > self.limits.partition_bytes {
+            return Err(format!(
+                "the keyed state of partition {partition} would hold more than {} bytes ([plugin] max_state_mb_per_partition); delete keys the plugin no longer needs, or raise the limit",
+                self.limits.partition_bytes
+            ));
+        }
         let was_dirty = !state.dirty.insert(key.clone());
-        let previous = state.values.insert(key.clone(), value);
+        let previous = state.insert(key.clone(), value);
         if let Some(undo) = &mut self.undo {
             undo.push(Undo {
                 record,
@@ -84,12 +163,13 @@ impl StateStore {
                 dirty: was_dirty,
             });
         }
+        Ok(())
     }
 
     /// Removes `key` from `partition`, for the open batch's record `record`.
     pub fn delete(&mut self, record: u32, partition: i32, key: &[u8]) {
         let state = self.partitions.entry(partition).or_default();
-        let previous = state.values.remove(key);
+        let previous = state.remove(key);
         let was_dirty = !state.dirty.insert(key.to_vec());
         if let Some(undo) = &mut self.undo {
             undo.push(Undo {
@@ -141,8 +221,8 @@ impl StateStore {
         for entry in undone.into_iter().rev() {
             let state = self.partitions.entry(entry.partition).or_default();
             match entry.value {
-                Some(value) => state.values.insert(entry.key.clone(), value),
-                None => state.values.remove(&entry.key),
+                Some(value) => state.insert(entry.key.clone(), value),
+                None => state.remove(&entry.key),
             };
             if !entry.dirty {
                 state.dirty.remove(&entry.key);
@@ -188,11 +268,13 @@ impl StateStore {
 
     /// Replaces a partition's state with restored values (nothing dirty).
     pub fn install(&mut self, partition: i32, values: HashMap<Vec<u8>, Vec<u8>>) {
+        let bytes = values.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         self.partitions.insert(
             partition,
             PartitionState {
                 values,
                 dirty: HashSet::new(),
+                bytes,
             },
         );
     }
@@ -207,6 +289,7 @@ impl StateStore {
     pub fn clear(&mut self, partition: i32) -> usize {
         let state = self.partitions.entry(partition).or_default();
         let keys: Vec<Vec<u8>> = state.values.drain().map(|(key, _)| key).collect();
+        state.bytes = 0;
         let count = keys.len();
         state.dirty.extend(keys);
         count
@@ -230,10 +313,38 @@ mod tests {
     }
 
     #[test]
+    fn a_write_beyond_the_limits_is_refused_and_changes_nothing() {
+        let mut store = StateStore {
+            limits: StateLimits {
+                entry_bytes: 10,
+                partition_bytes: 15,
+            },
+            ..StateStore::default()
+        };
+        store.begin_batch();
+        let too_large = store.set(0, 0, b"k".to_vec(), vec![0; 10]).unwrap_err();
+        assert!(too_large.contains("10 bytes (key 1 bytes)"), "{too_large}");
+        store.set(0, 0, b"a".to_vec(), vec![0; 9]).unwrap();
+        // Replacing a value counts the difference only.
+        store.set(0, 0, b"a".to_vec(), vec![1; 9]).unwrap();
+        let full = store.set(0, 0, b"b".to_vec(), vec![0; 9]).unwrap_err();
+        assert!(full.contains("max_state_mb_per_partition"), "{full}");
+        assert_eq!(store.get(0, b"b"), None);
+        // Another partition has its own budget; deleting makes room.
+        store.set(0, 1, b"b".to_vec(), vec![0; 9]).unwrap();
+        store.delete(0, 0, b"a");
+        store.set(0, 0, b"b".to_vec(), vec![0; 9]).unwrap();
+        // Undone writes give their bytes back.
+        store.discard_batch();
+        assert_eq!(store.partitions[&0].bytes, 0);
+        assert_eq!(store.partitions[&1].bytes, 0);
+    }
+
+    #[test]
     fn partitions_are_separate_scopes() {
         let mut store = StateStore::default();
-        store.set(0, 0, b"k".to_vec(), b"zero".to_vec());
-        store.set(0, 1, b"k".to_vec(), b"one".to_vec());
+        store.set(0, 0, b"k".to_vec(), b"zero".to_vec()).unwrap();
+        store.set(0, 1, b"k".to_vec(), b"one".to_vec()).unwrap();
         assert_eq!(store.get(0, b"k"), Some(&b"zero"[..]));
         assert_eq!(store.get(1, b"k"), Some(&b"one"[..]));
         assert_eq!(store.get(2, b"k"), None);
@@ -242,9 +353,9 @@ mod tests {
     #[test]
     fn changes_carry_the_latest_value_once_and_deletions_as_tombstones() {
         let mut store = StateStore::default();
-        store.set(0, 0, b"a".to_vec(), b"1".to_vec());
-        store.set(0, 0, b"a".to_vec(), b"2".to_vec());
-        store.set(0, 0, b"b".to_vec(), b"x".to_vec());
+        store.set(0, 0, b"a".to_vec(), b"1".to_vec()).unwrap();
+        store.set(0, 0, b"a".to_vec(), b"2".to_vec()).unwrap();
+        store.set(0, 0, b"b".to_vec(), b"x".to_vec()).unwrap();
         store.delete(0, 0, b"b");
         assert!(store.has_changes());
         assert_eq!(
@@ -269,11 +380,11 @@ mod tests {
     #[test]
     fn changes_whose_write_failed_are_taken_again_with_their_latest_values() {
         let mut store = StateStore::default();
-        store.set(0, 0, b"a".to_vec(), b"1".to_vec());
-        store.set(0, 2, b"b".to_vec(), b"2".to_vec());
+        store.set(0, 0, b"a".to_vec(), b"1".to_vec()).unwrap();
+        store.set(0, 2, b"b".to_vec(), b"2".to_vec()).unwrap();
         let failed = store.take_changes(None);
         assert!(!store.has_changes());
-        store.set(0, 0, b"a".to_vec(), b"latest".to_vec());
+        store.set(0, 0, b"a".to_vec(), b"latest".to_vec()).unwrap();
         store.drop_partition(2);
         store.untake_changes(&failed);
         assert_eq!(
@@ -289,8 +400,8 @@ mod tests {
     #[test]
     fn changes_can_be_taken_for_some_partitions_only() {
         let mut store = StateStore::default();
-        store.set(0, 0, b"a".to_vec(), b"1".to_vec());
-        store.set(0, 3, b"a".to_vec(), b"3".to_vec());
+        store.set(0, 0, b"a".to_vec(), b"1".to_vec()).unwrap();
+        store.set(0, 3, b"a".to_vec(), b"3".to_vec()).unwrap();
         let taken = store.take_changes(Some(&[3]));
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].partition, 3);
@@ -300,19 +411,19 @@ mod tests {
     #[test]
     fn the_records_that_wrote_are_known_while_their_batch_is_open() {
         let mut store = StateStore::default();
-        store.set(1, 0, b"k".to_vec(), b"before".to_vec());
+        store.set(1, 0, b"k".to_vec(), b"before".to_vec()).unwrap();
         store.begin_batch();
         assert!(
             !store.any_wrote(&[1]),
             "a write before the batch is not the batch's"
         );
-        store.set(2, 0, b"k".to_vec(), b"v".to_vec());
+        store.set(2, 0, b"k".to_vec(), b"v".to_vec()).unwrap();
         store.delete(4, 1, b"k");
         assert!(!store.any_wrote(&[0, 1, 3]));
         assert!(store.any_wrote(&[1, 2]));
         assert!(store.any_wrote(&[4]));
         let savepoint = store.savepoint();
-        store.set(5, 0, b"k".to_vec(), b"undone".to_vec());
+        store.set(5, 0, b"k".to_vec(), b"undone".to_vec()).unwrap();
         store.rollback_to(savepoint);
         assert!(!store.any_wrote(&[5]), "an undone write no longer counts");
         store.commit_batch();
@@ -322,15 +433,15 @@ mod tests {
     #[test]
     fn a_discarded_batch_leaves_values_and_changes_as_they_were() {
         let mut store = StateStore::default();
-        store.set(0, 0, b"kept".to_vec(), b"1".to_vec());
+        store.set(0, 0, b"kept".to_vec(), b"1".to_vec()).unwrap();
         store.take_changes(None);
-        store.set(0, 0, b"dirty".to_vec(), b"d".to_vec());
+        store.set(0, 0, b"dirty".to_vec(), b"d".to_vec()).unwrap();
 
         store.begin_batch();
-        store.set(0, 0, b"kept".to_vec(), b"2".to_vec());
-        store.set(0, 0, b"kept".to_vec(), b"3".to_vec());
+        store.set(0, 0, b"kept".to_vec(), b"2".to_vec()).unwrap();
+        store.set(0, 0, b"kept".to_vec(), b"3".to_vec()).unwrap();
         store.delete(0, 0, b"dirty");
-        store.set(0, 1, b"new".to_vec(), b"n".to_vec());
+        store.set(0, 1, b"new".to_vec(), b"n".to_vec()).unwrap();
         store.discard_batch();
 
         assert_eq!(store.get(0, b"kept"), Some(&b"1"[..]));
@@ -352,7 +463,7 @@ mod tests {
     fn a_committed_batch_keeps_its_writes() {
         let mut store = StateStore::default();
         store.begin_batch();
-        store.set(0, 0, b"k".to_vec(), b"v".to_vec());
+        store.set(0, 0, b"k".to_vec(), b"v".to_vec()).unwrap();
         store.commit_batch();
         store.discard_batch();
         assert_eq!(store.get(0, b"k"), Some(&b"v"[..]));
@@ -361,22 +472,22 @@ mod tests {
     #[test]
     fn rolling_back_to_a_savepoint_undoes_only_the_later_writes_of_the_batch() {
         let mut store = StateStore::default();
-        store.set(0, 0, b"before".to_vec(), b"0".to_vec());
+        store.set(0, 0, b"before".to_vec(), b"0".to_vec()).unwrap();
         store.take_changes(None);
 
         store.begin_batch();
-        store.set(0, 0, b"first".to_vec(), b"1".to_vec());
+        store.set(0, 0, b"first".to_vec(), b"1".to_vec()).unwrap();
         let savepoint = store.savepoint();
-        store.set(0, 0, b"first".to_vec(), b"2".to_vec());
+        store.set(0, 0, b"first".to_vec(), b"2".to_vec()).unwrap();
         store.delete(0, 0, b"before");
-        store.set(0, 0, b"second".to_vec(), b"x".to_vec());
+        store.set(0, 0, b"second".to_vec(), b"x".to_vec()).unwrap();
         store.rollback_to(savepoint);
 
         assert_eq!(store.get(0, b"first"), Some(&b"1"[..]));
         assert_eq!(store.get(0, b"before"), Some(&b"0"[..]));
         assert_eq!(store.get(0, b"second"), None);
         // The batch is still open: what came before the savepoint can be undone too.
-        store.set(0, 0, b"third".to_vec(), b"3".to_vec());
+        store.set(0, 0, b"third".to_vec(), b"3".to_vec()).unwrap();
         store.discard_batch();
         assert_eq!(store.get(0, b"first"), None);
         assert_eq!(store.get(0, b"third"), None);

@@ -10,7 +10,12 @@
 //! - `grow_on` and `grow_to`: a record whose value contains `grow_on` goes out with
 //!   its value repeated up to `grow_to` bytes (for an output the broker refuses);
 //! - `output_on` and `output`: a record whose value contains `output_on` goes to the
-//!   named output `output` (for an output name the host does not map).
+//!   named output `output` (for an output name the host does not map);
+//! - `copies_on` and `copies`: a record whose value contains `copies_on` is kept
+//!   `copies` times (for the outputs-per-record limit);
+//! - `fill_on`, `fill_keys` and `fill_bytes`: a record whose value contains `fill_on`
+//!   writes `fill_keys` keyed-state values of `fill_bytes` bytes (for the state limits);
+//! - `busy_ms`: every record takes this long (a busy wait), for the time budget.
 
 use sluice_sdk::batch::{Header, NewRecord};
 use sluice_sdk::{Config, Error, Output, Record, State, Transform};
@@ -24,6 +29,12 @@ struct Faulty {
     grow_to: usize,
     output_on: Option<String>,
     output: String,
+    copies_on: Option<String>,
+    copies: u64,
+    fill_on: Option<String>,
+    fill_keys: u64,
+    fill_bytes: usize,
+    busy_ms: u64,
 }
 
 fn contains(value: Option<&[u8]>, needle: &Option<String>) -> bool {
@@ -47,10 +58,35 @@ impl Transform for Faulty {
             grow_to: config.parse("grow_to")?.unwrap_or(0),
             output_on: config.get("output_on").map(str::to_owned),
             output: config.get("output").unwrap_or("side").to_owned(),
+            copies_on: config.get("copies_on").map(str::to_owned),
+            copies: config.parse("copies")?.unwrap_or(1),
+            fill_on: config.get("fill_on").map(str::to_owned),
+            fill_keys: config.parse("fill_keys")?.unwrap_or(0),
+            fill_bytes: config.parse("fill_bytes")?.unwrap_or(0),
+            busy_ms: config.parse("busy_ms")?.unwrap_or(0),
         })
     }
 
     fn process(&mut self, record: &Record<'_>, out: &mut Output<'_>) -> Result<(), Error> {
+        if self.busy_ms > 0 {
+            let started = std::time::Instant::now();
+            while started.elapsed().as_millis() < u128::from(self.busy_ms) {
+                std::hint::spin_loop();
+            }
+        }
+        if contains(record.value(), &self.fill_on) {
+            let state = State::of(record);
+            let value = vec![b'f'; self.fill_bytes];
+            for key in 0..self.fill_keys {
+                state.set(format!("fill-{key}").as_bytes(), &value);
+            }
+        }
+        if contains(record.value(), &self.copies_on) {
+            for _ in 0..self.copies {
+                out.keep();
+            }
+            return Ok(());
+        }
         let count = match &self.count_in_state {
             Some(key) => {
                 let state = State::of(record);
