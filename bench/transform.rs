@@ -1,6 +1,7 @@
 //! The in-process cost of Sluice's transform step with the built-in pass-through, per
 //! record, without Kafka: encoding the input batch on the host, and the whole step as
-//! the pipeline runs it (encode, open, plugin call, read the output ops). Opening and
+//! the pipeline runs it (encode, open, plugin call, check the output against the
+//! output limits). The output check is also measured alone. Opening and
 //! the plugin call are also measured alone, to show where the step's time goes, and
 //! the plugin call again on the baseline compiler's code (Winch), which a hot-swapped
 //! version runs until Cranelift's is ready.
@@ -10,10 +11,11 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sluice_host::output::{OutputLimits, Verdicts};
 use sluice_host::plugin::{Origin, PASSTHROUGH_WASM, Plugin, digest};
 use sluice_host::runtime::{Instance, Limits, Runtime, Sandbox, Tier};
 use sluice_host::state::StateStore;
-use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, RecordFields};
+use sluice_sdk::batch::{Header, InputBatch, InputWriter, RecordFields};
 
 const BATCH_SIZES: [usize; 2] = [100, 1000];
 const TOPIC: &str = "bench-in";
@@ -73,24 +75,32 @@ impl Sample {
     }
 }
 
+/// The output limits at their defaults, as `sluice run` sets them.
+fn limits() -> OutputLimits {
+    OutputLimits {
+        per_record: 1_000,
+        batch_bytes: 64 << 20,
+        record_bytes: 1_000_000,
+        outputs: Default::default(),
+    }
+}
+
 /// One pipeline step, as `Pipeline::run` and `TransformStage` do it. Returns the number
 /// of output records so the work cannot be optimised away.
-fn step(sample: &Sample, writer: &mut InputWriter, instance: &mut Instance) -> usize {
+fn step(
+    sample: &Sample,
+    writer: &mut InputWriter,
+    instance: &mut Instance,
+    limits: &OutputLimits,
+) -> usize {
     let encoded = sample.encode(writer);
     let input = InputBatch::open(encoded).expect("the host's own encoding parses");
     let output = instance
         .process(encoded, &input)
         .expect("the pass-through accepts every batch");
-    let ops: Vec<Op<'_>> = OutputReader::parse(&output, input.len() as u32)
+    Verdicts::check(&output, &input, limits)
         .expect("the pass-through's output parses")
-        .collect::<Result<_, _>>()
-        .expect("the pass-through's ops are valid");
-    ops.iter()
-        .map(|op| match op {
-            Op::Keep { count, .. } => *count as usize,
-            _ => 1,
-        })
-        .sum()
+        .sends()
 }
 
 fn transform(c: &mut Criterion) {
@@ -178,12 +188,30 @@ fn transform(c: &mut Criterion) {
             },
         );
 
+        let limits = limits();
+        let output = instance
+            .process(&encoded, &input)
+            .expect("the pass-through accepts every batch");
+        group.bench_with_input(
+            BenchmarkId::new("output_check", records),
+            &output,
+            |b, output| {
+                b.iter(|| {
+                    black_box(
+                        Verdicts::check(black_box(output), &input, &limits)
+                            .expect("the pass-through's output parses")
+                            .sends(),
+                    )
+                })
+            },
+        );
+
         group.bench_with_input(
             BenchmarkId::new("full_step", records),
             &sample,
             |b, sample| {
                 b.iter(|| {
-                    let sent = step(sample, &mut writer, &mut instance);
+                    let sent = step(sample, &mut writer, &mut instance, &limits);
                     assert_eq!(sent, records);
                     black_box(sent)
                 })
