@@ -15,6 +15,7 @@ mod passthrough;
 mod properties;
 mod recovery;
 mod sandbox;
+mod scale;
 mod startup;
 mod state;
 mod support;
