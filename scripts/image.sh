@@ -84,7 +84,7 @@ context=$(mktemp -d -t sluice-image.XXXXXX)
 trap 'rm -rf "$context"' EXIT
 root=$context/rootfs
 mkdir -p "$root/usr/local/bin" "$root/etc/sluice/plugin" "$root/etc/ssl/certs" \
-  "$root/home/sluice" "$root/tmp"
+  "$root/tmp" "$context/home/sluice"
 # Stripped: symbols are for debuggers; panics still name their file and line.
 strip -o "$root/usr/local/bin/sluice" "$binary"
 
@@ -112,7 +112,7 @@ FROM scratch
 COPY rootfs/ /
 # HOME and /tmp writable by the user only (the compilation cache refuses a directory
 # others can write); on a read-only root, mount an emptyDir on /home/sluice.
-COPY --chown=65532:65532 rootfs/home/sluice /home/sluice
+COPY --chown=65532:65532 home/ /home/
 USER 65532:65532
 ENV HOME=/home/sluice \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
@@ -122,7 +122,7 @@ ENTRYPOINT ["/usr/local/bin/sluice"]
 CMD ["run", "--config", "/etc/sluice/sluice.toml"]
 EOF
 chmod 1777 "$root/tmp"
-chmod 0700 "$root/home/sluice"
+chmod 0700 "$context/home/sluice"
 
 echo "image: building $tag with $engine"
 "$engine" build --quiet -f "$context/Containerfile" -t "$tag" "$context" >/dev/null
