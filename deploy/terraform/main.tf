@@ -78,7 +78,6 @@ resource "aws_ecs_task_definition" "sluice" {
       readonlyRootFilesystem = false
       environment = [
         { name = "SLUICE_INSTANCE", value = "${var.name}-${count.index}" },
-        { name = "BOOTSTRAP_SERVERS", value = var.bootstrap_servers },
         { name = "AWS_REGION", value = data.aws_region.current.name },
       ]
       # The host's stop takes at most 25 s; ECS sends SIGKILL after stopTimeout.

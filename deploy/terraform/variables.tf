@@ -19,11 +19,6 @@ variable "msk_cluster_arn" {
   type        = string
 }
 
-variable "bootstrap_servers" {
-  description = "The MSK cluster's IAM bootstrap brokers (port 9098), comma-separated."
-  type        = string
-}
-
 variable "vpc_id" {
   description = "VPC of the subnets and of the MSK cluster."
   type        = string
@@ -61,7 +56,7 @@ variable "exactly_once" {
 }
 
 variable "config_path" {
-  description = "The pipeline file inside the image (a scratch image has no shell to write one at start: build it in, see docs/deploy.md)."
+  description = "The pipeline file inside the image, naming the cluster's IAM brokers (port 9098) and the topics and group below (a scratch image has no shell to write one at start: build it in, see docs/deploy.md)."
   type        = string
   default     = "/etc/sluice/sluice.toml"
 }
