@@ -1,7 +1,7 @@
 //! The deployment recipes under `deploy/`, checked offline: no cluster and no AWS
-//! account are used. The Kubernetes manifests are read as their kustomizations list
-//! them (resources, overlays and generated ConfigMaps; kustomize itself is not run)
-//! and held against what the host does: its admin port and endpoints, its instance
+//! account are used. The Kubernetes manifests are rendered with `kustomize build` when
+//! kustomize is on the PATH, else read as their kustomizations list them (resources,
+//! overlays and generated ConfigMaps), and held against what the host does: its admin port and endpoints, its instance
 //! name from the pod name, its stop budget, its pipeline file. The Terraform module is
 //! parsed with python-hcl2, scanned with Checkov, and its IAM actions compared with
 //! the list in the README.
@@ -18,10 +18,36 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
+/// The objects the kustomization in `dir` renders to: `kustomize build` when kustomize
+/// is installed, else [`read_kustomization`].
+fn render(dir: &Path) -> Vec<Value> {
+    let Ok(built) = Command::new("kustomize").arg("build").arg(dir).output() else {
+        eprintln!("kustomize is not installed: reading the kustomization's files instead");
+        return read_kustomization(dir);
+    };
+    assert!(
+        built.status.success(),
+        "kustomize build {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    documents(&String::from_utf8(built.stdout).unwrap(), dir)
+}
+
+/// Every YAML document in `text` (read from `origin`).
+fn documents(text: &str, origin: &Path) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| {
+            Value::deserialize(document).unwrap_or_else(|e| panic!("{}: {e}", origin.display()))
+        })
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
 /// The objects a kustomization renders to, as far as these manifests use it:
 /// `resources` (files and other kustomizations) and `configMapGenerator` (without the
 /// name's hash suffix, which kustomize also writes into the references).
-fn render(dir: &Path) -> Vec<Value> {
+fn read_kustomization(dir: &Path) -> Vec<Value> {
     let path = dir.join("kustomization.yaml");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
@@ -30,16 +56,10 @@ fn render(dir: &Path) -> Vec<Value> {
     for resource in seq(&kustomization["resources"]) {
         let resource = dir.join(resource.as_str().unwrap());
         if resource.is_dir() {
-            objects.extend(render(&resource));
+            objects.extend(read_kustomization(&resource));
         } else {
             let text = std::fs::read_to_string(&resource).unwrap();
-            for document in serde_yaml::Deserializer::from_str(&text) {
-                let object = Value::deserialize(document)
-                    .unwrap_or_else(|e| panic!("{}: {e}", resource.display()));
-                if !object.is_null() {
-                    objects.push(object);
-                }
-            }
+            objects.extend(documents(&text, &resource));
         }
     }
     for generator in seq(&kustomization["configMapGenerator"]) {
