@@ -97,6 +97,25 @@ fn the_demo_pipeline_runs_in_the_scratch_image() {
         String::from_utf8_lossy(&built.stdout),
         String::from_utf8_lossy(&built.stderr)
     );
+    // Small: beside the binary only the libraries, the loader and the CA bundle
+    // (about 9 MB on Debian 12).
+    let stripped = workdir();
+    let binary = stripped.path().join("sluice");
+    let strip = Command::new("strip")
+        .arg("-o")
+        .arg(&binary)
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .status()
+        .unwrap();
+    assert!(strip.success());
+    let binary_size = std::fs::metadata(&binary).unwrap().len();
+    let image_size: u64 = podman_ok(&["image", "inspect", &image, "--format", "{{.Size}}"])
+        .parse()
+        .unwrap();
+    assert!(
+        image_size < binary_size + 15_000_000,
+        "the image takes {image_size} bytes for a {binary_size}-byte binary"
+    );
     let config = podman_ok(&[
         "image",
         "inspect",
@@ -178,6 +197,17 @@ fn the_demo_pipeline_runs_in_the_scratch_image() {
     );
     let (code, ready) = admin_ready(&admin, 60);
     assert_eq!(code, 200, "the admin endpoint in the container: {ready}");
+
+    // The ECS health check: the binary asks its own admin endpoint (no shell in the image).
+    podman_ok(&[
+        "exec",
+        &container,
+        "/usr/local/bin/sluice",
+        "plugin",
+        "status",
+        "--admin",
+        &admin,
+    ]);
 
     // SIGTERM, as Kubernetes stops a pod: the host commits and exits 0.
     podman_ok(&["stop", "--time", "40", &container]);
