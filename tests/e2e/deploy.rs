@@ -299,7 +299,7 @@ fn kafka_actions(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Where the Terraform checkers are: `scripts/deploy-tools.sh` installs them.
+/// Where the Terraform checkers are: `scripts/install.sh` installs them.
 fn iac_tools() -> PathBuf {
     let tools = std::env::var_os("SLUICE_TOOLS_DIR")
         .map(PathBuf::from)
@@ -312,7 +312,7 @@ fn iac_tools() -> PathBuf {
     let bin = tools.join("iac/bin");
     assert!(
         bin.join("checkov").is_file(),
-        "no Checkov in {}: run scripts/deploy-tools.sh (it installs Checkov and python-hcl2 there)",
+        "no Checkov in {}: run scripts/install.sh (or scripts/deploy-tools.sh --iac), which installs Checkov and python-hcl2 there",
         bin.display()
     );
     bin
