@@ -115,6 +115,7 @@ COPY rootfs/ /
 COPY --chown=65532:65532 home/ /home/
 USER 65532:65532
 ENV HOME=/home/sluice \
+    PATH=/usr/local/bin \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /home/sluice
 EXPOSE 9464

@@ -200,13 +200,7 @@ fn the_demo_pipeline_runs_in_the_scratch_image() {
 
     // The ECS health check: the binary asks its own admin endpoint (no shell in the image).
     podman_ok(&[
-        "exec",
-        &container,
-        "/usr/local/bin/sluice",
-        "plugin",
-        "status",
-        "--admin",
-        &admin,
+        "exec", &container, "sluice", "plugin", "status", "--admin", &admin,
     ]);
 
     // SIGTERM, as Kubernetes stops a pod: the host commits and exits 0.
