@@ -7,7 +7,8 @@
 #
 # --binary  the sluice binary to package (default: the release build, built first;
 #           ${CARGO_TARGET_DIR:-target}/release/sluice)
-# --tag     the image name (default: localhost/sluice:<version>, also tagged :latest)
+# --tag     the image name (default: localhost/sluice:<version>, then also tagged
+#           localhost/sluice:latest)
 # --engine  podman or docker (default: podman if installed, else docker if its
 #           engine answers)
 #
@@ -72,7 +73,8 @@ EOF
 fi
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-tag=${tag:-localhost/sluice:${version:-dev}}
+default_tag=localhost/sluice:${version:-dev}
+tag=${tag:-$default_tag}
 if [[ -z $binary ]]; then
   echo "image: building sluice (release)"
   cargo build --release -p sluice-host --bin sluice
@@ -127,6 +129,7 @@ chmod 0700 "$context/home/sluice"
 
 echo "image: building $tag with $engine"
 "$engine" build --quiet -f "$context/Containerfile" -t "$tag" "$context" >/dev/null
-"$engine" tag "$tag" "${tag%:*}:latest"
+# The default name is also tagged :latest; a name given with --tag is used alone.
+[[ $tag == "$default_tag" ]] && "$engine" tag "$tag" localhost/sluice:latest
 size=$("$engine" image inspect "$tag" --format '{{.Size}}')
 echo "image: $tag, $((size / 1000000)) MB"
