@@ -102,4 +102,7 @@ if [[ $py_installed != "$componentize_py_version" ]]; then
   }
 fi
 
+# 5. The Terraform module's offline checkers (Checkov, python-hcl2), under $tools/iac.
+SLUICE_TOOLS_DIR=$tools "$root/scripts/deploy-tools.sh" --iac >&2
+
 echo "$js_dir/node_modules/.bin:$py_dir/bin"
