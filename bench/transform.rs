@@ -105,6 +105,15 @@ fn step(
 
 fn transform(c: &mut Criterion) {
     let runtime = Runtime::new().expect("starting the WebAssembly runtime");
+    // Baseline code first: once the optimized code is compiled, loading takes it.
+    let (baseline, _) = Plugin::from_bytes_fast(
+        &runtime,
+        Origin::BuiltIn,
+        PASSTHROUGH_WASM,
+        &digest(PASSTHROUGH_WASM),
+    )
+    .expect("compiling the built-in pass-through with the baseline compiler");
+    assert_eq!(baseline.tier(), Tier::Baseline);
     let plugin = Plugin::load(&runtime, None).expect("loading the built-in pass-through");
     let mut instance = plugin
         .start(
@@ -114,14 +123,6 @@ fn transform(c: &mut Criterion) {
             StateStore::shared(),
         )
         .expect("starting the built-in pass-through");
-    let (baseline, _) = Plugin::from_bytes_fast(
-        &runtime,
-        Origin::BuiltIn,
-        PASSTHROUGH_WASM,
-        &digest(PASSTHROUGH_WASM),
-    )
-    .expect("compiling the built-in pass-through with the baseline compiler");
-    assert_eq!(baseline.tier(), Tier::Baseline);
     let mut baseline = baseline
         .start(
             Limits::default(),
