@@ -210,9 +210,17 @@ pub struct Record<'a> {
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
     headers: Headers<'a>,
+    encoded_len: u32,
 }
 
 impl<'a> Record<'a> {
+    /// Bytes the record takes in its batch: its key, value and headers with their
+    /// lengths, and 22 bytes of topic, partition, offset and timestamp. An upper bound
+    /// of what the record takes in a Kafka record, known without reading the headers.
+    pub fn encoded_len(&self) -> u32 {
+        self.encoded_len
+    }
+
     /// The record's position in its batch.
     pub fn index(&self) -> u32 {
         self.index
@@ -369,6 +377,7 @@ impl<'a> InputBatch<'a> {
             key,
             value,
             headers,
+            encoded_len: (cursor.pos - at) as u32,
         })
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use sluice_sdk::batch::{DecodeError, Header, InputBatch, Op, OutputReader, Record};
+use sluice_sdk::batch::{DecodeError, InputBatch, Op, OutputReader, Record};
 
 /// Bytes of framing counted for every output record and header on top of its key,
 /// value and header bytes: more than a Kafka v2 record needs (varint lengths, offset
@@ -185,27 +185,29 @@ impl Verdicts {
 }
 
 /// Bytes of the output record `op` makes of input record `record`, framing included.
+/// An input record kept (or with its value replaced) is counted as it lies in the
+/// input batch, which is a little more than its key, value and headers.
 fn output_bytes(op: &Op<'_>, record: &Record<'_>) -> u64 {
     let len = |bytes: Option<&[u8]>| bytes.map_or(0, |b| b.len() as u64);
-    let headers = |headers: &mut dyn Iterator<Item = Header<'_>>| -> u64 {
-        headers
-            .map(|h| h.name.len() as u64 + len(h.value) + HEADER_FRAMING)
-            .sum()
-    };
     RECORD_FRAMING
         + match op {
-            Op::Keep { .. } => {
-                len(record.key()) + len(record.value()) + headers(&mut record.headers())
-            }
+            Op::Keep { .. } => u64::from(record.encoded_len()),
             Op::ReplaceValue { value, .. } => {
-                len(record.key()) + len(*value) + headers(&mut record.headers())
+                u64::from(record.encoded_len()) - len(record.value()) + len(*value)
             }
             Op::Record {
                 key,
                 value,
-                headers: own,
+                headers,
                 ..
-            } => len(*key) + len(*value) + headers(&mut own.clone()),
+            } => {
+                len(*key)
+                    + len(*value)
+                    + headers
+                        .clone()
+                        .map(|h| h.name.len() as u64 + len(h.value) + HEADER_FRAMING)
+                        .sum::<u64>()
+            }
             Op::Error { .. } => 0,
         }
 }
@@ -258,7 +260,9 @@ mod tests {
         let verdicts = Verdicts::check(&out, &batch, &limits(3, 1 << 20, 1 << 20)).unwrap();
         assert!(verdicts.failed().is_empty());
         assert_eq!(verdicts.sends(), 5);
-        assert_eq!(verdicts.bytes(), 5 * RECORD_FRAMING + 1 + 1 + 1 + 1 + 3);
+        // Each input record as it lies in the batch (all three are the same size).
+        let record = u64::from(batch.get(0).unwrap().encoded_len());
+        assert_eq!(verdicts.bytes(), 5 * (RECORD_FRAMING + record) - 1 + 3);
     }
 
     #[test]
@@ -319,11 +323,12 @@ mod tests {
         out.replace_value(1, Some(&big), None);
         out.keep(2);
         let out = out.finish();
-        // Room for records 0 and 2 (65 bytes each), not for record 1 (364).
+        // Room for records 0 and 2, not for record 1 with its 300-byte value.
         let verdicts = Verdicts::check(&out, &batch, &limits(10, 200, 1 << 20)).unwrap();
         assert_eq!(verdicts.failed().keys().copied().collect::<Vec<_>>(), [1]);
         assert!(verdicts.failed()[&1].contains("max_batch_output_mb"));
-        assert_eq!(verdicts.bytes(), 2 * (RECORD_FRAMING + 1));
+        let record = u64::from(batch.get(0).unwrap().encoded_len());
+        assert_eq!(verdicts.bytes(), 2 * (RECORD_FRAMING + record));
     }
 
     #[test]
