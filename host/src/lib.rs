@@ -24,7 +24,8 @@
 //! - `auth`: Kafka security settings, MSK IAM tokens, and stopping on refused credentials.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
 //! - `author`: plugin authoring commands (new, build, test, inspect); no Kafka.
-//! - `shutdown`, `telemetry`: signals, and logging.
+//! - `shutdown`, `telemetry`: signals, and logging; `metrics`, `history`: counters and
+//!   the recent checkpoints and warnings the admin endpoint serves.
 
 pub mod admin;
 pub mod app;
@@ -34,6 +35,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod history;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
