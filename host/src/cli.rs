@@ -18,7 +18,13 @@ pub struct Cli {
 
     /// How log lines are written: `text`, or `json` (one object per line with
     /// `timestamp`, `level`, `target`, `message` and every field).
-    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     pub log_format: crate::telemetry::LogFormat,
 
     #[command(subcommand)]

@@ -92,7 +92,9 @@ thread_local! {
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Books> {
-    BOOKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    BOOKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn now_ms() -> u64 {

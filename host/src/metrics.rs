@@ -315,7 +315,12 @@ impl Metrics {
                         committed: p.committed_offset.max(-1),
                         end: end.max(-1),
                         position: p.app_offset.max(-1),
-                        lag: partition_lag(p.ls_offset, p.hi_offset, p.app_offset, p.committed_offset),
+                        lag: partition_lag(
+                            p.ls_offset,
+                            p.hi_offset,
+                            p.app_offset,
+                            p.committed_offset,
+                        ),
                         records_per_second,
                         at: Some(now),
                     },
@@ -379,6 +384,18 @@ impl Metrics {
                 lag as f64,
             );
         }
+        // As `GET /ready` answers with its default: every worker finished a turn of
+        // its loop within the last 60 s.
+        let ready = self
+            .since_turns()
+            .iter()
+            .all(|since| since.is_some_and(|since| since <= Duration::from_secs(60)));
+        metric(
+            "hostReady",
+            "gauge",
+            "1 when every worker finished a turn of its loop within the last 60 s (as GET /ready), else 0.",
+            if ready { 1.0 } else { 0.0 },
+        );
         metric(
             "uptime",
             "gauge",
@@ -563,6 +580,9 @@ mod tests {
             assert!(text.contains(&format!("# TYPE {family} ")), "{sample}");
         }
         assert_eq!(value(&text, "checkpointDurationSeconds_count"), 1.0);
-        assert!(text.contains("checkpointDurationSeconds_bucket{le=\"0.0025\"}") || text.contains("checkpointDurationSeconds_bucket{le=\"0.005\"} 1"));
+        assert!(
+            text.contains("checkpointDurationSeconds_bucket{le=\"0.0025\"}")
+                || text.contains("checkpointDurationSeconds_bucket{le=\"0.005\"} 1")
+        );
     }
 }

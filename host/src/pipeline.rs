@@ -278,7 +278,8 @@ impl Pipeline {
                     && now >= last_commit_end + checkpoint.min_pause
                 {
                     last_checkpoint = now;
-                    let partitions = checkpointer.checkpoint(source.consumer(), Reason::Periodic)?;
+                    let partitions =
+                        checkpointer.checkpoint(source.consumer(), Reason::Periodic)?;
                     if partitions > 0 {
                         summary.checkpoints += 1;
                         metrics.checkpoint(now.elapsed());

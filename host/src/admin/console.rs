@@ -157,10 +157,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::X_FRAME_OPTIONS,
-        HeaderValue::from_static("DENY"),
-    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -327,9 +324,16 @@ pub fn config_text(config: &crate::config::Config) -> String {
     let mut config = config.clone();
     for (key, value) in &mut config.plugin.config {
         let key = key.to_ascii_lowercase();
-        if ["password", "secret", "token", "key", "credential", "passphrase"]
-            .iter()
-            .any(|word| key.contains(word))
+        if [
+            "password",
+            "secret",
+            "token",
+            "key",
+            "credential",
+            "passphrase",
+        ]
+        .iter()
+        .any(|word| key.contains(word))
         {
             *value = "«redacted»".to_string();
         }

@@ -168,9 +168,7 @@ struct WorkerStatus {
     version: u64,
 }
 
-async fn console_snapshot(
-    State((registry, metrics, console)): State<Reads>,
-) -> Response {
+async fn console_snapshot(State((registry, metrics, console)): State<Reads>) -> Response {
     // Reading a version's language may read its file once: off the async threads.
     match tokio::task::spawn_blocking(move || console::snapshot(&console, &registry, &metrics))
         .await
@@ -373,7 +371,10 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
     let too_large = || {
         refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a component of at most {} MiB can be uploaded", MAX_UPLOAD >> 20),
+            format!(
+                "a component of at most {} MiB can be uploaded",
+                MAX_UPLOAD >> 20
+            ),
         )
     };
     if declared.is_some_and(|length| length > MAX_UPLOAD) {
@@ -458,8 +459,7 @@ async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
 
     // Compiling a component takes from milliseconds to seconds: keep it off the async threads.
     let registry = state.registry.clone();
-    let validation =
-        tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &path));
+    let validation = tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &path));
     let (code, answer) = match tokio::time::timeout(SWAP_TIMEOUT, validation).await {
         Ok(Ok(Ok(outcome))) => (
             StatusCode::OK,

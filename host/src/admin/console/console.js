@@ -18,7 +18,8 @@ function el(tag, props, ...children) {
     else node.setAttribute(key, value);
   }
   for (const child of children) {
-    node.append(child === undefined || child === null ? "" : String(child));
+    if (child instanceof Node) node.append(child);
+    else node.append(child === undefined || child === null ? "" : String(child));
   }
   return node;
 }
@@ -124,7 +125,10 @@ function drawChart(rates, nowMs) {
   const g = canvas.getContext("2d");
   g.setTransform(ratio, 0, 0, ratio, 0, 0);
   g.clearRect(0, 0, width, height);
-  const span = 300000;
+  // The last five minutes, or the last minute while there is less to show.
+  const oldest = rates.length ? nowMs - rates[0].at_ms : 0;
+  const span = Math.min(300000, Math.max(60000, Math.ceil(oldest / 60000) * 60000));
+  const minutes = span / 60000;
   const left = 56, bottom = 20, top = 8, right = 8;
   const plotW = width - left - right, plotH = height - top - bottom;
   let max = 1;
@@ -137,9 +141,11 @@ function drawChart(rates, nowMs) {
     g.beginPath(); g.moveTo(left, y); g.lineTo(left + plotW, y); g.stroke();
     g.fillText(count((scale * i) / 4), 4, y + 4);
   }
-  for (let minute = 0; minute <= 5; minute++) {
-    const x = left + plotW - (plotW * minute * 60000) / span;
-    g.fillText(minute === 0 ? "now" : "-" + minute + "m", x - 10, height - 4);
+  const step = minutes === 1 ? 10000 : 60000;
+  for (let age = 0; age <= span; age += step) {
+    const x = left + plotW - (plotW * age) / span;
+    const label = age === 0 ? "now" : step === 10000 ? "-" + age / 1000 + "s" : "-" + age / 60000 + "m";
+    g.fillText(label, Math.min(x - 10, width - 26), height - 4);
   }
   const line = (key, color) => {
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
