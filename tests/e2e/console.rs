@@ -154,6 +154,40 @@ fn with_json_logs_every_stderr_line_is_an_object_with_its_fields_and_plugin_line
     assert_eq!(find("Stopped cleanly")["numRecordsOut"], json!(20));
 }
 
+/// One HTTP/1.1 request written by hand, so that the `Host` header is the test's
+/// choice; returns the status code.
+fn raw(
+    admin: &str,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect(admin).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer from {admin}"))
+}
+
 /// A child process killed when dropped.
 struct Killed(Child);
 
@@ -514,6 +548,55 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
     std::fs::copy(test_plugin("sluice_test_tag_b"), &b).unwrap();
     std::fs::copy(test_plugin("sluice_test_other_world"), &other).unwrap();
     let (_host, admin, input, group) = host(dir.path(), "console", 2, &a, &[]);
+    // The page, like its data, is served only to requests naming this endpoint; the
+    // upload needs the token and a component's content type.
+    assert_eq!(raw(&admin, "GET", "/", "attacker.example", &[], b""), 421);
+    assert_eq!(
+        raw(
+            &admin,
+            "GET",
+            "/api/console",
+            "attacker.example:80",
+            &[],
+            b""
+        ),
+        421
+    );
+    assert_eq!(raw(&admin, "GET", "/", &admin, &[], b""), 200);
+    let wasm = std::fs::read(&b).unwrap();
+    let bearer = format!("Bearer {TOKEN}");
+    let as_wasm = ("Content-Type", "application/wasm");
+    assert_eq!(
+        raw(&admin, "POST", "/plugin/upload", &admin, &[as_wasm], &wasm),
+        401
+    );
+    assert_eq!(
+        raw(
+            &admin,
+            "POST",
+            "/plugin/upload",
+            &admin,
+            &[("Authorization", "Bearer wrong-token-0123456789"), as_wasm],
+            &wasm
+        ),
+        401
+    );
+    assert_eq!(
+        raw(
+            &admin,
+            "POST",
+            "/plugin/upload",
+            &admin,
+            &[("Authorization", &bearer), ("Content-Type", "text/plain")],
+            &wasm
+        ),
+        415
+    );
+    assert_eq!(
+        admin_status(&admin)["live"]["digest"],
+        json!(file_digest(&a))
+    );
+
     let mut browser = Browser::start(&dir.path().join("chromium"));
     browser.call("Page.enable", json!({}));
     browser.call(
