@@ -233,6 +233,7 @@ fn cut(mut text: String) -> String {
 /// The first `topic/partition@offset` in `text`, as the host names records.
 fn find_record(text: &str) -> Option<String> {
     text.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '(' | ')' | '"' | '`'))
+        .map(|word| word.trim_end_matches(['.', ':']))
         .find(|word| {
             let Some((head, offset)) = word.rsplit_once('@') else {
                 return false;
@@ -248,7 +249,7 @@ fn find_record(text: &str) -> Option<String> {
                     .split("..")
                     .all(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
         })
-        .map(|word| word.trim_end_matches(['.', ':']).to_string())
+        .map(str::to_string)
 }
 
 #[cfg(test)]
@@ -264,6 +265,10 @@ mod tests {
         assert_eq!(
             find_record("the worker panicked while processing in/0@5..9, in/3@7"),
             Some("in/0@5..9".into())
+        );
+        assert_eq!(
+            find_record("plugin p failed on record in/0@150: value matched"),
+            Some("in/0@150".into())
         );
         assert_eq!(find_record("no record here/x@y, a@b"), None);
         assert_eq!(find_record("see /tmp/a@b"), None);

@@ -41,14 +41,16 @@ fn metric(admin: &str, name: &str) -> Option<f64> {
 }
 
 /// A host running `plugin` (unwatched) between new topics of `partitions` partitions,
-/// its admin endpoint on a free port with [`TOKEN`]. Returns the host, its admin
-/// address, the input topic and the group.
+/// its admin endpoint on a free port with [`TOKEN`]; `sink_extra` and `plugin_extra`
+/// are added to those tables. Returns the host, its admin address, the input topic
+/// and the group.
 fn host(
     dir: &Path,
     prefix: &str,
     partitions: i32,
     plugin: &Path,
-    args: &[&str],
+    sink_extra: &str,
+    plugin_extra: &str,
 ) -> (Sluice, String, String, String) {
     let (input, output, group) = (
         unique(&format!("{prefix}-in")),
@@ -57,14 +59,25 @@ fn host(
     );
     create_topic(&input, partitions);
     create_topic(&output, partitions);
-    let tail = format!("[plugin]\npath = \"{}\"\nwatch = false\n", plugin.display());
+    let tail = format!(
+        "[plugin]\npath = \"{}\"\nwatch = false\n{plugin_extra}\n",
+        plugin.display()
+    );
+    let sink_extra = sink_extra.replace("{prefix}", &output);
+    if let Some(topic) = sink_extra
+        .split('"')
+        .nth(1)
+        .filter(|_| sink_extra.contains("dead_letter_topic"))
+    {
+        create_topic(topic, 1);
+    }
     let config = write_file(
         dir,
         &format!("{prefix}.toml"),
-        &config_text(&input, &output, &group, "", "", &tail),
+        &config_text(&input, &output, &group, "", &sink_extra, &tail),
     );
     let admin = free_address();
-    let mut command = sluice(&[&["run", "--config", config.to_str().unwrap()], args].concat());
+    let mut command = sluice(&["run", "--config", config.to_str().unwrap()]);
     command
         .env("SLUICE_ADMIN", &admin)
         .env("SLUICE_ADMIN_TOKEN", TOKEN);
@@ -216,7 +229,7 @@ fn prometheus_query(address: &str, query: &str) -> Vec<Value> {
 fn prometheus_scrapes_the_host_and_reads_the_records_written() {
     let dir = workdir();
     let passthrough = test_plugin("sluice_test_tag_a");
-    let (_host, admin, input, _) = host(dir.path(), "prom", 3, &passthrough, &[]);
+    let (_host, admin, input, _) = host(dir.path(), "prom", 3, &passthrough, "", "");
     produce_values(&input, 3, 300);
     wait_until(
         "the host to write 300 records",
@@ -541,13 +554,21 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
     let dir = workdir();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let a = plugins.join("tag_a.wasm");
+    let a = plugins.join("faulty.wasm");
     let b = plugins.join("tag_b.wasm");
     let other = plugins.join("other_world.wasm");
-    std::fs::copy(test_plugin("sluice_test_tag_a"), &a).unwrap();
+    std::fs::copy(test_plugin("sluice_test_faulty"), &a).unwrap();
     std::fs::copy(test_plugin("sluice_test_tag_b"), &b).unwrap();
     std::fs::copy(test_plugin("sluice_test_other_world"), &other).unwrap();
-    let (_host, admin, input, group) = host(dir.path(), "console", 2, &a, &[]);
+    // One record fails in the plugin and goes to the dead-letter topic.
+    let (_host, admin, input, group) = host(
+        dir.path(),
+        "console",
+        2,
+        &a,
+        "dead_letter_topic = \"{prefix}-dead\"",
+        "[plugin.config]\nfail_on = \"poison\"",
+    );
     // The page, like its data, is served only to requests naming this endpoint; the
     // upload needs the token and a component's content type.
     assert_eq!(raw(&admin, "GET", "/", "attacker.example", &[], b""), 421);
@@ -606,7 +627,11 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
     // Six seconds of steady input, so that the chart has a line to draw.
     let done = Arc::new(AtomicBool::new(false));
     produce_paced(input.clone(), 600, 100, done.clone(), |i| {
-        TestRecord::value((i % 2) as i32, &format!("record-{i}"))
+        let value = match i {
+            300 => format!("poison-{i}"),
+            _ => format!("record-{i}"),
+        };
+        TestRecord::value((i % 2) as i32, &value)
     })
     .join()
     .unwrap();
@@ -614,13 +639,13 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
         "600 records written and committed",
         Duration::from_secs(60),
         || {
-            metric(&admin, "numRecordsOut") == Some(600.0)
+            metric(&admin, "numRecordsIn") == Some(600.0)
                 && total(&committed(&group, &input)) == 600
         },
     );
     browser.wait_for(
         "the overview to show the records written",
-        "document.querySelector('#ov-records-out')?.dataset.value === '600'",
+        "document.querySelector('#ov-records-in')?.dataset.value === '600'",
     );
     let images = repository().join("docs/images");
 
@@ -633,6 +658,8 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
         let shown: f64 = browser.text(selector).parse().unwrap();
         assert_eq!(Some(shown), metric(&admin, name), "{selector}");
     }
+    assert_eq!(browser.text("#ov-records-out"), "599");
+    assert_eq!(browser.text("#ov-dead-lettered"), "1");
     assert_eq!(browser.text("#ov-delivery"), "at-least-once");
     assert_eq!(browser.text("#ov-workers"), "1");
     assert_eq!(browser.text("#ov-running"), "Running");
@@ -751,14 +778,22 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
     );
     browser.screenshot(&images.join("console-plugin.png"));
 
-    // Exceptions: the rejection's warning, as the log wrote it.
+    // Exceptions: the rejection's warning, and the failed record's with where it was
+    // read (the 151st record of partition 0), as the log wrote them.
     browser.tab("exceptions");
+    let exceptions = browser.text("#exceptions");
     assert!(
-        browser
-            .text("#exceptions")
-            .contains("Plugin candidate rejected"),
-        "{}",
-        browser.text("#exceptions")
+        exceptions.contains("Plugin candidate rejected"),
+        "{exceptions}"
+    );
+    let record = format!("{input}/0@150");
+    assert_eq!(
+        browser.eval(&format!(
+            "[...document.querySelectorAll('#exceptions tr')].some(row => row.cells[4].textContent === {record:?} && row.cells[5].textContent.includes('dead-letter topic') && row.cells[3].textContent === {version:?})",
+            version = &file_digest(&a)[..12]
+        )),
+        json!(true),
+        "no exception names {record}: {exceptions}"
     );
 
     // Usable at phone width: nothing wider than the screen.
