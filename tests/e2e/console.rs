@@ -165,6 +165,33 @@ fn with_json_logs_every_stderr_line_is_an_object_with_its_fields_and_plugin_line
     assert_eq!(probe["plugin_level"], json!("warn"));
     assert_eq!(probe["plugin_version"], json!(&digest[..12]));
     assert_eq!(find("Stopped cleanly")["numRecordsOut"], json!(20));
+
+    // An error that ends the command is a JSON line too.
+    let missing = dir.path().join("missing.toml");
+    let failed = sluice(&[
+        "run",
+        "--config",
+        missing.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(failed.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert_eq!(lines[0]["level"], json!("ERROR"));
+    assert!(
+        lines[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.toml"),
+        "{stderr}"
+    );
 }
 
 /// One HTTP/1.1 request written by hand, so that the `Host` header is the test's
