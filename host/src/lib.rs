@@ -17,7 +17,8 @@
 //!   delivery modes (at-least-once commits, exactly-once transactions).
 //! - `state`: keyed state for plugins and its changelog topic.
 //! - `plugin`: loading and validating plugins, the registry of live versions, and the
-//!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps and status.
+//!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps, status,
+//!   metrics and the web console.
 //! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances,
 //!   and the sandbox (what a plugin may reach beyond the WIT world).
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.

@@ -104,7 +104,7 @@ impl Console {
         if let Some(known) = self.languages.lock().unwrap().get(digest) {
             return known.clone();
         }
-        let language = if origin == "built-in pass-through" || origin == "passthrough" {
+        let language = if origin == crate::plugin::Origin::BuiltIn.to_string() {
             "Rust (built in)".to_string()
         } else {
             read_language(origin, digest).unwrap_or_else(|| "unknown".to_string())
@@ -352,6 +352,25 @@ mod tests {
         assert_eq!(quantile(&mut values, 0.99), Some(99.0));
         assert_eq!(quantile(&mut [3.0], 0.99), Some(3.0));
         assert_eq!(quantile(&mut [], 0.5), None);
+    }
+
+    #[test]
+    fn plugin_settings_named_like_secrets_are_redacted_in_the_configuration_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "version = 1\n[source]\nbootstrap_servers = \"b:9092\"\ntopic = \"in\"\ngroup_id = \"g\"\n\
+             [sink]\ntopic = \"out\"\n[plugin.config]\nthreshold = \"50\"\napi_token = \"hunter2-secret-value\"\n",
+        )
+        .unwrap();
+        let config = crate::config::ConfigSource::Toml(path).load(None).unwrap();
+        let text = config_text(&config);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("«redacted»") && text.contains("\"50\""),
+            "{text}"
+        );
     }
 
     #[test]
