@@ -275,6 +275,40 @@ mod tests {
     }
 
     #[test]
+    fn an_exactly_once_rewind_is_an_aborted_checkpoint_and_the_rings_stay_bounded() {
+        let (retries, aborts, failed) = (
+            RETRIES.load(Ordering::Relaxed),
+            TRANSACTION_ABORTS.load(Ordering::Relaxed),
+            FAILED_CHECKPOINTS.load(Ordering::Relaxed),
+        );
+        rewound(false, &"an at-least-once rewind");
+        rewound(true, &"the broker went away (unique 7f3a)");
+        state_written(10);
+        checkpoint_failed(&"commit refused (unique 9c1d)");
+        // Other tests count too: at least these.
+        assert!(RETRIES.load(Ordering::Relaxed) >= retries + 2);
+        assert!(TRANSACTION_ABORTS.load(Ordering::Relaxed) > aborts);
+        assert!(FAILED_CHECKPOINTS.load(Ordering::Relaxed) >= failed + 2);
+        let kept = checkpoints();
+        let find = |reason: &str| {
+            kept.iter()
+                .find(|c| c.reason.as_deref().is_some_and(|r| r.contains(reason)))
+                .cloned()
+                .unwrap_or_else(|| panic!("no checkpoint for {reason}"))
+        };
+        assert_eq!(find("7f3a").outcome, "aborted");
+        assert_eq!(find("9c1d").outcome, "failed");
+        assert!(!kept.iter().any(|c| {
+            c.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("at-least-once rewind"))
+        }));
+
+        // One test for both: the rings are process-wide, and filling them would push
+        // out what the other checks for.
+        the_rings_keep_the_last_entries_and_count_on();
+    }
+
     fn the_rings_keep_the_last_entries_and_count_on() {
         for n in 0..CHECKPOINTS + 5 {
             checkpoint_committed(Duration::from_millis(n as u64), 1);
