@@ -692,10 +692,13 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
     assert_eq!(browser.text("#ov-delivery"), "at-least-once");
     assert_eq!(browser.text("#ov-workers"), "1");
     assert_eq!(browser.text("#ov-running"), "Running");
-    assert_eq!(
-        browser.text("#ov-lag").parse::<f64>().ok(),
-        metric(&admin, "records_lag_max")
+    // The consumers report their lag once a second: once the page shows it caught up,
+    // so does /metrics (from the same report).
+    browser.wait_for(
+        "the lag to reach 0",
+        "document.querySelector('#ov-lag').dataset.value === '0'",
     );
+    assert_eq!(metric(&admin, "records_lag_max"), Some(0.0));
     browser.screenshot(&images.join("console-overview.png"));
 
     // Partitions: the group's committed offsets and the topic's ends.
@@ -728,11 +731,21 @@ fn the_console_shows_what_status_and_metrics_say_and_swaps_by_upload_from_the_pa
 
     // Checkpoints: the count /metrics gives.
     browser.tab("checkpoints");
-    let completed: f64 = browser.text("#cp-completed").parse().unwrap();
-    assert_eq!(
-        Some(completed),
-        metric(&admin, "numberOfCompletedCheckpoints")
-    );
+    // Shown as of the last poll (at most a second old): equal once a poll follows the
+    // last checkpoint that moved.
+    let mut shown = (0.0, None);
+    for _ in 0..50 {
+        shown = (
+            browser.text("#cp-completed").parse::<f64>().unwrap(),
+            metric(&admin, "numberOfCompletedCheckpoints"),
+        );
+        if Some(shown.0) == shown.1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(Some(shown.0), shown.1, "checkpoints completed");
+    assert!(shown.0 >= 1.0);
     assert!(
         browser.eval("document.querySelectorAll('#checkpoints tr[data-checkpoint]').length > 0")
             == json!(true)
