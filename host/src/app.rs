@@ -405,11 +405,25 @@ pub fn run(
             names: admin.names.clone(),
             token,
         };
+        let pipeline = admin::console::PipelineInfo {
+            delivery: match config.delivery {
+                Delivery::AtLeastOnce => "at-least-once",
+                Delivery::ExactlyOnce => "exactly-once",
+            },
+            workers,
+            source_topic: config.source.topic.clone(),
+            sink_topic: config.sink.topic.clone(),
+            group: config.source.group_id.clone(),
+            config: admin::console::config_text(&config),
+            rollback_window_ms: config.plugin.rollback.window.as_millis() as u64,
+            uploads: config.plugin.allowed_dir.is_none(),
+        };
         handle.spawn(admin::serve(
             listener,
             guard,
             registry.clone(),
             metrics.clone(),
+            pipeline,
         ));
     }
 

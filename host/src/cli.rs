@@ -16,6 +16,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
     pub log_level: String,
 
+    /// How log lines are written: `text`, or `json` (one object per line with
+    /// `timestamp`, `level`, `target`, `message` and every field).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: crate::telemetry::LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -17,14 +17,16 @@
 //!   delivery modes (at-least-once commits, exactly-once transactions).
 //! - `state`: keyed state for plugins and its changelog topic.
 //! - `plugin`: loading and validating plugins, the registry of live versions, and the
-//!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps and status.
+//!   swap triggers (file watcher, SIGHUP); `admin`: the HTTP endpoint for swaps, status,
+//!   metrics and the web console.
 //! - `runtime`: the only code that touches wasmtime: engine policy, bindings, instances,
 //!   and the sandbox (what a plugin may reach beyond the WIT world).
 //! - `config`: `sluice.toml` and Managed Flink properties, validated in one pass.
 //! - `auth`: Kafka security settings, MSK IAM tokens, and stopping on refused credentials.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
 //! - `author`: plugin authoring commands (new, build, test, inspect); no Kafka.
-//! - `shutdown`, `telemetry`: signals, and logging.
+//! - `shutdown`, `telemetry`: signals, and logging; `metrics`, `history`: counters and
+//!   the recent checkpoints and warnings the admin endpoint serves.
 
 pub mod admin;
 pub mod app;
@@ -34,6 +36,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod generate;
+pub mod history;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

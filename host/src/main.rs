@@ -9,6 +9,7 @@ use sluice_host::config::{Config, ConfigSource, Delivery};
 use sluice_host::runtime::child as compiler_child;
 use sluice_host::shutdown::{Shutdown, Signals, watch_signals};
 use sluice_host::state::StateStore;
+use sluice_host::telemetry::LogFormat;
 use sluice_host::{admin, app, author, generate, telemetry};
 
 const EXIT_FAILURE: u8 = 1;
@@ -22,9 +23,18 @@ fn config_source(args: &PipelineArgs) -> ConfigSource {
     }
 }
 
+/// Writes an error that ends the command to stderr: as a log line with `--log-format
+/// json`, so that every line of stderr stays one JSON object, else as `error: ...`.
+fn report(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Json => tracing::error!("{message}"),
+        LogFormat::Text => eprintln!("error: {message}"),
+    }
+}
+
 /// Reads and validates the configuration named on the command line; every problem is
 /// printed and the exit code for invalid input returned.
-fn load(args: &PipelineArgs) -> Result<(ConfigSource, Config), ExitCode> {
+fn load(args: &PipelineArgs, format: LogFormat) -> Result<(ConfigSource, Config), ExitCode> {
     let source = config_source(args);
     match app::load_config(
         &source,
@@ -34,7 +44,7 @@ fn load(args: &PipelineArgs) -> Result<(ConfigSource, Config), ExitCode> {
     ) {
         Ok(config) => Ok((source, config)),
         Err(invalid) => {
-            eprintln!("error: {invalid}");
+            report(format, &invalid.to_string());
             Err(ExitCode::from(EXIT_INVALID))
         }
     }
@@ -91,7 +101,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let cli = Cli::parse();
-    telemetry::init(&cli.log_level);
+    telemetry::init(&cli.log_level, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -126,14 +136,14 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Run(args) => {
-            let (_, config) = match load(&args) {
+            let (_, config) = match load(&args, cli.log_format) {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
             let options = match run_options(&args, &config) {
                 Ok(options) => options,
                 Err(invalid) => {
-                    eprintln!("error: {invalid}");
+                    report(cli.log_format, &invalid.to_string());
                     return ExitCode::from(EXIT_INVALID);
                 }
             };
@@ -155,7 +165,9 @@ fn main() -> ExitCode {
                 }
                 Err(error) => {
                     tracing::error!("{error:#}");
-                    eprintln!("error: {error:#}");
+                    if cli.log_format == LogFormat::Text {
+                        eprintln!("error: {error:#}");
+                    }
                     match error.downcast_ref::<app::PluginRefused>() {
                         Some(_) => ExitCode::from(EXIT_INVALID),
                         None => ExitCode::from(EXIT_FAILURE),
@@ -164,7 +176,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Validate(args) => {
-            let (source, config) = match load(&args) {
+            let (source, config) = match load(&args, cli.log_format) {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };

@@ -3,9 +3,13 @@
 //! (`numRecordsIn`, `numRecordsOut`, `lastCheckpointDuration`, `uptime`), so dashboards
 //! and alarms built for the job Sluice replaces keep their meaning.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use rdkafka::statistics::Statistics;
 
@@ -33,6 +37,91 @@ fn partition_lag(stable_end: i64, end: i64, handed: i64, committed: i64) -> Opti
     (end >= 0 && read >= 0).then(|| (end - read).max(0) as u64)
 }
 
+/// A histogram with fixed buckets, in seconds, in Prometheus' cumulative form.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One count per bound, and one for the values above every bound.
+    counts: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+}
+
+/// Checkpoint durations: a commit on a local broker takes milliseconds, one waiting
+/// for a slow cluster seconds.
+const CHECKPOINT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Plugin batch times: a Rust pass-through takes microseconds a batch, an interpreted
+/// plugin milliseconds.
+const BATCH_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        let bucket = self
+            .bounds
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(self.bounds.len());
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(value.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, text: &mut String, name: &str, help: &str) {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(text, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            text,
+            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}"
+        );
+    }
+}
+
+/// One source partition as its worker's consumer last reported it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStats {
+    pub topic: String,
+    pub partition: i32,
+    pub worker: usize,
+    /// The group's committed offset (-1: none yet).
+    pub committed: i64,
+    /// The partition's end: its last stable offset (read_committed), else its high
+    /// watermark.
+    pub end: i64,
+    /// The next offset handed to the pipeline (-1: none yet).
+    pub position: i64,
+    pub lag: Option<u64>,
+    /// Records per second handed to the pipeline, over the last statistics interval.
+    pub records_per_second: f64,
+    #[serde(skip)]
+    at: Option<Instant>,
+}
+
+/// A label value as Prometheus' text format reads it.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The pipeline's counters, written by its thread and read by the admin endpoint.
 #[derive(Debug)]
 pub struct Metrics {
@@ -50,6 +139,10 @@ pub struct Metrics {
     /// When each worker last finished a turn of its loop: ms since `started`, plus one
     /// (0: not yet).
     turned: Vec<AtomicU64>,
+    checkpoint_seconds: Histogram,
+    batch_seconds: Histogram,
+    /// Every source partition a worker reads, from its consumer's statistics.
+    partitions: Mutex<BTreeMap<(String, i32), PartitionStats>>,
 }
 
 impl Default for Metrics {
@@ -74,7 +167,39 @@ impl Metrics {
             // Every worker starts with the first version.
             worker_versions: (0..workers.max(1)).map(|_| AtomicU64::new(1)).collect(),
             turned: (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            checkpoint_seconds: Histogram::new(CHECKPOINT_BUCKETS),
+            batch_seconds: Histogram::new(BATCH_BUCKETS),
+            partitions: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// How long ago the host started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records read, written and dead-lettered so far.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.records_in.load(Ordering::Relaxed),
+            self.records_out.load(Ordering::Relaxed),
+            self.records_dead_lettered.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts one plugin call on a batch and how long it took.
+    pub fn plugin_batch(&self, took: Duration) {
+        self.batch_seconds.observe(took);
+    }
+
+    /// Every source partition the workers read, ordered by topic and partition.
+    pub fn partitions(&self) -> Vec<PartitionStats> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Counts one batch: records read, records written, failed records dead-lettered.
@@ -90,6 +215,7 @@ impl Metrics {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.last_checkpoint_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
+        self.checkpoint_seconds.observe(took);
     }
 
     /// Notes the plugin version worker `worker` runs.
@@ -144,6 +270,62 @@ impl Metrics {
     pub fn consumer_statistics(&self, worker: usize, statistics: &Statistics) {
         if let (Some(lag), Some(slot)) = (lag_max(statistics), self.lag_max.get(worker)) {
             slot.store(lag, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let mut partitions = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The worker's partitions are what it reports now: a rebalance moves them.
+        let before: BTreeMap<_, _> = partitions
+            .extract_if(.., |_, p| p.worker == worker)
+            .collect();
+        for (topic, stats) in &statistics.topics {
+            for p in stats.partitions.values() {
+                if p.partition < 0 || !p.desired {
+                    continue;
+                }
+                let key = (topic.clone(), p.partition);
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                let records_per_second = match before.get(&key) {
+                    Some(PartitionStats {
+                        position,
+                        at: Some(at),
+                        ..
+                    }) if *position >= 0 && p.app_offset >= *position => {
+                        let seconds = now.duration_since(*at).as_secs_f64();
+                        if seconds > 0.0 {
+                            (p.app_offset - position) as f64 / seconds
+                        } else {
+                            0.0
+                        }
+                    }
+                    _ => 0.0,
+                };
+                partitions.insert(
+                    key,
+                    PartitionStats {
+                        topic: topic.clone(),
+                        partition: p.partition,
+                        worker,
+                        committed: p.committed_offset.max(-1),
+                        end: end.max(-1),
+                        position: p.app_offset.max(-1),
+                        lag: partition_lag(
+                            p.ls_offset,
+                            p.hi_offset,
+                            p.app_offset,
+                            p.committed_offset,
+                        ),
+                        records_per_second,
+                        at: Some(now),
+                    },
+                );
+            }
         }
     }
 
@@ -202,6 +384,18 @@ impl Metrics {
                 lag as f64,
             );
         }
+        // As `GET /ready` answers with its default: every worker finished a turn of
+        // its loop within the last 60 s.
+        let ready = self
+            .since_turns()
+            .iter()
+            .all(|since| since.is_some_and(|since| since <= Duration::from_secs(60)));
+        metric(
+            "hostReady",
+            "gauge",
+            "1 when every worker finished a turn of its loop within the last 60 s (as GET /ready), else 0.",
+            if ready { 1.0 } else { 0.0 },
+        );
         metric(
             "uptime",
             "gauge",
@@ -232,6 +426,58 @@ impl Metrics {
             "Plugin versions reverted automatically.",
             status.rollbacks as f64,
         );
+        let event = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+        metric(
+            "numberOfFailedCheckpoints",
+            "counter",
+            "Checkpoints that did not commit: a failed offset commit, or an aborted transaction.",
+            event(&crate::history::FAILED_CHECKPOINTS),
+        );
+        metric(
+            "numTransactionAborts",
+            "counter",
+            "Exactly-once: checkpoint transactions aborted after a failure (the partitions rewound).",
+            event(&crate::history::TRANSACTION_ABORTS),
+        );
+        metric(
+            "numRetries",
+            "counter",
+            "Times a worker rewound to its last checkpoint after a failure to try again.",
+            event(&crate::history::RETRIES),
+        );
+        metric(
+            "numPluginRestarts",
+            "counter",
+            "Plugin instances replaced by a new one of the same version after a trap.",
+            event(&crate::history::PLUGIN_RESTARTS),
+        );
+        self.checkpoint_seconds.render(
+            &mut text,
+            "checkpointDurationSeconds",
+            "Seconds each completed checkpoint took.",
+        );
+        self.batch_seconds.render(
+            &mut text,
+            "pluginBatchSeconds",
+            "Seconds each batch took in the plugin.",
+        );
+        let partitions = self.partitions();
+        if partitions.iter().any(|p| p.lag.is_some()) {
+            let _ = writeln!(
+                text,
+                "# HELP records_lag Records in a source partition not yet read.\n# TYPE records_lag gauge"
+            );
+            for p in &partitions {
+                if let Some(lag) = p.lag {
+                    let _ = writeln!(
+                        text,
+                        "records_lag{{topic=\"{}\",partition=\"{}\"}} {lag}",
+                        escape_label(&p.topic),
+                        p.partition
+                    );
+                }
+            }
+        }
         text
     }
 }
@@ -321,8 +567,22 @@ mod tests {
         assert_eq!(value(&text, "pluginRejections"), 5.0);
         assert_eq!(value(&text, "pluginRollbacks"), 1.0);
         assert!(value(&text, "uptime") >= 0.0);
-        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(text.matches("# HELP ").count(), samples);
-        assert_eq!(text.matches("# TYPE ").count(), samples);
+        // Every sample's family (a histogram's `_bucket`, `_sum`, `_count` too) has
+        // its help and type.
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|family| text.contains(&format!("# TYPE {family} histogram")))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# HELP {family} ")), "{sample}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{sample}");
+        }
+        assert_eq!(value(&text, "checkpointDurationSeconds_count"), 1.0);
+        assert!(
+            text.contains("checkpointDurationSeconds_bucket{le=\"0.0025\"}")
+                || text.contains("checkpointDurationSeconds_bucket{le=\"0.005\"} 1")
+        );
     }
 }

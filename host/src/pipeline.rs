@@ -101,6 +101,8 @@ impl Pipeline {
             metrics,
         } = self;
         let mut summary = Summary::default();
+        // Warnings this thread logs name its worker in the console.
+        crate::history::set_worker(transform.worker());
         let mut batch = InputWriter::new();
         let mut last_checkpoint = Instant::now();
         let mut last_commit_end = Instant::now();
@@ -132,9 +134,11 @@ impl Pipeline {
                     current.clone_from(&spans);
                     // On a fatal transform error the failed batch leaves no trace in
                     // the state either.
+                    let plugin_started = Instant::now();
                     let transformed = transform
                         .run(encoded, &input, &poisoned)
                         .inspect_err(|_| state.lock().unwrap().discard_batch())?;
+                    metrics.plugin_batch(plugin_started.elapsed());
                     if transformed.processed < input.len() {
                         // The batch's time ran out: the records not run are read again.
                         spans = spans_of(&input, transformed.processed);
@@ -142,6 +146,7 @@ impl Pipeline {
                     }
                     turn.lap(Phase::Transform);
                     metrics.worker_version(transform.worker(), transform.current().version);
+                    crate::history::set_version(transform.current().plugin.short_digest());
                     summary.records_in += transformed.processed as u64;
                     let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
                     let inputs = input
@@ -273,9 +278,12 @@ impl Pipeline {
                     && now >= last_commit_end + checkpoint.min_pause
                 {
                     last_checkpoint = now;
-                    if checkpointer.checkpoint(source.consumer(), Reason::Periodic)? > 0 {
+                    let partitions =
+                        checkpointer.checkpoint(source.consumer(), Reason::Periodic)?;
+                    if partitions > 0 {
                         summary.checkpoints += 1;
                         metrics.checkpoint(now.elapsed());
+                        crate::history::checkpoint_committed(now.elapsed(), partitions);
                         tracing::info!(
                             numRecordsIn = summary.records_in,
                             numRecordsOut = summary.records_out,

@@ -415,6 +415,7 @@ impl TransformStage {
 
     /// Replaces the instance with a new one of the same version.
     fn restart(&mut self, cause: &TransformError) -> Result<(), TransformError> {
+        crate::history::plugin_restarted();
         let plugin = match self.stay_on_baseline {
             true => self.current.plugin.clone(),
             false => self.current.plugin.best(),

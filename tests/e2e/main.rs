@@ -7,6 +7,7 @@ mod auth;
 mod authoring;
 mod bad_input;
 mod config_limits;
+mod console;
 mod deploy;
 mod examples;
 mod failures;

@@ -9,6 +9,12 @@
 //!   turn of its loop within the last N s, 60 by default), else 503; for readiness
 //!   probes. A worker starting, restoring its state, or waiting for an unanswering
 //!   cluster is not ready. JSON either way.
+//! - `GET /`: the web console (see [`console`]), which polls `GET /api/console` (the
+//!   pipeline, its partitions, checkpoints, plugin versions and recent warnings, JSON)
+//!   and reads `GET /api/config` (the effective configuration, secrets redacted).
+//! - `POST /plugin/upload` with a component as the body (`Content-Type:
+//!   application/wasm`) and the token: the console's swap by upload, validated like a
+//!   swap by path.
 //! - `POST /plugin/swap` with `{"path": "/abs/plugin.wasm"}` and `Authorization: Bearer
 //!   <token>`: validates the component and makes it live; answers 200 with the
 //!   outcome, or 422 with the reason it was rejected (the live version then stays).
@@ -21,6 +27,7 @@
 //! validated at a time with a short queue, so no client can hold the endpoint.
 
 pub mod client;
+pub mod console;
 mod guard;
 pub mod token;
 
@@ -75,6 +82,10 @@ const SWAP_QUEUE_WAIT: Duration = Duration::from_secs(60);
 const SWAP_QUEUE: usize = 2;
 /// The largest swap request body: a path in JSON.
 const MAX_SWAP_BODY: usize = 64 * 1024;
+/// The largest uploaded component: a Python component is about 20 MB.
+const MAX_UPLOAD: usize = 64 * 1024 * 1024;
+/// How long an upload's body may take to arrive.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(address).await.with_context(|| {
@@ -93,32 +104,45 @@ struct SwapQueue {
 struct SwapState {
     registry: Arc<Registry>,
     queue: Arc<SwapQueue>,
+    console: Arc<console::Console>,
 }
+
+type Reads = (Arc<Registry>, Arc<Metrics>, Arc<console::Console>);
 
 pub async fn serve(
     listener: TcpListener,
     guard: Guard,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    pipeline: console::PipelineInfo,
 ) {
     let guard = Arc::new(guard);
+    let console = console::Console::new(pipeline);
+    tokio::spawn(console.clone().sample_rates(metrics.clone()));
     let swap_state = SwapState {
         registry: registry.clone(),
         queue: Arc::new(SwapQueue {
             slot: Semaphore::new(1),
             queued: AtomicUsize::new(0),
         }),
+        console: console.clone(),
     };
     let app = Router::new()
         .route("/plugin/swap", post(swap))
+        .route("/plugin/upload", post(upload))
         .with_state(swap_state)
         .merge(
             Router::new()
+                .route("/", get(console::page))
+                .route("/console.css", get(console::style))
+                .route("/console.js", get(console::script))
                 .route("/status", get(status))
                 .route("/metrics", get(metrics_text))
                 .route("/ready", get(ready))
+                .route("/api/console", get(console_snapshot))
+                .route("/api/config", get(config))
                 .route_layer(middleware::from_fn(within_request_timeout))
-                .with_state((registry, metrics)),
+                .with_state((registry, metrics, console)),
         )
         // Outermost: a request for another host, or a change without the token, is
         // answered before anything else runs.
@@ -144,9 +168,28 @@ struct WorkerStatus {
     version: u64,
 }
 
-async fn status(
-    State((registry, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
-) -> Json<HostStatus> {
+async fn console_snapshot(State((registry, metrics, console)): State<Reads>) -> Response {
+    // Reading a version's language may read its file once: off the async threads.
+    match tokio::task::spawn_blocking(move || console::snapshot(&console, &registry, &metrics))
+        .await
+    {
+        Ok(snapshot) => {
+            let mut response = Json(snapshot).into_response();
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            response
+        }
+        Err(error) => refuse(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+async fn config(State((_, _, console)): State<Reads>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "config": console.info.config }))
+}
+
+async fn status(State((registry, metrics, _)): State<Reads>) -> Json<HostStatus> {
     Json(HostStatus {
         registry: registry.status(),
         workers: metrics
@@ -185,7 +228,7 @@ struct ReadyQuery {
 const READY_STALL: Duration = Duration::from_secs(60);
 
 async fn ready(
-    State((_, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+    State((_, metrics, _)): State<Reads>,
     Query(query): Query<ReadyQuery>,
 ) -> (StatusCode, Json<Readiness>) {
     let stall = query.stall_s.map_or(READY_STALL, Duration::from_secs);
@@ -216,7 +259,7 @@ fn readiness(since_turns: &[Option<Duration>], stall: Duration) -> Readiness {
 }
 
 async fn metrics_text(
-    State((registry, metrics)): State<(Arc<Registry>, Arc<Metrics>)>,
+    State((registry, metrics, _)): State<Reads>,
 ) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
     (
         [(
@@ -290,7 +333,111 @@ async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Respons
             "the body is not {\"path\": \"/abs/plugin.wasm\"}",
         );
     };
+    validate_in_turn(&state, request.path).await
+}
 
+/// The console's swap: the component is the body. It is written to a directory only
+/// the host's user can read, and validated from there like a swap by path.
+async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Response {
+    if !state.console.info.uploads {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "plugin.allowed_dir restricts swaps to files in that directory: put the component there and swap it by path",
+        );
+    }
+    // A page can send a cross-origin form post without asking; a component is not a form.
+    let wasm = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/wasm"));
+    if !wasm {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the component as `Content-Type: application/wasm`",
+        );
+    }
+    let name = request
+        .headers()
+        .get("x-plugin-name")
+        .and_then(|v| v.to_str().ok())
+        .map(upload_name)
+        .unwrap_or_else(|| "uploaded".to_string());
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a component of at most {} MiB can be uploaded",
+                MAX_UPLOAD >> 20
+            ),
+        )
+    };
+    if declared.is_some_and(|length| length > MAX_UPLOAD) {
+        return too_large();
+    }
+    let body = match tokio::time::timeout(
+        UPLOAD_TIMEOUT,
+        axum::body::to_bytes(request.into_body(), MAX_UPLOAD),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the upload took longer than {} s", UPLOAD_TIMEOUT.as_secs()),
+            );
+        }
+    };
+    // tempfile makes the directory readable by this user only.
+    let dir = match tempfile::Builder::new().prefix("sluice-upload-").tempdir() {
+        Ok(dir) => dir,
+        Err(error) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot keep the upload: {error}"),
+            );
+        }
+    };
+    let path = dir.path().join(format!("{name}.wasm"));
+    if let Err(error) = std::fs::write(&path, &body) {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot keep the upload: {error}"),
+        );
+    }
+    state.console.note_language(&body);
+    let response = validate_in_turn(&state, path).await;
+    // The registry holds the compiled version; the file is not read again.
+    drop(dir);
+    response
+}
+
+/// An uploaded file's name as a file stem the host can show: letters, digits, `-`, `_`
+/// and `.`, at most 64 of them, without its `.wasm`.
+fn upload_name(name: &str) -> String {
+    let stem = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let stem = stem.strip_suffix(".wasm").unwrap_or(stem);
+    let clean: String = stem
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(64)
+        .collect();
+    match clean.trim_start_matches('.') {
+        "" => "uploaded".to_string(),
+        clean => clean.to_string(),
+    }
+}
+
+/// Validates the candidate at `path` once the swaps before it are done, and answers
+/// with the outcome.
+async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
     let queue = &state.queue;
     if queue.queued.fetch_add(1, Ordering::SeqCst) > SWAP_QUEUE {
         queue.queued.fetch_sub(1, Ordering::SeqCst);
@@ -312,8 +459,7 @@ async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Respons
 
     // Compiling a component takes from milliseconds to seconds: keep it off the async threads.
     let registry = state.registry.clone();
-    let validation =
-        tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &request.path));
+    let validation = tokio::task::spawn_blocking(move || registry.propose(Trigger::Admin, &path));
     let (code, answer) = match tokio::time::timeout(SWAP_TIMEOUT, validation).await {
         Ok(Ok(Ok(outcome))) => (
             StatusCode::OK,
@@ -358,6 +504,16 @@ async fn swap(State(state): State<SwapState>, request: Request<Body>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_uploaded_files_name_cannot_name_another_path() {
+        assert_eq!(upload_name("filter.wasm"), "filter");
+        assert_eq!(upload_name("../../etc/passwd"), "passwd");
+        assert_eq!(upload_name("C:\\x\\a b\n.wasm"), "ab");
+        assert_eq!(upload_name(".."), "uploaded");
+        assert_eq!(upload_name(""), "uploaded");
+        assert_eq!(upload_name(&"x".repeat(100)).len(), 64);
+    }
 
     #[test]
     fn ready_when_every_worker_turned_within_the_stall_limit() {

@@ -266,6 +266,7 @@ impl Checkpointer {
             }
             Err(error) if reason == Reason::Periodic => {
                 tracing::warn!(%error, "Checkpoint commit failed; the next checkpoint retries it.");
+                crate::history::checkpoint_failed(&error);
                 Ok(0)
             }
             Err(error) => bail!(
@@ -439,6 +440,7 @@ impl Checkpointer {
             }
             false => tracing::warn!(%error, "A record failed; rewinding to the last checkpoint."),
         }
+        crate::history::rewound(self.exactly_once(), error);
         // Aborting serves the delivery reports still due: a failed one names its
         // input record.
         let reported = self.abort_and_rewind(consumer)?;

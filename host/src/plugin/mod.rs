@@ -316,9 +316,10 @@ impl Plugin {
         config: &[(String, String)],
         state: SharedState,
     ) -> Result<Instance, LoadError> {
-        Instance::start(
+        Instance::start_version(
             &self.prepared,
             self.name.clone(),
+            self.short_digest().into(),
             limits,
             sandbox,
             config,

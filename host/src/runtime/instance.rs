@@ -36,7 +36,22 @@ impl Instance {
         config: &[(String, String)],
         state: SharedState,
     ) -> Result<Self, PluginError> {
+        Self::start_version(prepared, name, "".into(), limits, sandbox, config, state)
+    }
+
+    /// [`Instance::start`] for a known version (its short digest), which every line
+    /// the instance logs names, its `init`'s included.
+    pub fn start_version(
+        prepared: &Prepared,
+        name: Arc<str>,
+        version: Arc<str>,
+        limits: Limits,
+        sandbox: &Sandbox,
+        config: &[(String, String)],
+        state: SharedState,
+    ) -> Result<Self, PluginError> {
         let log = LogGate::shared(name.clone());
+        log.lock().unwrap().set_version(version);
         let stdout = PluginOutput::new(log.clone(), "stdout");
         let stderr = PluginOutput::new(log.clone(), "stderr");
         let wasi = sandbox

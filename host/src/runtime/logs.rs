@@ -69,6 +69,8 @@ pub enum Level {
 /// dropped. Shared by the `log` import and the stdout and stderr streams.
 pub struct LogGate {
     plugin: Arc<str>,
+    /// The version's short digest, once known: every line names the version it came from.
+    version: Arc<str>,
     tokens: f64,
     refilled: Instant,
     dropped: u64,
@@ -83,11 +85,17 @@ impl LogGate {
         let now = Instant::now();
         Arc::new(Mutex::new(LogGate {
             plugin,
+            version: "".into(),
             tokens: BURST,
             refilled: now,
             dropped: 0,
             summarized: now,
         }))
+    }
+
+    /// Names the version (its short digest) the instance runs, for every line after.
+    pub fn set_version(&mut self, version: Arc<str>) {
+        self.version = version;
     }
 
     /// Whether one more line may be written now; counts it as dropped if not.
@@ -125,16 +133,39 @@ impl LogGate {
 
     fn emit(&self, level: Level, stream: Option<&'static str>, line: &str) {
         let plugin = &self.plugin;
+        let version = &*self.version;
+        // The plugin's own level, as a field: stdout and stderr lines are written at
+        // info and warn whatever the plugin meant.
+        let plugin_level = match (level, stream) {
+            (_, Some(stream)) => stream,
+            (Level::Trace, None) => "trace",
+            (Level::Debug, None) => "debug",
+            (Level::Info, None) => "info",
+            (Level::Warn, None) => "warn",
+            (Level::Error, None) => "error",
+        };
         match (level, stream) {
-            (Level::Trace, None) => tracing::trace!(plugin = %plugin, "{line}"),
-            (Level::Debug, None) => tracing::debug!(plugin = %plugin, "{line}"),
-            (Level::Info, None) => tracing::info!(plugin = %plugin, "{line}"),
-            (Level::Warn, None) => tracing::warn!(plugin = %plugin, "{line}"),
-            (Level::Error, None) => tracing::error!(plugin = %plugin, "{line}"),
-            (Level::Warn | Level::Error, Some(stream)) => {
-                tracing::warn!(plugin = %plugin, stream, "{line}")
+            (Level::Trace, None) => {
+                tracing::trace!(plugin = %plugin, plugin_version = version, plugin_level, "{line}")
             }
-            (_, Some(stream)) => tracing::info!(plugin = %plugin, stream, "{line}"),
+            (Level::Debug, None) => {
+                tracing::debug!(plugin = %plugin, plugin_version = version, plugin_level, "{line}")
+            }
+            (Level::Info, None) => {
+                tracing::info!(plugin = %plugin, plugin_version = version, plugin_level, "{line}")
+            }
+            (Level::Warn, None) => {
+                tracing::warn!(plugin = %plugin, plugin_version = version, plugin_level, "{line}")
+            }
+            (Level::Error, None) => {
+                tracing::error!(plugin = %plugin, plugin_version = version, plugin_level, "{line}")
+            }
+            (Level::Warn | Level::Error, Some(stream)) => {
+                tracing::warn!(plugin = %plugin, plugin_version = version, plugin_level, stream, "{line}")
+            }
+            (_, Some(stream)) => {
+                tracing::info!(plugin = %plugin, plugin_version = version, plugin_level, stream, "{line}")
+            }
         }
     }
 

@@ -529,6 +529,12 @@ impl KafkaSink {
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(), SendError> {
         tracker.lock().unwrap().add_outputs(seq, changes.len());
+        crate::history::state_written(
+            changes
+                .iter()
+                .map(|c| (c.key.len() + c.value.as_ref().map_or(0, Vec::len)) as u64)
+                .sum(),
+        );
         for change in changes {
             let mut record =
                 BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, delivery_opaque(seq, None))
