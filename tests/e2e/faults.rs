@@ -60,10 +60,11 @@ fn checkpoints(host: &Sluice) -> usize {
     host.log().matches("Checkpoint committed.").count()
 }
 
-/// Waits until the host logs its next checkpoint; fails if it exits first.
+/// Waits until the host logs its next checkpoint; fails if it exits first, or after
+/// [`STALL_LIMIT`]. A wait of more than 10 s is printed.
 fn next_checkpoint(host: &mut Sluice) {
     let before = checkpoints(host);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
     while checkpoints(host) == before {
         if let Some(status) = host.exited() {
             panic!(
@@ -72,13 +73,21 @@ fn next_checkpoint(host: &mut Sluice) {
             );
         }
         assert!(
-            Instant::now() < deadline,
-            "no checkpoint for 60 s:\n{}",
+            started.elapsed() < STALL_LIMIT,
+            "no checkpoint for {STALL_LIMIT:?}:\n{}",
             host.log()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    if started.elapsed() > Duration::from_secs(10) {
+        let waited = started.elapsed().as_millis() as usize;
+        note("stalled before the next checkpoint, ms", waited);
+    }
 }
+
+/// How long the host may go without a checkpoint under the faults: librdkafka gives up
+/// on a request that gets no answer after `socket.timeout.ms` (60 s), and reconnects.
+const STALL_LIMIT: Duration = Duration::from_secs(90);
 
 /// What was done to the hosts, to print and to check that the run proved something.
 #[derive(Debug, Default)]
@@ -88,13 +97,15 @@ struct Done {
     resets_after_checkpoint: usize,
     resets_at_random: usize,
     blackholes: usize,
+    refusals: usize,
     delays: usize,
 }
 
 /// An exactly-once host running the stateful `stats` plugin through the proxy, while
 /// keyed input is written throughout: connections are reset right after checkpoints
 /// (while the next transaction starts) and at random moments (inside a commit, a
-/// fetch, a produce), delays and black holes of a few seconds come and go, and the host is killed with SIGKILL, right
+/// fetch, a produce), delays, black holes and refused connections (a broker away) of
+/// a few seconds come and go, and the host is killed with SIGKILL, right
 /// after a checkpoint or at a random moment, several times. A last host then drains.
 /// Read back `read_committed`: every input once, in order within its partition, and
 /// each ticker's statistics equal those computed from the input.
@@ -154,7 +165,7 @@ fn exactly_once_through_connection_resets_and_kills_around_commits_keeps_exact_s
         let mut host = Sluice::start(dir.path(), &run);
         next_checkpoint(&mut host);
         for _ in 0..3 {
-            match moments.below(4) {
+            match moments.below(5) {
                 0 => {
                     next_checkpoint(&mut host);
                     std::thread::sleep(moments.millis(0, 50));
@@ -165,6 +176,14 @@ fn exactly_once_through_connection_resets_and_kills_around_commits_keeps_exact_s
                     std::thread::sleep(moments.millis(50, 1_500));
                     note("connections reset", proxy.reset_all());
                     faults.resets_at_random += 1;
+                }
+                3 => {
+                    proxy.refuse();
+                    let down = moments.millis(500, 3_000);
+                    note("connections refused for ms", down.as_millis() as usize);
+                    std::thread::sleep(down);
+                    proxy.restore();
+                    faults.refusals += 1;
                 }
                 2 => {
                     proxy.blackhole();

@@ -1,6 +1,7 @@
 //! A TCP proxy that injects network faults between Kafka clients and a broker: it
 //! delays what passes, black-holes it (connections stay open and nothing gets
-//! through, as in a network partition), or resets every connection, on command.
+//! through, as in a network partition), resets every connection, or refuses them all
+//! for a while (as a broker that is down), on command.
 //!
 //! Kafka clients learn broker addresses from metadata, so the broker behind it must
 //! advertise the proxy's address to clients that come through it
@@ -27,6 +28,9 @@ struct Shared {
     upstream: SocketAddr,
     /// Nothing passes while set (data read is held, not lost, as TCP would resend it).
     blackholed: AtomicBool,
+    /// New connections are reset at once while set, as a broker that is down refuses
+    /// them.
+    refusing: AtomicBool,
     /// Added before each chunk passes, in microseconds.
     delay_us: AtomicU64,
     stopped: AtomicBool,
@@ -47,25 +51,29 @@ impl Connection {
     /// Shutting down reading wakes the two pumps, which then drop the sockets.
     fn reset(&self) {
         self.reset.store(true, Ordering::SeqCst);
-        for stream in [&self.client, &self.server] {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: setsockopt on a socket this connection owns, with a valid
-            // `linger` of the size given.
-            unsafe {
-                libc::setsockopt(
-                    stream.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                );
-            }
-            let _ = stream.shutdown(Shutdown::Read);
-        }
+        reset(&self.client);
+        reset(&self.server);
     }
+}
+
+/// Makes `stream` end with a TCP reset when it is closed (a zero linger time), and wakes
+/// whoever reads it.
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket, with a valid `linger` of the size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = stream.shutdown(Shutdown::Read);
 }
 
 impl Proxy {
@@ -76,6 +84,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream: upstream.parse().expect("an ip:port upstream"),
             blackholed: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             delay_us: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             connections: Mutex::new(Vec::new()),
@@ -101,9 +110,17 @@ impl Proxy {
         self.shared.blackholed.store(true, Ordering::SeqCst);
     }
 
+    /// Resets every open connection and every new one until [`Proxy::restore`], as a
+    /// broker that crashed would (its clients' connections refused, at once).
+    pub fn refuse(&self) {
+        self.shared.refusing.store(true, Ordering::SeqCst);
+        self.reset_all();
+    }
+
     /// Lets everything pass again (what was held goes on first), with no delay.
     pub fn restore(&self) {
         self.shared.delay_us.store(0, Ordering::SeqCst);
+        self.shared.refusing.store(false, Ordering::SeqCst);
         self.shared.blackholed.store(false, Ordering::SeqCst);
     }
 
@@ -153,6 +170,10 @@ fn accept(listener: TcpListener, shared: Arc<Shared>) {
             return;
         }
         let Ok(client) = client else { continue };
+        if shared.refusing.load(Ordering::SeqCst) {
+            reset(&client);
+            continue;
+        }
         // A broker that is away (restarting) refuses the connection: so does the proxy.
         let Ok(server) = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(5))
         else {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -24,7 +24,7 @@ use sluice_sdk::batch::{Header, Headers, InputBatch, Op, Record};
 use crate::auth::ClientAuth;
 use crate::checkpoint::{RecordFailure, Tracker, delivery_opaque, from_delivery_opaque};
 use crate::config::{Partitioning, SinkConfig};
-use crate::source::kafka::{Unreadable, topic_partitions};
+use crate::source::kafka::{RECONNECT_BACKOFF_MAX_MS, Unreadable, topic_partitions};
 use crate::state::Change;
 
 /// Producer callbacks: each delivery report goes to the tracker.
@@ -184,7 +184,7 @@ pub struct KafkaSink {
     /// When the topics were last looked up while deliveries stalled.
     last_check: Mutex<Instant>,
     /// Set for good once a sink topic is found gone: the error that stops the host.
-    gone: Mutex<Option<String>>,
+    gone: OnceLock<String>,
 }
 
 /// Headers a dead-lettered record carries besides its own: the plugin's message, and
@@ -294,7 +294,7 @@ impl KafkaSink {
             topics: found,
             servers: config.bootstrap_servers.clone(),
             last_check: Mutex::new(Instant::now()),
-            gone: Mutex::new(None),
+            gone: OnceLock::new(),
         })
     }
 
@@ -524,8 +524,8 @@ impl KafkaSink {
         mut record: BaseRecord<'a, [u8], [u8], usize>,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(), SendError> {
-        if let Some(gone) = self.gone.lock().unwrap().clone() {
-            return Err(SendError::TopicGone(gone));
+        if let Some(gone) = self.gone.get() {
+            return Err(SendError::TopicGone(gone.clone()));
         }
         loop {
             match self.producer.send(record) {
@@ -702,15 +702,15 @@ impl KafkaSink {
     /// the producer's records are purged, so that the stop waits for none of them
     /// (none was acknowledged, so none is committed), and every later send fails.
     fn topic_gone(&self) -> Option<String> {
-        if let Some(gone) = self.gone.lock().unwrap().clone() {
-            return Some(gone);
+        if let Some(gone) = self.gone.get() {
+            return Some(gone.clone());
         }
         let context = self.producer.context();
         let asked = context.check_topics.swap(false, Ordering::Relaxed);
         let stalled = || {
-            self.producer.in_flight_count() > 0
-                && context.last_report.lock().unwrap().elapsed() >= STALLED_DELIVERIES
+            context.last_report.lock().unwrap().elapsed() >= STALLED_DELIVERIES
                 && self.last_check.lock().unwrap().elapsed() >= STALLED_DELIVERIES
+                && self.producer.in_flight_count() > 0
         };
         if !asked && !stalled() {
             return None;
@@ -746,8 +746,7 @@ impl KafkaSink {
         })?;
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
-        *self.gone.lock().unwrap() = Some(gone.clone());
-        Some(gone)
+        Some(self.gone.get_or_init(|| gone).clone())
     }
 
     /// The sink cluster's authentication, for the other clients that talk to it.
@@ -782,6 +781,8 @@ fn producer_config(config: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
         .set("acks", "all")
         // Bounded queue: when the broker is slow, sending blocks and the source waits.
         .set("queue.buffering.max.kbytes", "16384")
+        // A broker back from an outage is reached within a second (see the constant).
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
         .set(
             "partitioner",
             match config.partitioning {
@@ -1028,5 +1029,27 @@ mod tests {
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         let message = super::delivery_failure("out", 1, &too_large);
         assert!(!message.contains("did not acknowledge"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_topic_or_partition_is_told_from_other_delivery_failures() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownPartition,
+        ] {
+            assert!(super::is_unknown_topic(&KafkaError::MessageProduction(
+                code
+            )));
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(!super::is_unknown_topic(&KafkaError::MessageProduction(
+                code
+            )));
+        }
     }
 }
