@@ -70,6 +70,9 @@ struct Args {
     /// Steady flow between two outages, in seconds.
     #[arg(long, default_value_t = 15)]
     settle_s: u64,
+    /// Where Sluice's log goes [default: the broker's temporary home, removed at the end].
+    #[arg(long)]
+    log: Option<PathBuf>,
     /// The `sluice` binary [default: next to this program].
     #[arg(long)]
     sluice: Option<PathBuf>,
@@ -119,7 +122,10 @@ fn main() -> anyhow::Result<()> {
             interval = args.checkpoint_interval_ms,
         ),
     )?;
-    let log = broker.home.path().join("sluice.log");
+    let log = args
+        .log
+        .clone()
+        .unwrap_or_else(|| broker.home.path().join("sluice.log"));
     let mut host = Host(
         Command::new(&sluice)
             .args(["run", "--config", config.to_str().unwrap()])
