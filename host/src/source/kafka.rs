@@ -746,10 +746,10 @@ const METADATA_SLICE: Duration = Duration::from_millis(250);
 
 /// The longest wait between two attempts to reach a broker that refused a connection,
 /// for the source's and the sink's clients. librdkafka doubles the wait from 100 ms up
-/// to 10 s by default, and adds up to half of it again: after an outage of half a
-/// minute its clients tried again up to 15 s after the broker was back, and the first
-/// commit came 11 s after it (`outage-bench --fault refuse`, BENCHMARKS.md). At most 1 s,
-/// it comes within 1.5 s, for an attempt a second per connection while a broker is away.
+/// to 10 s by default, and adds up to half of it again: after a broker refused
+/// connections for 10 to 60 s, the first commit came 4.6 to 21.2 s after it was back;
+/// with at most 1 s, 0.9 to 2.5 s (`outage-bench --fault refuse`, BENCHMARKS.md), for
+/// an attempt a second per connection while a broker is away.
 pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 /// The partition count of `topic`, 0 if it does not exist. Fails with a clear error when
