@@ -8,9 +8,10 @@
 //! black-holes every connection (open ones and new ones: nothing passes either way,
 //! as in a network partition) or, with `--fault refuse`, resets and refuses every
 //! connection (as a broker that is down) for that long, then lets traffic through
-//! again; the
-//! time from then to the next commit of the group's offsets (read directly) is the
-//! recovery time. Prints Markdown to stdout, progress to stderr.
+//! again; the time from then to the next commit of the group's offsets (read
+//! directly) is the recovery time. With `--fault crash` the broker itself is killed
+//! (SIGKILL) and started again after that long, and the time counts from when it
+//! answers again. Prints Markdown to stdout, progress to stderr.
 
 // The e2e tests' proxy, of which this program uses the outages only.
 #[path = "../../../tests/e2e/proxy.rs"]
@@ -48,8 +49,9 @@ struct Args {
     /// Outage lengths in seconds, one measurement each, in this order.
     #[arg(long, value_delimiter = ',', default_value = "10,30,45,60")]
     outages: Vec<u64>,
-    /// `blackhole` (nothing passes, connections stay open: a network partition) or
-    /// `refuse` (every connection reset and refused: a broker that is down).
+    /// `blackhole` (nothing passes, connections stay open: a network partition),
+    /// `refuse` (every connection reset and refused: a broker that is down) or `crash`
+    /// (the broker killed, then started again).
     #[arg(long, default_value = "blackhole")]
     fault: String,
     /// `exactly-once` or `at-least-once`.
@@ -91,8 +93,11 @@ fn main() -> anyhow::Result<()> {
             sluice.display()
         );
     }
-    if !["blackhole", "refuse"].contains(&args.fault.as_str()) {
-        bail!("--fault is `blackhole` or `refuse`, not `{}`", args.fault);
+    if !["blackhole", "refuse", "crash"].contains(&args.fault.as_str()) {
+        bail!(
+            "--fault is `blackhole`, `refuse` or `crash`, not `{}`",
+            args.fault
+        );
     }
     let broker = Broker::start()?;
     let direct = broker.servers();
@@ -147,13 +152,17 @@ fn main() -> anyhow::Result<()> {
     for outage in &args.outages {
         std::thread::sleep(Duration::from_secs(args.settle_s));
         let assigned_before = count(&log, "Partitions assigned");
+        let before = offsets.total()?;
         match args.fault.as_str() {
             "refuse" => broker.proxy.refuse(),
+            "crash" => broker.kill()?,
             _ => broker.proxy.blackhole(),
         }
         eprintln!("{} for {outage} s", args.fault);
         std::thread::sleep(Duration::from_secs(*outage));
-        let before = offsets.total()?;
+        if args.fault == "crash" {
+            broker.start_again()?;
+        }
         let restored = Instant::now();
         broker.proxy.restore();
         offsets.wait_past(before, Duration::from_secs(300), &mut host)?;
@@ -334,7 +343,13 @@ impl Broker {
             listener,
             proxy,
         };
-        let output = broker.script("start").output()?;
+        broker.start_again()?;
+        Ok(broker)
+    }
+
+    /// Starts the broker (again, on the same ports and data); returns once it answers.
+    fn start_again(&self) -> anyhow::Result<()> {
+        let output = self.script("start").output()?;
         if !output.status.success() {
             bail!(
                 "scripts/kafka.sh start: {}{}",
@@ -342,7 +357,24 @@ impl Broker {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        Ok(broker)
+        Ok(())
+    }
+
+    /// Kills the broker at once, as a machine that crashes would.
+    fn kill(&self) -> anyhow::Result<()> {
+        let pid: i32 = std::fs::read_to_string(self.home.path().join("broker.pid"))?
+            .trim()
+            .parse()?;
+        // SAFETY: kill(2) with the broker's pid and a valid signal number.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        // Gone once signal 0 finds no process.
+        // SAFETY: signal 0 only asks whether the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     fn servers(&self) -> String {
