@@ -828,8 +828,9 @@ pub struct TransactionSettings {
 
 /// Deliveries outstanding and no report for this long: the sink topics are looked up.
 const STALLED_DELIVERIES: Duration = Duration::from_secs(10);
-/// How long that lookup waits for the cluster.
-const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long that lookup waits for the cluster: short, as while a broker is away it
+/// learns nothing and holds up the pipeline (and a stop).
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a running host keeps asking a sink cluster that does not answer for a new
 /// transactional producer before it gives up.
