@@ -47,6 +47,15 @@ sasl_ssl_port=${SLUICE_KAFKA_SASL_SSL_PORT:-$((port + 4))}
 sasl_plaintext_port=${SLUICE_KAFKA_SASL_PLAINTEXT_PORT:-$((port + 5))}
 iam_port=${SLUICE_KAFKA_IAM_PORT:-$((port + 6))}
 iam_short_port=${SLUICE_KAFKA_IAM_SHORT_PORT:-$((port + 7))}
+proxied_port=${SLUICE_KAFKA_PROXIED_PORT:-}
+proxied_advertised_port=${SLUICE_KAFKA_PROXIED_ADVERTISED_PORT:-}
+# The proxied listener, added to every list of listeners when asked for.
+proxied_listener= proxied_advertised= proxied_protocol=
+if [[ -n $proxied_port ]]; then
+  proxied_listener=,PROXIED://127.0.0.1:$proxied_port
+  proxied_advertised=,PROXIED://127.0.0.1:${proxied_advertised_port:?SLUICE_KAFKA_PROXIED_PORT needs SLUICE_KAFKA_PROXIED_ADVERTISED_PORT}
+  proxied_protocol=,PROXIED:PLAINTEXT
+fi
 # Test credentials only: this broker is for development and tests on 127.0.0.1.
 sasl_user=sluice
 sasl_password=sluice-test-password
@@ -118,9 +127,9 @@ write_auth_config() {
   cat >>"$home/server.properties" <<PROPS
 
 # Authenticated listeners for tests (SLUICE_KAFKA_AUTH=1).
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SSL://127.0.0.1:$ssl_port,MTLS://127.0.0.1:$mtls_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,SASL_PLAINTEXT://127.0.0.1:$sasl_plaintext_port,IAM://127.0.0.1:$iam_port,IAM_SHORT://127.0.0.1:$iam_short_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SSL://127.0.0.1:$ssl_port,MTLS://127.0.0.1:$mtls_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,SASL_PLAINTEXT://127.0.0.1:$sasl_plaintext_port,IAM://127.0.0.1:$iam_port,IAM_SHORT://127.0.0.1:$iam_short_port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,IAM:SASL_SSL,IAM_SHORT:SASL_SSL
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port,SSL://127.0.0.1:$ssl_port,MTLS://127.0.0.1:$mtls_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,SASL_PLAINTEXT://127.0.0.1:$sasl_plaintext_port,IAM://127.0.0.1:$iam_port,IAM_SHORT://127.0.0.1:$iam_short_port$proxied_listener
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SSL://127.0.0.1:$ssl_port,MTLS://127.0.0.1:$mtls_port,SASL_SSL://127.0.0.1:$sasl_ssl_port,SASL_PLAINTEXT://127.0.0.1:$sasl_plaintext_port,IAM://127.0.0.1:$iam_port,IAM_SHORT://127.0.0.1:$iam_short_port$proxied_advertised
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,IAM:SASL_SSL,IAM_SHORT:SASL_SSL$proxied_protocol
 inter.broker.listener.name=PLAINTEXT
 ssl.keystore.type=PEM
 ssl.keystore.location=$auth_dir/broker-keystore.pem
@@ -185,10 +194,12 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port$proxied_listener
+advertised.listeners=PLAINTEXT://127.0.0.1:$port$proxied_advertised
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$proxied_protocol
+# The broker's own traffic (transaction markers) uses the plain listener, never a proxy.
+inter.broker.listener.name=PLAINTEXT
 log.dirs=$home/data
 num.partitions=1
 # One node: internal topics must have one replica, or groups and transactions stall.

@@ -11,11 +11,11 @@ use sluice_host::generate::TICKERS;
 
 use crate::support::*;
 
-const PARTITIONS: i32 = 4;
+pub(crate) const PARTITIONS: i32 = 4;
 
 /// One input stock record: keyed by ticker like the original generator, so every
 /// record of a ticker lands in the same partition, and numbered by `seq`.
-fn stock(seq: usize) -> TestRecord {
+pub(crate) fn stock(seq: usize) -> TestRecord {
     let ticker = TICKERS[(seq * 7 + seq / 13) % TICKERS.len()];
     let key = format!(r#"{{"ticker": "{ticker}"}}"#);
     // Prices with two decimals, spread over 0..100, deterministic per seq.
@@ -103,9 +103,19 @@ fn parse(record: &TestRecord) -> Output {
 /// each ticker equal those computed from the input (exactly-once only: at-least-once
 /// may count a replayed record twice). Returns the number of duplicates.
 fn check_sink(output: &str, count: usize, exactly_once: bool) -> usize {
+    check_sink_at(&bootstrap(), output, count, exactly_once)
+}
+
+/// [`check_sink`] on the cluster at `servers`.
+pub(crate) fn check_sink_at(
+    servers: &str,
+    output: &str,
+    count: usize,
+    exactly_once: bool,
+) -> usize {
     // Read to the end of every partition: a duplicate then shows as one, not as the
     // input it pushed past `count`.
-    let written = read_all(output, count, Duration::from_secs(60));
+    let written = read_all_at(servers, output, count, Duration::from_secs(60));
     let outputs: Vec<(i32, Output)> = written.iter().map(|r| (r.partition, parse(r))).collect();
     let mut seen = HashSet::new();
     let mut duplicates = Vec::new();

@@ -704,6 +704,8 @@ pub struct OwnBroker {
     home: tempfile::TempDir,
     port: u16,
     controller_port: u16,
+    /// The listener a proxy forwards to, and the proxy's port it advertises.
+    proxied: Option<(u16, u16)>,
 }
 
 impl OwnBroker {
@@ -721,6 +723,7 @@ impl OwnBroker {
             home,
             port: port(free_address()),
             controller_port: port(free_address()),
+            proxied: None,
         };
         broker.script("start");
         broker
@@ -786,9 +789,19 @@ impl OwnBroker {
                 "SLUICE_KAFKA_CONTROLLER_PORT",
                 self.controller_port.to_string(),
             )
+            .env_remove("SLUICE_KAFKA_PROXIED_PORT")
+            .env_remove("SLUICE_KAFKA_PROXIED_ADVERTISED_PORT")
             .env_remove("SLUICE_KAFKA_AUTH")
             .env_remove("SLUICE_KAFKA_NICE")
             .env_remove("SLUICE_KAFKA_GC_OPTS");
+        if let Some((listener, advertised)) = self.proxied {
+            script
+                .env("SLUICE_KAFKA_PROXIED_PORT", listener.to_string())
+                .env(
+                    "SLUICE_KAFKA_PROXIED_ADVERTISED_PORT",
+                    advertised.to_string(),
+                );
+        }
         script
     }
 
@@ -822,4 +835,32 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+impl OwnBroker {
+    /// A broker of the test's own (see [`OwnBroker::start`]) behind a fault-injecting
+    /// proxy: it also listens on a port of its own for the proxy, and tells clients that
+    /// came through the proxy to come back through it. Clients of
+    /// [`OwnBroker::servers`] reach the broker directly.
+    pub fn start_proxied() -> (OwnBroker, crate::proxy::Proxy) {
+        let port = |address: String| address.rsplit_once(':').unwrap().1.parse().unwrap();
+        let (listener, proxy_address) = (port(free_address()), free_address());
+        // The proxy first: its port is the address the broker advertises.
+        let proxy = crate::proxy::Proxy::start(&proxy_address, &format!("127.0.0.1:{listener}"));
+        let parent = shared_kafka_home().join("test-brokers");
+        std::fs::create_dir_all(&parent).unwrap();
+        let home = tempfile::tempdir_in(parent).unwrap();
+        let classpath = shared_kafka_home().join("classpath.txt");
+        if classpath.is_file() {
+            std::fs::copy(&classpath, home.path().join("classpath.txt")).unwrap();
+        }
+        let broker = OwnBroker {
+            home,
+            port: port(free_address()),
+            controller_port: port(free_address()),
+            proxied: Some((listener, port(proxy.address()))),
+        };
+        broker.script("start");
+        (broker, proxy)
+    }
 }

@@ -2,7 +2,8 @@
 //! writes a transformed batch and reports each delivery to the checkpoint tracker.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -24,13 +25,18 @@ use crate::auth::ClientAuth;
 use crate::checkpoint::{RecordFailure, Tracker, delivery_opaque, from_delivery_opaque};
 use crate::config::{Partitioning, SinkConfig};
 use crate::output::Verdicts;
-use crate::source::kafka::{Unreadable, topic_partitions};
+use crate::source::kafka::{RECONNECT_BACKOFF_MAX_MS, Unreadable, topic_partitions};
 use crate::state::Change;
 
 /// Producer callbacks: each delivery report goes to the tracker.
 pub struct SinkContext {
     tracker: Arc<Mutex<Tracker>>,
     auth: ClientAuth,
+    /// When the last delivery report came: a sink whose reports stop while records
+    /// wait is checked for a topic that went away ([`KafkaSink::topic_gone`]).
+    last_report: Mutex<Instant>,
+    /// Set when a delivery failed for want of its topic or partition: check at once.
+    check_topics: AtomicBool,
 }
 
 impl ClientContext for SinkContext {
@@ -75,10 +81,14 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (seq, input) = from_delivery_opaque(opaque);
-        if let Err((error, _)) = result
-            && refused_for_good(error)
-        {
-            self.tracker.lock().unwrap().refused_for_good();
+        *self.last_report.lock().unwrap() = Instant::now();
+        if let Err((error, _)) = result {
+            if refused_for_good(error) {
+                self.tracker.lock().unwrap().refused_for_good();
+            }
+            if is_unknown_topic(error) {
+                self.check_topics.store(true, Ordering::Relaxed);
+            }
         }
         let (size, result) = match result {
             Ok(_) => (0, Ok(())),
@@ -114,6 +124,18 @@ fn refused_for_good(error: &KafkaError) -> bool {
     )
 }
 
+/// Whether an error says the topic or partition written to does not exist (any more).
+fn is_unknown_topic(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+        )
+    )
+}
+
 /// What a failed delivery says; a timeout also says what it means and what follows.
 fn delivery_failure(topic: &str, partition: i32, error: &KafkaError) -> String {
     let failed = format!("delivery to topic `{topic}` partition {partition} failed: {error}");
@@ -139,6 +161,10 @@ pub enum SendError {
     Record(RecordFailure),
     #[error("stopped while the producer queue was full")]
     Interrupted,
+    /// A sink topic went away while the host wrote to it (see [`KafkaSink::topic_gone`]):
+    /// no record's failure, and no retry brings it back.
+    #[error("{0}")]
+    TopicGone(String),
 }
 
 pub struct KafkaSink {
@@ -152,6 +178,14 @@ pub struct KafkaSink {
     outputs: BTreeMap<String, String>,
     dead_letter_topic: Option<String>,
     same_partition: bool,
+    /// Every topic the sink writes to and its partition count at start, to notice one
+    /// that is deleted (or deleted and made again with fewer partitions) meanwhile.
+    topics: Vec<(String, i32)>,
+    servers: String,
+    /// When the topics were last looked up while deliveries stalled.
+    last_check: Mutex<Instant>,
+    /// Set for good once a sink topic is found gone: the error that stops the host.
+    gone: OnceLock<String>,
 }
 
 /// Headers a dead-lettered record carries besides its own: the plugin's message, and
@@ -193,6 +227,7 @@ impl KafkaSink {
         topics.extend(config.dead_letter_topic.as_deref());
         topics.sort_unstable();
         topics.dedup();
+        let mut found = Vec::with_capacity(topics.len());
         for topic in topics {
             // Failed records go wherever the partitioner puts them: the dead-letter topic
             // needs no partition per source partition.
@@ -244,6 +279,7 @@ impl KafkaSink {
                      to `{topic}` or choose `key-hash` or `default`"
                 );
             }
+            found.push((topic.to_string(), partitions));
         }
 
         Ok(KafkaSink {
@@ -256,6 +292,10 @@ impl KafkaSink {
             outputs: config.outputs.clone(),
             dead_letter_topic: config.dead_letter_topic.clone(),
             same_partition: config.partitioning == Partitioning::Same,
+            topics: found,
+            servers: config.bootstrap_servers.clone(),
+            last_check: Mutex::new(Instant::now()),
+            gone: OnceLock::new(),
         })
     }
 
@@ -494,6 +534,9 @@ impl KafkaSink {
         mut record: BaseRecord<'a, [u8], [u8], usize>,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(), SendError> {
+        if let Some(gone) = self.gone.get() {
+            return Err(SendError::TopicGone(gone.clone()));
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -504,11 +547,23 @@ impl KafkaSink {
                     if let Some(failure) = self.producer.context().auth.failure().get() {
                         return Err(SendError::Fatal(failure));
                     }
+                    if let Some(gone) = self.topic_gone() {
+                        return Err(SendError::TopicGone(gone));
+                    }
                     if !keep_going() {
                         return Err(SendError::Interrupted);
                     }
                 }
                 Err((error, back)) => {
+                    if is_unknown_topic(&error) {
+                        self.producer
+                            .context()
+                            .check_topics
+                            .store(true, Ordering::Relaxed);
+                        if let Some(gone) = self.topic_gone() {
+                            return Err(SendError::TopicGone(gone));
+                        }
+                    }
                     return Err(SendError::Fatal(format!(
                         "could not send a record to topic `{}`: {error}",
                         back.topic
@@ -640,10 +695,74 @@ impl KafkaSink {
     }
 
     /// Serves delivery reports, waiting up to `timeout` for one. Fails when a client
-    /// was refused authentication.
+    /// was refused authentication, or a sink topic went away.
     pub fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.poll(timeout);
-        self.producer.context().auth.failure().check()
+        self.producer.context().auth.failure().check()?;
+        match self.topic_gone() {
+            Some(gone) => Err(anyhow::anyhow!(gone)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error for a sink topic that went away, once one has: deleted while the host
+    /// wrote to it, or deleted and made again with fewer partitions. librdkafka keeps
+    /// the records for its partitions queued without a delivery report, and the
+    /// pipeline would wait for them without end; nor is it the failure of a record,
+    /// which a dead-letter topic could take: every record after it would fail alike.
+    ///
+    /// Looked up (one metadata request) when a delivery failed for want of its topic,
+    /// and while records wait and no delivery report has come for
+    /// [`STALLED_DELIVERIES`], at most that often. A cluster that does not answer
+    /// proves nothing: the lookup then counts for nothing. Once a topic is found gone
+    /// the producer's records are purged, so that the stop waits for none of them
+    /// (none was acknowledged, so none is committed), and every later send fails.
+    fn topic_gone(&self) -> Option<String> {
+        if let Some(gone) = self.gone.get() {
+            return Some(gone.clone());
+        }
+        let context = self.producer.context();
+        let asked = context.check_topics.swap(false, Ordering::Relaxed);
+        let stalled = || {
+            context.last_report.lock().unwrap().elapsed() >= STALLED_DELIVERIES
+                && self.last_check.lock().unwrap().elapsed() >= STALLED_DELIVERIES
+                && self.producer.in_flight_count() > 0
+        };
+        if !asked && !stalled() {
+            return None;
+        }
+        *self.last_check.lock().unwrap() = Instant::now();
+        let gone = self.topics.iter().find_map(|(topic, partitions)| {
+            let metadata = self
+                .producer
+                .client()
+                .fetch_metadata(Some(topic), TOPIC_CHECK_TIMEOUT)
+                .ok()?;
+            let found = metadata.topics().iter().find(|t| t.name() == topic)?;
+            let now = match found.error().map(RDKafkaErrorCode::from) {
+                None => found.partitions().len() as i32,
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => 0,
+                Some(_) => return None,
+            };
+            let servers = &self.servers;
+            match now {
+                0 => Some(format!(
+                    "sink topic `{topic}` no longer exists on {servers}: it was deleted while Sluice wrote to it. \
+                     Outputs not yet acknowledged stay uncommitted and are written again at the next start: \
+                     create `{topic}` again with {partitions} partitions, then start Sluice"
+                )),
+                now if now < *partitions => Some(format!(
+                    "sink topic `{topic}` on {servers} has {now} partitions, not the {partitions} it had at start: \
+                     it was deleted and created again while Sluice wrote to it. Outputs not yet acknowledged \
+                     stay uncommitted and are written again at the next start: give `{topic}` {partitions} partitions, \
+                     then start Sluice"
+                )),
+                _ => None,
+            }
+        })?;
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        Some(self.gone.get_or_init(|| gone).clone())
     }
 
     /// The sink cluster's authentication, for the other clients that talk to it.
@@ -678,6 +797,8 @@ fn producer_config(config: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
         .set("acks", "all")
         // Bounded queue: when the broker is slow, sending blocks and the source waits.
         .set("queue.buffering.max.kbytes", "16384")
+        // A broker back from an outage is reached within a second (see the constant).
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS)
         .set(
             "partitioner",
             match config.partitioning {
@@ -721,6 +842,12 @@ pub struct TransactionSettings {
     pub timeout: Duration,
 }
 
+/// Deliveries outstanding and no report for this long: the sink topics are looked up.
+const STALLED_DELIVERIES: Duration = Duration::from_secs(10);
+/// How long that lookup waits for the cluster: short, as while a broker is away it
+/// learns nothing and holds up the pipeline (and a stop).
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long a running host keeps asking a sink cluster that does not answer for a new
 /// transactional producer before it gives up.
 const RECREATE_PATIENCE: Duration = Duration::from_secs(600);
@@ -752,6 +879,8 @@ fn new_producer(
         .create_with_context(SinkContext {
             tracker: tracker.clone(),
             auth: auth.clone(),
+            last_report: Mutex::new(Instant::now()),
+            check_topics: AtomicBool::new(false),
         })
         .map_err(crate::config::security::without_value)
         .context("creating the Kafka producer (check sink.kafka and [security])")?;
@@ -776,6 +905,12 @@ fn new_producer(
         auth.failure().check()?;
         match initialised {
             Ok(()) => {}
+            Err(error) if is_unanswered(&error) && matches!(patience, Patience::Start(_)) => bail!(
+                "the sink cluster at {} did not answer within {} s while starting a transactional producer for id `{id}`: {error}; \
+                 check that its brokers are up and reachable (source.connect_timeout_ms sets how long a start waits)",
+                client.get("bootstrap.servers").unwrap_or_default(),
+                started.elapsed().as_secs()
+            ),
             Err(error) if !is_unanswered(&error) || matches!(patience, Patience::Start(_)) => {
                 return Err(error).with_context(|| {
                     format!(
@@ -911,5 +1046,27 @@ mod tests {
         let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
         let message = super::delivery_failure("out", 1, &too_large);
         assert!(!message.contains("did not acknowledge"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_topic_or_partition_is_told_from_other_delivery_failures() {
+        for code in [
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownPartition,
+        ] {
+            assert!(super::is_unknown_topic(&KafkaError::MessageProduction(
+                code
+            )));
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ] {
+            assert!(!super::is_unknown_topic(&KafkaError::MessageProduction(
+                code
+            )));
+        }
     }
 }

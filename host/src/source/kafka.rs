@@ -336,7 +336,9 @@ impl KafkaSource {
             .set("queued.max.messages.kbytes", "8192")
             .set("enable.partition.eof", "false")
             // Statistics every second, for the lag in `GET /metrics`.
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            // A broker back from an outage is reached within a second (see the constant).
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
         for (key, value) in &config.kafka {
             client.set(key, value);
         }
@@ -775,6 +777,14 @@ impl<'a> MessageHeaders<'a> {
 
 /// How long one metadata request may wait before the client is polled again.
 const METADATA_SLICE: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts to reach a broker that refused a connection,
+/// for the source's and the sink's clients. librdkafka doubles the wait from 100 ms up
+/// to 10 s by default, and adds up to half of it again: after a broker refused
+/// connections for 10 to 60 s, the first commit came 4.6 to 21.2 s after it was back;
+/// with at most 1 s, 0.9 to 2.5 s (`outage-bench --fault refuse`, BENCHMARKS.md), for
+/// an attempt a second per connection while a broker is away.
+pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 /// The partition count of `topic`, 0 if it does not exist. Fails with a clear error when
 /// the cluster does not answer within `timeout`, and at once when it refuses the
