@@ -102,7 +102,8 @@ if [[ $py_installed != "$componentize_py_version" ]]; then
   }
 fi
 
-# 5. The Terraform module's offline checkers (Checkov, python-hcl2), under $tools/iac.
+# 5. The deployment's offline checkers: Checkov and python-hcl2 under $tools/iac,
+# kustomize under $tools/kustomize.
 SLUICE_TOOLS_DIR=$tools "$root/scripts/deploy-tools.sh" --iac >&2
 
-echo "$js_dir/node_modules/.bin:$py_dir/bin"
+echo "$js_dir/node_modules/.bin:$py_dir/bin:$tools/kustomize"
