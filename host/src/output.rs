@@ -88,17 +88,7 @@ impl Verdicts {
                 verdicts.fail(index, message.to_string());
                 continue;
             }
-            let (indices, output) = match &op {
-                Op::Keep {
-                    start,
-                    count,
-                    output,
-                } => (*start..*start + *count, *output),
-                Op::ReplaceValue { index, output, .. } | Op::Record { index, output, .. } => {
-                    (*index..*index + 1, *output)
-                }
-                Op::Error { .. } => unreachable!("handled above"),
-            };
+            let (indices, output) = targets(&op);
             if let Some(name) = output.filter(|name| !limits.outputs.contains(*name)) {
                 for index in indices {
                     verdicts.fail(
@@ -181,6 +171,22 @@ impl Verdicts {
     /// Bytes of the outputs of the records that did not fail, framing included.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+}
+
+/// The input records `op` is about, and the output it sends them to (`None`: the
+/// default one; an error names no output).
+pub fn targets<'a>(op: &Op<'a>) -> (std::ops::Range<u32>, Option<&'a str>) {
+    match op {
+        Op::Keep {
+            start,
+            count,
+            output,
+        } => (*start..*start + *count, *output),
+        Op::ReplaceValue { index, output, .. } | Op::Record { index, output, .. } => {
+            (*index..*index + 1, *output)
+        }
+        Op::Error { index, .. } => (*index..*index + 1, None),
     }
 }
 

@@ -24,7 +24,7 @@ use sluice_sdk::batch::{Header, Headers, InputBatch, Op, OutputReader, Record};
 use crate::auth::ClientAuth;
 use crate::checkpoint::{RecordFailure, Tracker, delivery_opaque, from_delivery_opaque};
 use crate::config::{Partitioning, SinkConfig};
-use crate::output::Verdicts;
+use crate::output::{Verdicts, targets};
 use crate::source::kafka::{RECONNECT_BACKOFF_MAX_MS, Unreadable, topic_partitions};
 use crate::state::Change;
 
@@ -328,17 +328,7 @@ impl KafkaSink {
             let op = op.map_err(|error| {
                 SendError::Fatal(format!("the output batch cannot be read: {error}"))
             })?;
-            let (indices, output) = match &op {
-                Op::Keep {
-                    start,
-                    count,
-                    output,
-                } => (*start..*start + *count, *output),
-                Op::ReplaceValue { index, output, .. } | Op::Record { index, output, .. } => {
-                    (*index..*index + 1, *output)
-                }
-                Op::Error { index, .. } => (*index..*index + 1, None),
-            };
+            let (indices, output) = targets(&op);
             for index in indices {
                 let source = input
                     .get(index)
