@@ -51,10 +51,31 @@ if [[ $demo_only == 0 ]]; then
     missing+=("Python's venv module with ensurepip (makes the builders' environment). Install it with: apt-get install python3-venv")
   fi
 fi
+# The real parts the end-to-end tests drive, from Debian's packages: podman and runc
+# (the container image), Chromium (the web console), Prometheus and promtool (metrics
+# and alert rules). Installed below when this runs as root; named here otherwise.
+packages=()
+if [[ $demo_only == 0 ]]; then
+  command -v podman >/dev/null 2>&1 || packages+=(podman)
+  command -v runc >/dev/null 2>&1 || packages+=(runc)
+  command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+  { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || packages+=(prometheus)
+  if ((${#packages[@]})) && { [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null 2>&1; }; then
+    missing+=("${packages[*]} (the end-to-end tests drive them). Install them with: sudo apt-get install ${packages[*]}")
+  fi
+fi
 if ((${#missing[@]})); then
   say "the tests cannot run on this machine yet; missing:"
   for m in "${missing[@]}"; do echo "  - $m" >&2; done
   exit 1
+fi
+if ((${#packages[@]})); then
+  say "installing ${packages[*]} (Debian packages)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 \
+      apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >&2 || {
+    say "could not install ${packages[*]} (see above). To install them by hand: apt-get install ${packages[*]}"
+    exit 1
+  }
 fi
 
 # 2. The Rust target plugins are built for.
