@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
-use rdkafka::ClientContext;
-use rdkafka::client::OAuthToken;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
@@ -22,8 +20,8 @@ use crate::auth::{AuthFailure, ClientAuth};
 use crate::cli::GenerateArgs;
 use crate::config::ConfigSource;
 use crate::config::security::Security;
+use crate::kafka::{KafkaContext, Role, topic_partitions};
 use crate::shutdown::Shutdown;
-use crate::source::kafka::topic_partitions;
 
 const DEFAULT_SERVERS: &str = "127.0.0.1:9092";
 const DEFAULT_TOPIC: &str = "stocks-in";
@@ -70,42 +68,23 @@ impl Target {
     }
 }
 
-/// The generator's callbacks: MSK IAM tokens, refused credentials and undelivered
-/// records noticed.
-struct GeneratorContext {
-    auth: ClientAuth,
+/// The generator's callbacks: undelivered records noticed.
+struct GeneratorRole {
     /// The first record the broker did not take, and how many it did not.
     undelivered: std::sync::Mutex<(u64, Option<String>)>,
 }
 
-impl ProducerContext for GeneratorContext {
+impl Role for GeneratorRole {}
+
+impl ProducerContext for KafkaContext<GeneratorRole> {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((error, _)) = result {
-            let mut undelivered = self.undelivered.lock().unwrap();
+            let mut undelivered = self.role.undelivered.lock().unwrap();
             undelivered.0 += 1;
             undelivered.1.get_or_insert_with(|| error.to_string());
         }
-    }
-}
-
-impl ClientContext for GeneratorContext {
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.auth.log("generator", level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.auth.error("generator", &error, reason);
-    }
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        self.auth.token()
     }
 }
 
@@ -159,15 +138,18 @@ pub fn run(
     );
     let mut client = ClientConfig::new();
     auth.apply(&mut client);
-    let producer: BaseProducer<GeneratorContext> = client
+    let producer: BaseProducer<KafkaContext<GeneratorRole>> = client
         .set("bootstrap.servers", &target.bootstrap_servers)
         // Java's default partitioner (murmur2 of the key), as kafka-python uses.
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
-        .create_with_context(GeneratorContext {
+        .create_with_context(KafkaContext::new(
+            "generator",
             auth,
-            undelivered: Default::default(),
-        })
+            GeneratorRole {
+                undelivered: Default::default(),
+            },
+        ))
         .context("creating the Kafka producer")?;
     let topic = target.topic.as_str();
     let partitions = topic_partitions(
@@ -257,7 +239,7 @@ pub fn run(
         .context("records still undelivered after 60 s")?;
     progress.finish_and_clear();
     failure.check()?;
-    if let (count @ 1.., Some(first)) = &*producer.context().undelivered.lock().unwrap() {
+    if let (count @ 1.., Some(first)) = &*producer.context().role.undelivered.lock().unwrap() {
         bail!("the broker did not take {count} of {sent} records to `{topic}`; the first: {first}");
     }
     Ok(sent)

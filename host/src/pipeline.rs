@@ -18,9 +18,9 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter};
 
 use crate::checkpoint::checkpointer::{Checkpointer, Reason};
 use crate::checkpoint::retry::{Poisoned, poison};
-use crate::checkpoint::{Partition, Tracker};
 use crate::config::CheckpointConfig;
 use crate::metrics::Metrics;
+use crate::progress::{Partition, Tracker};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::SendError;
 use crate::source::kafka::KafkaSource;

@@ -24,18 +24,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::changelog::Restorer;
+use super::clients::{CheckpointSink, GroupMember, StateReader};
 use super::retry::{Next, Retries};
-use super::{Partition, RecordFailure, Tracker};
 use crate::config::Delivery;
+use crate::progress::{Partition, RecordFailure, Tracker};
 use crate::shutdown::Shutdown;
-use crate::sink::kafka::KafkaSink;
-use crate::source::kafka::{SourceContext, commit_within};
+use crate::sink::kafka::{KafkaSink, SendError};
+use crate::source::kafka::{Rebalance, SourceContext};
 use crate::state::SharedState;
-use crate::state::changelog::Restorer;
 
 /// How long a transaction commit, abort or producer restart may take.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,13 +68,15 @@ pub enum Reason {
     Final,
 }
 
-pub struct Checkpointer {
+/// The checkpoint of one worker, over its sink `S` and its changelog reader `R` (the
+/// Kafka clients, or fakes in tests).
+pub struct Checkpointer<S = KafkaSink, R = Restorer> {
     delivery: Delivery,
-    sink: KafkaSink,
+    sink: S,
     tracker: Arc<Mutex<Tracker>>,
     state: SharedState,
     changelog: String,
-    restorer: Restorer,
+    restorer: R,
     assigned: BTreeSet<Partition>,
     /// Exactly-once: the offset after the last record processed in the open
     /// transaction, per partition.
@@ -102,14 +105,14 @@ pub struct Checkpointer {
     poisoned: Vec<RecordFailure>,
 }
 
-impl Checkpointer {
+impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     pub fn new(
         delivery: Delivery,
-        sink: KafkaSink,
+        sink: S,
         tracker: Arc<Mutex<Tracker>>,
         state: SharedState,
         changelog: String,
-        restorer: Restorer,
+        restorer: R,
         shutdown: Shutdown,
     ) -> Self {
         Checkpointer {
@@ -171,7 +174,7 @@ impl Checkpointer {
         self.commit_metadata = Some(metadata);
     }
 
-    pub fn sink(&self) -> &KafkaSink {
+    pub fn sink(&self) -> &S {
         &self.sink
     }
 
@@ -206,7 +209,7 @@ impl Checkpointer {
     /// committed. An error is fatal for the pipeline.
     pub fn checkpoint(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
         reason: Reason,
     ) -> anyhow::Result<usize> {
         let started = Instant::now();
@@ -226,7 +229,7 @@ impl Checkpointer {
 
     fn checkpoint_at_least_once(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
         reason: Reason,
     ) -> anyhow::Result<usize> {
         self.flush_changelog()?;
@@ -247,10 +250,8 @@ impl Checkpointer {
             return Ok(0);
         }
         let committed = match reason {
-            Reason::Periodic => consumer.commit(&tpl, CommitMode::Async),
-            Reason::Final => {
-                commit_within(consumer, &tpl, self.shutdown.bound(FINAL_COMMIT_TIMEOUT))
-            }
+            Reason::Periodic => consumer.commit(&tpl, None),
+            Reason::Final => consumer.commit(&tpl, Some(self.shutdown.bound(FINAL_COMMIT_TIMEOUT))),
         };
         match committed {
             Ok(()) => {
@@ -308,8 +309,7 @@ impl Checkpointer {
     fn write_changes(&mut self, changes: &[crate::state::Change]) -> anyhow::Result<()> {
         let seq = self.tracker.lock().unwrap().begin(Vec::new());
         self.sink
-            .send_changes(seq, &self.changelog, changes, &self.tracker, &|| true)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .send_changes(seq, &self.changelog, changes, &self.tracker)?;
         self.tracker.lock().unwrap().seal(seq);
         let deadline = Instant::now() + CHANGELOG_TIMEOUT;
         loop {
@@ -336,7 +336,7 @@ impl Checkpointer {
     /// offsets, then opens the next one.
     fn checkpoint_transaction(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
     ) -> anyhow::Result<usize> {
         let changes = self.state.lock().unwrap().take_changes(None);
         if self.processed.is_empty() && changes.is_empty() {
@@ -366,14 +366,13 @@ impl Checkpointer {
 
     fn commit_transaction(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
         changes: &[crate::state::Change],
     ) -> Result<usize, TransactionError> {
         if !changes.is_empty() {
             let seq = self.tracker.lock().unwrap().begin(Vec::new());
             self.sink
-                .send_changes(seq, &self.changelog, changes, &self.tracker, &|| true)
-                .map_err(|e| TransactionError::Other(e.to_string()))?;
+                .send_changes(seq, &self.changelog, changes, &self.tracker)?;
             self.tracker.lock().unwrap().seal(seq);
         }
         let mut offsets = TopicPartitionList::new();
@@ -386,9 +385,7 @@ impl Checkpointer {
                 element.set_metadata(metadata.as_str());
             }
         }
-        let group = consumer
-            .group_metadata()
-            .ok_or_else(|| TransactionError::Other("the consumer has no group metadata".into()))?;
+        let group = consumer.group().ok_or(TransactionError::NoGroup)?;
         let shutdown = &self.shutdown;
         self.sink
             .commit_transaction(&offsets, &group, TRANSACTION_TIMEOUT, &|| {
@@ -407,7 +404,7 @@ impl Checkpointer {
     /// id).
     pub fn recover(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
         error: &dyn std::fmt::Display,
     ) -> anyhow::Result<()> {
         self.recover_after(consumer, error, None)
@@ -421,7 +418,7 @@ impl Checkpointer {
     /// longer before the retry.
     pub fn recover_after(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
         error: &dyn std::fmt::Display,
         record: Option<&RecordFailure>,
     ) -> anyhow::Result<()> {
@@ -484,7 +481,7 @@ impl Checkpointer {
     /// said.
     fn abort_and_rewind(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
     ) -> anyhow::Result<Reported> {
         if !self.exactly_once() {
             // At-least-once (a record on its way to the dead-letter topic): nothing to
@@ -567,7 +564,7 @@ impl Checkpointer {
     /// first record processed since it was assigned.
     fn rewind_to_committed(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
     ) -> anyhow::Result<()> {
         if self.assigned.is_empty() {
             return Ok(());
@@ -577,7 +574,7 @@ impl Checkpointer {
             tpl.add_partition(topic, *partition);
         }
         let committed = consumer
-            .committed_offsets(tpl, TRANSACTION_TIMEOUT)
+            .committed(tpl, TRANSACTION_TIMEOUT)
             .context("reading the committed offsets to rewind to")?;
         for element in committed.elements() {
             let partition = (element.topic().to_string(), element.partition());
@@ -586,16 +583,8 @@ impl Checkpointer {
             else {
                 continue;
             };
-            // Asynchronous (no timeout): a partition the group is taking away at this
-            // moment must not block the worker; records fetched before the seek are
-            // discarded by the client either way.
             consumer
-                .seek(
-                    &partition.0,
-                    partition.1,
-                    Offset::Offset(offset),
-                    Duration::ZERO,
-                )
+                .seek(&partition.0, partition.1, offset)
                 .with_context(|| {
                     format!(
                         "rewinding {}/{} to offset {offset}",
@@ -656,7 +645,7 @@ impl Checkpointer {
     /// may be committed) and drops their state.
     pub fn revoke(
         &mut self,
-        consumer: &BaseConsumer<SourceContext>,
+        consumer: &impl GroupMember<Group = S::Group>,
         partitions: &[Partition],
         lost: bool,
     ) -> anyhow::Result<()> {
@@ -745,10 +734,12 @@ struct Reported {
 
 #[derive(Debug, thiserror::Error)]
 enum TransactionError {
-    #[error("{0}")]
-    Kafka(KafkaError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("writing the state changes failed")]
+    Changelog(#[from] SendError),
+    #[error("the consumer has not joined its group yet (no group metadata)")]
+    NoGroup,
 }
 
 impl TransactionError {
@@ -757,20 +748,307 @@ impl TransactionError {
     fn is_indefinite(&self) -> bool {
         match self {
             TransactionError::Kafka(error) => crate::sink::kafka::is_unanswered(error),
-            TransactionError::Other(_) => false,
+            TransactionError::Changelog(_) | TransactionError::NoGroup => false,
         }
     }
 }
 
-impl From<KafkaError> for TransactionError {
-    fn from(error: KafkaError) -> Self {
-        TransactionError::Kafka(error)
+/// The consumer's rebalance callback reaches the checkpoint through this.
+impl Rebalance for Checkpointer {
+    fn assigned(&mut self, partitions: &[Partition], fresh: &[Partition]) -> anyhow::Result<()> {
+        self.assign(partitions, fresh)
+    }
+
+    fn revoked(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        partitions: &[Partition],
+        lost: bool,
+    ) -> anyhow::Result<()> {
+        self.revoke(consumer, partitions, lost)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    //! The recovery paths against fakes of the consumer, the sink and the changelog
+    //! reader that share one pretend broker: what the group committed, what the
+    //! changelog holds, and what each client was asked to do.
+
+    use std::cell::{Cell, RefCell};
+    use std::collections::{HashMap, VecDeque};
+    use std::rc::Rc;
+
+    use rdkafka::error::RDKafkaErrorCode;
+
     use super::*;
+    use crate::checkpoint::changelog::Values;
+    use crate::state::{Change, StateStore};
+
+    /// What the broker holds, and the calls the clients made, in order.
+    #[derive(Default)]
+    struct Broker {
+        committed: RefCell<BTreeMap<Partition, i64>>,
+        /// Acknowledged (at-least-once) or committed (exactly-once) changelog records.
+        changelog: RefCell<Vec<Change>>,
+        /// Changelog records of the open transaction.
+        open: RefCell<Vec<Change>>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl Broker {
+        fn called(&self, call: impl Into<String>) {
+            self.calls.borrow_mut().push(call.into());
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+
+        fn committed(&self, partition: &Partition) -> Option<i64> {
+            self.committed.borrow().get(partition).copied()
+        }
+
+        fn commit(&self, offsets: &TopicPartitionList) {
+            for element in offsets.elements() {
+                if let Offset::Offset(offset) = element.offset() {
+                    self.committed
+                        .borrow_mut()
+                        .insert((element.topic().to_string(), element.partition()), offset);
+                }
+            }
+        }
+    }
+
+    struct FakeConsumer(Rc<Broker>);
+
+    impl GroupMember for FakeConsumer {
+        type Group = ();
+
+        fn commit(&self, offsets: &TopicPartitionList, wait: Option<Duration>) -> KafkaResult<()> {
+            self.0
+                .called(format!("commit offsets (wait: {})", wait.is_some()));
+            self.0.commit(offsets);
+            Ok(())
+        }
+
+        fn committed(
+            &self,
+            partitions: TopicPartitionList,
+            _timeout: Duration,
+        ) -> KafkaResult<TopicPartitionList> {
+            let mut answer = TopicPartitionList::new();
+            for element in partitions.elements() {
+                let partition = (element.topic().to_string(), element.partition());
+                let offset = self
+                    .0
+                    .committed(&partition)
+                    .map_or(Offset::Invalid, Offset::Offset);
+                answer.add_partition_offset(&partition.0, partition.1, offset)?;
+            }
+            Ok(answer)
+        }
+
+        fn seek(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
+            self.0
+                .called(format!("seek {topic}/{partition} to {offset}"));
+            Ok(())
+        }
+
+        fn group(&self) -> Option<()> {
+            Some(())
+        }
+    }
+
+    struct FakeSink {
+        broker: Rc<Broker>,
+        /// The broker refuses changelog records (too large, say).
+        refuse_changes: Cell<bool>,
+        /// How the next transaction commits fail.
+        commit_failures: RefCell<VecDeque<KafkaError>>,
+        /// The producer was fenced.
+        fatal: RefCell<Option<String>>,
+        /// Exactly-once: changelog records count once their transaction commits.
+        transactional: bool,
+    }
+
+    use rdkafka::error::KafkaResult;
+
+    impl CheckpointSink for FakeSink {
+        type Group = ();
+
+        fn send_changes(
+            &self,
+            seq: u64,
+            _topic: &str,
+            changes: &[Change],
+            tracker: &Mutex<Tracker>,
+        ) -> Result<(), SendError> {
+            let mut tracker = tracker.lock().unwrap();
+            tracker.add_outputs(seq, changes.len());
+            for change in changes {
+                if self.refuse_changes.get() {
+                    tracker.delivered_from(
+                        seq,
+                        None,
+                        0,
+                        Err("Broker: Message size too large".into()),
+                    );
+                } else {
+                    match self.transactional {
+                        true => self.broker.open.borrow_mut().push(change.clone()),
+                        false => self.broker.changelog.borrow_mut().push(change.clone()),
+                    }
+                    tracker.delivered_from(seq, None, 0, Ok(()));
+                }
+            }
+            Ok(())
+        }
+
+        fn poll(&self, _timeout: Duration) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn flush(&self, _timeout: Duration) -> anyhow::Result<()> {
+            Ok(())
+        }
+
+        fn fatal_error(&self) -> Option<String> {
+            self.fatal.borrow().clone()
+        }
+
+        fn begin_transaction(&self) -> KafkaResult<()> {
+            self.broker.called("begin");
+            Ok(())
+        }
+
+        fn commit_transaction(
+            &self,
+            offsets: &TopicPartitionList,
+            _group: &(),
+            _timeout: Duration,
+            _keep_going: &dyn Fn() -> bool,
+        ) -> KafkaResult<()> {
+            if let Some(error) = self.commit_failures.borrow_mut().pop_front() {
+                self.broker.called("commit transaction: failed");
+                return Err(error);
+            }
+            self.broker.called("commit transaction");
+            self.broker.commit(offsets);
+            let open = std::mem::take(&mut *self.broker.open.borrow_mut());
+            self.broker.changelog.borrow_mut().extend(open);
+            Ok(())
+        }
+
+        fn abort_transaction(
+            &self,
+            _timeout: Duration,
+            _keep_going: &dyn Fn() -> bool,
+        ) -> KafkaResult<()> {
+            self.broker.called("abort");
+            self.broker.open.borrow_mut().clear();
+            Ok(())
+        }
+
+        fn recreate(&mut self, _keep_going: &dyn Fn() -> bool) -> anyhow::Result<()> {
+            self.broker.called("new producer");
+            self.broker.open.borrow_mut().clear();
+            *self.fatal.borrow_mut() = None;
+            Ok(())
+        }
+    }
+
+    struct FakeReader(Rc<Broker>);
+
+    impl StateReader for FakeReader {
+        fn restore(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, Values>> {
+            self.0.called(format!("restore {partitions:?}"));
+            let mut restored: HashMap<i32, Values> =
+                partitions.iter().map(|p| (*p, Values::new())).collect();
+            for change in self.0.changelog.borrow().iter() {
+                if let Some(values) = restored.get_mut(&change.partition) {
+                    match &change.value {
+                        Some(value) => values.insert(change.key.clone(), value.clone()),
+                        None => values.remove(&change.key),
+                    };
+                }
+            }
+            Ok(restored)
+        }
+    }
+
+    struct Setup {
+        broker: Rc<Broker>,
+        consumer: FakeConsumer,
+        checkpointer: Checkpointer<FakeSink, FakeReader>,
+        tracker: Arc<Mutex<Tracker>>,
+        state: SharedState,
+        shutdown: Shutdown,
+    }
+
+    fn setup(delivery: Delivery) -> Setup {
+        let broker = Rc::new(Broker::default());
+        let tracker = Arc::new(Mutex::new(Tracker::new()));
+        let state = StateStore::shared();
+        let shutdown = Shutdown::new();
+        let sink = FakeSink {
+            broker: broker.clone(),
+            refuse_changes: Cell::new(false),
+            commit_failures: RefCell::new(VecDeque::new()),
+            fatal: RefCell::new(None),
+            transactional: delivery == Delivery::ExactlyOnce,
+        };
+        let mut checkpointer = Checkpointer::new(
+            delivery,
+            sink,
+            tracker.clone(),
+            state.clone(),
+            "app-changelog".into(),
+            FakeReader(broker.clone()),
+            shutdown.clone(),
+        );
+        checkpointer
+            .assign(&[partition()], &[])
+            .expect("assigning restores the (empty) state");
+        Setup {
+            consumer: FakeConsumer(broker.clone()),
+            broker,
+            checkpointer,
+            tracker,
+            state,
+            shutdown,
+        }
+    }
+
+    fn partition() -> Partition {
+        ("in".to_string(), 0)
+    }
+
+    fn set(state: &SharedState, key: &str, value: &str) {
+        let mut state = state.lock().unwrap();
+        state
+            .set(0, 0, key.as_bytes().to_vec(), value.as_bytes().to_vec())
+            .unwrap();
+    }
+
+    fn get(state: &SharedState, key: &str) -> Option<String> {
+        let state = state.lock().unwrap();
+        state
+            .get(0, key.as_bytes())
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+    }
+
+    /// A batch of records `first..end` of the partition, processed (exactly-once).
+    fn processed(setup: &mut Setup, first: i64, end: i64) {
+        let span = [(partition(), first, end)];
+        setup.checkpointer.fetched(&span);
+        setup.checkpointer.processed(&span);
+    }
+
+    /// A definite refusal of a transaction commit (not an unknown outcome).
+    fn refused() -> KafkaError {
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    }
 
     #[test]
     fn a_partition_rewinds_to_its_committed_offset_or_else_to_the_first_offset_read() {
@@ -778,5 +1056,268 @@ mod tests {
         // Never committed: back to the first record read, not past the batch.
         assert_eq!(rewind_target(Offset::Invalid, Some(12)), Some(12));
         assert_eq!(rewind_target(Offset::Invalid, None), None);
+    }
+
+    #[test]
+    fn exactly_once_a_failed_first_transaction_rewinds_a_never_committed_partition_to_its_first_record()
+     {
+        let mut setup = setup(Delivery::ExactlyOnce);
+        processed(&mut setup, 5, 10);
+        setup
+            .checkpointer
+            .sink
+            .commit_failures
+            .borrow_mut()
+            .push_back(refused());
+
+        let committed = setup
+            .checkpointer
+            .checkpoint(&setup.consumer, Reason::Periodic)
+            .expect("a refused transaction is recovered from, not fatal");
+
+        assert_eq!(committed, 0);
+        assert_eq!(setup.broker.committed(&partition()), None);
+        let calls = setup.broker.calls();
+        assert_eq!(
+            &calls[1..],
+            [
+                "commit transaction: failed",
+                "abort",
+                "begin",
+                "seek in/0 to 5",
+                "restore [0]"
+            ],
+            "{calls:?}"
+        );
+
+        // Read again from offset 5, the next transaction commits the whole batch.
+        processed(&mut setup, 5, 10);
+        assert_eq!(
+            setup
+                .checkpointer
+                .checkpoint(&setup.consumer, Reason::Periodic)
+                .unwrap(),
+            1
+        );
+        assert_eq!(setup.broker.committed(&partition()), Some(10));
+    }
+
+    #[test]
+    fn exactly_once_an_aborted_transaction_restores_the_state_of_the_last_committed_one() {
+        let mut setup = setup(Delivery::ExactlyOnce);
+        processed(&mut setup, 0, 10);
+        set(&setup.state, "AAPL", "1");
+        setup
+            .checkpointer
+            .checkpoint(&setup.consumer, Reason::Periodic)
+            .unwrap();
+        assert_eq!(setup.broker.committed(&partition()), Some(10));
+
+        processed(&mut setup, 10, 20);
+        set(&setup.state, "AAPL", "2");
+        set(&setup.state, "MSFT", "1");
+        setup
+            .checkpointer
+            .sink
+            .commit_failures
+            .borrow_mut()
+            .push_back(refused());
+        setup
+            .checkpointer
+            .checkpoint(&setup.consumer, Reason::Periodic)
+            .unwrap();
+
+        assert!(
+            setup
+                .broker
+                .calls()
+                .contains(&"seek in/0 to 10".to_string()),
+            "{:?}",
+            setup.broker.calls()
+        );
+        assert_eq!(get(&setup.state, "AAPL").as_deref(), Some("1"));
+        assert_eq!(get(&setup.state, "MSFT"), None);
+        assert_eq!(setup.broker.committed(&partition()), Some(10));
+    }
+
+    #[test]
+    fn at_least_once_a_failed_changelog_write_leaves_the_offsets_uncommitted_and_the_changes_to_save()
+     {
+        let mut setup = setup(Delivery::AtLeastOnce);
+        {
+            let mut tracker = setup.tracker.lock().unwrap();
+            let seq = tracker.begin(vec![(partition(), 10)]);
+            tracker.seal(seq);
+        }
+        set(&setup.state, "AAPL", "1");
+        setup.checkpointer.sink.refuse_changes.set(true);
+
+        let error = setup
+            .checkpointer
+            .checkpoint(&setup.consumer, Reason::Final)
+            .expect_err("a final checkpoint whose state was not written fails");
+
+        assert!(
+            format!("{error:#}").contains("state changes to changelog `app-changelog` failed"),
+            "{error:#}"
+        );
+        assert_eq!(setup.broker.committed(&partition()), None);
+        assert!(setup.state.lock().unwrap().has_changes());
+
+        // Once the changelog takes them, the changes and then the offsets are saved.
+        setup.checkpointer.sink.refuse_changes.set(false);
+        setup.tracker.lock().unwrap().reset();
+        {
+            let mut tracker = setup.tracker.lock().unwrap();
+            let seq = tracker.begin(vec![(partition(), 10)]);
+            tracker.seal(seq);
+        }
+        assert_eq!(
+            setup
+                .checkpointer
+                .checkpoint(&setup.consumer, Reason::Final)
+                .unwrap(),
+            1
+        );
+        assert_eq!(setup.broker.committed(&partition()), Some(10));
+        assert_eq!(setup.broker.changelog.borrow().len(), 1);
+        assert!(!setup.state.lock().unwrap().has_changes());
+    }
+
+    fn failure(offset: i64) -> RecordFailure {
+        RecordFailure {
+            partition: partition(),
+            offset,
+            cause: "output of 2000000 bytes is larger than message.max.bytes".into(),
+        }
+    }
+
+    #[test]
+    fn the_same_record_failing_every_attempt_stops_the_host_naming_it_without_a_dead_letter_topic()
+    {
+        let mut setup = setup(Delivery::ExactlyOnce);
+        setup.checkpointer.set_record_failures(false, 3);
+        let record = failure(7);
+        for attempt in 1..3 {
+            processed(&mut setup, 0, 10);
+            setup
+                .checkpointer
+                .recover_after(&setup.consumer, &"refused", Some(&record))
+                .unwrap_or_else(|e| panic!("attempt {attempt} is retried: {e:#}"));
+            assert!(setup.checkpointer.retrying());
+        }
+        processed(&mut setup, 0, 10);
+        let error = setup
+            .checkpointer
+            .recover_after(&setup.consumer, &"refused", Some(&record))
+            .expect_err("the third failure of the same record stops the host");
+        let message = format!("{error:#}");
+        assert!(message.contains("in/0@7"), "{message}");
+        assert!(
+            message.contains("larger than message.max.bytes"),
+            "{message}"
+        );
+        assert_eq!(setup.broker.committed(&partition()), None);
+    }
+
+    #[test]
+    fn the_same_record_failing_every_attempt_goes_to_the_dead_letter_topic_when_there_is_one() {
+        let mut setup = setup(Delivery::ExactlyOnce);
+        setup.checkpointer.set_record_failures(true, 3);
+        let record = failure(7);
+        for _ in 0..3 {
+            processed(&mut setup, 0, 10);
+            setup
+                .checkpointer
+                .recover_after(&setup.consumer, &"refused", Some(&record))
+                .unwrap();
+        }
+        let poisoned = setup.checkpointer.take_poisoned();
+        assert_eq!(poisoned.len(), 1, "{poisoned:?}");
+        assert_eq!(poisoned[0].origin(), "in/0@7");
+        assert!(poisoned[0].cause.contains("larger than message.max.bytes"));
+        // A different record failing starts its own count.
+        processed(&mut setup, 0, 10);
+        setup
+            .checkpointer
+            .recover_after(&setup.consumer, &"refused", Some(&failure(8)))
+            .unwrap();
+        assert!(setup.checkpointer.take_poisoned().is_empty());
+    }
+
+    #[test]
+    fn a_fenced_producer_is_replaced_until_fencing_recurs_as_another_host_would_cause() {
+        let mut setup = setup(Delivery::ExactlyOnce);
+        for _ in 0..FENCING_BUDGET {
+            *setup.checkpointer.sink.fatal.borrow_mut() = Some("Broker: Producer fenced".into());
+            setup
+                .checkpointer
+                .recover(&setup.consumer, &"fenced")
+                .unwrap();
+        }
+        let replaced = setup
+            .broker
+            .calls()
+            .iter()
+            .filter(|c| *c == "new producer")
+            .count();
+        assert_eq!(replaced, FENCING_BUDGET);
+        // A fenced producer is never asked to abort: only a new one can go on.
+        assert!(!setup.broker.calls().contains(&"abort".to_string()));
+
+        *setup.checkpointer.sink.fatal.borrow_mut() = Some("Broker: Producer fenced".into());
+        let error = setup
+            .checkpointer
+            .recover(&setup.consumer, &"fenced")
+            .expect_err("fenced again and again: another host has the same id");
+        assert!(format!("{error:#}").contains("give each host its own `--instance`"));
+    }
+
+    #[test]
+    fn lost_partitions_commit_nothing_and_revoked_ones_commit_what_was_acknowledged() {
+        let mut setup = setup(Delivery::AtLeastOnce);
+        {
+            let mut tracker = setup.tracker.lock().unwrap();
+            let seq = tracker.begin(vec![(partition(), 10)]);
+            tracker.seal(seq);
+        }
+        setup
+            .checkpointer
+            .revoke(&setup.consumer, &[partition()], true)
+            .unwrap();
+        assert_eq!(setup.broker.committed(&partition()), None);
+
+        setup.checkpointer.assign(&[partition()], &[]).unwrap();
+        {
+            let mut tracker = setup.tracker.lock().unwrap();
+            let seq = tracker.begin(vec![(partition(), 25)]);
+            tracker.seal(seq);
+        }
+        setup
+            .checkpointer
+            .revoke(&setup.consumer, &[partition()], false)
+            .unwrap();
+        assert_eq!(setup.broker.committed(&partition()), Some(25));
+        assert!(
+            setup
+                .broker
+                .calls()
+                .contains(&"commit offsets (wait: true)".to_string()),
+            "a revocation waits for its commit"
+        );
+    }
+
+    #[test]
+    fn a_stopping_host_does_not_rewind_or_restore_and_says_the_stop_was_not_clean() {
+        let mut setup = setup(Delivery::ExactlyOnce);
+        processed(&mut setup, 0, 10);
+        setup.shutdown.request();
+        let calls_before = setup.broker.calls().len();
+        let error = setup
+            .checkpointer
+            .recover(&setup.consumer, &"broker away")
+            .expect_err("no recovery while stopping");
+        assert!(format!("{error:#}").contains("stopped without a final checkpoint"));
+        assert_eq!(setup.broker.calls().len(), calls_before);
     }
 }

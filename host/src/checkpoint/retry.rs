@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use sluice_sdk::batch::InputBatch;
 
-use super::{Partition, RecordFailure};
 use crate::output::Verdicts;
+use crate::progress::{Partition, RecordFailure};
 
 /// The wait before the second attempt; each further failure in a row doubles it, up to
 /// [`MAX_PAUSE`].

@@ -7,11 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::OAuthToken;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaResult;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -22,16 +19,21 @@ use rdkafka::producer::{
 use sluice_sdk::batch::{Header, Headers, InputBatch, Op, OutputReader, Record};
 
 use crate::auth::ClientAuth;
-use crate::checkpoint::{RecordFailure, Tracker, delivery_opaque, from_delivery_opaque};
 use crate::config::{Partitioning, SinkConfig};
+use crate::kafka::{
+    KafkaContext, RECONNECT_BACKOFF_MAX_MS, Role, Unreadable, create_topic, topic_partitions,
+};
 use crate::output::{Verdicts, targets};
-use crate::source::kafka::{RECONNECT_BACKOFF_MAX_MS, Unreadable, topic_partitions};
+use crate::progress::{RecordFailure, Tracker, delivery_opaque, from_delivery_opaque};
 use crate::state::Change;
 
+/// The producer's context: the shared client callbacks ([`KafkaContext`]) and the
+/// sink's own ([`SinkRole`]).
+pub type SinkContext = KafkaContext<SinkRole>;
+
 /// Producer callbacks: each delivery report goes to the tracker.
-pub struct SinkContext {
+pub struct SinkRole {
     tracker: Arc<Mutex<Tracker>>,
-    auth: ClientAuth,
     /// When the last delivery report came: a sink whose reports stop while records
     /// wait is checked for a topic that went away ([`KafkaSink::topic_gone`]).
     last_report: Mutex<Instant>,
@@ -39,40 +41,7 @@ pub struct SinkContext {
     check_topics: AtomicBool,
 }
 
-impl ClientContext for SinkContext {
-    // MSK IAM: librdkafka asks for each token while the producer is polled.
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.auth.log("sink", level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.auth.error("sink", &error, reason);
-    }
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        self.auth.token()
-    }
-}
-
-/// The admin client's callbacks: errors only (its token is set once, by hand).
-struct AdminContext {
-    auth: ClientAuth,
-}
-
-impl ClientContext for AdminContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.auth.log("sink-admin", level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.auth.error("sink", &error, reason);
-    }
-}
+impl Role for SinkRole {}
 
 impl ProducerContext for SinkContext {
     /// The sequence number of the batch the record belongs to, and the input record
@@ -81,13 +50,13 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         let (seq, input) = from_delivery_opaque(opaque);
-        *self.last_report.lock().unwrap() = Instant::now();
+        *self.role.last_report.lock().unwrap() = Instant::now();
         if let Err((error, _)) = result {
             if refused_for_good(error) {
-                self.tracker.lock().unwrap().refused_for_good();
+                self.role.tracker.lock().unwrap().refused_for_good();
             }
             if is_unknown_topic(error) {
-                self.check_topics.store(true, Ordering::Relaxed);
+                self.role.check_topics.store(true, Ordering::Relaxed);
             }
         }
         let (size, result) = match result {
@@ -101,7 +70,8 @@ impl ProducerContext for SinkContext {
                 )),
             ),
         };
-        self.tracker
+        self.role
+            .tracker
             .lock()
             .unwrap()
             .delivered_from(seq, input, size, result);
@@ -465,7 +435,7 @@ impl KafkaSink {
     }
 
     /// Sends a record the plugin contract cannot carry (see
-    /// [`crate::source::kafka::Unreadable`]) to the dead-letter topic as it was read,
+    /// [`Unreadable`]) to the dead-letter topic as it was read,
     /// headers and all, with the reason and its origin in headers; counted as the one
     /// output of batch `seq`. There must be a dead-letter topic.
     pub fn dead_letter_unreadable(
@@ -534,7 +504,7 @@ impl KafkaSink {
                     // Back-pressure: serve delivery reports until there is room.
                     record = back;
                     self.producer.poll(Duration::from_millis(20));
-                    if let Some(failure) = self.producer.context().auth.failure().get() {
+                    if let Some(failure) = self.producer.context().auth().failure().get() {
                         return Err(SendError::Fatal(failure));
                     }
                     if let Some(gone) = self.topic_gone() {
@@ -548,6 +518,7 @@ impl KafkaSink {
                     if is_unknown_topic(&error) {
                         self.producer
                             .context()
+                            .role
                             .check_topics
                             .store(true, Ordering::Relaxed);
                         if let Some(gone) = self.topic_gone() {
@@ -688,7 +659,7 @@ impl KafkaSink {
     /// was refused authentication, or a sink topic went away.
     pub fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.poll(timeout);
-        self.producer.context().auth.failure().check()?;
+        self.producer.context().auth().failure().check()?;
         match self.topic_gone() {
             Some(gone) => Err(anyhow::anyhow!(gone)),
             None => Ok(()),
@@ -712,9 +683,9 @@ impl KafkaSink {
             return Some(gone.clone());
         }
         let context = self.producer.context();
-        let asked = context.check_topics.swap(false, Ordering::Relaxed);
+        let asked = context.role.check_topics.swap(false, Ordering::Relaxed);
         let stalled = || {
-            context.last_report.lock().unwrap().elapsed() >= STALLED_DELIVERIES
+            context.role.last_report.lock().unwrap().elapsed() >= STALLED_DELIVERIES
                 && self.last_check.lock().unwrap().elapsed() >= STALLED_DELIVERIES
                 && self.producer.in_flight_count() > 0
         };
@@ -762,7 +733,7 @@ impl KafkaSink {
 
     /// Whether the cluster refused a client's credentials (the source's or the sink's).
     pub fn refused(&self) -> bool {
-        self.producer.context().auth.failure().get().is_some()
+        self.producer.context().auth().failure().get().is_some()
     }
 
     /// Waits until every queued record is delivered or failed.
@@ -866,12 +837,15 @@ fn new_producer(
     patience: Patience<'_>,
 ) -> anyhow::Result<BaseProducer<SinkContext>> {
     let producer: BaseProducer<SinkContext> = client
-        .create_with_context(SinkContext {
-            tracker: tracker.clone(),
-            auth: auth.clone(),
-            last_report: Mutex::new(Instant::now()),
-            check_topics: AtomicBool::new(false),
-        })
+        .create_with_context(KafkaContext::new(
+            "sink",
+            auth.clone(),
+            SinkRole {
+                tracker: tracker.clone(),
+                last_report: Mutex::new(Instant::now()),
+                check_topics: AtomicBool::new(false),
+            },
+        ))
         .map_err(crate::config::security::without_value)
         .context("creating the Kafka producer (check sink.kafka and [security])")?;
     // The first MSK IAM token now: initialising transactions talks to the cluster
@@ -978,41 +952,6 @@ fn owned_headers(headers: Headers<'_>, extra: Option<Header<'_>>) -> OwnedHeader
         OwnedHeaders::new_with_capacity(4),
         |acc, Header { name, value }| acc.insert(KafkaHeader { key: name, value }),
     )
-}
-
-/// Creates `topic` with the given topic-level `configs`; one that already exists is fine.
-pub(crate) fn create_topic(
-    servers: &str,
-    topic: &str,
-    partitions: i32,
-    replication: i32,
-    configs: &[(&str, &str)],
-    runtime: &tokio::runtime::Handle,
-    auth: &ClientAuth,
-) -> anyhow::Result<()> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", servers);
-    auth.apply(&mut client);
-    let failure = auth.failure().clone();
-    let admin: AdminClient<AdminContext> = client
-        .create_with_context(AdminContext { auth: auth.clone() })
-        .context("creating the Kafka admin client")?;
-    auth.install_token(admin.inner())?;
-    let new_topic = configs.iter().fold(
-        NewTopic::new(topic, partitions, TopicReplication::Fixed(replication)),
-        |new_topic, (key, value)| new_topic.set(key, value),
-    );
-    let results = runtime
-        .block_on(admin.create_topics([&new_topic], &AdminOptions::new()))
-        .map_err(|error| failure.check().err().unwrap_or_else(|| error.into()))
-        .with_context(|| format!("creating topic `{topic}`"))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => bail!("creating topic `{name}` failed: {code}"),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,39 +7,58 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::client::OAuthToken;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use sluice_sdk::batch::{Header, InputBatch, InputWriter, RecordFields};
 
-use crate::auth::{AuthFailure, ClientAuth};
-use crate::checkpoint::Partition;
-use crate::checkpoint::checkpointer::Checkpointer;
+use crate::auth::ClientAuth;
 use crate::config::{Fallback, SourceConfig, Startup};
+use crate::kafka::{KafkaContext, RECONNECT_BACKOFF_MAX_MS, Role, Unreadable, topic_partitions};
 use crate::metrics::Metrics;
+use crate::progress::Partition;
 
 /// Time allowed for offset lookups during a rebalance.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the consumer's rebalance callback hands assignments and revocations to (the
+/// checkpoint). It runs inside `poll`, on the worker's thread.
+pub trait Rebalance: Send {
+    /// `partitions` were assigned; those in `fresh` start without committed state
+    /// (`run --fresh`). Their state must be ready before any of their records is read.
+    fn assigned(&mut self, partitions: &[Partition], fresh: &[Partition]) -> anyhow::Result<()>;
+
+    /// `partitions` are being revoked; `lost` when the group already moved on without
+    /// this member, so nothing of theirs may be committed.
+    fn revoked(
+        &mut self,
+        consumer: &BaseConsumer<SourceContext>,
+        partitions: &[Partition],
+        lost: bool,
+    ) -> anyhow::Result<()>;
+}
+
+/// The consumer's context: the shared client callbacks ([`KafkaContext`]) and the
+/// source's own ([`SourceRole`]).
+pub type SourceContext = KafkaContext<SourceRole>;
+
 /// Consumer callbacks: the startup mode and state restore on assignment, a
-/// checkpoint on revocation.
-pub struct SourceContext {
+/// checkpoint on revocation, lag statistics.
+pub struct SourceRole {
     startup: Startup,
     /// `run --fresh`: the partitions this host has started fresh so far, shared by
     /// its workers. A partition starts fresh (committed offsets and state ignored)
     /// the first time any worker of the host is assigned it, and never again: after
     /// a rebalance its next owner resumes from what the first one committed.
     fresh: Option<FreshStart>,
-    checkpointer: OnceLock<Arc<Mutex<Checkpointer>>>,
+    rebalance: OnceLock<Arc<Mutex<dyn Rebalance>>>,
     /// A failure inside a callback that must stop the pipeline before it processes
     /// another record.
     fatal: Mutex<Option<String>>,
-    auth: ClientAuth,
     metrics: Arc<Metrics>,
     /// This consumer's worker, for its lag in the metrics.
     worker: usize,
@@ -50,27 +69,9 @@ pub struct SourceContext {
     revocations: AtomicU64,
 }
 
-impl ClientContext for SourceContext {
-    // MSK IAM: librdkafka asks for each token while the consumer is polled.
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
-
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.auth.log("source", level, fac, log_message);
-    }
-
-    fn stats(&self, statistics: Statistics) {
+impl Role for SourceRole {
+    fn statistics(&self, statistics: Statistics) {
         self.metrics.consumer_statistics(self.worker, &statistics);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.auth.error("source", &error, reason);
-    }
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<OAuthToken, Box<dyn std::error::Error>> {
-        self.auth.token()
     }
 }
 
@@ -83,16 +84,16 @@ impl ConsumerContext for SourceContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let fresh: Vec<Partition> = match &self.fresh {
+                let fresh: Vec<Partition> = match &self.role.fresh {
                     Some(started) => started.first_time(&partitions_of(tpl)),
                     None => Vec::new(),
                 };
                 let positioned = if !fresh.is_empty() {
-                    start_fresh(consumer, tpl, &fresh, self.startup)
+                    start_fresh(consumer, tpl, &fresh, self.role.startup)
                 } else {
                     Ok(())
                 }
-                .and_then(|()| match self.startup {
+                .and_then(|()| match self.role.startup {
                     Startup::Timestamp { millis } => {
                         seek_to_timestamp(consumer, tpl, &fresh, millis)
                     }
@@ -103,8 +104,8 @@ impl ConsumerContext for SourceContext {
                 }
                 let partitions = partitions_of(tpl);
                 tracing::info!(partitions = ?partitions, "Partitions assigned.");
-                if let Some(checkpointer) = self.checkpointer.get()
-                    && let Err(error) = checkpointer.lock().unwrap().assign(&partitions, &fresh)
+                if let Some(rebalance) = self.role.rebalance.get()
+                    && let Err(error) = rebalance.lock().unwrap().assigned(&partitions, &fresh)
                 {
                     self.fail(format!("{error:#}"));
                 }
@@ -119,16 +120,13 @@ impl ConsumerContext for SourceContext {
                 // count as lost (a commit would wait for a coordinator that no longer
                 // talks to this member).
                 let revoked = partitions_of(tpl);
-                let lost = consumer.assignment_lost() || self.auth.failure().get().is_some();
-                if let Some(checkpointer) = self.checkpointer.get()
-                    && let Err(error) = checkpointer
-                        .lock()
-                        .unwrap()
-                        .revoke(consumer, &revoked, lost)
+                let lost = consumer.assignment_lost() || self.auth().failure().get().is_some();
+                if let Some(rebalance) = self.role.rebalance.get()
+                    && let Err(error) = rebalance.lock().unwrap().revoked(consumer, &revoked, lost)
                 {
                     self.fail(format!("{error:#}"));
                 }
-                self.revocations.fetch_add(1, Ordering::Relaxed);
+                self.role.revocations.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(partitions = ?revoked, "Partitions revoked.");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "Unassigning partitions failed.");
@@ -151,7 +149,7 @@ impl ConsumerContext for SourceContext {
 impl SourceContext {
     fn fail(&self, message: String) {
         tracing::error!("{message}");
-        self.fatal.lock().unwrap().get_or_insert(message);
+        self.role.fatal.lock().unwrap().get_or_insert(message);
     }
 }
 
@@ -267,39 +265,6 @@ pub struct KafkaSource {
     unreadable: Option<Unreadable>,
 }
 
-/// A record the plugin contract cannot carry (a header name that is not UTF-8, or
-/// longer than the batch format allows): it is that record's failure, never a reason
-/// to skip it or to stop the worker without naming it.
-#[derive(Debug)]
-pub struct Unreadable {
-    /// The record as it was read, headers and all.
-    pub message: OwnedMessage,
-    /// Why the plugin cannot be given it.
-    pub reason: String,
-}
-
-impl Unreadable {
-    /// Its partition, its offset, and the offset after it.
-    pub fn span(&self) -> (Partition, i64, i64) {
-        let offset = self.message.offset();
-        (
-            (self.message.topic().to_string(), self.message.partition()),
-            offset,
-            offset + 1,
-        )
-    }
-
-    /// Where the record was read: `topic/partition@offset`.
-    pub fn origin(&self) -> String {
-        format!(
-            "{}/{}@{}",
-            self.message.topic(),
-            self.message.partition(),
-            self.message.offset()
-        )
-    }
-}
-
 impl KafkaSource {
     /// Connects, checks the source topic exists, and joins the group. `fresh`: ignore
     /// the group's committed offsets at the first assignment.
@@ -342,23 +307,26 @@ impl KafkaSource {
         for (key, value) in &config.kafka {
             client.set(key, value);
         }
-        let context = SourceContext {
-            startup: config.startup,
-            fresh,
-            checkpointer: OnceLock::new(),
-            fatal: Mutex::new(None),
+        let context = KafkaContext::new(
+            "source",
             auth,
-            metrics,
-            worker,
-            revocations: AtomicU64::new(0),
-        };
+            SourceRole {
+                startup: config.startup,
+                fresh,
+                rebalance: OnceLock::new(),
+                fatal: Mutex::new(None),
+                metrics,
+                worker,
+                revocations: AtomicU64::new(0),
+            },
+        );
         let consumer: BaseConsumer<SourceContext> = client
             .create_with_context(context)
             .map_err(crate::config::security::without_value)
             .context("creating the Kafka consumer (check source.kafka and [security])")?;
-        consumer.context().auth.install_token(consumer.client())?;
+        consumer.context().auth().install_token(consumer.client())?;
 
-        let failure = consumer.context().auth.failure().clone();
+        let failure = consumer.context().auth().failure().clone();
         let partitions = topic_partitions(
             consumer.client(),
             &config.topic,
@@ -398,11 +366,11 @@ impl KafkaSource {
     /// A record the plugin contract cannot carry ends the batch before it: it is kept
     /// for [`KafkaSource::take_unreadable`], so that the records before it go on first.
     pub fn fill(&mut self, batch: &mut InputWriter, wait: Duration) -> anyhow::Result<()> {
-        self.consumer.context().auth.failure().check()?;
+        self.consumer.context().auth().failure().check()?;
         self.check_fatal()?;
         // One the pipeline did not take (its batch was rewound) is read again.
         self.unreadable = None;
-        let revocations = &self.consumer.context().revocations;
+        let revocations = &self.consumer.context().role.revocations;
         let mut seen = revocations.load(Ordering::Relaxed);
         let mut timeout = wait;
         while batch.len() < self.batch_max_records {
@@ -449,7 +417,7 @@ impl KafkaSource {
             }
             // A callback (state restore, revocation checkpoint) failed inside poll:
             // stop before the batch is processed.
-            if let Some(fatal) = self.consumer.context().fatal.lock().unwrap().take() {
+            if let Some(fatal) = self.consumer.context().role.fatal.lock().unwrap().take() {
                 bail!(fatal);
             }
             timeout = Duration::ZERO;
@@ -511,9 +479,9 @@ impl KafkaSource {
         self.unreadable.take()
     }
 
-    /// Hands revocations and assignments to `checkpointer` from now on.
-    pub fn attach(&self, checkpointer: Arc<Mutex<Checkpointer>>) {
-        let _ = self.consumer.context().checkpointer.set(checkpointer);
+    /// Hands revocations and assignments to `rebalance` (the checkpoint) from now on.
+    pub fn attach(&self, rebalance: Arc<Mutex<dyn Rebalance>>) {
+        let _ = self.consumer.context().role.rebalance.set(rebalance);
     }
 
     pub fn consumer(&self) -> &BaseConsumer<SourceContext> {
@@ -772,56 +740,6 @@ impl<'a> MessageHeaders<'a> {
             }
         }
         Ok(())
-    }
-}
-
-/// How long one metadata request may wait before the client is polled again.
-const METADATA_SLICE: Duration = Duration::from_millis(250);
-
-/// The longest wait between two attempts to reach a broker that refused a connection,
-/// for the source's and the sink's clients. librdkafka doubles the wait from 100 ms up
-/// to 10 s by default, and adds up to half of it again: after a broker refused
-/// connections for 10 to 60 s, the first commit came 4.6 to 21.2 s after it was back;
-/// with at most 1 s, 0.9 to 2.5 s (`outage-bench --fault refuse`, BENCHMARKS.md), for
-/// an attempt a second per connection while a broker is away.
-pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
-
-/// The partition count of `topic`, 0 if it does not exist. Fails with a clear error when
-/// the cluster does not answer within `timeout`, and at once when it refuses the
-/// credentials. `serve` polls the client, so tokens are handed over and errors seen.
-pub fn topic_partitions<C: ClientContext>(
-    client: &rdkafka::client::Client<C>,
-    topic: &str,
-    servers: &str,
-    timeout: Duration,
-    role: &str,
-    serve: &dyn Fn(),
-    failure: &AuthFailure,
-) -> anyhow::Result<i32> {
-    let deadline = Instant::now() + timeout;
-    let metadata = loop {
-        serve();
-        failure.check()?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        match client.fetch_metadata(Some(topic), left.min(METADATA_SLICE)) {
-            Ok(metadata) => break metadata,
-            Err(_) if left > METADATA_SLICE => continue,
-            Err(error) => {
-                serve();
-                failure.check()?;
-                anyhow::bail!(
-                    "could not reach Kafka ({role}) at {servers} within {} s: {error}; check the bootstrap servers and that the brokers are up",
-                    timeout.as_secs_f64()
-                )
-            }
-        }
-    };
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(0);
-    };
-    match found.error() {
-        Some(_) => Ok(0),
-        None => Ok(found.partitions().len() as i32),
     }
 }
 

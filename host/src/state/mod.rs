@@ -6,9 +6,7 @@
 //! application's compacted changelog topic, partitioned like the input, before (or, in
 //! exactly-once mode, in the same transaction as) the offsets it goes with. On
 //! assignment a partition's map is rebuilt from its changelog partition
-//! ([`changelog`]); on revocation it is checkpointed and dropped.
-
-pub mod changelog;
+//! (`checkpoint::changelog`); on revocation it is checkpointed and dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

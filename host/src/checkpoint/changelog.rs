@@ -12,8 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -21,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::auth::ClientAuth;
 use crate::config::SinkConfig;
-use crate::source::kafka::topic_partitions;
+use crate::kafka::{KafkaContext, Role, create_topic, topic_partitions};
 
 /// How long restoring one assignment's state may take before the host gives up.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -45,7 +44,11 @@ pub fn ensure_topic(
     auth: &ClientAuth,
 ) -> anyhow::Result<()> {
     let consumer: BaseConsumer<RestoreContext> = client_config(sink, auth)
-        .create_with_context(RestoreContext { auth: auth.clone() })
+        .create_with_context(KafkaContext::new(
+            "state-restore",
+            auth.clone(),
+            RestoreRole,
+        ))
         .context("creating the Kafka client for the state changelog")?;
     auth.install_token(consumer.client())?;
     let found = topic_partitions(
@@ -60,7 +63,7 @@ pub fn ensure_topic(
         auth.failure(),
     )?;
     if found == 0 {
-        crate::sink::kafka::create_topic(
+        create_topic(
             &sink.bootstrap_servers,
             topic,
             partitions,
@@ -135,39 +138,23 @@ fn is_producer_property_notice(facility: &str, message: &str) -> bool {
 
 /// The restore reader's callbacks: reaching the end of a partition is the goal here,
 /// not an error worth logging.
-pub struct RestoreContext {
-    auth: ClientAuth,
-}
+pub struct RestoreRole;
 
-impl ClientContext for RestoreContext {
-    // MSK IAM: librdkafka asks for each token while the reader is polled.
-    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+/// The restore reader's context.
+pub type RestoreContext = KafkaContext<RestoreRole>;
 
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+impl Role for RestoreRole {
+    fn routine_log(&self, facility: &str, message: &str) -> bool {
         // `[sink.kafka]` is written for the producer; this reader takes it too (for
         // the connection settings in it) and ignoring its producer settings is right.
-        if is_producer_property_notice(fac, log_message) {
-            tracing::debug!(client = "state-restore", "librdkafka: {log_message}");
-            return;
-        }
-        self.auth.log("state-restore", level, fac, log_message);
+        is_producer_property_notice(facility, message)
     }
 
-    fn error(&self, error: KafkaError, reason: &str) {
+    fn expected_error(&self, error: &KafkaError) -> bool {
         // The end of a partition arrives as a client-wide error too
         // (`Global(PartitionEOF)`); for the restore reader it is the goal, not news.
-        let end_of_partition = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
-        if !end_of_partition {
-            self.auth.error("state-restore", &error, reason);
-        }
-    }
-
-    fn generate_oauth_token(
-        &self,
-        _oauthbearer_config: Option<&str>,
-    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
-        self.auth.token()
+        matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
     }
 }
 
@@ -209,9 +196,11 @@ impl Restorer {
     fn reader(&self) -> anyhow::Result<BaseConsumer<RestoreContext>> {
         let consumer: BaseConsumer<RestoreContext> = self
             .client
-            .create_with_context(RestoreContext {
-                auth: self.auth.clone(),
-            })
+            .create_with_context(KafkaContext::new(
+                "state-restore",
+                self.auth.clone(),
+                RestoreRole,
+            ))
             .context("creating the state changelog reader")?;
         self.auth.install_token(consumer.client())?;
         Ok(consumer)
