@@ -10,11 +10,9 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::admin;
-use crate::auth::msk_iam::TokenSource;
 use crate::auth::{AuthFailure, ClientAuth};
 use crate::checkpoint::changelog::{self, Restorer};
 use crate::checkpoint::checkpointer::Checkpointer;
-use crate::config::security::{Sasl, Security};
 use crate::config::{Config, ConfigSource, Delivery, Fallback, Invalid, Startup};
 use crate::metrics::Metrics;
 use crate::output::{OutputLimits, added_header_bytes};
@@ -326,19 +324,6 @@ pub fn start_plugin(
     )?)
 }
 
-/// The MSK IAM token source for a client, when it uses MSK IAM.
-pub(crate) fn token_source(
-    security: &Security,
-    handle: &tokio::runtime::Handle,
-) -> anyhow::Result<Option<Arc<TokenSource>>> {
-    match &security.sasl {
-        Some(Sasl::MskIam(iam)) => Ok(Some(Arc::new(
-            TokenSource::new(iam, handle).context("loading the AWS configuration for MSK IAM")?,
-        ))),
-        _ => Ok(None),
-    }
-}
-
 /// Runs the pipeline until shutdown or a fatal error.
 ///
 /// With `parallelism` above 1 the host runs that many workers, each on a thread of
@@ -440,7 +425,7 @@ pub fn run(
     }
     // One failure slot: a refused credential on any client stops the pipeline.
     let failure = AuthFailure::new();
-    let source_tokens = token_source(&config.source.security, handle)?;
+    let source_tokens = crate::auth::token_source(&config.source.security, handle)?;
     let source_auth = ClientAuth::new(
         "source",
         &config.source.bootstrap_servers,
@@ -451,7 +436,7 @@ pub fn run(
     let sink_tokens = if config.sink.security == config.source.security {
         source_tokens
     } else {
-        token_source(&config.sink.security, handle)?
+        crate::auth::token_source(&config.sink.security, handle)?
     };
     let sink_auth = ClientAuth::new(
         "sink",

@@ -13,8 +13,6 @@ use serde::Serialize;
 
 use rdkafka::statistics::Statistics;
 
-use crate::plugin::registry::Status;
-
 /// The largest lag in records among the partitions the consumer reads: from the
 /// partition's end (the last stable offset, as the source reads committed records) to
 /// the next record it hands the pipeline, or, before it has handed any, to the committed
@@ -329,8 +327,8 @@ impl Metrics {
         }
     }
 
-    /// The text `GET /metrics` answers, with the plugin registry's `status`.
-    pub fn render(&self, status: &Status) -> String {
+    /// The text `GET /metrics` answers, with the plugin registry's counts.
+    pub fn render(&self, status: &PluginCounts) -> String {
         let mut text = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
             // Writing to a String cannot fail.
@@ -406,7 +404,7 @@ impl Metrics {
             "pluginVersion",
             "gauge",
             "The live plugin version: 1 at start, then each version made live counts one up.",
-            status.live.version as f64,
+            status.version as f64,
         );
         metric(
             "pluginSwaps",
@@ -482,10 +480,19 @@ impl Metrics {
     }
 }
 
+/// What `GET /metrics` says of the plugin: the live version and the swaps so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PluginCounts {
+    /// The live version: 1 at start, then one up for each version made live.
+    pub version: u64,
+    pub swaps: u64,
+    pub rejections: u64,
+    pub rollbacks: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::registry::VersionStatus;
 
     #[test]
     fn a_retrying_worker_counts_as_not_having_turned_until_it_turns_again() {
@@ -500,20 +507,12 @@ mod tests {
         assert!(metrics.since_turns()[1].is_some());
     }
 
-    fn status() -> Status {
-        Status {
-            live: VersionStatus {
-                version: 3,
-                digest: "d".into(),
-                origin: "p.wasm".into(),
-                since: "now".into(),
-                code: crate::runtime::Tier::Optimized,
-            },
-            previous: None,
+    fn status() -> PluginCounts {
+        PluginCounts {
+            version: 3,
             swaps: 2,
             rejections: 5,
             rollbacks: 1,
-            history: Vec::new(),
         }
     }
 

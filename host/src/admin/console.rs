@@ -272,7 +272,7 @@ pub(super) fn snapshot(console: &Console, registry: &Registry, metrics: &Metrics
         .previous
         .as_ref()
         .map(|p| console.language(&p.digest, &p.origin));
-    let text = metrics.render(&status);
+    let text = metrics.render(&super::plugin_counts(&status));
     let counter = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(&format!("{name} ")))

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PluginCounts};
 use crate::plugin::registry::{Registry, Status, Trigger};
 pub use guard::Guard;
 use guard::{REQUEST_TIMEOUT, check, refuse, within_request_timeout};
@@ -266,7 +266,7 @@ async fn metrics_text(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics.render(&registry.status()),
+        metrics.render(&plugin_counts(&registry.status())),
     )
 }
 
@@ -499,6 +499,16 @@ async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
         }
     };
     (code, Json(answer)).into_response()
+}
+
+/// What the metrics say of the plugin registry's `status`.
+pub(crate) fn plugin_counts(status: &Status) -> PluginCounts {
+    PluginCounts {
+        version: status.live.version,
+        swaps: status.swaps,
+        rejections: status.rejections,
+        rollbacks: status.rollbacks,
+    }
 }
 
 #[cfg(test)]

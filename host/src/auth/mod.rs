@@ -293,6 +293,20 @@ impl ClientAuth {
     }
 }
 
+/// The MSK IAM token source for a client, when it uses MSK IAM.
+pub fn token_source(
+    security: &Security,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<Arc<msk_iam::TokenSource>>> {
+    match &security.sasl {
+        Some(Sasl::MskIam(iam)) => Ok(Some(Arc::new(
+            msk_iam::TokenSource::new(iam, handle)
+                .map_err(|e| e.context("loading the AWS configuration for MSK IAM"))?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
