@@ -323,6 +323,24 @@ impl RawConfig {
             Some(_) => {}
         }
 
+        let source = self.check_source(&mut c);
+        let sink = self.check_sink(&mut c, &source);
+        let plugin = self.check_plugin(&mut c, &source);
+        let checkpoint = self.check_checkpoint(&mut c);
+        let parallelism = c.range("parallelism", self.parallelism, 1, 1, MAX_PARALLELISM);
+        let delivery = self.check_delivery(&mut c, &source, &sink, &plugin, &checkpoint);
+        Some(Config {
+            delivery,
+            parallelism: parallelism as usize,
+            source,
+            sink,
+            plugin,
+            checkpoint,
+        })
+    }
+
+    /// `[source]`: where records come from and how reading starts.
+    fn check_source(&self, c: &mut Checker<'_>) -> SourceConfig {
         let s = &self.source;
         let bootstrap = c.required("source.bootstrap_servers", &s.bootstrap_servers);
         let topic = c.required("source.topic", &s.topic);
@@ -394,7 +412,7 @@ impl RawConfig {
             100,
             600_000,
         );
-        let source_kafka = scalar_map(&s.kafka, "source.kafka", &mut c);
+        let source_kafka = scalar_map(&s.kafka, "source.kafka", c);
         for (key, value) in &source_kafka {
             if let Some(reason) = refused_source_setting(key, value) {
                 c.report_at(format!("source.kafka.{key}"), reason);
@@ -410,6 +428,21 @@ impl RawConfig {
         super::security::check_pass_through("source.kafka", s.kafka.keys(), c.problems);
         super::security::check_with_librdkafka("source.kafka", &source_kafka, c.problems);
 
+        SourceConfig {
+            bootstrap_servers: bootstrap,
+            topic,
+            group_id,
+            startup,
+            batch_max_records: batch_max_records as usize,
+            connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
+            kafka: source_kafka.into_iter().collect(),
+            security: source_security,
+        }
+    }
+
+    /// `[sink]`: where outputs, failed records and state changes go.
+    fn check_sink(&self, c: &mut Checker<'_>, source: &SourceConfig) -> SinkConfig {
+        let (bootstrap, topic) = (&source.bootstrap_servers, &source.topic);
         let k = &self.sink;
         let sink_bootstrap = k
             .bootstrap_servers
@@ -452,7 +485,7 @@ impl RawConfig {
                     "sink.dead_letter_topic",
                     "empty topic name; name a topic, or leave the key out to stop at a failed record",
                 );
-            } else if *dead_letter == topic && sink_bootstrap == bootstrap {
+            } else if dead_letter == topic && sink_bootstrap == *bootstrap {
                 c.report(
                     "sink.dead_letter_topic",
                     format!(
@@ -461,7 +494,7 @@ impl RawConfig {
                 );
             }
         }
-        let sink_kafka = scalar_map(&k.kafka, "sink.kafka", &mut c);
+        let sink_kafka = scalar_map(&k.kafka, "sink.kafka", c);
         for (key, value) in &sink_kafka {
             if let Some(reason) = refused_sink_setting(key, value) {
                 c.report_at(format!("sink.kafka.{key}"), reason);
@@ -477,6 +510,21 @@ impl RawConfig {
         super::security::check_pass_through("sink.kafka", k.kafka.keys(), c.problems);
         super::security::check_with_librdkafka("sink.kafka", &sink_kafka, c.problems);
 
+        SinkConfig {
+            bootstrap_servers: sink_bootstrap,
+            topic: sink_topic,
+            partitioning,
+            create_topic,
+            outputs: self.sink.outputs.clone(),
+            dead_letter_topic: self.sink.dead_letter_topic.clone(),
+            kafka: sink_kafka.into_iter().collect(),
+            security: sink_security,
+        }
+    }
+
+    /// `[plugin]`: the transform, its limits and its swaps.
+    fn check_plugin(&self, c: &mut Checker<'_>, source: &SourceConfig) -> PluginConfig {
+        let source_kafka = &source.kafka;
         let p = &self.plugin;
         if let Some(path) = &p.path
             && !path.is_file()
@@ -486,7 +534,7 @@ impl RawConfig {
                 format!("{} does not exist or is not a file", path.display()),
             );
         }
-        let plugin_config = scalar_map(&p.config, "plugin.config", &mut c);
+        let plugin_config = scalar_map(&p.config, "plugin.config", c);
         let sandbox = p.sandbox.validate(c.problems);
         // Resolved now, so that a candidate's resolved path can be compared with it.
         let allowed_dir = p
@@ -533,7 +581,7 @@ impl RawConfig {
         // budget), and the consumer is not polled meanwhile.
         let max_poll_interval_ms = source_kafka
             .iter()
-            .find(|(key, _)| key == "max.poll.interval.ms")
+            .find(|(key, _)| *key == "max.poll.interval.ms")
             .and_then(|(_, value)| value.parse::<i64>().ok())
             .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS);
         if 2 * timeout_ms + TURN_SLACK_MS > max_poll_interval_ms {
@@ -583,6 +631,36 @@ impl RawConfig {
             }
         }
 
+        PluginConfig {
+            path: p.path.clone(),
+            config: plugin_config,
+            max_memory_bytes: (max_memory_mb as usize) << 20,
+            call_timeout: Duration::from_millis(timeout_ms as u64),
+            max_outputs_per_record: max_outputs_per_record as u32,
+            max_batch_output_bytes: (max_batch_output_mb as u64) << 20,
+            max_state_bytes_per_partition: (max_state_mb_per_partition as u64) << 20,
+            watch: p.watch.unwrap_or(true),
+            allowed_dir,
+            provenance_header: p.provenance_header.clone(),
+            self_tests: p
+                .self_test
+                .iter()
+                .map(|t| SelfTest {
+                    key: t.key.clone(),
+                    value: t.value.clone(),
+                    expect_values: t.expect_values.clone(),
+                })
+                .collect(),
+            rollback: Rollback {
+                window: Duration::from_millis(window_ms as u64),
+                max_error_rate,
+            },
+            sandbox,
+        }
+    }
+
+    /// `[checkpoint]`: how often progress is committed.
+    fn check_checkpoint(&self, c: &mut Checker<'_>) -> CheckpointConfig {
         let k = &self.checkpoint;
         let interval_ms = c.range(
             "checkpoint.interval_ms",
@@ -602,7 +680,25 @@ impl RawConfig {
         );
         let record_attempts = c.range("checkpoint.record_attempts", k.record_attempts, 5, 1, 100);
 
-        let parallelism = c.range("parallelism", self.parallelism, 1, 1, MAX_PARALLELISM);
+        CheckpointConfig {
+            interval: Duration::from_millis(interval_ms as u64),
+            min_pause: Duration::from_millis(min_pause_ms as u64),
+            record_attempts: record_attempts as u32,
+        }
+    }
+
+    /// `delivery`, and what it asks of the other sections.
+    fn check_delivery(
+        &self,
+        c: &mut Checker<'_>,
+        source: &SourceConfig,
+        sink: &SinkConfig,
+        plugin: &PluginConfig,
+        checkpoint: &CheckpointConfig,
+    ) -> Delivery {
+        let (bootstrap, sink_bootstrap) = (&source.bootstrap_servers, &sink.bootstrap_servers);
+        let interval_ms = checkpoint.interval.as_millis() as i64;
+        let timeout_ms = plugin.call_timeout.as_millis() as i64;
         let delivery = c.choice(
             "delivery",
             self.delivery.as_deref(),
@@ -643,61 +739,7 @@ impl RawConfig {
             }
         }
 
-        Some(Config {
-            delivery,
-            parallelism: parallelism as usize,
-            source: SourceConfig {
-                bootstrap_servers: bootstrap,
-                topic,
-                group_id,
-                startup,
-                batch_max_records: batch_max_records as usize,
-                connect_timeout: Duration::from_millis(connect_timeout_ms as u64),
-                kafka: source_kafka.into_iter().collect(),
-                security: source_security,
-            },
-            sink: SinkConfig {
-                bootstrap_servers: sink_bootstrap,
-                topic: sink_topic,
-                partitioning,
-                create_topic,
-                outputs: self.sink.outputs.clone(),
-                dead_letter_topic: self.sink.dead_letter_topic.clone(),
-                kafka: sink_kafka.into_iter().collect(),
-                security: sink_security,
-            },
-            plugin: PluginConfig {
-                path: p.path.clone(),
-                config: plugin_config,
-                max_memory_bytes: (max_memory_mb as usize) << 20,
-                call_timeout: Duration::from_millis(timeout_ms as u64),
-                max_outputs_per_record: max_outputs_per_record as u32,
-                max_batch_output_bytes: (max_batch_output_mb as u64) << 20,
-                max_state_bytes_per_partition: (max_state_mb_per_partition as u64) << 20,
-                watch: p.watch.unwrap_or(true),
-                allowed_dir,
-                provenance_header: p.provenance_header.clone(),
-                self_tests: p
-                    .self_test
-                    .iter()
-                    .map(|t| SelfTest {
-                        key: t.key.clone(),
-                        value: t.value.clone(),
-                        expect_values: t.expect_values.clone(),
-                    })
-                    .collect(),
-                rollback: Rollback {
-                    window: Duration::from_millis(window_ms as u64),
-                    max_error_rate,
-                },
-                sandbox,
-            },
-            checkpoint: CheckpointConfig {
-                interval: Duration::from_millis(interval_ms as u64),
-                min_pause: Duration::from_millis(min_pause_ms as u64),
-                record_attempts: record_attempts as u32,
-            },
-        })
+        delivery
     }
 }
 
