@@ -142,3 +142,49 @@ pub fn send_waiting(
     producer.poll(Duration::ZERO);
     Ok(())
 }
+
+/// Reads a consumer group's committed offsets on one topic: the progress a pipeline
+/// has made durable.
+pub struct Committed {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl Committed {
+    pub fn new(servers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Self> {
+        let consumer = ClientConfig::new()
+            .set("bootstrap.servers", servers)
+            .set("group.id", group)
+            // Not `read_committed`: that makes the read wait out an open transaction.
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .context("creating the client that reads committed offsets")?;
+        Ok(Committed {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+        })
+    }
+
+    /// The sum of the committed offsets (a partition with none counts 0): the input
+    /// records the group has finished with.
+    pub fn total(&self) -> anyhow::Result<i64> {
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            tpl.add_partition(&self.topic, partition);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, KAFKA_TIMEOUT)
+            .with_context(|| format!("reading the committed offsets on `{}`", self.topic))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum())
+    }
+}

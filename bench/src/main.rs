@@ -3,9 +3,7 @@
 //! as a child process, alternating the two so that drift in the broker or the machine
 //! affects both alike. Prints Markdown tables to stdout, progress to stderr.
 
-mod kafka;
-
-use kafka::{Kafka, PARTITIONS, send_waiting};
+use sluice_bench::kafka::{Kafka, PARTITIONS, send_waiting};
 
 use std::fs::File;
 use std::io::Write as _;

@@ -8,10 +8,7 @@
 //! the host's own log. Last, the time to restore 100 000 state keys when a host
 //! starts. Prints Markdown to stdout, progress to stderr.
 
-#[path = "../kafka.rs"]
-mod kafka;
-
-use kafka::{Kafka, PARTITIONS, send_waiting};
+use sluice_bench::kafka::{Kafka, PARTITIONS, send_waiting};
 
 use std::fs::File;
 use std::io::Write as _;

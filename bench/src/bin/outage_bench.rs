@@ -18,9 +18,6 @@
 #[allow(dead_code)]
 mod proxy;
 
-#[path = "../kafka.rs"]
-mod kafka;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use kafka::{Kafka, PARTITIONS, send_waiting};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_bench::kafka::{Kafka, PARTITIONS, send_waiting};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -6,10 +6,7 @@
 //! new version and the longest pause in the output stream around the swap, and checks
 //! that every input arrived exactly once. Markdown to stdout, progress to stderr.
 
-#[path = "../kafka.rs"]
-mod kafka;
-
-use kafka::{Kafka, PARTITIONS, send_waiting};
+use sluice_bench::kafka::{Kafka, PARTITIONS, send_waiting};
 
 use std::collections::HashMap;
 use std::fs::File;
