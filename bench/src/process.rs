@@ -259,3 +259,31 @@ impl Drop for Measured {
         }
     }
 }
+
+/// Sends SIGTERM to `child` and waits up to `timeout` for it to exit 0; kills it after
+/// that. An exit other than 0 is an error naming `what`.
+pub fn terminate(
+    child: &mut std::process::Child,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    // SAFETY: kill(2) on our own child, which has not been reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("{what} exited with {status} after SIGTERM");
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not stop within {timeout:?} of SIGTERM; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

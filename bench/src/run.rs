@@ -144,3 +144,24 @@ min_pause_ms = 0
         text
     }
 }
+
+/// Starts `sluice run --config CONFIG` as exactly-once instance `instance`, admin
+/// endpoint off, its log to `log`.
+pub fn start_sluice(
+    sluice: &Path,
+    config: &Path,
+    instance: &str,
+    log: &Path,
+) -> anyhow::Result<std::process::Child> {
+    let log_file = File::create(log).with_context(|| format!("creating log {}", log.display()))?;
+    std::process::Command::new(sluice)
+        .args(["run", "--admin", "off", "--instance", instance, "--config"])
+        .arg(config)
+        .env_remove("BOOTSTRAP_SERVERS")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", sluice.display()))
+}
