@@ -165,3 +165,60 @@ pub fn start_sluice(
         .spawn()
         .with_context(|| format!("starting {}", sluice.display()))
 }
+
+/// Where scripts/install.sh puts the plugin builders: `$SLUICE_TOOLS_DIR`, else
+/// `$XDG_CACHE_HOME/sluice/tools`, else `~/.cache/sluice/tools`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("sluice/tools")
+}
+
+/// The repository this program was built from (for bench/plugins and bench/peers).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Builds the plugin project `project` into `out` with `sluice plugin build`, the
+/// language tool `tool` looked up in `builders` (scripts/install.sh puts it there)
+/// before PATH.
+pub fn build_plugin(
+    sluice: &Path,
+    project: &Path,
+    out: &Path,
+    builders: &Path,
+    tool: &str,
+) -> anyhow::Result<PathBuf> {
+    let path = std::env::join_paths(std::iter::once(builders.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    if !std::env::split_paths(&path).any(|dir| dir.join(tool).exists()) {
+        bail!(
+            "{tool} is neither in {} nor on PATH; run scripts/install.sh",
+            builders.display()
+        );
+    }
+    let output = std::process::Command::new(sluice)
+        .args(["plugin", "build"])
+        .arg(project)
+        .arg("--out")
+        .arg(out)
+        .env("PATH", path)
+        .output()
+        .context("running `sluice plugin build`")?;
+    if !output.status.success() {
+        bail!(
+            "`sluice plugin build {}` failed: {}",
+            project.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(out.to_path_buf())
+}

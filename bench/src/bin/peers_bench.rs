@@ -132,20 +132,8 @@ fn main() -> anyhow::Result<()> {
     if args.records == 0 || args.rounds == 0 {
         bail!("--records and --rounds must be at least 1");
     }
-    let repo = match &args.repo {
-        Some(repo) => repo.clone(),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("locating the repository")?
-            .to_path_buf(),
-    };
-    let tools = args.tools.clone().unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-            .unwrap_or_else(|| PathBuf::from(".cache"))
-            .join("sluice/tools")
-    });
+    let repo = args.repo.clone().unwrap_or_else(run::repo_root);
+    let tools = args.tools.clone().unwrap_or_else(run::tools_dir);
     let sluice = run::sluice(args.sluice.clone())?;
     let kafka = Kafka::connect(&args.bootstrap_servers)?;
     let tag = run::unique_tag("peers-bench");
@@ -291,7 +279,14 @@ fn peers(
         ));
     }
     if wanted("sluice-js") {
-        match build_js(repo, tools, sluice, workdir) {
+        let built = run::build_plugin(
+            sluice,
+            &repo.join("bench/plugins/passthrough-js"),
+            &workdir.join("passthrough-js.wasm"),
+            &tools.join("node/node_modules/.bin"),
+            "componentize-js",
+        );
+        match built {
             Ok(plugin) => peers.push(sluice_peer(
                 "sluice-js",
                 "Sluice, JavaScript pass-through plugin, at-least-once",
@@ -465,37 +460,6 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
         .find(|path| path.is_file())
-}
-
-/// Builds bench/plugins/passthrough-js with `sluice plugin build`, the builders from
-/// scripts/install.sh on PATH.
-fn build_js(repo: &Path, tools: &Path, sluice: &Path, workdir: &Path) -> anyhow::Result<PathBuf> {
-    let out = workdir.join("passthrough-js.wasm");
-    let builders = tools.join("node/node_modules/.bin");
-    if !builders.join("componentize-js").exists() && which("componentize-js").is_none() {
-        bail!(
-            "componentize-js is not in {}; run scripts/install.sh",
-            builders.display()
-        );
-    }
-    let path = std::env::join_paths(std::iter::once(builders).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))?;
-    let output = Command::new(sluice)
-        .args(["plugin", "build"])
-        .arg(repo.join("bench/plugins/passthrough-js"))
-        .arg("--out")
-        .arg(&out)
-        .env("PATH", path)
-        .output()
-        .context("running `sluice plugin build`")?;
-    if !output.status.success() {
-        bail!(
-            "`sluice plugin build bench/plugins/passthrough-js` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(out)
 }
 
 /// Runs `peer` until its output holds every record, then stops it.
