@@ -10,6 +10,9 @@ import sys
 
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
+# The stock record's columns in both tables, as the original job declares them.
+COLUMNS = "event_time TIMESTAMP(3), ticker VARCHAR(6), price DOUBLE"
+
 
 def main():
     if len(sys.argv) not in (6, 7):
@@ -24,40 +27,26 @@ def main():
     # sink's at-least-once guarantee flushes on each checkpoint. Every second here, as
     # the Sluice pipelines of the benchmark do.
     config.set("execution.checkpointing.interval", f"{checkpoint_ms} ms")
-    env.execute_sql(
-        f"""
-        CREATE TABLE source_table (
-            event_time TIMESTAMP(3),
-            ticker VARCHAR(6),
-            price DOUBLE
-        ) WITH (
-            'connector' = 'kafka',
-            'topic' = '{source}',
-            'properties.bootstrap.servers' = '{servers}',
-            'properties.group.id' = '{group}',
-            'format' = 'json',
-            'scan.startup.mode' = 'earliest-offset'
-        )
-        """
-    )
-    env.execute_sql(
-        f"""
-        CREATE TABLE sink_table (
-            event_time TIMESTAMP(3),
-            ticker VARCHAR(6),
-            price DOUBLE
-        ) WITH (
-            'connector' = 'kafka',
-            'topic' = '{sink}',
-            'properties.bootstrap.servers' = '{servers}',
-            'format' = 'json',
-            'key.format' = 'json',
-            'key.fields' = 'ticker',
-            'sink.delivery-guarantee' = 'at-least-once'
-        )
-        """
-    )
+    # The source reads from the start: the benchmark's input is written beforehand.
+    create_kafka_table(env, "source_table", source, servers, {
+        "properties.group.id": group,
+        "format": "json",
+        "scan.startup.mode": "earliest-offset",
+    })
+    create_kafka_table(env, "sink_table", sink, servers, {
+        "format": "json",
+        "key.format": "json",
+        "key.fields": "ticker",
+        "sink.delivery-guarantee": "at-least-once",
+    })
     env.execute_sql("INSERT INTO sink_table SELECT * FROM source_table").wait()
+
+
+def create_kafka_table(env, name, topic, servers, options):
+    """A Kafka table with the stock record's columns and these connector options."""
+    options = {"connector": "kafka", "topic": topic, "properties.bootstrap.servers": servers, **options}
+    with_clause = ",\n".join(f"'{key}' = '{value}'" for key, value in options.items())
+    env.execute_sql(f"CREATE TABLE {name} ({COLUMNS}) WITH (\n{with_clause}\n)")
 
 
 if __name__ == "__main__":

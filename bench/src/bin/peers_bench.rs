@@ -202,6 +202,10 @@ fn main() -> anyhow::Result<()> {
                 if let Err(error) = kafka.delete_topic(&round.output) {
                     eprintln!("warning: {error:#}");
                 }
+                if peer.name.starts_with("sluice") {
+                    // The keyed-state changelog Sluice creates for its group.
+                    let _ = kafka.delete_topic(&format!("{}-state-changelog", round.group));
+                }
             }
         }
         Ok(measured)

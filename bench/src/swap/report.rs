@@ -62,7 +62,7 @@ pub fn print_report(args: &Args, run: &Run, report: &Report) {
     );
 
     println!(
-        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → worker adopted (log) ms | last old → first new output ms | longest output gap ±{0} ms around it | **pause: longest output gap from the file change to {0} ms after the first new-tag output** | same-length control window {1} ms before the file change | longest output gap in wide window ms | same, broker append time ms | longest input send gap in wide window ms | max latency in wide window ms | worker adopted new version µs | longest broker GC pause in swap window / control / wide window ms | CPU time stolen by the hypervisor in swap window / control / wide window ms |",
+        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → every worker runs it (GET /status) ms | last old → first new output ms | longest output gap ±{0} ms around it | **pause: longest output gap from the file change to {0} ms after the first new-tag output** | same-length control window {1} ms before the file change | longest output gap in wide window ms | same, broker append time ms | longest input send gap in wide window ms | max latency in wide window ms | worker adopted new version µs (host log) | longest broker GC pause in swap window / control / wide window ms | CPU time stolen by the hypervisor in swap window / control / wide window ms |",
         SWITCH_US / 1000,
         CONTROL_LEAD_US / 1000
     );
@@ -125,7 +125,7 @@ pub fn print_report(args: &Args, run: &Run, report: &Report) {
             "\nVersions that went live on baseline code, and moved to Cranelift's once it was compiled in the background:\n"
         );
         println!(
-            "| swap | file change → moved to optimized code (log) ms | window: first new-tag output to {} ms after the move, ms | longest output gap in it ms | same-length control window before the file change ms |",
+            "| swap | file change → live on optimized code (GET /status) ms | window: first new-tag output to {} ms after the move, ms | longest output gap in it ms | same-length control window before the file change ms |",
             SWITCH_US / 1000
         );
         println!("|---:|---:|---:|---:|---:|");
@@ -189,7 +189,12 @@ pub fn print_report(args: &Args, run: &Run, report: &Report) {
         Some(live_met),
     );
     row("file change → registry `since`", &registry, "", None);
-    row("file change → worker adopted (log)", &adopted, "", None);
+    row(
+        "file change → every worker runs it (GET /status)",
+        &adopted,
+        "",
+        None,
+    );
     let pause_met = swap_gap.len() == n && percentile(&swap_gap, 0.99) < 20.0;
     row(
         &format!(
@@ -256,7 +261,7 @@ pub fn print_report(args: &Args, run: &Run, report: &Report) {
     );
     row("max end-to-end latency in window", &latency, "", None);
     println!(
-        "| worker adopts the new version (takes the instance started ahead, or starts one), µs | {:.0} | {:.0} | {:.0} | | |",
+        "| worker adopts the new version (takes the instance started ahead, or starts one), µs (host log: no endpoint has it) | {:.0} | {:.0} | {:.0} | | |",
         percentile(&adopt, 0.5),
         percentile(&adopt, 0.99),
         adopt.last().copied().unwrap_or(f64::NAN)
