@@ -287,3 +287,38 @@ pub fn terminate(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_own_stat_names_its_parent() {
+        let me = std::process::id() as libc::pid_t;
+        let stat = stat(me).expect("this process has a /proc entry");
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(stat.parent, unsafe { libc::getppid() });
+        assert!(stat.rss_pages > 0);
+    }
+
+    #[test]
+    fn the_cpu_of_a_grandchild_counts_for_the_tree() {
+        // The leader only waits; its child counts to 300 000 (a fixed amount of CPU, a
+        // few tenths of a second, however loaded the machine) and is reaped by the
+        // leader, so its time reaches the leader's cutime/cstime and wait4.
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "sh -c 'i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done'; true",
+        ]);
+        let mut measured = Measured::spawn(command, "a busy grandchild").unwrap();
+        let (code, usage) = measured.wait(Duration::from_secs(30)).unwrap();
+        assert_eq!(code, 0);
+        assert!(
+            usage.cpu_s() >= 0.1,
+            "the tree used {} CPU s; the grandchild's spin is missing",
+            usage.cpu_s()
+        );
+        assert!(usage.max_rss_mb > 0.0);
+    }
+}

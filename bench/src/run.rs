@@ -222,3 +222,39 @@ pub fn build_plugin(
     }
     Ok(out.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_file_names_its_plugin_only_when_it_has_one() {
+        let mut pipeline = Pipeline {
+            servers: "127.0.0.1:9092",
+            input: "in",
+            output: "out",
+            group: "g",
+            delivery: "exactly-once",
+            parallelism: 2,
+            plugin: None,
+        };
+        let text = pipeline.render();
+        assert!(text.contains("delivery = \"exactly-once\"\nparallelism = 2\n"));
+        assert!(text.contains("topic = \"in\"\ngroup_id = \"g\""));
+        assert!(!text.contains("[plugin]"));
+        let plugin = Path::new("/p/x.wasm");
+        pipeline.plugin = Some(plugin);
+        assert!(
+            pipeline
+                .render()
+                .ends_with("[plugin]\npath = \"/p/x.wasm\"\nwatch = false\n")
+        );
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(vec![5.0, 1.0, 3.0]), 3.0);
+        assert!(median(Vec::new()).is_nan());
+    }
+}

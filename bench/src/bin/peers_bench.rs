@@ -94,12 +94,15 @@ enum Progress {
     Committed,
 }
 
+/// Makes a peer's command line for one run.
+type Launch = Box<dyn Fn(&Round<'_>) -> anyhow::Result<Command>>;
+
 /// One program to measure, ready to start for a given output topic and group.
 struct Peer {
     name: &'static str,
     what: &'static str,
     progress: Progress,
-    command: Box<dyn Fn(&Round<'_>) -> anyhow::Result<Command>>,
+    command: Launch,
 }
 
 /// One peer's run: its topics and files.

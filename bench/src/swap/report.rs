@@ -45,9 +45,14 @@ pub fn optional(value: Option<f64>) -> String {
 pub fn print_report(args: &Args, run: &Run, report: &Report) {
     let n = report.swaps.len();
     println!(
-        "Hot swap under load: {n} swaps (plugin file replaced by rename, alternating tag-b / tag-a{}), \
+        "Hot swap under load: {n} swaps (plugin file replaced by rename, {}{}), \
          {} records/s offered ({PARTITIONS} partitions, {KEY_LEN}-byte keys, {VALUE_LEN}-byte values), \
          swaps at least {} ms apart, {} s of load before the first and {} s after the last window.\n",
+        if run.cold_python {
+            "from tag-a to a Python pass-through (P, no tag) the host never compiled: its cache empty"
+        } else {
+            "alternating tag-b / tag-a"
+        },
         match (args.new_build_each_swap, args.precompile) {
             (true, true) =>
                 ", every candidate a new build, compiled into the cache before its file change",
