@@ -24,9 +24,11 @@
 //! missing. For each: records/s (first to last output record), CPU seconds per million
 //! records (the process tree's, from /proc, launch to exit, so start-up included, and
 //! over the copy alone), peak RSS of the tree, and the time from launch to the first
-//! output record. A transactional peer's output counts once committed: its progress
-//! is its consumer group's committed offsets on the input, as a transaction commits the
-//! records and the offsets together. Markdown to stdout, progress to stderr.
+//! output record. A transactional peer's output counts once committed: it is done, and
+//! its first output is seen, by its consumer group's committed offsets on the input (a
+//! transaction commits the records and the offsets together; end offsets would count
+//! transaction markers); its copy starts at its first record written. Markdown to
+//! stdout, progress to stderr.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -491,7 +493,10 @@ fn measure(
     let mut child = Measured::spawn(command, peer.name)?;
     let deadline = child.launched() + Duration::from_secs(args.round_timeout);
     let target = args.records as i64;
+    // The first record written (a transactional peer's still uncommitted), and the
+    // first one a read_committed reader sees.
     let mut first: Option<(Instant, f64)> = None;
+    let mut first_visible: Option<Instant> = None;
     let tail = |log: &Path| {
         std::fs::read_to_string(log.with_extension("err"))
             .map(|text| {
@@ -521,8 +526,17 @@ fn measure(
                 tail(&log)
             );
         }
-        if progress > 0 && first.is_none() {
-            first = Some((now, child.cpu_s()));
+        if first.is_none() {
+            let written = match peer.progress {
+                Progress::Output => progress,
+                Progress::Committed => kafka.end_total(&round.output).unwrap_or(-1),
+            };
+            if written > 0 {
+                first = Some((now, child.cpu_s()));
+            }
+        }
+        if progress > 0 && first_visible.is_none() {
+            first_visible = Some(now);
         }
         if progress >= target {
             break (now, child.cpu_s());
@@ -536,7 +550,8 @@ fn measure(
         }
         std::thread::sleep(WATCH_INTERVAL);
     };
-    let first = first.expect("set before the last record is seen");
+    let first = first.unwrap_or(last);
+    let first_visible = first_visible.unwrap_or(last.0);
     let (status, usage) = match exited {
         Some(done) => done,
         None => child.stop(STOP_TIMEOUT)?,
@@ -552,7 +567,7 @@ fn measure(
     Ok(Measurement {
         peer: peer.name,
         what: peer.what,
-        first_output_s: (first.0 - child.launched()).as_secs_f64(),
+        first_output_s: (first_visible - child.launched()).as_secs_f64(),
         copy_s: (last.0 - first.0).as_secs_f64(),
         copy_cpu_s: last.1 - first.1,
         usage,
@@ -599,8 +614,9 @@ fn report(args: &Args, measured: &[Measurement], skipped: &[String]) {
         println!("\nSkipped: {line}");
     }
     println!(
-        "\nrecords/s: from the first output record seen to the last (a transactional peer's: \
-         its group's committed input offsets). CPU: the process tree's user + system time from \
+        "\nrecords/s: from the first output record written to the last (a transactional peer's \
+         last: its group's committed input offsets covering the input; its first output seen: \
+         the first commit). CPU: the process tree's user + system time from \
          /proc (and wait4), launch to exit, start-up included; \"copy only\": between the first \
          and last output. Peak RSS: the largest sum of the tree's resident sets at a 50 ms \
          sample. Medians over rounds."
