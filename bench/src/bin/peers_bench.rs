@@ -529,7 +529,7 @@ fn measure(
         if first.is_none() {
             let written = match peer.progress {
                 Progress::Output => progress,
-                Progress::Committed => kafka.end_total(&round.output).unwrap_or(-1),
+                Progress::Committed => kafka.written_total(&round.output).unwrap_or(-1),
             };
             if written > 0 {
                 first = Some((now, child.cpu_s()));
