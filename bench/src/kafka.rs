@@ -20,7 +20,11 @@ pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// Topic administration and end-offset reads against the broker.
 pub struct Kafka {
     admin: AdminClient<DefaultClientContext>,
+    /// Reads end offsets as a `read_committed` reader sees them (librdkafka's default):
+    /// up to the last stable offset.
     watcher: BaseConsumer,
+    /// Reads end offsets up to the high watermark: records of open transactions too.
+    uncommitted: BaseConsumer,
     runtime: tokio::runtime::Runtime,
     servers: String,
 }
@@ -35,6 +39,11 @@ impl Kafka {
         let watcher: BaseConsumer = config
             .create()
             .context("creating the Kafka client that reads end offsets")?;
+        let uncommitted: BaseConsumer = config
+            .clone()
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .context("creating the Kafka client that reads high watermarks")?;
         watcher.fetch_metadata(None, Duration::from_secs(10)).map_err(|error| {
             anyhow::anyhow!(
                 "could not reach Kafka at {servers}: {error}; start it with scripts/kafka.sh start"
@@ -47,6 +56,7 @@ impl Kafka {
         Ok(Kafka {
             admin,
             watcher,
+            uncommitted,
             runtime,
             servers: servers.to_string(),
         })
@@ -97,29 +107,40 @@ impl Kafka {
         Ok(())
     }
 
-    /// The sum of the end offsets of all partitions: the record count of a fresh topic.
+    /// The sum of the end offsets of all partitions: the record count of a fresh topic
+    /// (of its committed records, where transactions write it).
     pub fn end_total(&self, topic: &str) -> anyhow::Result<i64> {
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, partition, Offset::End)?;
-        }
-        let ends = self
-            .watcher
-            .offsets_for_times(tpl, KAFKA_TIMEOUT)
-            .with_context(|| format!("reading the end offsets of `{topic}`"))?;
-        let mut total = 0;
-        for element in ends.elements() {
-            match element.offset() {
-                Offset::Offset(end) => total += end,
-                other => bail!(
-                    "no end offset for `{topic}` partition {}: {other:?} ({:?})",
-                    element.partition(),
-                    element.error()
-                ),
-            }
-        }
-        Ok(total)
+        ends(&self.watcher, topic)
     }
+
+    /// The sum of the high watermarks of all partitions: records written, open
+    /// transactions' included (and transaction markers counted).
+    pub fn written_total(&self, topic: &str) -> anyhow::Result<i64> {
+        ends(&self.uncommitted, topic)
+    }
+}
+
+/// The sum of the end offsets of `topic`'s partitions, as `watcher` reads them.
+fn ends(watcher: &BaseConsumer, topic: &str) -> anyhow::Result<i64> {
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, partition, Offset::End)?;
+    }
+    let ends = watcher
+        .offsets_for_times(tpl, KAFKA_TIMEOUT)
+        .with_context(|| format!("reading the end offsets of `{topic}`"))?;
+    let mut total = 0;
+    for element in ends.elements() {
+        match element.offset() {
+            Offset::Offset(end) => total += end,
+            other => bail!(
+                "no end offset for `{topic}` partition {}: {other:?} ({:?})",
+                element.partition(),
+                element.error()
+            ),
+        }
+    }
+    Ok(total)
 }
 
 /// Sends `record`, serving delivery reports for `wait` at a time while the producer's
@@ -141,4 +162,50 @@ pub fn send_waiting(
     }
     producer.poll(Duration::ZERO);
     Ok(())
+}
+
+/// Reads a consumer group's committed offsets on one topic: the progress a pipeline
+/// has made durable.
+pub struct Committed {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: i32,
+}
+
+impl Committed {
+    pub fn new(servers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Self> {
+        let consumer = ClientConfig::new()
+            .set("bootstrap.servers", servers)
+            .set("group.id", group)
+            // Not `read_committed`: that makes the read wait out an open transaction.
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .context("creating the client that reads committed offsets")?;
+        Ok(Committed {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+        })
+    }
+
+    /// The sum of the committed offsets (a partition with none counts 0): the input
+    /// records the group has finished with.
+    pub fn total(&self) -> anyhow::Result<i64> {
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..self.partitions {
+            tpl.add_partition(&self.topic, partition);
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(tpl, KAFKA_TIMEOUT)
+            .with_context(|| format!("reading the committed offsets on `{}`", self.topic))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum())
+    }
 }

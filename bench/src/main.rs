@@ -3,12 +3,11 @@
 //! as a child process, alternating the two so that drift in the broker or the machine
 //! affects both alike. Prints Markdown tables to stdout, progress to stderr.
 
-mod kafka;
-
-use kafka::{Kafka, PARTITIONS, send_waiting};
+use sluice_bench::kafka::{Kafka, PARTITIONS, send_waiting};
+use sluice_bench::process::{Measured as Child, Usage};
+use sluice_bench::run::{self, Pipeline, median, write_file};
 
 use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,20 +73,6 @@ impl Program {
     }
 }
 
-/// Resources a finished child used: CPU time from wait4(2), peak RSS from /proc.
-#[derive(Debug, Clone, Copy)]
-struct Usage {
-    user_s: f64,
-    system_s: f64,
-    max_rss_mb: f64,
-}
-
-impl Usage {
-    fn cpu_s(&self) -> f64 {
-        self.user_s + self.system_s
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Round {
     program: Program,
@@ -111,21 +96,12 @@ fn main() -> anyhow::Result<()> {
     if args.records == 0 || args.rounds == 0 {
         bail!("--records and --rounds must be at least 1");
     }
-    let sluice = binary(args.sluice.clone(), "sluice")?;
-    let plain = binary(args.plain_loop.clone(), "plain-loop")?;
+    let sluice = run::sluice(args.sluice.clone())?;
+    let plain = run::binary(args.plain_loop.clone(), "plain-loop", "sluice-bench")?;
     let kafka = Kafka::connect(&args.bootstrap_servers)?;
 
-    let tag = format!(
-        "sluice-bench-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default()
-    );
-    let workdir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&workdir)
-        .with_context(|| format!("creating the work directory {}", workdir.display()))?;
+    let tag = run::unique_tag("sluice-bench");
+    let workdir = run::workdir(&tag)?;
     let input = format!("{tag}-in");
 
     let result = (|| -> anyhow::Result<(Usage, Vec<Round>)> {
@@ -168,23 +144,6 @@ fn main() -> anyhow::Result<()> {
     print_report(&args, &startup, &rounds);
     let _ = std::fs::remove_dir_all(&workdir);
     Ok(())
-}
-
-/// The path given, or the program of that name next to this one.
-fn binary(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
-    let path = match given {
-        Some(path) => path,
-        None => std::env::current_exe()
-            .context("locating this program")?
-            .with_file_name(name),
-    };
-    if !path.is_file() {
-        bail!(
-            "`{name}` not found at {}; build it with `cargo build --release -p sluice-host -p sluice-bench` or pass --{name} PATH",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// Writes `records` records round-robin over the partitions: 16-byte keys,
@@ -233,29 +192,16 @@ fn sluice_config(
     group: &str,
     parallelism: usize,
 ) -> String {
-    format!(
-        r#"version = 1
-parallelism = {parallelism}
-
-[source]
-bootstrap_servers = "{servers}"
-topic = "{input}"
-group_id = "{group}"
-
-[sink]
-topic = "{output}"
-
-[checkpoint]
-interval_ms = 1000
-min_pause_ms = 0
-"#
-    )
-}
-
-fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
-    File::create(path)
-        .and_then(|mut file| file.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
+    Pipeline {
+        servers,
+        input,
+        output,
+        group,
+        delivery: "at-least-once",
+        parallelism,
+        plugin: None,
+    }
+    .render()
 }
 
 /// What Sluice spends before any record: `sluice validate` compiles and initialises the
@@ -412,135 +358,6 @@ fn run_round(
         eprintln!("warning: {error:#}");
     }
     result
-}
-
-/// A child process reaped with wait4(2), so its CPU time is its own. Killed and reaped
-/// on drop if still running.
-///
-/// Peak RSS is not taken from wait4's `ru_maxrss`: Linux carries the parent's peak RSS
-/// into the child across exec, so it reports at least this program's own peak. It is
-/// the child's `VmHWM` (the high-water mark of its own address space) instead, read
-/// from /proc at every poll until the child exits.
-struct Child {
-    pid: libc::pid_t,
-    reaped: bool,
-    peak_rss_kib: u64,
-}
-
-impl Child {
-    fn spawn(mut command: Command, what: &str) -> anyhow::Result<Self> {
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {what} ({command:?})"))?;
-        // The std handle is dropped unreaped: reaping is done here, by pid.
-        Ok(Child {
-            pid: child.id() as libc::pid_t,
-            reaped: false,
-            peak_rss_kib: 0,
-        })
-    }
-
-    /// Reads the child's VmHWM; absent once it has exited (a zombie has no memory).
-    fn sample_peak_rss(&mut self) {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid)) else {
-            return;
-        };
-        let hwm = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            });
-        if let Some(kib) = hwm {
-            self.peak_rss_kib = self.peak_rss_kib.max(kib);
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) on a child this process has not reaped, so the pid is still ours.
-        unsafe {
-            libc::kill(self.pid, signal);
-        }
-    }
-
-    /// Reaps the child if it has exited: its exit code (or 128 + signal) and usage.
-    fn poll(&mut self) -> anyhow::Result<Option<(i32, Usage)>> {
-        self.sample_peak_rss();
-        let mut status = 0;
-        // SAFETY: an all-zero rusage is valid, and wait4 only writes to the two pointers.
-        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
-        let pid = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut rusage) };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error()).context("waiting for a child process");
-        }
-        if pid == 0 {
-            return Ok(None);
-        }
-        self.reaped = true;
-        let code = if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            128 + libc::WTERMSIG(status)
-        };
-        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        Ok(Some((
-            code,
-            Usage {
-                user_s: seconds(rusage.ru_utime),
-                system_s: seconds(rusage.ru_stime),
-                max_rss_mb: self.peak_rss_kib as f64 / 1024.0,
-            },
-        )))
-    }
-
-    fn try_wait(&mut self) -> anyhow::Result<Option<i32>> {
-        Ok(self.poll()?.map(|(code, _)| code))
-    }
-
-    /// Waits for the child to exit, killing it after `timeout`.
-    fn wait(&mut self, timeout: Duration) -> anyhow::Result<(i32, Usage)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(done) = self.poll()? {
-                return Ok(done);
-            }
-            if Instant::now() > deadline {
-                self.signal(libc::SIGKILL);
-                bail!(
-                    "child process {} did not exit within {timeout:?}; killed it",
-                    self.pid
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if !self.reaped {
-            self.signal(libc::SIGKILL);
-            let mut status = 0;
-            // SAFETY: waitpid on our own unreaped child.
-            unsafe {
-                libc::waitpid(self.pid, &mut status, 0);
-            }
-        }
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 struct Medians {

@@ -8,23 +8,18 @@
 //! the host's own log. Last, the time to restore 100 000 state keys when a host
 //! starts. Prints Markdown to stdout, progress to stderr.
 
-#[path = "../kafka.rs"]
-mod kafka;
+use sluice_bench::kafka::{Committed, Kafka, PARTITIONS, send_waiting};
+use sluice_bench::process::terminate;
+use sluice_bench::run::{self, Pipeline};
 
-use kafka::{Kafka, PARTITIONS, send_waiting};
-
-use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 
 const TICKERS: [&str; 17] = [
     "AAPL", "ACN", "ADBE", "AMD", "AVGO", "CRM", "CSCO", "IBM", "INTC", "MA", "MSFT", "NVDA",
@@ -74,43 +69,11 @@ fn main() -> anyhow::Result<()> {
     if args.records == 0 || args.rounds == 0 || args.restore_keys == 0 {
         bail!("--records, --rounds and --restore-keys must be at least 1");
     }
-    let exe = std::env::current_exe().context("locating this program")?;
-    let sluice = args
-        .sluice
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("sluice"));
-    if !sluice.is_file() {
-        bail!(
-            "`sluice` not found at {}; build it with `cargo build --release -p sluice-host` or pass --sluice",
-            sluice.display()
-        );
-    }
-    let plugin = match &args.plugin {
-        Some(path) => path.clone(),
-        None => exe
-            .parent()
-            .and_then(Path::parent)
-            .context("locating the target directory")?
-            .join("wasm/wasm32-wasip2/release/sluice_plugin_stats.wasm"),
-    };
-    if !plugin.is_file() {
-        bail!(
-            "the stats plugin is not at {}; `cargo build --release -p sluice-host` builds it, or pass --plugin",
-            plugin.display()
-        );
-    }
+    let sluice = run::sluice(args.sluice.clone())?;
+    let plugin = run::built_plugin(args.plugin.clone(), "sluice_plugin_stats")?;
     let kafka = Kafka::connect(&args.bootstrap_servers)?;
-    let tag = format!(
-        "delivery-bench-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default()
-    );
-    let workdir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&workdir)
-        .with_context(|| format!("creating the work directory {}", workdir.display()))?;
+    let tag = run::unique_tag("delivery-bench");
+    let workdir = run::workdir(&tag)?;
     let bench = Bench {
         args: &args,
         kafka: &kafka,
@@ -172,48 +135,21 @@ impl Bench<'_> {
         mode: &str,
     ) -> anyhow::Result<PathBuf> {
         let path = self.workdir.join(format!("{group}.toml"));
-        let text = format!(
-            r#"version = 1
-delivery = "{mode}"
-
-[source]
-bootstrap_servers = "{servers}"
-topic = "{input}"
-group_id = "{group}"
-
-[sink]
-topic = "{output}"
-
-[checkpoint]
-interval_ms = 1000
-min_pause_ms = 0
-
-[plugin]
-path = "{plugin}"
-watch = false
-"#,
-            servers = self.args.bootstrap_servers,
-            plugin = self.plugin.display(),
-        );
-        File::create(&path)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let pipeline = Pipeline {
+            servers: &self.args.bootstrap_servers,
+            input,
+            output,
+            group,
+            delivery: mode,
+            parallelism: 1,
+            plugin: Some(self.plugin),
+        };
+        run::write_file(&path, &pipeline.render())?;
         Ok(path)
     }
 
     fn start(&self, config: &Path, log: &Path) -> anyhow::Result<Child> {
-        let log_file =
-            File::create(log).with_context(|| format!("creating log {}", log.display()))?;
-        Command::new(self.sluice)
-            .args(["run", "--admin", "off", "--instance", "bench", "--config"])
-            .arg(config)
-            .env_remove("BOOTSTRAP_SERVERS")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", self.sluice.display()))
+        run::start_sluice(self.sluice, config, "bench", log)
     }
 
     fn round(
@@ -231,7 +167,7 @@ watch = false
         let config = self.config(input, &output, &group, mode)?;
         let log = self.workdir.join(format!("{group}.log"));
         let mut child = self.start(&config, &log)?;
-        let committed = Committed::new(&self.args.bootstrap_servers, &group, input)?;
+        let committed = Committed::new(&self.args.bootstrap_servers, &group, input, PARTITIONS)?;
         let deadline = Instant::now() + Duration::from_secs(self.args.round_timeout);
         let mut first: Option<(Instant, i64)> = None;
         let last = loop {
@@ -258,7 +194,7 @@ watch = false
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        stop(&mut child)?;
+        terminate(&mut child, "sluice", Duration::from_secs(60))?;
         let (first_at, first_done) = first.expect("set before the last commit");
         let elapsed = (last - first_at).as_secs_f64();
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -286,7 +222,7 @@ watch = false
             format!("T{i:07}")
         })?;
         let config = self.config(&input, &output, &group, "at-least-once")?;
-        let committed = Committed::new(&self.args.bootstrap_servers, &group, &input)?;
+        let committed = Committed::new(&self.args.bootstrap_servers, &group, &input, PARTITIONS)?;
         let log = self.workdir.join("restore-1.log");
         let mut child = self.start(&config, &log)?;
         let deadline = Instant::now() + Duration::from_secs(self.args.round_timeout);
@@ -302,7 +238,7 @@ watch = false
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        stop(&mut child)?;
+        terminate(&mut child, "sluice", Duration::from_secs(60))?;
 
         let log = self.workdir.join("restore-2.log");
         let mut child = self.start(&config, &log)?;
@@ -319,7 +255,7 @@ watch = false
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        stop(&mut child)?;
+        terminate(&mut child, "sluice", Duration::from_secs(60))?;
         if restored != keys {
             bail!(
                 "the host restored {restored} keys, expected {keys}; see {}",
@@ -327,65 +263,6 @@ watch = false
             );
         }
         Ok((millis, restored))
-    }
-}
-
-/// The group's committed offsets on the input topic, summed.
-struct Committed {
-    consumer: BaseConsumer,
-    topic: String,
-}
-
-impl Committed {
-    fn new(servers: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
-        let consumer = ClientConfig::new()
-            .set("bootstrap.servers", servers)
-            .set("group.id", group)
-            .create()
-            .context("creating the client that reads committed offsets")?;
-        Ok(Committed {
-            consumer,
-            topic: topic.to_string(),
-        })
-    }
-
-    fn total(&self) -> anyhow::Result<i64> {
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..PARTITIONS {
-            tpl.add_partition(&self.topic, partition);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            })
-            .sum())
-    }
-}
-
-fn stop(child: &mut Child) -> anyhow::Result<()> {
-    // SAFETY: kill(2) with our child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("sluice exited with {status} after SIGTERM");
-            }
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("sluice did not stop within 60 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

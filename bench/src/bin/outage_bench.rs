@@ -18,9 +18,6 @@
 #[allow(dead_code)]
 mod proxy;
 
-#[path = "../kafka.rs"]
-mod kafka;
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,11 +27,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use kafka::{Kafka, PARTITIONS, send_waiting};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use sluice_bench::kafka::{Committed, Kafka, PARTITIONS, send_waiting};
+use sluice_bench::run;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,17 +78,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let exe = std::env::current_exe().context("locating this program")?;
-    let sluice = args
-        .sluice
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("sluice"));
-    if !sluice.is_file() {
-        bail!(
-            "`sluice` not found at {}; build it with `cargo build -p sluice-host` or pass --sluice",
-            sluice.display()
-        );
-    }
+    let sluice = run::sluice(args.sluice.clone())?;
     if !["blackhole", "refuse", "crash"].contains(&args.fault.as_str()) {
         bail!(
             "--fault is `blackhole`, `refuse` or `crash`, not `{}`",
@@ -142,7 +128,7 @@ fn main() -> anyhow::Result<()> {
             .spawn()
             .context("starting sluice")?,
     );
-    let offsets = Committed::new(&direct, &group, &input)?;
+    let offsets = Committed::new(&direct, &group, &input, PARTITIONS)?;
     eprintln!("waiting for the first commits");
     let first = offsets.wait_past(0, Duration::from_secs(120), &mut host)?;
     eprintln!("committing ({first} so far); log {}", log.display());
@@ -218,45 +204,12 @@ impl Drop for Host {
     }
 }
 
-/// Reads the group's committed offsets directly from the broker.
-struct Committed {
-    consumer: BaseConsumer,
-    partitions: TopicPartitionList,
+/// Waiting on the group's committed offsets.
+trait WaitPast {
+    fn wait_past(&self, before: i64, limit: Duration, host: &mut Host) -> anyhow::Result<i64>;
 }
 
-impl Committed {
-    fn new(servers: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", servers)
-            .set("group.id", group)
-            // Not `read_committed`: that would wait for an open transaction's offsets.
-            .set("isolation.level", "read_uncommitted")
-            .create()?;
-        let mut partitions = TopicPartitionList::new();
-        for partition in 0..PARTITIONS {
-            partitions.add_partition(topic, partition);
-        }
-        Ok(Committed {
-            consumer,
-            partitions,
-        })
-    }
-
-    /// The sum of the committed offsets.
-    fn total(&self) -> anyhow::Result<i64> {
-        let committed = self
-            .consumer
-            .committed_offsets(self.partitions.clone(), Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .sum())
-    }
-
+impl WaitPast for Committed {
     /// Waits until the committed offsets sum past `before`; returns the new sum.
     fn wait_past(&self, before: i64, limit: Duration, host: &mut Host) -> anyhow::Result<i64> {
         let deadline = Instant::now() + limit;

@@ -10,10 +10,8 @@
 //! before they are stopped) is reported per million records. Prints Markdown to
 //! stdout, progress to stderr.
 
-use std::fs::File;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -21,9 +19,10 @@ use clap::Parser;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use sluice_bench::kafka::Committed;
+use sluice_bench::process::terminate;
+use sluice_bench::run::{self, Pipeline};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,28 +75,9 @@ fn main() -> anyhow::Result<()> {
     if args.records == 0 || args.rounds == 0 || args.hosts.contains(&0) || args.partitions < 1 {
         bail!("--records, --rounds, --partitions and every --hosts count must be at least 1");
     }
-    let exe = std::env::current_exe().context("locating this program")?;
-    let sluice = args
-        .sluice
-        .clone()
-        .unwrap_or_else(|| exe.with_file_name("sluice"));
-    if !sluice.is_file() {
-        bail!(
-            "`sluice` not found at {}; build it with `cargo build --release -p sluice-host` or pass --sluice",
-            sluice.display()
-        );
-    }
-    let tag = format!(
-        "scale-bench-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default()
-    );
-    let workdir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&workdir)
-        .with_context(|| format!("creating the work directory {}", workdir.display()))?;
+    let sluice = run::sluice(args.sluice.clone())?;
+    let tag = run::unique_tag("scale-bench");
+    let workdir = run::workdir(&tag)?;
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &args.bootstrap_servers)
         .create()
@@ -170,49 +150,21 @@ impl Bench<'_> {
 
     fn config(&self, input: &str, output: &str, group: &str) -> anyhow::Result<PathBuf> {
         let path = self.workdir.join(format!("{group}.toml"));
-        let plugin = match &self.args.plugin {
-            Some(plugin) => format!("[plugin]\npath = \"{}\"\nwatch = false\n", plugin.display()),
-            None => String::new(),
+        let pipeline = Pipeline {
+            servers: &self.args.bootstrap_servers,
+            input,
+            output,
+            group,
+            delivery: &self.args.delivery,
+            parallelism: 1,
+            plugin: self.args.plugin.as_deref(),
         };
-        let text = format!(
-            r#"version = 1
-delivery = "{delivery}"
-
-[source]
-bootstrap_servers = "{servers}"
-topic = "{input}"
-group_id = "{group}"
-
-[sink]
-topic = "{output}"
-
-[checkpoint]
-interval_ms = 1000
-min_pause_ms = 0
-
-{plugin}"#,
-            delivery = self.args.delivery,
-            servers = self.args.bootstrap_servers,
-        );
-        File::create(&path)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
-            .with_context(|| format!("writing {}", path.display()))?;
+        run::write_file(&path, &pipeline.render())?;
         Ok(path)
     }
 
     fn start(&self, config: &Path, instance: &str, log: &Path) -> anyhow::Result<Child> {
-        let log_file =
-            File::create(log).with_context(|| format!("creating log {}", log.display()))?;
-        Command::new(self.sluice)
-            .args(["run", "--admin", "off", "--instance", instance, "--config"])
-            .arg(config)
-            .env_remove("BOOTSTRAP_SERVERS")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("starting {}", self.sluice.display()))
+        run::start_sluice(self.sluice, config, instance, log)
     }
 
     fn round(
@@ -268,7 +220,7 @@ min_pause_ms = 0
         };
         let cpu_s: f64 = children.iter().map(|child| cpu_seconds(child.id())).sum();
         for child in &mut children {
-            stop(child)?;
+            terminate(child, "sluice", Duration::from_secs(60))?;
         }
         let wall_s = (finished - started).as_secs_f64();
         Ok(Round {
@@ -297,67 +249,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks / per_second
-}
-
-/// The group's committed offsets on the input topic, summed.
-struct Committed {
-    consumer: BaseConsumer,
-    topic: String,
-    partitions: i32,
-}
-
-impl Committed {
-    fn new(servers: &str, group: &str, topic: &str, partitions: i32) -> anyhow::Result<Self> {
-        let consumer = ClientConfig::new()
-            .set("bootstrap.servers", servers)
-            .set("group.id", group)
-            .create()
-            .context("creating the client that reads committed offsets")?;
-        Ok(Committed {
-            consumer,
-            topic: topic.to_string(),
-            partitions,
-        })
-    }
-
-    fn total(&self) -> anyhow::Result<i64> {
-        let mut tpl = TopicPartitionList::new();
-        for partition in 0..self.partitions {
-            tpl.add_partition(&self.topic, partition);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(tpl, Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            })
-            .sum())
-    }
-}
-
-fn stop(child: &mut Child) -> anyhow::Result<()> {
-    // SAFETY: kill(2) with our child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("sluice exited with {status} after SIGTERM");
-            }
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("sluice did not stop within 60 s of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Stock records spread evenly over the partitions (round robin), so every host of
