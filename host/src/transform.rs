@@ -13,6 +13,9 @@
 //! limit) is then run again record by record, so that only the records that fail on
 //! their own go there. So is a batch whose failed records wrote keyed state: a failed
 //! record keeps none of its writes, and the records after it see none of them.
+//!
+//! Size: adoption of a new version, probation and rollback, and the record-by-record
+//! re-run all act on the live instance between batches; a seventh of the file is tests.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -18,6 +18,10 @@
 //!   indefinite outcome (a timeout, an unknown result) is never retried: the producer
 //!   is dropped and a new one with the same transactional id fences whatever the old
 //!   one may still do.
+//!
+//! Size: the recovery paths (abort, rewind, restore, fencing, retries) belong together
+//! because they share the checkpointer's state; half of the file is their unit tests,
+//! with the fakes of the Kafka clients they run against.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,9 @@
 //! The configuration as written, before validation: every field optional, enum-like
 //! values as text, so that one pass can report every mistake with its key path.
+//!
+//! Size: every key of `sluice.toml` is read and checked here, one `check_*` function per
+//! section, so that a new key is added in one place; a third of the file is the tests
+//! of those checks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -5,6 +5,9 @@
 //! environment variable that holds it (`password_env`), read once here into a
 //! [`Secret`] that prints as `[redacted]`. MSK IAM takes its credentials from the AWS
 //! default chain at run time.
+//!
+//! Size: every security setting for both sides, their checks and the librdkafka settings
+//! they become; a quarter of the file is tests.
 
 use std::fmt;
 use std::path::PathBuf;

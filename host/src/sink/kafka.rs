@@ -1,5 +1,8 @@
 //! The Kafka sink: an idempotent (or, for exactly-once, transactional) producer that
 //! writes a transformed batch and reports each delivery to the checkpoint tracker.
+//!
+//! Size: sending, delivery reports, transactions and the dead-letter path share one
+//! producer (replaced as a whole after fencing), so they live with it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

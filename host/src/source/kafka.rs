@@ -1,5 +1,8 @@
 //! The Kafka source: a consumer group member that reads the source topic into batches,
 //! applies the startup mode, and commits the offsets the checkpoint tracker allows.
+//!
+//! Size: the consumer's callbacks, the startup modes and the batch reader share one
+//! consumer and its rebalance state; a tenth of the file is tests.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
