@@ -645,10 +645,6 @@ impl KafkaSink {
         Ok(())
     }
 
-    pub fn is_transactional(&self) -> bool {
-        self.transactional
-    }
-
     /// The error that made the producer unusable, if one did (for example, another
     /// producer with the same transactional id fenced it).
     pub fn fatal_error(&self) -> Option<String> {
@@ -727,11 +723,6 @@ impl KafkaSink {
         self.producer
             .purge(PurgeConfig::default().queue().inflight());
         Some(self.gone.get_or_init(|| gone).clone())
-    }
-
-    /// The sink cluster's authentication, for the other clients that talk to it.
-    pub fn auth(&self) -> &ClientAuth {
-        &self.auth
     }
 
     /// Whether the cluster refused a client's credentials (the source's or the sink's).
