@@ -19,6 +19,7 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter};
 use crate::checkpoint::checkpointer::{Checkpointer, Reason};
 use crate::checkpoint::retry::{Poisoned, poison};
 use crate::config::CheckpointConfig;
+use crate::kafka::Unreadable;
 use crate::metrics::Metrics;
 use crate::progress::{Partition, Tracker};
 use crate::shutdown::Shutdown;
@@ -90,235 +91,342 @@ impl Pipeline {
     }
 
     fn run_loop(self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
-        let Pipeline {
-            mut source,
-            mut transform,
-            checkpointer,
-            tracker,
-            state,
-            checkpoint,
-            provenance_header,
-            metrics,
-        } = self;
-        let mut summary = Summary::default();
         // Warnings this thread logs name its worker in the console.
-        crate::history::set_worker(transform.worker());
-        let mut batch = InputWriter::new();
-        let mut last_checkpoint = Instant::now();
-        let mut last_commit_end = Instant::now();
-        let keep_going = || !shutdown.requested();
-        // The records of the batch being processed, to name them should the loop panic.
-        let mut current: Vec<(Partition, i64, i64)> = Vec::new();
-        // Input records whose outputs failed every attempt, with the reason; they go to
-        // the dead-letter topic when read again.
-        let mut poisoned = Poisoned::new();
-        // Records the plugin cannot be given not yet reported in the log.
-        let mut unreadable_reported = Throttle::new(Duration::from_secs(1));
-
-        let looped = catch_panic(|| -> anyhow::Result<()> {
-            while !shutdown.requested() {
-                batch.clear();
-                current.clear();
-                let mut turn = Turn::start();
-                source.fill(&mut batch, IDLE_POLL)?;
-                turn.lap(Phase::Fill);
-                let mut checkpointer = checkpointer.lock().unwrap();
-                turn.lap(Phase::Lock);
-                if !batch.is_empty() {
-                    let mut spans = source.take_spans();
-                    // Where a partition never committed rewinds to.
-                    checkpointer.fetched(&spans);
-                    let encoded = batch.finish();
-                    // Encoded just above: no need to validate every record again.
-                    let input = InputBatch::open(encoded).context("encoding the input batch")?;
-                    current.clone_from(&spans);
-                    // On a fatal transform error the failed batch leaves no trace in
-                    // the state either.
-                    let plugin_started = Instant::now();
-                    let transformed = transform
-                        .run(encoded, &input, &poisoned)
-                        .inspect_err(|_| state.lock().unwrap().discard_batch())?;
-                    metrics.plugin_batch(plugin_started.elapsed());
-                    if transformed.processed < input.len() {
-                        // The batch's time ran out: the records not run are read again.
-                        spans = spans_of(&input, transformed.processed);
-                        source.read_again(&input, transformed.processed)?;
-                    }
-                    turn.lap(Phase::Transform);
-                    metrics.worker_version(transform.worker(), transform.current().version);
-                    crate::history::set_version(transform.current().plugin.short_digest());
-                    summary.records_in += transformed.processed as u64;
-                    let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
-                    let inputs = input
-                        .records()
-                        .take(transformed.processed)
-                        .map(|r| (r.partition(), r.offset()))
-                        .collect();
-                    let seq = tracker.lock().unwrap().begin_with_inputs(ends, inputs);
-                    let provenance = provenance_header.as_deref().map(|name| Header {
-                        name,
-                        value: Some(transform.current().plugin.short_digest().as_bytes()),
-                    });
-                    let sent = checkpointer.sink().send(
-                        seq,
-                        &input,
-                        &transformed.output,
-                        &transformed.verdicts,
-                        &tracker,
-                        provenance,
-                        &keep_going,
-                    );
-                    // The batch's state writes count only if its outputs reached the
-                    // producer; otherwise they are undone with it.
-                    match &sent {
-                        Ok(_) => state.lock().unwrap().commit_batch(),
-                        Err(_) => state.lock().unwrap().discard_batch(),
-                    }
-                    match sent {
-                        Ok(sent) => {
-                            let dead_lettered = transformed.verdicts.failed().len();
-                            let out = (sent - dead_lettered) as u64;
-                            summary.records_out += out;
-                            summary.records_dead_lettered += dead_lettered as u64;
-                            metrics.batch(transformed.processed as u64, out, dead_lettered as u64);
-                        }
-                        Err(SendError::Interrupted) => break,
-                        Err(SendError::Record(failure)) if checkpointer.rewinds_after(true) => {
-                            let error = SendError::Record(failure.clone());
-                            checkpointer.recover_after(
-                                source.consumer(),
-                                &error,
-                                Some(&failure),
-                            )?;
-                            poison(&mut poisoned, checkpointer.take_poisoned());
-                            continue;
-                        }
-                        Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
-                            checkpointer.recover(source.consumer(), &message)?;
-                            continue;
-                        }
-                        Err(error) => {
-                            anyhow::bail!("{error}; it stays uncommitted, so a restart retries it")
-                        }
-                    }
-                    tracker.lock().unwrap().seal(seq);
-                    checkpointer.processed(&spans);
-                    turn.lap(Phase::Send);
-                }
-                if let Some(unreadable) = source.take_unreadable() {
-                    let origin = unreadable.origin();
-                    let span = [unreadable.span()];
-                    current = span.to_vec();
-                    checkpointer.fetched(&span);
-                    if checkpointer.sink().dead_letter_topic().is_none() {
-                        // The records before it go on: exactly-once, their transaction
-                        // is committed now (the drain aborts after a failure);
-                        // at-least-once, the drain commits what was acknowledged.
-                        if checkpointer.exactly_once() {
-                            checkpointer.checkpoint(source.consumer(), Reason::Final)?;
-                        }
-                        anyhow::bail!(
-                            "record {origin} cannot be handed to the plugin: {}; it stays uncommitted. \
-                             Set [sink] dead_letter_topic to send such records there, or fix the producer that wrote it",
-                            unreadable.reason
-                        );
-                    }
-                    let seq = tracker.lock().unwrap().begin_with_inputs(
-                        vec![(span[0].0.clone(), span[0].2)],
-                        vec![(span[0].0.1, span[0].1)],
-                    );
-                    let sent = checkpointer.sink().dead_letter_unreadable(
-                        seq,
-                        &unreadable,
-                        &tracker,
-                        &keep_going,
-                    );
-                    match sent {
-                        Ok(()) => {
-                            summary.records_in += 1;
-                            summary.records_dead_lettered += 1;
-                            metrics.batch(1, 0, 1);
-                            tracker.lock().unwrap().seal(seq);
-                            checkpointer.processed(&span);
-                            if let Some(records) = unreadable_reported.count(1) {
-                                tracing::warn!(
-                                    records,
-                                    last = %origin,
-                                    reason = %unreadable.reason,
-                                    "Records the plugin cannot be given go to the dead-letter topic."
-                                );
-                            }
-                        }
-                        Err(SendError::Interrupted) => break,
-                        Err(error) if checkpointer.exactly_once() => {
-                            checkpointer.recover(source.consumer(), &error)?;
-                            continue;
-                        }
-                        Err(error) => anyhow::bail!(error),
-                    }
-                }
-                checkpointer.sink().poll(Duration::ZERO)?;
-                while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES
-                    && !shutdown.requested()
-                {
-                    checkpointer.sink().poll(Duration::from_millis(10))?;
-                }
-                let failure = tracker.lock().unwrap().failure_report();
-                if let Some(failure) = failure {
-                    let record_known = tracker.lock().unwrap().failed_record().is_some();
-                    if !checkpointer.rewinds_after(record_known) {
-                        anyhow::bail!("{failure}");
-                    }
-                    checkpointer.recover(source.consumer(), &failure)?;
-                    poison(&mut poisoned, checkpointer.take_poisoned());
-                }
-                turn.lap(Phase::Acknowledge);
-                let now = Instant::now();
-                if now >= last_checkpoint + checkpoint.interval
-                    && now >= last_commit_end + checkpoint.min_pause
-                {
-                    last_checkpoint = now;
-                    let partitions =
-                        checkpointer.checkpoint(source.consumer(), Reason::Periodic)?;
-                    if partitions > 0 {
-                        summary.checkpoints += 1;
-                        metrics.checkpoint(now.elapsed());
-                        crate::history::checkpoint_committed(now.elapsed(), partitions);
-                        tracing::info!(
-                            numRecordsIn = summary.records_in,
-                            numRecordsOut = summary.records_out,
-                            numRecordsDeadLettered = summary.records_dead_lettered,
-                            "Progress."
-                        );
-                    }
-                    last_commit_end = Instant::now();
-                    turn.lap(Phase::Checkpoint);
-                }
-                turn.report(batch.len());
-                // A worker retrying after failures is not ready until a checkpoint
-                // commits again.
-                match checkpointer.retrying() {
-                    true => metrics.retrying(transform.worker()),
-                    false => metrics.turned(transform.worker()),
-                }
-            }
-            Ok(())
-        });
+        crate::history::set_worker(self.transform.worker());
+        let mut worker = Worker {
+            pipeline: self,
+            shutdown,
+            summary: Summary::default(),
+            batch: InputWriter::new(),
+            last_checkpoint: Instant::now(),
+            last_commit_end: Instant::now(),
+            current: Vec::new(),
+            poisoned: Poisoned::new(),
+            unreadable_reported: Throttle::new(Duration::from_secs(1)),
+        };
+        let looped = catch_panic(|| worker.turns());
         let panicked = looped.is_err();
         let result = looped.unwrap_or_else(|panic| {
-            if current.is_empty() {
+            if worker.current.is_empty() {
                 // It panicked while reading: the records read so far.
-                current = source.take_spans();
+                worker.current = worker.pipeline.source.take_spans();
             }
             Err(anyhow::anyhow!(
                 "the worker panicked while processing {} ({panic}); nothing after the last checkpoint is committed, so a restart reads those records again",
-                describe_spans(&current)
+                describe_spans(&worker.current)
             ))
         });
+        worker.drain(result, panicked)
+    }
+}
 
-        // Drain: whatever happened, commit exactly what the broker acknowledged (or,
-        // exactly-once, commit the open transaction; abort it after a failure). After a
-        // panic nothing is committed: the state may hold half of a batch.
+/// One worker's loop: the pipeline it drives and what the loop keeps between turns.
+struct Worker<'s> {
+    pipeline: Pipeline,
+    shutdown: &'s Shutdown,
+    summary: Summary,
+    batch: InputWriter,
+    last_checkpoint: Instant,
+    last_commit_end: Instant,
+    /// The records of the batch being processed, to name them should the loop panic.
+    current: Vec<(Partition, i64, i64)>,
+    /// Input records whose outputs failed every attempt, with the reason; they go to
+    /// the dead-letter topic when read again.
+    poisoned: Poisoned,
+    /// Records the plugin cannot be given not yet reported in the log.
+    unreadable_reported: Throttle,
+}
+
+/// How a step of a turn ends.
+enum Next {
+    /// On to the next step.
+    Go,
+    /// The partitions were rewound after a failure: a new turn reads them again.
+    Again,
+    /// A shutdown interrupted a send: the loop ends.
+    Stop,
+}
+
+impl Worker<'_> {
+    /// Turns until a shutdown is requested or a step fails.
+    fn turns(&mut self) -> anyhow::Result<()> {
+        while !self.shutdown.requested() {
+            if let Next::Stop = self.turn()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One turn: fill a batch, run it through the plugin and hand its outputs to the
+    /// producer, send a record the plugin cannot be given to the dead-letter topic,
+    /// serve delivery reports, and checkpoint when one is due.
+    fn turn(&mut self) -> anyhow::Result<Next> {
+        self.batch.clear();
+        self.current.clear();
+        let mut turn = Turn::start();
+        self.pipeline.source.fill(&mut self.batch, IDLE_POLL)?;
+        turn.lap(Phase::Fill);
+        let shared = self.pipeline.checkpointer.clone();
+        let mut checkpointer = shared.lock().unwrap();
+        turn.lap(Phase::Lock);
+        if !self.batch.is_empty() {
+            match self.process_batch(&mut checkpointer, &mut turn)? {
+                Next::Go => turn.lap(Phase::Send),
+                other => return Ok(other),
+            }
+        }
+        if let Some(unreadable) = self.pipeline.source.take_unreadable() {
+            match self.dead_letter_unreadable(&mut checkpointer, unreadable)? {
+                Next::Go => {}
+                other => return Ok(other),
+            }
+        }
+        self.acknowledge(&mut checkpointer)?;
+        turn.lap(Phase::Acknowledge);
+        if self.checkpoint_if_due(&mut checkpointer)? {
+            turn.lap(Phase::Checkpoint);
+        }
+        turn.report(self.batch.len());
+        // A worker retrying after failures is not ready until a checkpoint commits
+        // again.
+        let worker = self.pipeline.transform.worker();
+        match checkpointer.retrying() {
+            true => self.pipeline.metrics.retrying(worker),
+            false => self.pipeline.metrics.turned(worker),
+        }
+        Ok(Next::Go)
+    }
+
+    /// Runs the filled batch through the plugin and hands its outputs to the producer.
+    fn process_batch(
+        &mut self,
+        checkpointer: &mut Checkpointer,
+        turn: &mut Turn,
+    ) -> anyhow::Result<Next> {
+        let shutdown = self.shutdown;
+        let keep_going = || !shutdown.requested();
+        let Pipeline {
+            source,
+            transform,
+            tracker,
+            state,
+            provenance_header,
+            metrics,
+            ..
+        } = &mut self.pipeline;
+        let mut spans = source.take_spans();
+        // Where a partition never committed rewinds to.
+        checkpointer.fetched(&spans);
+        let encoded = self.batch.finish();
+        // Encoded just above: no need to validate every record again.
+        let input = InputBatch::open(encoded).context("encoding the input batch")?;
+        self.current.clone_from(&spans);
+        // On a fatal transform error the failed batch leaves no trace in the state
+        // either.
+        let plugin_started = Instant::now();
+        let transformed = transform
+            .run(encoded, &input, &self.poisoned)
+            .inspect_err(|_| state.lock().unwrap().discard_batch())?;
+        metrics.plugin_batch(plugin_started.elapsed());
+        if transformed.processed < input.len() {
+            // The batch's time ran out: the records not run are read again.
+            spans = spans_of(&input, transformed.processed);
+            source.read_again(&input, transformed.processed)?;
+        }
+        turn.lap(Phase::Transform);
+        metrics.worker_version(transform.worker(), transform.current().version);
+        crate::history::set_version(transform.current().plugin.short_digest());
+        self.summary.records_in += transformed.processed as u64;
+        let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();
+        let inputs = input
+            .records()
+            .take(transformed.processed)
+            .map(|r| (r.partition(), r.offset()))
+            .collect();
+        let seq = tracker.lock().unwrap().begin_with_inputs(ends, inputs);
+        let provenance = provenance_header.as_deref().map(|name| Header {
+            name,
+            value: Some(transform.current().plugin.short_digest().as_bytes()),
+        });
+        let sent = checkpointer.sink().send(
+            seq,
+            &input,
+            &transformed.output,
+            &transformed.verdicts,
+            tracker,
+            provenance,
+            &keep_going,
+        );
+        // The batch's state writes count only if its outputs reached the producer;
+        // otherwise they are undone with it.
+        match &sent {
+            Ok(_) => state.lock().unwrap().commit_batch(),
+            Err(_) => state.lock().unwrap().discard_batch(),
+        }
+        match sent {
+            Ok(sent) => {
+                let dead_lettered = transformed.verdicts.failed().len();
+                let out = (sent - dead_lettered) as u64;
+                self.summary.records_out += out;
+                self.summary.records_dead_lettered += dead_lettered as u64;
+                metrics.batch(transformed.processed as u64, out, dead_lettered as u64);
+            }
+            Err(SendError::Interrupted) => return Ok(Next::Stop),
+            Err(SendError::Record(failure)) if checkpointer.rewinds_after(true) => {
+                let error = SendError::Record(failure.clone());
+                checkpointer.recover_after(source.consumer(), &error, Some(&failure))?;
+                poison(&mut self.poisoned, checkpointer.take_poisoned());
+                return Ok(Next::Again);
+            }
+            Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
+                checkpointer.recover(source.consumer(), &message)?;
+                return Ok(Next::Again);
+            }
+            Err(error) => {
+                anyhow::bail!("{error}; it stays uncommitted, so a restart retries it")
+            }
+        }
+        tracker.lock().unwrap().seal(seq);
+        checkpointer.processed(&spans);
+        Ok(Next::Go)
+    }
+
+    /// Sends a record the plugin contract cannot carry to the dead-letter topic, or
+    /// stops naming it when there is none.
+    fn dead_letter_unreadable(
+        &mut self,
+        checkpointer: &mut Checkpointer,
+        unreadable: Unreadable,
+    ) -> anyhow::Result<Next> {
+        let shutdown = self.shutdown;
+        let keep_going = || !shutdown.requested();
+        let Pipeline {
+            source,
+            tracker,
+            metrics,
+            ..
+        } = &mut self.pipeline;
+        let origin = unreadable.origin();
+        let span = [unreadable.span()];
+        self.current = span.to_vec();
+        checkpointer.fetched(&span);
+        if checkpointer.sink().dead_letter_topic().is_none() {
+            // The records before it go on: exactly-once, their transaction is
+            // committed now (the drain aborts after a failure); at-least-once, the
+            // drain commits what was acknowledged.
+            if checkpointer.exactly_once() {
+                checkpointer.checkpoint(source.consumer(), Reason::Final)?;
+            }
+            anyhow::bail!(
+                "record {origin} cannot be handed to the plugin: {}; it stays uncommitted. \
+                 Set [sink] dead_letter_topic to send such records there, or fix the producer that wrote it",
+                unreadable.reason
+            );
+        }
+        let seq = tracker.lock().unwrap().begin_with_inputs(
+            vec![(span[0].0.clone(), span[0].2)],
+            vec![(span[0].0.1, span[0].1)],
+        );
+        let sent =
+            checkpointer
+                .sink()
+                .dead_letter_unreadable(seq, &unreadable, tracker, &keep_going);
+        match sent {
+            Ok(()) => {
+                self.summary.records_in += 1;
+                self.summary.records_dead_lettered += 1;
+                metrics.batch(1, 0, 1);
+                tracker.lock().unwrap().seal(seq);
+                checkpointer.processed(&span);
+                if let Some(records) = self.unreadable_reported.count(1) {
+                    tracing::warn!(
+                        records,
+                        last = %origin,
+                        reason = %unreadable.reason,
+                        "Records the plugin cannot be given go to the dead-letter topic."
+                    );
+                }
+                Ok(Next::Go)
+            }
+            Err(SendError::Interrupted) => Ok(Next::Stop),
+            Err(error) if checkpointer.exactly_once() => {
+                checkpointer.recover(source.consumer(), &error)?;
+                Ok(Next::Again)
+            }
+            Err(error) => anyhow::bail!(error),
+        }
+    }
+
+    /// Serves delivery reports, waiting while too many batches are in flight, and
+    /// recovers from (or stops at) a failed delivery.
+    fn acknowledge(&mut self, checkpointer: &mut Checkpointer) -> anyhow::Result<()> {
+        let Pipeline {
+            source, tracker, ..
+        } = &mut self.pipeline;
+        checkpointer.sink().poll(Duration::ZERO)?;
+        while tracker.lock().unwrap().in_flight() > MAX_IN_FLIGHT_BATCHES
+            && !self.shutdown.requested()
+        {
+            checkpointer.sink().poll(Duration::from_millis(10))?;
+        }
+        let failure = tracker.lock().unwrap().failure_report();
+        if let Some(failure) = failure {
+            let record_known = tracker.lock().unwrap().failed_record().is_some();
+            if !checkpointer.rewinds_after(record_known) {
+                anyhow::bail!("{failure}");
+            }
+            checkpointer.recover(source.consumer(), &failure)?;
+            poison(&mut self.poisoned, checkpointer.take_poisoned());
+        }
+        Ok(())
+    }
+
+    /// Takes a periodic checkpoint when the interval and the pause since the last one
+    /// have passed. Returns whether one was taken.
+    fn checkpoint_if_due(&mut self, checkpointer: &mut Checkpointer) -> anyhow::Result<bool> {
+        let now = Instant::now();
+        let config = &self.pipeline.checkpoint;
+        if now < self.last_checkpoint + config.interval
+            || now < self.last_commit_end + config.min_pause
+        {
+            return Ok(false);
+        }
+        self.last_checkpoint = now;
+        let partitions =
+            checkpointer.checkpoint(self.pipeline.source.consumer(), Reason::Periodic)?;
+        if partitions > 0 {
+            self.summary.checkpoints += 1;
+            self.pipeline.metrics.checkpoint(now.elapsed());
+            crate::history::checkpoint_committed(now.elapsed(), partitions);
+            tracing::info!(
+                numRecordsIn = self.summary.records_in,
+                numRecordsOut = self.summary.records_out,
+                numRecordsDeadLettered = self.summary.records_dead_lettered,
+                "Progress."
+            );
+        }
+        self.last_commit_end = Instant::now();
+        Ok(true)
+    }
+
+    /// Whatever happened, commits exactly what the broker acknowledged (or,
+    /// exactly-once, commits the open transaction; aborts it after a failure), leaves
+    /// the group, and says how the run ended. After a panic nothing is committed: the
+    /// state may hold half of a batch.
+    fn drain(self, result: anyhow::Result<()>, panicked: bool) -> anyhow::Result<Summary> {
+        let Worker {
+            pipeline,
+            shutdown,
+            summary,
+            ..
+        } = self;
+        let Pipeline {
+            source,
+            checkpointer,
+            tracker,
+            ..
+        } = pipeline;
         let mut no_final_checkpoint = None;
         let still_failing;
         {
