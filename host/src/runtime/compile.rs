@@ -13,11 +13,17 @@ use super::cache;
 use super::child;
 use super::engine::{Runtime, Tier};
 use super::prepared::{Prepared, check_format};
+use super::priority::{self, OPTIMIZE_NICE};
 
 /// How long a compiler process may take. A large JavaScript or Python component
 /// compiles in seconds on an idle machine and in a minute or two on a busy one, at
 /// the lower priority of validation; a compile still running after this is stuck.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long an optimizing compile in the background may take. At the idle policy it
+/// gets a core only when nothing else wants one, so on a host kept busy it may wait for
+/// many times its CPU time; a compile still running after this is stuck.
+const IDLE_COMPILE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// A Cranelift compile still under way for a version that went live on baseline code.
 pub struct Pending {
@@ -33,12 +39,22 @@ enum PendingCompile {
 }
 
 impl Pending {
-    /// Lets the compile go on, at `nice`: it was paused while the baseline compiler
-    /// had the cores.
-    pub fn resume(&self, nice: i32) {
-        if let PendingCompile::Child(running) = &self.compile {
-            running.lower_priority(nice);
+    /// Lets the compile go on in the background: it was paused while the baseline
+    /// compiler had the cores, and goes on at the idle policy (see `priority`), with
+    /// [`IDLE_COMPILE_TIMEOUT`] to finish.
+    pub fn resume(&mut self) {
+        if let PendingCompile::Child(running) = &mut self.compile {
+            running.make_idle(IDLE_COMPILE_TIMEOUT);
             running.resume();
+        }
+    }
+
+    /// The compiler process's id, while there is one.
+    #[cfg(test)]
+    fn compiler_pid(&self) -> Option<u32> {
+        match &self.compile {
+            PendingCompile::Child(running) => Some(running.id()),
+            PendingCompile::Thread(_) => None,
         }
     }
 
@@ -261,7 +277,12 @@ impl Runtime {
         let source = bytes.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-optimize".into())
-            .spawn(move || runtime.compile(&source, Tier::Optimized))
+            .spawn(move || {
+                // In this process, where it may hold a lock the pipeline needs: a
+                // nice value, not the idle policy (see `priority`).
+                priority::lower_thread_priority(OPTIMIZE_NICE);
+                runtime.compile(&source, Tier::Optimized)
+            })
             .map_err(|e| PluginError::Compiler(e.into()))?;
         let pending = Pending {
             runtime: self.clone(),
@@ -420,5 +441,55 @@ mod tests {
                 Ok(_) => panic!("{:?} code: instantiated", prepared.tier()),
             }
         }
+    }
+
+    /// The optimizing compile of a version that went live on baseline code gets only
+    /// the CPU nothing else wants: every thread of its compiler process runs at the idle
+    /// policy once it goes on in the background.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_optimizing_compile_behind_baseline_code_runs_at_the_idle_policy() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        use crate::runtime::priority::tests::policies;
+
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = test_plugin("sluice_test_tag_a.wasm");
+        let mut runtime = Runtime::without_cache().unwrap();
+        // A stand-in for the executable: the baseline compiler hands over code compiled
+        // here; the optimizing one keeps running, to be looked at.
+        let baseline = dir.path().join("baseline");
+        let sealed = runtime
+            .compile_sealed(&bytes, Tier::Baseline, &runtime.seal_key)
+            .unwrap();
+        std::fs::write(&baseline, sealed).unwrap();
+        let program = dir.path().join("compiler");
+        std::fs::write(
+            &program,
+            format!(
+                "#!/bin/sh\ncat > /dev/null\nif [ \"$2\" = baseline ]; then cat '{}'; else exec sleep 60; fi\n",
+                baseline.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        runtime.compiler = Some(program);
+
+        let (prepared, pending) = runtime.load_fast(&bytes).unwrap();
+        assert_eq!(prepared.tier(), Tier::Baseline);
+        let mut pending = pending.expect("an optimizing compile under way");
+        let pid = pending.compiler_pid().expect("in a compiler process");
+        assert_eq!(
+            policies(pid),
+            [libc::SCHED_OTHER],
+            "started at the host's policy"
+        );
+        pending.resume();
+        let after = policies(pid);
+        assert!(
+            !after.is_empty() && after.iter().all(|&policy| policy == libc::SCHED_IDLE),
+            "the compiler's threads at the idle policy ({}): {after:?}",
+            libc::SCHED_IDLE
+        );
     }
 }

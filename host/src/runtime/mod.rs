@@ -6,7 +6,7 @@
 //! Layout: `engine` holds the engines, one per compiler tier, and [`Runtime`];
 //! `compile` the way from a component's bytes to compiled code: the compilation
 //! cache, whose entries are authenticated before they are loaded (`cache`), then a
-//! compiler process (`child`); `prepared` the way
+//! compiler process (`child`, at the priorities of `priority`); `prepared` the way
 //! from compiled code to a linked plugin. An instance (`instance`) has its host state
 //! (`host_state`: what its imports reach), one memory budget (`limits`) and a bounded
 //! share of the host log (`logs`, `stdio`).
@@ -22,6 +22,7 @@ mod instance;
 mod limits;
 pub(crate) mod logs;
 mod prepared;
+mod priority;
 mod sandbox;
 mod stdio;
 
@@ -37,6 +38,7 @@ use host_state::HostState;
 pub use instance::Instance;
 pub use limits::Limits;
 pub use prepared::Prepared;
+pub use priority::{OPTIMIZE_NICE, lower_thread_priority, thread_nice};
 pub use sandbox::{DirGrant, Sandbox};
 
 /// The WIT world every plugin must target.
@@ -47,10 +49,6 @@ const TRANSFORM_EXPORT: &str = "sluice:plugin/transform@0.1.0";
 const LOG_IMPORT: &str = "sluice:plugin/log@0.1.0";
 /// The keyed-state interface a plugin may import.
 const STATE_IMPORT: &str = "sluice:plugin/state@0.1.0";
-
-/// The nice value of an optimizing compile that baseline code stands in for: the
-/// lowest, so that it takes only the CPU nothing else wants.
-pub const OPTIMIZE_NICE: i32 = 19;
 
 /// Why a plugin could not be loaded or failed while running.
 #[derive(Debug, Error)]
