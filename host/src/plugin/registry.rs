@@ -677,7 +677,75 @@ pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use super::*;
     use crate::runtime::thread_nice as own_nice;
+
+    /// `bytes` with a custom section of `size` bytes of `filler` appended: the same
+    /// component, at another size and digest.
+    fn padded(bytes: &[u8], size: usize, filler: u8) -> Vec<u8> {
+        fn leb(mut value: usize, out: &mut Vec<u8>) {
+            loop {
+                let byte = (value & 0x7f) as u8;
+                value >>= 7;
+                if value == 0 {
+                    out.push(byte);
+                    return;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        let name = b"padding";
+        let mut section = Vec::new();
+        leb(name.len(), &mut section);
+        section.extend_from_slice(name);
+        section.resize(section.len() + size, filler);
+        let mut padded = bytes.to_vec();
+        padded.push(0);
+        leb(section.len(), &mut padded);
+        padded.extend_from_slice(&section);
+        padded
+    }
+
+    #[test]
+    fn a_large_plugin_no_cache_holds_starts_on_baseline_code_and_moves_to_optimized_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let tag =
+            std::fs::read(Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_tag_a.wasm"))
+                .unwrap();
+        // Bytes no compilation cache has seen.
+        let large = padded(&tag, FAST_START_BYTES, rand::random());
+        let path = dir.path().join("large.wasm");
+        std::fs::write(&path, &large).unwrap();
+        let settings = InstanceSettings {
+            limits: Limits::default(),
+            sandbox: Sandbox::default(),
+            config: Vec::new(),
+            self_tests: Vec::new(),
+            states: vec![StateStore::shared()],
+        };
+        let (registry, instances) =
+            Registry::start(Runtime::new().unwrap(), settings, Some(&path), None).unwrap();
+        assert_eq!(instances.len(), 1);
+        assert_eq!(registry.live().plugin.tier(), Tier::Baseline);
+        let waited = Instant::now();
+        while registry.live().plugin.optimized().is_none() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(120),
+                "no optimized code after {:?}",
+                waited.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(registry.status().live.code, Tier::Optimized);
+
+        // A small one starts on optimized code at once.
+        let small = padded(&tag, 1024, rand::random());
+        std::fs::write(&path, &small).unwrap();
+        let settings = registry.settings().clone();
+        let (registry, _) =
+            Registry::start(Runtime::new().unwrap(), settings, Some(&path), None).unwrap();
+        assert_eq!(registry.live().plugin.tier(), Tier::Optimized);
+    }
 
     #[test]
     fn background_work_runs_on_its_own_thread_at_the_lowest_priority() {

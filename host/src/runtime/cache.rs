@@ -20,6 +20,9 @@
 //! `Component::serialize`. The compiler process (see `child`) writes the same format
 //! to the host, sealed with the key it was handed, and the host checks it the same way
 //! before loading it.
+//!
+//! Where the cache is, how big it may grow and where its key is kept come from the
+//! environment (`from_environment`).
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
