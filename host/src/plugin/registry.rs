@@ -12,9 +12,11 @@
 //!
 //! A candidate no cache holds goes live on the baseline compiler's code (Winch, about
 //! five times quicker to compile than Cranelift); Cranelift's compile goes on in the
-//! background at the lowest priority, and when its code is ready it is recorded with
-//! the plugin, with instances started ahead, and each worker moves to it at its next
-//! batch boundary within the same version.
+//! background, in a compiler process at the idle scheduling policy (it gets only the CPU
+//! nothing else wants, see `runtime::priority`), and when its code is ready it is
+//! recorded with the plugin, with instances started ahead, and each worker moves to it
+//! at its next batch boundary within the same version. A large plugin (JavaScript,
+//! Python) that no cache holds starts the same way.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -28,13 +30,22 @@ use sluice_sdk::batch::{Header, InputBatch, InputWriter, Op, OutputReader, Recor
 
 use super::{LoadError, LoadFailure, Origin, Plugin};
 use crate::config::SelfTest;
-use crate::runtime::{Instance, Limits, OPTIMIZE_NICE, Pending, Runtime, Sandbox, Tier};
+use crate::runtime::{
+    Instance, Limits, OPTIMIZE_NICE, Pending, Runtime, Sandbox, Tier, lower_thread_priority,
+};
 use crate::state::{SharedState, StateStore};
 
 /// Compiled versions kept for instant swap-back.
 const CACHE_SIZE: usize = 8;
 /// History entries kept for the status endpoint.
 const HISTORY_SIZE: usize = 100;
+
+/// A component at least this big starts on baseline code when no compilation cache
+/// holds its optimized code, as a swapped-in version does: a JavaScript or Python one
+/// (12 to 19 MB) takes Cranelift about 10 s of CPU and Winch about 1.5 s, and the
+/// first record waited for Cranelift. A Rust one (0.1 to 0.3 MB) compiles in well under
+/// a second, where baseline code would only add a second compile.
+const FAST_START_BYTES: usize = 1 << 20;
 
 /// What made a swap happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -232,22 +243,6 @@ fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// and a swap on a saturated host could then take minutes.
 const BACKGROUND_NICE: i32 = 10;
 
-/// Lowers the calling thread (only it: Linux keeps a nice value per thread) to `nice`.
-/// Failing to is harmless: the work then runs at normal priority.
-fn lower_thread_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid and setpriority only read and change this thread's own priority.
-        let result = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
-        };
-        if result != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "Could not lower the validation thread's priority.");
-        }
-    }
-}
-
 fn timestamp(at: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -265,7 +260,12 @@ impl Registry {
         allowed_dir: Option<PathBuf>,
     ) -> Result<(Arc<Registry>, Vec<Instance>), LoadError> {
         let (origin, bytes) = super::read(path)?;
-        let plugin = Plugin::from_bytes(&runtime, origin, &bytes, &super::digest(&bytes))?;
+        let digest = super::digest(&bytes);
+        let (plugin, pending) = if bytes.len() >= FAST_START_BYTES {
+            Plugin::from_bytes_fast(&runtime, origin, &bytes, &digest)?
+        } else {
+            (Plugin::from_bytes(&runtime, origin, &bytes, &digest)?, None)
+        };
         validate(&plugin, &settings)?;
         // Fresh instances: the workers' must not have seen the self-test records.
         let instances = (0..settings.workers())
@@ -297,7 +297,15 @@ impl Registry {
             Some(&plugin.digest),
             None,
         );
-        registry.books.lock().unwrap().cache.push_back(plugin);
+        registry
+            .books
+            .lock()
+            .unwrap()
+            .cache
+            .push_back(plugin.clone());
+        if let Some(pending) = pending {
+            registry.optimize_in_background(plugin, pending);
+        }
         Ok((Arc::new(registry), instances))
     }
 
@@ -475,15 +483,17 @@ impl Registry {
     /// of `plugin`, which went live on baseline code. Then records it with the plugin,
     /// with an instance started ahead for each worker if the plugin is still live; the
     /// workers move to it at their next batch.
-    fn optimize_in_background(&self, plugin: Plugin, pending: Pending) {
+    fn optimize_in_background(&self, plugin: Plugin, mut pending: Pending) {
         let settings = self.settings.clone();
         let live = self.live.clone();
         let origin = plugin.origin.clone();
         let spawned = std::thread::Builder::new()
             .name("sluice-optimize".into())
             .spawn(move || {
+                // This thread loads the code once compiled, in the host: a nice value.
+                // The compiler process gets the idle policy (see `Pending::resume`).
                 lower_thread_priority(OPTIMIZE_NICE);
-                pending.resume(OPTIMIZE_NICE);
+                pending.resume();
                 let started = Instant::now();
                 let prepared = match pending.finish() {
                     Ok(prepared) => prepared,
@@ -667,9 +677,74 @@ pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
-    fn own_nice() -> i32 {
-        // SAFETY: reads the calling thread's own priority.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    use super::*;
+    use crate::runtime::thread_nice as own_nice;
+
+    /// `bytes` with a custom section of `size` bytes of `filler` appended: the same
+    /// component, at another size and digest.
+    fn padded(bytes: &[u8], size: usize, filler: u8) -> Vec<u8> {
+        fn leb(mut value: usize, out: &mut Vec<u8>) {
+            loop {
+                let byte = (value & 0x7f) as u8;
+                value >>= 7;
+                if value == 0 {
+                    out.push(byte);
+                    return;
+                }
+                out.push(byte | 0x80);
+            }
+        }
+        let name = b"padding";
+        let mut section = Vec::new();
+        leb(name.len(), &mut section);
+        section.extend_from_slice(name);
+        section.resize(section.len() + size, filler);
+        let mut padded = bytes.to_vec();
+        padded.push(0);
+        leb(section.len(), &mut padded);
+        padded.extend_from_slice(&section);
+        padded
+    }
+
+    #[test]
+    fn a_large_plugin_no_cache_holds_starts_on_baseline_code_and_moves_to_optimized_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let tag =
+            std::fs::read(Path::new(env!("SLUICE_TEST_PLUGIN_DIR")).join("sluice_test_tag_a.wasm"))
+                .unwrap();
+        // Bytes no compilation cache has seen.
+        let large = padded(&tag, FAST_START_BYTES, rand::random());
+        let path = dir.path().join("large.wasm");
+        std::fs::write(&path, &large).unwrap();
+        let settings = InstanceSettings {
+            limits: Limits::default(),
+            sandbox: Sandbox::default(),
+            config: Vec::new(),
+            self_tests: Vec::new(),
+            states: vec![StateStore::shared()],
+        };
+        let (registry, instances) =
+            Registry::start(Runtime::new().unwrap(), settings, Some(&path), None).unwrap();
+        assert_eq!(instances.len(), 1);
+        assert_eq!(registry.live().plugin.tier(), Tier::Baseline);
+        let waited = Instant::now();
+        while registry.live().plugin.optimized().is_none() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(120),
+                "no optimized code after {:?}",
+                waited.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(registry.status().live.code, Tier::Optimized);
+
+        // A small one starts on optimized code at once.
+        let small = padded(&tag, 1024, rand::random());
+        std::fs::write(&path, &small).unwrap();
+        let settings = registry.settings().clone();
+        let (registry, _) =
+            Registry::start(Runtime::new().unwrap(), settings, Some(&path), None).unwrap();
+        assert_eq!(registry.live().plugin.tier(), Tier::Optimized);
     }
 
     #[test]

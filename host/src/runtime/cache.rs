@@ -20,11 +20,15 @@
 //! `Component::serialize`. The compiler process (see `child`) writes the same format
 //! to the host, sealed with the key it was handed, and the host checks it the same way
 //! before loading it.
+//!
+//! Where the cache is, how big it may grow and where its key is kept come from the
+//! environment (`from_environment`).
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
@@ -357,9 +361,109 @@ fn make_key(key_file: &Path, parent: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Where compiled components are kept between runs: `SLUICE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/sluice/compiled`, else `$HOME/.cache/sluice/compiled`.
+/// `SLUICE_CACHE_DIR=off` turns the cache off.
+fn compile_cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("SLUICE_CACHE_DIR") {
+        Some(dir) if dir == "off" => None,
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .map(|dir| dir.join("sluice").join("compiled")),
+    }
+}
+
+/// The compilation cache's size by default (wasmtime's own). The JavaScript and Python
+/// examples take 9 to 12 MB there per compiler (compressed), so this keeps some 20
+/// versions of both codes.
+const CACHE_MAX_MB: u64 = 512;
+
+/// The compilation cache's size, from `SLUICE_CACHE_MAX_MB` (a whole number of MB), in
+/// bytes. Beyond it, wasmtime deletes the least recently used compilations.
+fn cache_max_bytes(value: Option<&std::ffi::OsStr>) -> anyhow::Result<u64> {
+    let Some(value) = value else {
+        return Ok(CACHE_MAX_MB << 20);
+    };
+    value
+        .to_str()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|mb| (1..=(u64::MAX >> 20)).contains(mb))
+        .map(|mb| mb << 20)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "SLUICE_CACHE_MAX_MB must be a whole number of MB above 0, not `{}`",
+                value.to_string_lossy()
+            )
+        })
+}
+
+/// Where the key that seals compilation cache entries is kept, outside the cache:
+/// `SLUICE_CACHE_KEY_FILE`, else `$XDG_CONFIG_HOME/sluice/cache.key`, else
+/// `$HOME/.config/sluice/cache.key`.
+fn cache_key_file() -> Option<PathBuf> {
+    match std::env::var_os("SLUICE_CACHE_KEY_FILE") {
+        Some(file) if !file.is_empty() => Some(PathBuf::from(file)),
+        _ => std::env::var_os("XDG_CONFIG_HOME")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+            .map(|dir| dir.join("sluice").join("cache.key")),
+    }
+}
+
+/// The compilation cache, or none (with one warning per process) when its directory,
+/// key or size is unusable or untrustworthy: plugins are then compiled at every start,
+/// which is slower but correct.
+pub(super) fn from_environment() -> Option<Arc<CodeCache>> {
+    static CACHE: OnceLock<Option<Arc<CodeCache>>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let dir = compile_cache_dir()?;
+            let opened = (|| {
+                let max_bytes =
+                    cache_max_bytes(std::env::var_os("SLUICE_CACHE_MAX_MB").as_deref())?;
+                let key_file = cache_key_file().ok_or_else(|| {
+                    anyhow::anyhow!("no place for its key: set SLUICE_CACHE_KEY_FILE or HOME")
+                })?;
+                CodeCache::open(&dir, &key_file, max_bytes)
+            })();
+            match opened {
+                Ok(cache) => Some(Arc::new(cache)),
+                Err(error) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        error = format!("{error:#}"),
+                        "The compilation cache is unusable; plugins are compiled at every start. Set SLUICE_CACHE_DIR to a directory only this user can write, or to `off`, and SLUICE_CACHE_MAX_MB, if set, to a number of MB."
+                    );
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_size_is_a_number_of_megabytes_and_anything_else_is_named() {
+        use std::ffi::OsStr;
+        assert_eq!(cache_max_bytes(None).unwrap(), 512 << 20);
+        assert_eq!(cache_max_bytes(Some(OsStr::new("300"))).unwrap(), 300 << 20);
+        for bad in ["0", "-5", "2GB", "", "1.5"] {
+            let error = cache_max_bytes(Some(OsStr::new(bad)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("SLUICE_CACHE_MAX_MB") && error.contains(&format!("`{bad}`")),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn a_sealed_artifact_opens_only_under_its_own_name_and_key() {

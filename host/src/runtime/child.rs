@@ -16,7 +16,8 @@
 //! compiled artifact to stdout, sealed with the key as a compilation cache entry is
 //! (see `cache`): the host checks it before loading it, and stores it as it is. The
 //! child never reads the cache. On failure it writes the reason to stderr and exits non-zero. It gets the
-//! calling thread's priority, runs in a process group of its own (a terminal's
+//! calling thread's nice value (an optimizing compile sent to the background then
+//! moves to the idle policy, see `priority`), runs in a process group of its own (a terminal's
 //! Ctrl-C is the host's to handle) and dies with the host. `ps` shows it as
 //! `sluice-compile`.
 
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::cache::{KEY_LEN, Key};
+use super::priority;
 use super::{Runtime, Tier};
 
 /// The first argument that makes the executable a compiler child.
@@ -89,11 +91,11 @@ pub fn spawn(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let nice = own_nice();
+    let nice = priority::thread_nice();
     let mut child = start(command).map_err(|e| {
         ChildError::Spawn(anyhow::Error::new(e).context(program.display().to_string()))
     })?;
-    set_nice(child.id(), nice);
+    priority::set_thread_nice(child.id(), nice);
     let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
@@ -165,29 +167,6 @@ fn start(mut command: Command) -> std::io::Result<Child> {
     }
 }
 
-/// The calling thread's nice value, which its compiler children get.
-fn own_nice() -> i32 {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and getpriority only read this thread's own priority.
-    unsafe {
-        libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
-    }
-    #[cfg(not(target_os = "linux"))]
-    0
-}
-
-/// Sets a child's nice value. Failing to (raising it back needs a privilege) is
-/// harmless: the child compiles at the priority it has.
-fn set_nice(pid: u32, nice: i32) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority only changes the priority of our own child process.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (pid, nice);
-}
-
 /// A compile under way in a child process. Dropped before it ends, the child is
 /// stopped.
 pub struct Running {
@@ -240,10 +219,22 @@ impl Running {
         }
     }
 
-    /// Lowers the child's CPU priority to `nice` (only ever lowers: a process may not
-    /// raise its own children's without privileges). Failing to is harmless.
-    pub fn lower_priority(&self, nice: i32) {
-        set_nice(self.child.id(), nice);
+    /// Moves the compile to the background: every thread of the child to the idle
+    /// policy (see `priority`), and its time limit to `timeout` from now. A compile
+    /// that gets only the CPU nothing else wants may wait long on a busy host; that
+    /// costs nothing but its memory.
+    pub fn make_idle(&mut self, timeout: Duration) {
+        if !self.ended {
+            priority::make_idle(self.child.id());
+            self.deadline = Instant::now() + timeout;
+            self.timeout = timeout;
+        }
+    }
+
+    /// The child's process id.
+    #[cfg(test)]
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the child where it is (`SIGSTOP`) until [`Running::resume`]; its time
