@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
 use sluice_host::config::{Config, ConfigSource, Delivery};
+use sluice_host::plugin::registry::SwapEvent;
 use sluice_host::runtime::child as compiler_child;
 use sluice_host::shutdown::{Shutdown, Signals, watch_signals};
 use sluice_host::state::StateStore;
@@ -211,7 +212,7 @@ fn main() -> ExitCode {
         }
         Command::Plugin(PluginCommand::Swap { path, admin }) => {
             match admin::client::swap(admin.admin, &path, admin.admin_token_file.as_deref()) {
-                Ok(answer) if answer.outcome == "rejected" => {
+                Ok(answer) if answer.outcome == SwapEvent::Rejected => {
                     eprintln!(
                         "error: {} was rejected; the live version stays: {}",
                         path.display(),

@@ -50,7 +50,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::{Metrics, PluginCounts};
-use crate::plugin::registry::{Registry, Status, Trigger};
+use crate::plugin::registry::{Registry, Status, SwapEvent, Trigger};
 pub use guard::Guard;
 use guard::{REQUEST_TIMEOUT, check, refuse, within_request_timeout};
 
@@ -62,8 +62,7 @@ pub struct SwapRequest {
 /// What `POST /plugin/swap` answers.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SwapResponse {
-    /// `live`, `unchanged` or `rejected`.
-    pub outcome: String,
+    pub outcome: SwapEvent,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -464,7 +463,7 @@ async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
         Ok(Ok(Ok(outcome))) => (
             StatusCode::OK,
             SwapResponse {
-                outcome: outcome.outcome.to_string(),
+                outcome: outcome.outcome,
                 version: Some(outcome.version),
                 digest: Some(outcome.digest),
                 reason: None,
@@ -473,7 +472,7 @@ async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
         Ok(Ok(Err(rejection))) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             SwapResponse {
-                outcome: "rejected".into(),
+                outcome: SwapEvent::Rejected,
                 version: None,
                 digest: None,
                 reason: Some(rejection.reason),
@@ -482,7 +481,7 @@ async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
         Ok(Err(error)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             SwapResponse {
-                outcome: "rejected".into(),
+                outcome: SwapEvent::Rejected,
                 version: None,
                 digest: None,
                 reason: Some(format!("validation did not finish: {error}")),

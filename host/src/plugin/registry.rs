@@ -100,11 +100,37 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// What happened to a plugin version: the events of the swap history, and the answer
+/// to a proposal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapEvent {
+    /// It went live.
+    Live,
+    /// The candidate is the live version already.
+    Unchanged,
+    /// Validation refused it; the live version stays.
+    Rejected,
+    /// It was reverted automatically after probation.
+    RolledBack,
+}
+
+impl std::fmt::Display for SwapEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwapEvent::Live => "live",
+            SwapEvent::Unchanged => "unchanged",
+            SwapEvent::Rejected => "rejected",
+            SwapEvent::RolledBack => "rolled-back",
+        })
+    }
+}
+
 /// The outcome of a successful proposal.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
-    /// `live`, or `unchanged` when the candidate is the live version.
-    pub outcome: &'static str,
+    /// `Live`, or `Unchanged` when the candidate is the live version.
+    pub outcome: SwapEvent,
     pub version: u64,
     pub digest: String,
 }
@@ -112,7 +138,7 @@ pub struct Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub at: String,
-    pub event: &'static str,
+    pub event: SwapEvent,
     pub trigger: Trigger,
     pub origin: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -291,7 +317,7 @@ impl Registry {
         };
         registry.record(
             Trigger::Start,
-            "live",
+            SwapEvent::Live,
             &plugin.origin.to_string(),
             Some(1),
             Some(&plugin.digest),
@@ -332,7 +358,7 @@ impl Registry {
             let live = self.live();
             if live.plugin.digest == bytes_digest {
                 return Ok(Outcome {
-                    outcome: "unchanged",
+                    outcome: SwapEvent::Unchanged,
                     version: live.version,
                     digest: bytes_digest,
                 });
@@ -356,7 +382,7 @@ impl Registry {
                 self.books.lock().unwrap().rejections += 1;
                 self.record(
                     trigger,
-                    "rejected",
+                    SwapEvent::Rejected,
                     &origin.to_string(),
                     None,
                     None,
@@ -398,7 +424,7 @@ impl Registry {
         self.books.lock().unwrap().rollbacks += 1;
         self.record(
             Trigger::Rollback,
-            "rolled-back",
+            SwapEvent::RolledBack,
             &previous.plugin.origin.to_string(),
             Some(restored.version),
             Some(&previous.plugin.digest),
@@ -556,7 +582,7 @@ impl Registry {
             standby,
         };
         let outcome = Outcome {
-            outcome: "live",
+            outcome: SwapEvent::Live,
             version: live.version,
             digest: live.plugin.digest.clone(),
         };
@@ -573,7 +599,7 @@ impl Registry {
         self.books.lock().unwrap().swaps += 1;
         self.record(
             trigger,
-            "live",
+            SwapEvent::Live,
             &live.plugin.origin.to_string(),
             Some(live.version),
             Some(&live.plugin.digest),
@@ -586,7 +612,7 @@ impl Registry {
     fn record(
         &self,
         trigger: Trigger,
-        event: &'static str,
+        event: SwapEvent,
         origin: &str,
         version: Option<u64>,
         digest: Option<&str>,
