@@ -279,8 +279,14 @@ impl Worker<'_> {
                 poison(&mut self.poisoned, checkpointer.take_poisoned());
                 return Ok(Next::Again);
             }
-            Err(SendError::Fatal(message)) if checkpointer.exactly_once() => {
-                checkpointer.recover(source.consumer(), &message)?;
+            Err(
+                error @ (SendError::Output(_)
+                | SendError::Unmapped(_)
+                | SendError::NoDeadLetterTopic(_)
+                | SendError::AuthRefused(_)
+                | SendError::Producer { .. }),
+            ) if checkpointer.exactly_once() => {
+                checkpointer.recover(source.consumer(), &error)?;
                 return Ok(Next::Again);
             }
             Err(error) => {

@@ -19,7 +19,7 @@ use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
 use rdkafka::producer::{
     BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
 };
-use sluice_sdk::batch::{Header, Headers, InputBatch, Op, OutputReader, Record};
+use sluice_sdk::batch::{DecodeError, Header, Headers, InputBatch, Op, OutputReader, Record};
 
 use crate::auth::ClientAuth;
 use crate::config::{Partitioning, SinkConfig};
@@ -126,8 +126,23 @@ fn delivery_failure(topic: &str, partition: i32, error: &KafkaError) -> String {
 /// Why a batch could not be handed to the producer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// The output buffer does not decode (the check that made the verdicts read it
+    /// first: the buffer was damaged since).
+    #[error("the output batch cannot be read: {0}")]
+    Output(DecodeError),
+    /// An op names an output the sink does not map (the verdicts fail such records
+    /// before they get here).
+    #[error("output `{0}` is not mapped to a topic")]
+    Unmapped(String),
+    /// A record failed and there is no dead-letter topic to send it to.
     #[error("{0}")]
-    Fatal(String),
+    NoDeadLetterTopic(String),
+    /// The cluster refused the producer's credentials.
+    #[error("{0}")]
+    AuthRefused(String),
+    /// The producer would not take a record.
+    #[error("could not send a record to topic `{topic}`: {error}")]
+    Producer { topic: String, error: KafkaError },
     /// The sink cannot take an output of this input record (an output name that is
     /// not mapped, a record the producer refuses).
     #[error("record {}: {}", .0.origin(), .0.cause)]
@@ -293,14 +308,10 @@ impl KafkaSink {
         tracker.lock().unwrap().add_outputs(seq, verdicts.sends());
         let mut dead_lettered = std::collections::BTreeSet::new();
         let mut sent = 0;
-        let reader = OutputReader::parse(output, input.len() as u32).map_err(|error| {
-            SendError::Fatal(format!("the output batch cannot be read: {error}"))
-        })?;
+        let reader = OutputReader::parse(output, input.len() as u32).map_err(SendError::Output)?;
         for op in reader {
             // Read once already, by the check that made the verdicts.
-            let op = op.map_err(|error| {
-                SendError::Fatal(format!("the output batch cannot be read: {error}"))
-            })?;
+            let op = op.map_err(SendError::Output)?;
             let (indices, output) = targets(&op);
             for index in indices {
                 let source = input
@@ -317,16 +328,16 @@ impl KafkaSink {
                     None => self.default_topic.as_str(),
                     Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
                         // The verdicts fail records sent to an unmapped output.
-                        SendError::Fatal(format!("output `{name}` is not mapped to a topic"))
+                        SendError::Unmapped(name.to_string())
                     })?,
                 };
                 self.send_output(seq, &op, &source, topic, provenance, keep_going)
                     .map_err(|error| match error {
                         // A failure here is the failure of the input record being sent.
-                        SendError::Fatal(cause) => SendError::Record(RecordFailure {
+                        error @ SendError::Producer { .. } => SendError::Record(RecordFailure {
                             partition: (source.topic().to_string(), source.partition()),
                             offset: source.offset(),
-                            cause,
+                            cause: error.to_string(),
                         }),
                         other => other,
                     })?;
@@ -398,7 +409,7 @@ impl KafkaSink {
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(), SendError> {
         let Some(topic) = &self.dead_letter_topic else {
-            return Err(SendError::Fatal(format!(
+            return Err(SendError::NoDeadLetterTopic(format!(
                 "the plugin failed record {}/{}@{} ({message}) and no [sink] dead_letter_topic is set",
                 source.topic(),
                 source.partition(),
@@ -449,7 +460,7 @@ impl KafkaSink {
         keep_going: &dyn Fn() -> bool,
     ) -> Result<(), SendError> {
         let Some(topic) = &self.dead_letter_topic else {
-            return Err(SendError::Fatal(format!(
+            return Err(SendError::NoDeadLetterTopic(format!(
                 "record {} cannot be handed to the plugin ({}) and no [sink] dead_letter_topic is set",
                 unreadable.origin(),
                 unreadable.reason
@@ -508,7 +519,7 @@ impl KafkaSink {
                     record = back;
                     self.producer.poll(Duration::from_millis(20));
                     if let Some(failure) = self.producer.context().auth().failure().get() {
-                        return Err(SendError::Fatal(failure));
+                        return Err(SendError::AuthRefused(failure));
                     }
                     if let Some(gone) = self.topic_gone() {
                         return Err(SendError::TopicGone(gone));
@@ -528,10 +539,10 @@ impl KafkaSink {
                             return Err(SendError::TopicGone(gone));
                         }
                     }
-                    return Err(SendError::Fatal(format!(
-                        "could not send a record to topic `{}`: {error}",
-                        back.topic
-                    )));
+                    return Err(SendError::Producer {
+                        topic: back.topic.to_string(),
+                        error,
+                    });
                 }
             }
         }
