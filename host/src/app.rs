@@ -327,6 +327,90 @@ pub fn start_plugin(
     )?)
 }
 
+/// Binds the admin endpoint, places its token, and serves it in the background.
+fn start_admin(
+    admin: &AdminOptions,
+    config: &Config,
+    registry: &Arc<Registry>,
+    metrics: &Arc<Metrics>,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    let listener = handle.block_on(admin::bind(admin.address))?;
+    let address = listener.local_addr()?;
+    let token = admin::token::for_host(&admin.token, address.port())?;
+    if !address.ip().is_loopback() {
+        tracing::warn!(%address, "The admin endpoint listens beyond loopback: whoever holds its token can swap the plugin.");
+    }
+    // Logged once the token is in place: a client started on this line finds it.
+    match &token.held {
+        admin::token::Held::File(file) => {
+            tracing::info!(%address, token_file = %file.display(), "Admin endpoint listening; `sluice plugin swap` reads its token from the file.")
+        }
+        admin::token::Held::Environment => {
+            tracing::info!(%address, "Admin endpoint listening; its token is SLUICE_ADMIN_TOKEN.")
+        }
+        admin::token::Held::Nowhere => {
+            tracing::info!(%address, "Admin endpoint listening, read-only.")
+        }
+    }
+    let guard = admin::Guard {
+        address,
+        names: admin.names.clone(),
+        token,
+    };
+    let pipeline = admin::console::PipelineInfo {
+        delivery: match config.delivery {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::ExactlyOnce => "exactly-once",
+        },
+        workers: config.parallelism,
+        source_topic: config.source.topic.clone(),
+        sink_topic: config.sink.topic.clone(),
+        group: config.source.group_id.clone(),
+        config: admin::console::config_text(config),
+        rollback_window_ms: config.plugin.rollback.window.as_millis() as u64,
+        uploads: config.plugin.allowed_dir.is_none(),
+    };
+    handle.spawn(admin::serve(
+        listener,
+        guard,
+        registry.clone(),
+        metrics.clone(),
+        pipeline,
+    ));
+    Ok(())
+}
+
+/// The source's and the sink's authentication, sharing one failure slot: a refused
+/// credential on any client stops the pipeline.
+fn client_auth(
+    config: &Config,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<(ClientAuth, ClientAuth)> {
+    let failure = AuthFailure::new();
+    let source_tokens = crate::auth::token_source(&config.source.security, handle)?;
+    let source_auth = ClientAuth::new(
+        "source",
+        &config.source.bootstrap_servers,
+        &config.source.security,
+        source_tokens.clone(),
+        failure.clone(),
+    );
+    let sink_tokens = if config.sink.security == config.source.security {
+        source_tokens
+    } else {
+        crate::auth::token_source(&config.sink.security, handle)?
+    };
+    let sink_auth = ClientAuth::new(
+        "sink",
+        &config.sink.bootstrap_servers,
+        &config.sink.security,
+        sink_tokens,
+        failure,
+    );
+    Ok((source_auth, sink_auth))
+}
+
 /// Runs the pipeline until shutdown or a fatal error.
 ///
 /// With `parallelism` above 1 the host runs that many workers, each on a thread of
@@ -370,49 +454,7 @@ pub fn run(
     }
     let metrics = Arc::new(Metrics::new(workers));
     if let Some(admin) = &options.admin {
-        let listener = handle.block_on(admin::bind(admin.address))?;
-        let address = listener.local_addr()?;
-        let token = admin::token::for_host(&admin.token, address.port())?;
-        if !address.ip().is_loopback() {
-            tracing::warn!(%address, "The admin endpoint listens beyond loopback: whoever holds its token can swap the plugin.");
-        }
-        // Logged once the token is in place: a client started on this line finds it.
-        match &token.held {
-            admin::token::Held::File(file) => {
-                tracing::info!(%address, token_file = %file.display(), "Admin endpoint listening; `sluice plugin swap` reads its token from the file.")
-            }
-            admin::token::Held::Environment => {
-                tracing::info!(%address, "Admin endpoint listening; its token is SLUICE_ADMIN_TOKEN.")
-            }
-            admin::token::Held::Nowhere => {
-                tracing::info!(%address, "Admin endpoint listening, read-only.")
-            }
-        }
-        let guard = admin::Guard {
-            address,
-            names: admin.names.clone(),
-            token,
-        };
-        let pipeline = admin::console::PipelineInfo {
-            delivery: match config.delivery {
-                Delivery::AtLeastOnce => "at-least-once",
-                Delivery::ExactlyOnce => "exactly-once",
-            },
-            workers,
-            source_topic: config.source.topic.clone(),
-            sink_topic: config.sink.topic.clone(),
-            group: config.source.group_id.clone(),
-            config: admin::console::config_text(&config),
-            rollback_window_ms: config.plugin.rollback.window.as_millis() as u64,
-            uploads: config.plugin.allowed_dir.is_none(),
-        };
-        handle.spawn(admin::serve(
-            listener,
-            guard,
-            registry.clone(),
-            metrics.clone(),
-            pipeline,
-        ));
+        start_admin(admin, &config, &registry, &metrics, handle)?;
     }
 
     if options.fresh
@@ -426,28 +468,7 @@ pub fn run(
              which names no place to start; set startup_fallback to `earliest` or `latest`"
         );
     }
-    // One failure slot: a refused credential on any client stops the pipeline.
-    let failure = AuthFailure::new();
-    let source_tokens = crate::auth::token_source(&config.source.security, handle)?;
-    let source_auth = ClientAuth::new(
-        "source",
-        &config.source.bootstrap_servers,
-        &config.source.security,
-        source_tokens.clone(),
-        failure.clone(),
-    );
-    let sink_tokens = if config.sink.security == config.source.security {
-        source_tokens
-    } else {
-        crate::auth::token_source(&config.sink.security, handle)?
-    };
-    let sink_auth = ClientAuth::new(
-        "sink",
-        &config.sink.bootstrap_servers,
-        &config.sink.security,
-        sink_tokens,
-        failure,
-    );
+    let (source_auth, sink_auth) = client_auth(&config, handle)?;
     let instance = match (config.delivery, &options.instance) {
         (_, Some(instance)) => instance.clone(),
         // Only an exactly-once host uses the id; main checked it for one.
