@@ -134,6 +134,8 @@ pub struct Metrics {
     lag_max: Vec<AtomicU64>,
     /// The plugin version each worker's instance runs.
     worker_versions: Vec<AtomicU64>,
+    /// How long each worker took to adopt its version, µs.
+    worker_adopt_us: Vec<AtomicU64>,
     /// When each worker last finished a turn of its loop: ms since `started`, plus one
     /// (0: not yet).
     turned: Vec<AtomicU64>,
@@ -164,6 +166,7 @@ impl Metrics {
                 .collect(),
             // Every worker starts with the first version.
             worker_versions: (0..workers.max(1)).map(|_| AtomicU64::new(1)).collect(),
+            worker_adopt_us: (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect(),
             turned: (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect(),
             checkpoint_seconds: Histogram::new(CHECKPOINT_BUCKETS),
             batch_seconds: Histogram::new(BATCH_BUCKETS),
@@ -216,11 +219,23 @@ impl Metrics {
         self.checkpoint_seconds.observe(took);
     }
 
-    /// Notes the plugin version worker `worker` runs.
-    pub fn worker_version(&self, worker: usize, version: u64) {
+    /// Notes the plugin version worker `worker` runs, and how long it took to adopt it
+    /// (µs; 0 for the version it started with).
+    pub fn worker_version(&self, worker: usize, version: u64, adopt_us: u64) {
         if let Some(slot) = self.worker_versions.get(worker) {
             slot.store(version, Ordering::Relaxed);
         }
+        if let Some(slot) = self.worker_adopt_us.get(worker) {
+            slot.store(adopt_us, Ordering::Relaxed);
+        }
+    }
+
+    /// How long each worker took to adopt the version it runs (µs), by worker.
+    pub fn worker_adopt_us(&self) -> Vec<u64> {
+        self.worker_adopt_us
+            .iter()
+            .map(|slot| slot.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Notes that worker `worker` finished a turn of its loop (read a batch or waited

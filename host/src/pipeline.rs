@@ -235,7 +235,11 @@ impl Worker<'_> {
             source.read_again(&input, transformed.processed)?;
         }
         turn.lap(Phase::Transform);
-        metrics.worker_version(transform.worker(), transform.current().version);
+        metrics.worker_version(
+            transform.worker(),
+            transform.current().version,
+            transform.adopt_us(),
+        );
         crate::history::set_version(transform.current().plugin.short_digest());
         self.summary.records_in += transformed.processed as u64;
         let ends = spans.iter().map(|(p, _, end)| (p.clone(), *end)).collect();

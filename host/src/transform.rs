@@ -80,6 +80,8 @@ pub struct TransformStage {
     code: Tier,
     /// Starting Cranelift's code for the current version failed: it stays on Winch's.
     stay_on_baseline: bool,
+    /// How long adopting the current version took, in µs (0: the version started with).
+    adopt_us: u64,
     rollback: Rollback,
     probation: Probation,
     /// Failed records go to the sink's dead-letter topic instead of stopping the pipeline.
@@ -157,6 +159,7 @@ impl TransformStage {
         TransformStage {
             code: current.plugin.tier(),
             stay_on_baseline: false,
+            adopt_us: 0,
             current,
             registry,
             worker,
@@ -177,6 +180,11 @@ impl TransformStage {
     }
 
     /// This stage's worker.
+    /// How long adopting the current version took, in µs (0: the version started with).
+    pub fn adopt_us(&self) -> u64 {
+        self.adopt_us
+    }
+
     pub fn worker(&self) -> usize {
         self.worker
     }
@@ -464,11 +472,12 @@ impl TransformStage {
                     error: format!("{:#}", anyhow::Error::new(error)),
                 })?,
         };
+        self.adopt_us = started.elapsed().as_micros() as u64;
         tracing::info!(
             version = live.version,
             plugin = %live.plugin.origin,
             digest = live.plugin.short_digest(),
-            adopt_us = started.elapsed().as_micros() as u64,
+            adopt_us = self.adopt_us,
             prepared,
             code = plugin.tier().as_str(),
             "Plugin swapped."

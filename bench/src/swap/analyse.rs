@@ -521,6 +521,7 @@ mod tests {
             optimized: false,
             workers_version: 2,
             turn_in_progress_ms: ms,
+            adopt_us: None,
         };
         let samples = [
             sample(0, Some(900)),

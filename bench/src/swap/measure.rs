@@ -109,10 +109,6 @@ impl Host {
         })
     }
 
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             self.exited = true;
@@ -491,7 +487,7 @@ provenance_header = "{PROVENANCE_HEADER}"
             load_until_us,
             adopted_us: adoption_times(&samples),
             optimized_us: optimization_times(&samples),
-            adopt_took_us: adopt_durations_from_log(&host.log_text()),
+            adopt_took_us: adopt_durations(&samples),
             samples,
             cold_python: python.is_some(),
             broker_pauses: Vec::new(),
@@ -702,25 +698,19 @@ pub fn optimization_times(samples: &[StatusSample]) -> HashMap<u64, i64> {
     optimized
 }
 
-/// How long a worker took to adopt each version (`adopt_us`), from the
-/// `Plugin swapped.` lines of the host's log.
-///
-/// LOG SCRAPING, kept for this one figure: the host exposes no per-swap adoption
-/// duration on its admin endpoint. A histogram `pluginAdoptSeconds` in `/metrics`
-/// (one observation per worker per version adopted), or `adopt_us` in each
-/// `workers[]` entry of `GET /status`, would replace it.
-pub fn adopt_durations_from_log(log: &str) -> HashMap<u64, f64> {
-    log.lines()
-        .filter(|line| line.contains("Plugin swapped."))
-        .filter_map(|line| {
-            let field = |name: &str| {
-                line.split_whitespace()
-                    .find_map(|field| field.strip_prefix(name))
-                    .and_then(|value| value.parse::<u64>().ok())
-            };
-            Some((field("version=")?, field("adopt_us=")? as f64))
-        })
-        .collect()
+/// How long the workers took to adopt each version (the longest of them, µs), from the
+/// samples of `GET /status` (`workers[].adopt_us`).
+pub fn adopt_durations(samples: &[StatusSample]) -> HashMap<u64, f64> {
+    let mut took: HashMap<u64, f64> = HashMap::new();
+    for sample in samples {
+        if let Some(adopt_us) = sample.adopt_us
+            && sample.workers_version > 1
+        {
+            let longest = took.entry(sample.workers_version).or_default();
+            *longest = longest.max(adopt_us as f64);
+        }
+    }
+    took
 }
 
 /// Waits until the host's consumer reports every partition of `topic` (`partitions` of
@@ -766,6 +756,13 @@ fn sample_status(admin: &str, every: Duration, stop: &AtomicBool) -> Vec<StatusS
                 .as_array()
                 .and_then(|workers| workers.iter().filter_map(|w| w["version"].as_u64()).min())
                 .unwrap_or_default();
+            let adopt_us = status["workers"].as_array().and_then(|workers| {
+                workers
+                    .iter()
+                    .filter(|w| w["version"].as_u64() == Some(workers_version))
+                    .filter_map(|w| w["adopt_us"].as_u64())
+                    .max()
+            });
             let turn_in_progress_ms = ready["workers"].as_array().and_then(|workers| {
                 workers
                     .iter()
@@ -780,6 +777,7 @@ fn sample_status(admin: &str, every: Duration, stop: &AtomicBool) -> Vec<StatusS
                     .is_some_and(|code| code.eq_ignore_ascii_case("optimized")),
                 workers_version,
                 turn_in_progress_ms,
+                adopt_us,
             });
         }
         if let Some(rest) = every.checked_sub(started.elapsed()) {
@@ -969,6 +967,7 @@ mod tests {
             optimized,
             workers_version,
             turn_in_progress_ms: None,
+            adopt_us: None,
         }
     }
 
@@ -993,11 +992,24 @@ mod tests {
     }
 
     #[test]
-    fn adoption_durations_are_read_from_plugin_swapped_lines() {
-        let log = "2026-12-03T06:00:00.000Z  INFO sluice_host::transform: Plugin swapped. version=2 plugin=x adopt_us=1234 prepared=true\n\
-                   2026-12-03T06:00:01.000Z  INFO sluice_host::transform: Plugin moved to its optimized code. version=2 adopt_us=99\n";
-        let took = super::adopt_durations_from_log(log);
+    fn adoption_durations_are_the_longest_a_worker_took_for_each_version() {
+        let sample = |workers_version, adopt_us| StatusSample {
+            at_us: 0,
+            live_version: workers_version,
+            optimized: false,
+            workers_version,
+            turn_in_progress_ms: None,
+            adopt_us,
+        };
+        let samples = [
+            sample(1, Some(0)),
+            sample(2, Some(900)),
+            sample(2, Some(1234)),
+            sample(3, None),
+        ];
+        let took = super::adopt_durations(&samples);
         assert_eq!(took.get(&2), Some(&1234.0));
+        assert_eq!(took.get(&1), None);
         assert_eq!(took.len(), 1);
     }
 }

@@ -11,8 +11,8 @@
 //! collected into per-swap figures; [`report`] prints them as Markdown.
 //!
 //! One figure still comes from the host's log, as no endpoint has it: how long a
-//! worker took to adopt a version (`adopt_us` of `Plugin swapped.`); see
-//! [`measure::adopt_durations_from_log`].
+//! worker took to adopt a version (`workers[].adopt_us` of `GET /status`); see
+//! [`measure::adopt_durations`].
 
 pub mod analyse;
 pub mod measure;
@@ -257,6 +257,9 @@ pub struct StatusSample {
     /// (`workers[].last_turn_ms_ago` of `GET /ready`), in ms: a turn in progress for
     /// at least this long.
     pub turn_in_progress_ms: Option<u64>,
+    /// The longest time a worker on `workers_version` took to adopt it
+    /// (`workers[].adopt_us` of `GET /status`), µs.
+    pub adopt_us: Option<u64>,
 }
 
 impl Args {

@@ -165,6 +165,9 @@ struct WorkerStatus {
     /// The plugin version the worker's instance runs: it adopts the live one at its
     /// next batch.
     version: u64,
+    /// How long the worker took to adopt that version, in µs (0 for the version it
+    /// started with).
+    adopt_us: u64,
 }
 
 async fn console_snapshot(State((registry, metrics, console)): State<Reads>) -> Response {
@@ -194,8 +197,13 @@ async fn status(State((registry, metrics, _)): State<Reads>) -> Json<HostStatus>
         workers: metrics
             .worker_versions()
             .into_iter()
+            .zip(metrics.worker_adopt_us())
             .enumerate()
-            .map(|(worker, version)| WorkerStatus { worker, version })
+            .map(|(worker, (version, adopt_us))| WorkerStatus {
+                worker,
+                version,
+                adopt_us,
+            })
             .collect(),
     })
 }
