@@ -247,10 +247,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Plugin(PluginCommand::New(args)) => author::command::new(&args),
-        Command::Plugin(PluginCommand::Build(args)) => author::command::build(&args),
-        Command::Plugin(PluginCommand::Test(args)) => author::command::test(&args),
-        Command::Plugin(PluginCommand::Inspect { plugin }) => author::command::inspect(&plugin),
+        Command::Plugin(PluginCommand::Author(command)) => author::command::run(&command),
         Command::Generate(args) => match generate::Target::resolve(&args).and_then(|target| {
             generate::run(&args, &target, &shutdown, runtime.handle())
                 .map(|sent| (sent, target.topic))
