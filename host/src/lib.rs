@@ -25,8 +25,9 @@
 //! - `auth`: Kafka security settings, MSK IAM tokens, and stopping on refused credentials.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
 //! - `author`: plugin authoring commands (new, build, test, inspect); no Kafka.
-//! - `shutdown`, `telemetry`: signals, and logging; `metrics`, `history`: counters and
-//!   the recent checkpoints and warnings the admin endpoint serves.
+//! - `shutdown`, `telemetry`, `progress`: signals, logging, and feedback while a
+//!   plugin compiles; `metrics`, `history`: counters and the recent checkpoints and
+//!   warnings the admin endpoint serves.
 
 pub mod admin;
 pub mod app;
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod plugin;
+pub mod progress;
 pub mod runtime;
 pub mod shutdown;
 pub mod sink;
