@@ -1,6 +1,7 @@
 //! The command line: subcommands and their flags (each with an environment fallback).
-//! Subcommand groups that live in a module of their own (`plugin new`, `build`, `test`,
-//! `inspect`: [`crate::author::command`]) own their arguments; this file composes them.
+//! Subcommands that live in a module of their own own their arguments (`generate`:
+//! [`crate::generate::GenerateArgs`]; `plugin new|build|test|inspect`:
+//! [`crate::author::command`]); this file composes them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ pub enum Command {
     /// Check a configuration and its plugin without connecting to Kafka.
     Validate(PipelineArgs),
     /// Write stock-price records like the original generator of the Flink job.
-    Generate(GenerateArgs),
+    Generate(crate::generate::GenerateArgs),
     /// Write plugins (new, build, test, inspect) and talk to a running host about its
     /// plugin (swap, status).
     #[command(subcommand)]
@@ -162,34 +163,4 @@ pub struct PipelineArgs {
     /// from the configured startup mode (like running without a snapshot).
     #[arg(long)]
     pub fresh: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    /// Kafka bootstrap servers, comma-separated [default: the pipeline file's source,
-    /// else 127.0.0.1:9092].
-    #[arg(long, env = "BOOTSTRAP_SERVERS")]
-    pub bootstrap_servers: Option<String>,
-
-    /// Topic to write to [default: the pipeline file's source topic, else stocks-in].
-    #[arg(long, env = "TOPIC_NAME")]
-    pub topic: Option<String>,
-
-    /// Write to the source of this sluice.toml pipeline, with its security settings
-    /// (TLS, SASL, MSK IAM).
-    #[arg(long, conflicts_with = "properties")]
-    pub config: Option<PathBuf>,
-
-    /// The same, from a Managed Flink application_properties.json.
-    #[arg(long)]
-    pub properties: Option<PathBuf>,
-
-    /// Stop after this many records (default: run until interrupted).
-    #[arg(long)]
-    pub count: Option<u64>,
-
-    /// Records per second, steadily (0: as fast as possible). Without it, the original
-    /// rhythm: one record per ticker, then a pause of 5 to 10 seconds.
-    #[arg(long)]
-    pub rate: Option<u64>,
 }

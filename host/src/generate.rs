@@ -7,6 +7,7 @@
 //! security settings, so it reaches an MSK cluster with IAM as the pipeline does.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -19,11 +20,41 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use crate::auth::{AuthFailure, ClientAuth};
-use crate::cli::GenerateArgs;
 use crate::config::ConfigSource;
 use crate::config::security::Security;
 use crate::shutdown::Shutdown;
 use crate::source::kafka::topic_partitions;
+
+/// The arguments of `sluice generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Kafka bootstrap servers, comma-separated [default: the pipeline file's source,
+    /// else 127.0.0.1:9092].
+    #[arg(long, env = "BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: Option<String>,
+
+    /// Topic to write to [default: the pipeline file's source topic, else stocks-in].
+    #[arg(long, env = "TOPIC_NAME")]
+    pub topic: Option<String>,
+
+    /// Write to the source of this sluice.toml pipeline, with its security settings
+    /// (TLS, SASL, MSK IAM).
+    #[arg(long, conflicts_with = "properties")]
+    pub config: Option<PathBuf>,
+
+    /// The same, from a Managed Flink application_properties.json.
+    #[arg(long)]
+    pub properties: Option<PathBuf>,
+
+    /// Stop after this many records (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
+
+    /// Records per second, steadily (0: as fast as possible). Without it, the original
+    /// rhythm: one record per ticker, then a pause of 5 to 10 seconds.
+    #[arg(long)]
+    pub rate: Option<u64>,
+}
 
 const DEFAULT_SERVERS: &str = "127.0.0.1:9092";
 const DEFAULT_TOPIC: &str = "stocks-in";
