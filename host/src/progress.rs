@@ -28,8 +28,9 @@ pub fn compiling<T>(plugin: &str, work: impl FnOnce() -> T) -> T {
             return;
         }
         if terminal {
-            let spinner =
-                ProgressBar::new_spinner().with_message(format!("Compiling plugin {plugin}"));
+            let spinner = ProgressBar::new_spinner()
+                .with_elapsed(started.elapsed())
+                .with_message(format!("Compiling plugin {plugin}"));
             spinner.set_style(
                 ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                     .expect("a valid template"),
