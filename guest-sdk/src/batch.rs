@@ -699,6 +699,83 @@ impl Op<'_> {
     }
 }
 
+/// One line per op, for tests and diagnostics: `keep 5`, `keep 0..3 to audit`,
+/// `replace 2 value "v"`, `record 2 key null value "new" headers [h="x"] timestamp 5`,
+/// `error 3: bad json`. Byte strings show as quoted text when they are UTF-8, else as
+/// hex (`0x00ff`); a null one as `null`.
+impl fmt::Display for Op<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let to = |f: &mut fmt::Formatter<'_>, output: &Option<&str>| match output {
+            Some(name) => write!(f, " to {name}"),
+            None => Ok(()),
+        };
+        match self {
+            Op::Keep {
+                start,
+                count,
+                output,
+            } => {
+                match count {
+                    1 => write!(f, "keep {start}")?,
+                    _ => write!(f, "keep {start}..{}", start + count)?,
+                }
+                to(f, output)
+            }
+            Op::ReplaceValue {
+                index,
+                value,
+                output,
+            } => {
+                write!(f, "replace {index} value {}", Bytes(*value))?;
+                to(f, output)
+            }
+            Op::Record {
+                index,
+                timestamp,
+                key,
+                value,
+                headers,
+                output,
+            } => {
+                write!(
+                    f,
+                    "record {index} key {} value {} headers [",
+                    Bytes(*key),
+                    Bytes(*value)
+                )?;
+                for (i, header) in headers.clone().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}{}={}", header.name, Bytes(header.value))?;
+                }
+                f.write_str("]")?;
+                if let Some(timestamp) = timestamp {
+                    write!(f, " timestamp {timestamp}")?;
+                }
+                to(f, output)
+            }
+            Op::Error { index, message } => write!(f, "error {index}: {message}"),
+        }
+    }
+}
+
+/// A nullable byte string as `Op`'s text shows it.
+struct Bytes<'a>(Option<&'a [u8]>);
+
+impl fmt::Display for Bytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            None => f.write_str("null"),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => write!(f, "{text:?}"),
+                Err(_) => {
+                    f.write_str("0x")?;
+                    bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+                }
+            },
+        }
+    }
+}
+
 /// Reads the ops of an output batch in order, checking each against the input size.
 pub struct OutputReader<'a> {
     cursor: Cursor<'a>,
@@ -935,44 +1012,38 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(ops.len(), 5);
-        assert!(matches!(
-            ops[1],
-            Op::Keep {
-                start: 1,
-                count: 1,
-                output: Some("alerts")
-            }
-        ));
-        assert!(matches!(
-            ops[2],
-            Op::ReplaceValue {
-                index: 2,
-                value: Some(b"v"),
-                output: None
-            }
-        ));
-        match &ops[3] {
-            Op::Record {
-                index: 2,
-                timestamp: Some(5),
-                key: None,
-                value: Some(value),
-                headers,
-                output: Some("b"),
-            } => {
-                assert_eq!(*value, b"new");
-                assert_eq!(headers.clone().collect::<Vec<_>>(), extra.to_vec());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        assert!(matches!(
-            ops[4],
-            Op::Error {
-                index: 3,
-                message: "bad json"
-            }
-        ));
+        let text: Vec<String> = ops.iter().map(Op::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "keep 0",
+                "keep 1 to alerts",
+                "replace 2 value \"v\"",
+                "record 2 key null value \"new\" headers [h=\"x\"] timestamp 5 to b",
+                "error 3: bad json",
+            ]
+        );
+    }
+
+    #[test]
+    fn ops_show_ranges_and_bytes_that_are_not_text() {
+        let mut out = OutputWriter::new();
+        out.keep_range(0, 3);
+        out.replace_value(1, Some(&[0, 255]), Some("raw"));
+        out.replace_value(2, None, None);
+        let buf = out.finish();
+        let text: Vec<String> = OutputReader::parse(&buf, 3)
+            .unwrap()
+            .map(|op| op.unwrap().to_string())
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "keep 0..3",
+                "replace 1 value 0x00ff to raw",
+                "replace 2 value null"
+            ]
+        );
     }
 
     #[test]

@@ -319,12 +319,20 @@ pub fn start_plugin(
     let runtime = Runtime::new()
         .context("starting the WebAssembly runtime")?
         .compile_in_child_process();
-    Ok(Registry::start(
-        runtime,
-        settings(config, states)?,
-        config.plugin.path.as_deref(),
-        config.plugin.allowed_dir.clone(),
-    )?)
+    let settings = settings(config, states)?;
+    let plugin = config
+        .plugin
+        .path
+        .as_ref()
+        .map_or_else(|| "passthrough".to_string(), |p| p.display().to_string());
+    Ok(crate::feedback::compiling(&plugin, || {
+        Registry::start(
+            runtime,
+            settings,
+            config.plugin.path.as_deref(),
+            config.plugin.allowed_dir.clone(),
+        )
+    })?)
 }
 
 /// Binds the admin endpoint, places its token, and serves it in the background.

@@ -1,9 +1,14 @@
 //! The command line: subcommands and their flags (each with an environment fallback).
+//! Subcommands that live in a module of their own own their arguments (`generate`:
+//! [`crate::generate::GenerateArgs`]; `plugin new|build|test|inspect`:
+//! [`crate::author::command`]); this file composes them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::author;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,72 +64,9 @@ pub enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Create a plugin project that builds as is, with a test input file.
-    New(NewArgs),
-    /// Build a plugin project into a component with its language's tool.
-    Build(BuildArgs),
-    /// Run a plugin on records from a JSONL file with the host's runtime (no Kafka).
-    Test(TestArgs),
-    /// Describe a component: world, imports and exports, size, digest, SDK.
-    Inspect {
-        /// The component (.wasm), or a project directory (its built component).
-        plugin: PathBuf,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct NewArgs {
-    /// The plugin's name, also its directory (lower-case letters, digits, `-`, `_`).
-    pub name: String,
-    /// The language to write it in.
-    #[arg(long, value_enum)]
-    pub lang: crate::author::builder::Language,
-    /// The directory to create the project in.
-    #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
-}
-
-#[derive(Debug, Args)]
-pub struct BuildArgs {
-    /// The project directory.
-    #[arg(default_value = ".")]
-    pub dir: PathBuf,
-    /// Where to write the component (default: DIR/NAME.wasm, NAME being DIR's own name).
-    #[arg(long, short)]
-    pub out: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct TestArgs {
-    /// The component (.wasm), or a project directory (its built component).
-    pub plugin: PathBuf,
-    /// Input records, one JSON object per line (docs/records-jsonl.md).
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Expected outputs: any difference is shown and the exit code is 1.
-    #[arg(long)]
-    pub expect: Option<PathBuf>,
-    /// A plugin setting, as in `[plugin.config]` (repeatable).
-    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
-    pub config: Vec<(String, String)>,
-    /// Records per batch.
-    #[arg(long, default_value_t = 500)]
-    pub batch_size: usize,
-    /// Linear memory the plugin may grow to, as `plugin.max_memory_mb`.
-    #[arg(long, default_value_t = 256)]
-    pub max_memory_mb: usize,
-    /// Time one batch may take, as `plugin.timeout_ms`.
-    #[arg(long, default_value_t = 10_000)]
-    pub timeout_ms: u64,
-}
-
-fn parse_setting(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_string(), value.to_string()))
-        }
-        _ => Err(format!("`{text}` is not KEY=VALUE")),
-    }
+    /// The authoring commands, which need no running host (see `author::command`).
+    #[command(flatten)]
+    Author(author::command::AuthorCommand),
 }
 
 #[derive(Debug, Args)]

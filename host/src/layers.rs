@@ -15,6 +15,7 @@ const LAYERS: &[&str] = &[
     "shutdown",
     "history",
     "telemetry",
+    "feedback",
     "metrics",
     // Settings, and what the Kafka clients need to talk to a cluster.
     "config",
@@ -92,17 +93,17 @@ fn violations(root: &Path) -> Vec<String> {
             continue;
         }
         let Some(own) = rank(&module) else {
-            found.push(format!("{module} is not in LAYERS ({})", relative.display()));
+            found.push(format!(
+                "{module} is not in LAYERS ({})",
+                relative.display()
+            ));
             continue;
         };
         let code = std::fs::read_to_string(&file).unwrap();
         for imported in imports(&code) {
             match rank(&imported) {
                 Some(other) if other < own || imported == module => {}
-                Some(_) => found.push(format!(
-                    "{module} -> {imported} ({})",
-                    relative.display()
-                )),
+                Some(_) => found.push(format!("{module} -> {imported} ({})", relative.display())),
                 None => found.push(format!(
                     "{module} -> {imported}, which is not in LAYERS ({})",
                     relative.display()

@@ -25,8 +25,9 @@
 //! - `auth`: Kafka security settings, MSK IAM tokens, and stopping on refused credentials.
 //! - `generate`: the stock-record generator of the job Sluice replaces.
 //! - `author`: plugin authoring commands (new, build, test, inspect); no Kafka.
-//! - `shutdown`, `telemetry`: signals, and logging; `metrics`, `history`: counters and
-//!   the recent checkpoints and warnings the admin endpoint serves.
+//! - `shutdown`, `telemetry`, `feedback`: signals, logging, and feedback while a
+//!   plugin compiles; `metrics`, `history`: counters and the recent checkpoints and
+//!   warnings the admin endpoint serves.
 
 pub mod admin;
 pub mod app;
@@ -35,9 +36,12 @@ pub mod author;
 pub(crate) mod checkpoint;
 pub mod cli;
 pub mod config;
+pub(crate) mod feedback;
 pub mod generate;
 pub(crate) mod history;
 pub(crate) mod kafka;
+#[cfg(test)]
+mod layers;
 pub(crate) mod metrics;
 pub mod output;
 pub(crate) mod pipeline;

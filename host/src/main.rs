@@ -8,13 +8,10 @@ use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
 use sluice_host::config::{Config, ConfigSource, Delivery};
 use sluice_host::plugin::registry::SwapEvent;
 use sluice_host::runtime::child as compiler_child;
-use sluice_host::shutdown::{Shutdown, Signals, watch_signals};
+use sluice_host::shutdown::{EXIT_FAILURE, EXIT_INVALID, Shutdown, Signals, watch_signals};
 use sluice_host::state::StateStore;
 use sluice_host::telemetry::LogFormat;
 use sluice_host::{admin, app, author, generate, telemetry};
-
-const EXIT_FAILURE: u8 = 1;
-const EXIT_INVALID: u8 = 2;
 
 fn config_source(args: &PipelineArgs) -> ConfigSource {
     match (&args.config.config, &args.config.properties) {
@@ -248,10 +245,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Plugin(PluginCommand::New(args)) => author::command::new(&args),
-        Command::Plugin(PluginCommand::Build(args)) => author::command::build(&args),
-        Command::Plugin(PluginCommand::Test(args)) => author::command::test(&args),
-        Command::Plugin(PluginCommand::Inspect { plugin }) => author::command::inspect(&plugin),
+        Command::Plugin(PluginCommand::Author(command)) => author::command::run(&command),
         Command::Generate(args) => match generate::Target::resolve(&args).and_then(|target| {
             generate::run(&args, &target, &shutdown, runtime.handle())
                 .map(|sent| (sent, target.topic))

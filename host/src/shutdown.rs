@@ -4,6 +4,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+/// The exit code of a run that failed (a fatal error, a stop that was not clean).
+pub const EXIT_FAILURE: u8 = 1;
+/// The exit code of invalid input: a configuration, a plugin or arguments refused
+/// before anything ran.
+pub const EXIT_INVALID: u8 = 2;
+
 /// How long a requested shutdown may take to flush and commit. Within Kubernetes'
 /// default termination grace period (30 s), so a pod stops by itself rather than by
 /// SIGKILL even when the cluster does not answer.

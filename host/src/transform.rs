@@ -681,49 +681,16 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let text: Vec<String> = ops
-            .iter()
-            .map(|op| match op {
-                Op::Keep {
-                    start,
-                    count,
-                    output,
-                } => format!("keep {start}+{count} {output:?}"),
-                Op::ReplaceValue {
-                    index,
-                    value,
-                    output,
-                } => format!("replace {index} {value:?} {output:?}"),
-                Op::Record {
-                    index,
-                    timestamp,
-                    key,
-                    value,
-                    headers,
-                    output,
-                } => format!(
-                    "record {index} {timestamp:?} {key:?} {value:?} {:?} {output:?}",
-                    headers
-                        .clone()
-                        .map(|h| (h.name, h.value))
-                        .collect::<Vec<_>>()
-                ),
-                Op::Error { index, message } => format!("error {index} {message}"),
-            })
-            .collect();
+        let text: Vec<String> = ops.iter().map(Op::to_string).collect();
         assert_eq!(
             text,
             [
-                "keep 0+1 None".to_string(),
-                "keep 5+1 None".to_string(),
-                "keep 5+1 Some(\"audit\")".to_string(),
-                format!("replace 5 {:?} None", Some(&b"new"[..])),
-                format!(
-                    "record 5 Some(7) {:?} None {:?} Some(\"side\")",
-                    Some(&b"k"[..]),
-                    vec![("h", Some(&b"v"[..]))]
-                ),
-                "error 5 bad".to_string(),
+                "keep 0",
+                "keep 5",
+                "keep 5 to audit",
+                "replace 5 value \"new\"",
+                "record 5 key \"k\" value null headers [h=\"v\"] timestamp 7 to side",
+                "error 5: bad",
             ]
         );
     }

@@ -456,3 +456,103 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn a_failing_rust_build_shows_the_compilers_errors_and_no_json() {
+    let parent = tempfile::tempdir().unwrap();
+    let output = run(&[
+        "plugin",
+        "new",
+        "typo",
+        "--lang",
+        "rust",
+        "--dir",
+        parent.path().to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let dir = parent.path().join("typo");
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+    let broken = lib.replace(
+        "Ok(Plugin)\n",
+        "let limit: u32 = \"fifty\";\n        let _ = limit;\n        Ok(Plugin)\n",
+    );
+    assert_ne!(lib, broken, "the scaffold's init changed; update this test");
+    std::fs::write(dir.join("src/lib.rs"), broken).unwrap();
+    let output = run(&["plugin", "build", dir.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("error[E0308]"), "{}", text(&output));
+    assert!(stderr.contains("src/lib.rs:"), "{}", text(&output));
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("{\"reason\"")),
+        "cargo's JSON messages reached the author:\n{}",
+        text(&output)
+    );
+    assert!(!dir.join("typo.wasm").exists());
+}
+
+#[test]
+fn plugin_test_says_it_is_compiling_when_the_cache_is_cold() {
+    let plugin = example("enrich");
+    let home = crate::support::workdir();
+    let dir = repo().join("plugins/enrich/test");
+    let output = crate::support::sluice(&[
+        "plugin",
+        "test",
+        plugin.to_str().unwrap(),
+        "--input",
+        dir.join("input.jsonl").to_str().unwrap(),
+        "--expect",
+        dir.join("expected.jsonl").to_str().unwrap(),
+    ])
+    .args(golden_settings("enrich"))
+    .env("HOME", home.path())
+    .env("XDG_CACHE_HOME", home.path().join("cache"))
+    .env_remove("XDG_CONFIG_HOME")
+    .env_remove("SLUICE_CACHE_DIR")
+    .env_remove("SLUICE_CACHE_KEY_FILE")
+    .env_remove("RUST_LOG")
+    .env("SLUICE_LOG", "info")
+    .output()
+    .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let name = plugin.display().to_string();
+    assert!(
+        stderr.contains(&format!("Compiling plugin {name} ...")),
+        "{}",
+        text(&output)
+    );
+    let done = stderr
+        .lines()
+        .find_map(|l| {
+            l.split(&format!("Compiling plugin {name} ... done in "))
+                .nth(1)
+        })
+        .unwrap_or_else(|| panic!("no elapsed time: {}", text(&output)));
+    let seconds: f64 = done.trim_end_matches(" s.").parse().unwrap();
+    assert!(seconds >= 1.0, "{done}");
+}
+
+#[test]
+fn inspect_names_the_language_of_javascript_and_python_components() {
+    for (example_name, language) in [("enrich", "JavaScript"), ("redact", "Python")] {
+        let output = run(&["plugin", "inspect", example(example_name).to_str().unwrap()]);
+        assert!(output.status.success(), "{}", text(&output));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.lines().any(|l| l == format!("language: {language}")),
+            "{stdout}"
+        );
+        let exports: Vec<&str> = stdout
+            .lines()
+            .skip_while(|l| *l != "exports:")
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .map(str::trim)
+            .collect();
+        assert_eq!(exports, ["sluice:plugin/transform@0.1.0"], "{stdout}");
+    }
+}

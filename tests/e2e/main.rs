@@ -9,6 +9,7 @@ mod bad_input;
 mod config_limits;
 mod console;
 mod deploy;
+mod docs;
 mod examples;
 mod failures;
 mod faults;

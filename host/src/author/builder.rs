@@ -124,10 +124,20 @@ fn stamp(path: &Path, (name, version): &(String, String)) -> anyhow::Result<()> 
     std::fs::write(path, stamped).with_context(|| format!("writing {}", path.display()))
 }
 
+/// What a tool writes on stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stdout {
+    /// Text for the author (diagnostics included).
+    Text,
+    /// Cargo's JSON messages, with diagnostics already rendered on stderr.
+    CargoJson,
+}
+
 /// Runs a language tool; a tool that is not installed becomes `missing`.
 fn run(
     command: &mut Command,
     tool: &str,
+    stdout: Stdout,
     missing: impl FnOnce() -> String,
 ) -> anyhow::Result<std::process::Output> {
     match command
@@ -138,12 +148,39 @@ fn run(
         Ok(output) if output.status.success() => Ok(output),
         Ok(output) => {
             // Tools print their diagnostics on stdout too; show it before failing.
-            eprint!("{}", String::from_utf8_lossy(&output.stdout));
+            let text = String::from_utf8_lossy(&output.stdout);
+            match stdout {
+                Stdout::Text => eprint!("{text}"),
+                Stdout::CargoJson => eprint!("{}", readable_cargo_messages(&text)),
+            }
             bail!("{tool} failed ({}); see its messages above", output.status)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("{}", missing()),
         Err(e) => Err(e).with_context(|| format!("running {tool}")),
     }
+}
+
+/// What of cargo's JSON messages (`--message-format=json-render-diagnostics`) a person
+/// reads: compiler messages as rustc renders them, and any line that is not JSON. The
+/// rest (artifacts, build-script results, `build-finished`) is for this builder only.
+fn readable_cargo_messages(stdout: &str) -> String {
+    let mut text = String::new();
+    for line in stdout.lines() {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(message) => {
+                if message["reason"] == "compiler-message"
+                    && let Some(rendered) = message["message"]["rendered"].as_str()
+                {
+                    text.push_str(rendered);
+                }
+            }
+            Err(_) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
 }
 
 fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
@@ -171,6 +208,7 @@ fn build_rust(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
                 "--message-format=json-render-diagnostics",
             ]),
         "cargo",
+        Stdout::CargoJson,
         || {
             "cargo was not found; install Rust with rustup (https://rustup.rs), then: rustup target add wasm32-wasip2".into()
         },
@@ -301,6 +339,7 @@ fn build_js(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
             .args(["-d", "http", "-d", "fetch-event", "-o"])
             .arg(out),
         "componentize-js",
+        Stdout::Text,
         install,
     )?;
     Ok(sdk::js_sdk())
@@ -326,6 +365,7 @@ fn build_python(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
             .arg("-o")
             .arg(out),
         "componentize-py",
+        Stdout::Text,
         || {
             format!(
                 "componentize-py was not found on PATH. Install it with: pip install componentize-py=={COMPONENTIZE_PY_VERSION} (in a virtual environment if your Python is managed by the system)"
@@ -338,6 +378,23 @@ fn build_python(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rendered_compiler_messages_of_cargo_json_are_shown() {
+        let stdout = concat!(
+            r#"{"reason":"compiler-artifact","package_id":"x","filenames":["a.wasm"]}"#,
+            "\n",
+            r#"{"reason":"compiler-message","message":{"rendered":"error[E0308]: mismatched types\n --> src/lib.rs:3:5\n"}}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":false}"#,
+            "\n",
+            "a line that is not JSON\n",
+        );
+        assert_eq!(
+            readable_cargo_messages(stdout),
+            "error[E0308]: mismatched types\n --> src/lib.rs:3:5\na line that is not JSON\n"
+        );
+    }
 
     /// The test command installs the builders through `scripts/install.sh`; a version
     /// bumped here and not there would test plugins built by another builder.

@@ -1,16 +1,99 @@
-//! The authoring subcommands as the command line runs them: messages and exit codes
-//! (0 success, 1 a test found differences or a tool failed, 2 invalid input).
+//! The authoring subcommands (`sluice plugin new|build|test|inspect`): their arguments,
+//! messages and exit codes (0 success, 1 a test found differences or a tool failed, 2
+//! invalid input). `cli.rs` composes [`AuthorCommand`] into `sluice plugin`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::{builder, harness, inspect, records, scaffold};
-use crate::cli::{BuildArgs, NewArgs, TestArgs};
-use crate::runtime::Limits;
+use clap::{Args, Subcommand};
 
-const EXIT_FAILURE: u8 = 1;
-const EXIT_INVALID: u8 = 2;
+use super::{builder, harness, inspect, records, scaffold};
+use crate::runtime::Limits;
+use crate::shutdown::{EXIT_FAILURE, EXIT_INVALID};
+
+#[derive(Debug, Subcommand)]
+pub enum AuthorCommand {
+    /// Create a plugin project that builds as is, with a test input file.
+    New(NewArgs),
+    /// Build a plugin project into a component with its language's tool.
+    Build(BuildArgs),
+    /// Run a plugin on records from a JSONL file with the host's runtime (no Kafka).
+    Test(TestArgs),
+    /// Describe a component: world, imports and exports, size, digest, SDK.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The plugin's name, also its directory (lower-case letters, digits, `-`, `_`).
+    pub name: String,
+    /// The language to write it in.
+    #[arg(long, value_enum)]
+    pub lang: builder::Language,
+    /// The directory to create the project in.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The project directory.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Where to write the component (default: DIR/NAME.wasm, NAME being DIR's own name).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The component (.wasm), or a project directory (its built component).
+    pub plugin: PathBuf,
+    /// Input records, one JSON object per line (docs/records-jsonl.md).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Expected outputs: any difference is shown and the exit code is 1.
+    #[arg(long)]
+    pub expect: Option<PathBuf>,
+    /// A plugin setting, as in `[plugin.config]` (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
+    pub config: Vec<(String, String)>,
+    /// Records per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    /// Linear memory the plugin may grow to, as `plugin.max_memory_mb`.
+    #[arg(long, default_value_t = 256)]
+    pub max_memory_mb: usize,
+    /// Time one batch may take, as `plugin.timeout_ms`.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The component (.wasm), or a project directory (its built component).
+    pub plugin: PathBuf,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+/// Runs one authoring command to its exit code.
+pub fn run(command: &AuthorCommand) -> ExitCode {
+    match command {
+        AuthorCommand::New(args) => new(args),
+        AuthorCommand::Build(args) => build(args),
+        AuthorCommand::Test(args) => test(args),
+        AuthorCommand::Inspect(args) => inspect(&args.plugin),
+    }
+}
 
 /// A component path: `path` itself, or the default build output of a project directory.
 fn component(path: &Path) -> Result<PathBuf, String> {
@@ -30,7 +113,7 @@ fn component(path: &Path) -> Result<PathBuf, String> {
     }
 }
 
-pub fn new(args: &NewArgs) -> ExitCode {
+fn new(args: &NewArgs) -> ExitCode {
     match scaffold::create(&args.name, args.lang, &args.dir) {
         Ok(dir) => {
             println!("created {} ({})", dir.display(), args.lang.name());
@@ -51,7 +134,7 @@ pub fn new(args: &NewArgs) -> ExitCode {
     }
 }
 
-pub fn build(args: &BuildArgs) -> ExitCode {
+fn build(args: &BuildArgs) -> ExitCode {
     match builder::build(&args.dir, args.out.as_deref()) {
         Ok(built) => {
             let size = std::fs::metadata(&built.path).map(|m| m.len()).unwrap_or(0);
@@ -72,7 +155,7 @@ pub fn build(args: &BuildArgs) -> ExitCode {
     }
 }
 
-pub fn test(args: &TestArgs) -> ExitCode {
+fn test(args: &TestArgs) -> ExitCode {
     let invalid = |message: String| {
         eprintln!("error: {message}");
         ExitCode::from(EXIT_INVALID)
@@ -148,7 +231,7 @@ pub fn test(args: &TestArgs) -> ExitCode {
     }
 }
 
-pub fn inspect(path: &Path) -> ExitCode {
+fn inspect(path: &Path) -> ExitCode {
     let plugin = match component(path) {
         Ok(path) => path,
         Err(message) => {

@@ -35,7 +35,9 @@ pub fn run(
     settings: &Settings,
 ) -> anyhow::Result<Vec<OutputLine>> {
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
-    let plugin = Plugin::load(&runtime, Some(path))?;
+    let plugin = crate::feedback::compiling(&path.display().to_string(), || {
+        Plugin::load(&runtime, Some(path))
+    })?;
     // No sandbox grants and an in-memory state store that lasts for the run: a plugin
     // with keyed state sees what it wrote for earlier records of the file.
     let mut instance = plugin.start(

@@ -14,9 +14,9 @@ use crate::runtime::{Runtime, WORLD};
 pub fn report(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
-    let description = runtime
-        .describe(&bytes)
-        .with_context(|| format!("{} is not a WebAssembly component", path.display()))?;
+    let description =
+        crate::feedback::compiling(&path.display().to_string(), || runtime.describe(&bytes))
+            .with_context(|| format!("{} is not a WebAssembly component", path.display()))?;
     let mut out = String::new();
     let _ = writeln!(out, "plugin:  {}", path.display());
     let _ = writeln!(
@@ -33,14 +33,6 @@ pub fn report(path: &Path) -> anyhow::Result<String> {
         Err(reason) => {
             let _ = writeln!(out, "world:   does not link as {WORLD}: {reason}");
         }
-    }
-    let _ = writeln!(out, "exports:");
-    for name in &description.exports {
-        let _ = writeln!(out, "  {name}");
-    }
-    let _ = writeln!(out, "imports:");
-    for name in &description.imports {
-        let _ = writeln!(out, "  {name}");
     }
     let producers = Producers::from_wasm(&bytes)
         .with_context(|| format!("reading the producers section of {}", path.display()))?;
@@ -62,17 +54,49 @@ pub fn report(path: &Path) -> anyhow::Result<String> {
             .unwrap_or_default()
     };
     let sdk = field("sdk");
+    let mut language = field("language");
+    if language.is_empty() {
+        // componentize-py records no language; the SDK that `plugin build` stamps names it.
+        language.extend(sdk.iter().find_map(|s| sdk_language(s)).map(str::to_string));
+    }
+    let python = language.iter().any(|l| l.starts_with("Python"));
+    let _ = writeln!(out, "exports:");
+    for name in &description.exports {
+        // componentize-py leaves its build-time initialization hook exported (an
+        // instance `exports` holding `init`, already run when the component was made);
+        // no world names it and nothing calls it.
+        if python && name == "exports" {
+            continue;
+        }
+        let _ = writeln!(out, "  {name}");
+    }
+    let _ = writeln!(out, "imports:");
+    for name in &description.imports {
+        let _ = writeln!(out, "  {name}");
+    }
     let sdk = if sdk.is_empty() {
         "unknown (not built by `sluice plugin build`)".to_string()
     } else {
         sdk.join(", ")
     };
     let _ = writeln!(out, "sdk:     {sdk}");
-    for name in ["language", "processed-by"] {
-        let values = field(name);
+    for (name, values) in [
+        ("language", language),
+        ("processed-by", field("processed-by")),
+    ] {
         if !values.is_empty() {
             let _ = writeln!(out, "{name}: {}", values.join(", "));
         }
     }
     Ok(out)
+}
+
+/// The language of a Sluice SDK, from its `sdk` producers entry (`NAME VERSION`).
+fn sdk_language(sdk: &str) -> Option<&'static str> {
+    match sdk.split_whitespace().next()? {
+        "sluice-sdk" => Some("Rust"),
+        "sluice-sdk-js" => Some("JavaScript"),
+        "sluice-sdk-python" => Some("Python"),
+        _ => None,
+    }
 }

@@ -57,6 +57,9 @@ crate-type = ["cdylib"]
 [dependencies]
 # The Sluice SDK, copied here by `sluice plugin new` (with the WIT contract beside it).
 sluice-sdk = { path = "sluice/sdk" }
+# Typed JSON values: `#[derive(serde::Deserialize)]` for `record.json::<T>()`,
+# `#[derive(serde::Serialize)]` for `out.set_json(&value)`.
+serde = { version = "1", features = ["derive"] }
 
 [profile.release]
 # The batch codec runs inside the plugin: optimise it.
