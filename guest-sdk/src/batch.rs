@@ -434,11 +434,6 @@ impl InputWriter {
         self.index.is_empty()
     }
 
-    /// Bytes written so far.
-    pub fn byte_len(&self) -> usize {
-        self.buf.len()
-    }
-
     /// Appends a record.
     pub fn push<'h, H>(&mut self, record: RecordFields<'_, H>)
     where
@@ -685,18 +680,6 @@ pub enum Op<'a> {
         /// The plugin's message.
         message: &'a str,
     },
-}
-
-impl Op<'_> {
-    /// The last input record this op refers to.
-    pub fn last_index(&self) -> u32 {
-        match self {
-            Op::Keep { start, count, .. } => start + count.saturating_sub(1),
-            Op::ReplaceValue { index, .. } | Op::Record { index, .. } | Op::Error { index, .. } => {
-                *index
-            }
-        }
-    }
 }
 
 /// One line per op, for tests and diagnostics: `keep 5`, `keep 0..3 to audit`,

@@ -9,6 +9,9 @@
 //! consumer's prefetch queue and the producer's queue have byte limits, at most
 //! `MAX_IN_FLIGHT_BATCHES` batches wait for acknowledgement, and a full producer
 //! queue blocks the loop, so a stalled sink stalls the source.
+//!
+//! Size: the worker's loop in named steps ([`Worker::turn`]), its drain, and the
+//! slow-turn report share the loop's state; each step is a short function.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

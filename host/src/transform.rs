@@ -29,6 +29,7 @@ use thiserror::Error;
 use crate::checkpoint::retry::{Poisoned, fail_poisoned};
 use crate::config::Rollback;
 use crate::output::{OutputLimits, Verdicts};
+use crate::plugin::LoadError;
 use crate::plugin::registry::{Live, Registry};
 use crate::runtime::{Instance, PluginError, Tier};
 use crate::telemetry::Throttle;
@@ -53,13 +54,18 @@ pub enum TransformError {
     },
     #[error("plugin {plugin} returned a malformed output batch: {error}")]
     Malformed { plugin: String, error: DecodeError },
-    #[error("plugin {plugin} could not be started after a swap: {error}")]
-    Adopt { plugin: String, error: String },
-    #[error("plugin {plugin} could not be started again after it failed ({cause}): {error}")]
+    #[error("plugin {plugin} could not be started after a swap")]
+    Adopt {
+        plugin: String,
+        #[source]
+        error: LoadError,
+    },
+    #[error("plugin {plugin} could not be started again after it failed ({cause})")]
     Restart {
         plugin: String,
         cause: String,
-        error: String,
+        #[source]
+        error: LoadError,
     },
 }
 
@@ -439,7 +445,7 @@ impl TransformStage {
             .map_err(|error| TransformError::Restart {
                 plugin: self.current.plugin.origin.to_string(),
                 cause: cause.to_string(),
-                error: format!("{:#}", anyhow::Error::new(error)),
+                error,
             })?;
         Ok(())
     }
@@ -469,7 +475,7 @@ impl TransformStage {
                 .start(&plugin, self.worker)
                 .map_err(|error| TransformError::Adopt {
                     plugin: live.plugin.origin.to_string(),
-                    error: format!("{:#}", anyhow::Error::new(error)),
+                    error,
                 })?,
         };
         self.adopt_us = started.elapsed().as_micros() as u64;

@@ -1049,6 +1049,14 @@ mod tests {
         setup.checkpointer.processed(&span);
     }
 
+    /// A batch that ends at `end` of the partition, all its outputs acknowledged
+    /// (at-least-once).
+    fn acknowledged(setup: &Setup, end: i64) {
+        let mut tracker = setup.tracker.lock().unwrap();
+        let seq = tracker.begin(vec![(partition(), end)]);
+        tracker.seal(seq);
+    }
+
     /// A definite refusal of a transaction commit (not an unknown outcome).
     fn refused() -> KafkaError {
         KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
@@ -1148,11 +1156,7 @@ mod tests {
     fn at_least_once_a_failed_changelog_write_leaves_the_offsets_uncommitted_and_the_changes_to_save()
      {
         let mut setup = setup(Delivery::AtLeastOnce);
-        {
-            let mut tracker = setup.tracker.lock().unwrap();
-            let seq = tracker.begin(vec![(partition(), 10)]);
-            tracker.seal(seq);
-        }
+        acknowledged(&setup, 10);
         set(&setup.state, "AAPL", "1");
         setup.checkpointer.sink.refuse_changes.set(true);
 
@@ -1171,11 +1175,7 @@ mod tests {
         // Once the changelog takes them, the changes and then the offsets are saved.
         setup.checkpointer.sink.refuse_changes.set(false);
         setup.tracker.lock().unwrap().reset();
-        {
-            let mut tracker = setup.tracker.lock().unwrap();
-            let seq = tracker.begin(vec![(partition(), 10)]);
-            tracker.seal(seq);
-        }
+        acknowledged(&setup, 10);
         assert_eq!(
             setup
                 .checkpointer
@@ -1280,11 +1280,7 @@ mod tests {
     #[test]
     fn lost_partitions_commit_nothing_and_revoked_ones_commit_what_was_acknowledged() {
         let mut setup = setup(Delivery::AtLeastOnce);
-        {
-            let mut tracker = setup.tracker.lock().unwrap();
-            let seq = tracker.begin(vec![(partition(), 10)]);
-            tracker.seal(seq);
-        }
+        acknowledged(&setup, 10);
         setup
             .checkpointer
             .revoke(&setup.consumer, &[partition()], true)
@@ -1292,11 +1288,7 @@ mod tests {
         assert_eq!(setup.broker.committed(&partition()), None);
 
         setup.checkpointer.assign(&[partition()], &[]).unwrap();
-        {
-            let mut tracker = setup.tracker.lock().unwrap();
-            let seq = tracker.begin(vec![(partition(), 25)]);
-            tracker.seal(seq);
-        }
+        acknowledged(&setup, 25);
         setup
             .checkpointer
             .revoke(&setup.consumer, &[partition()], false)

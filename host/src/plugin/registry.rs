@@ -17,6 +17,10 @@
 //! recorded with the plugin, with instances started ahead, and each worker moves to it
 //! at its next batch boundary within the same version. A large plugin (JavaScript,
 //! Python) that no cache holds starts the same way.
+//!
+//! Size: proposing, publishing, the background compile of optimized code, rollback
+//! and the swap history all guard one live pointer and its books; the tests of those
+//! paths are at the end.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
