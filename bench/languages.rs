@@ -81,7 +81,11 @@ fn batch(records: usize, shape: Shape) -> Vec<u8> {
         let ticker = tickers[i % tickers.len()];
         let (stock_key, stock_value) = (
             record_key(ticker),
-            record_value("2023-08-08 04:21:49.187123", ticker, (i % 100) as f64 + 0.25),
+            record_value(
+                "2023-08-08 04:21:49.187123",
+                ticker,
+                (i % 100) as f64 + 0.25,
+            ),
         );
         let (key, value, headers): (&[u8], &[u8], &[Header<'_>]) = match shape {
             Shape::Bench => (&key, &value, &headers),
@@ -114,7 +118,12 @@ struct Component {
     plugin: Plugin,
 }
 
-fn compile(plan: &Plan, name: &str, bytes: &[u8], build: Option<Duration>) -> anyhow::Result<Component> {
+fn compile(
+    plan: &Plan,
+    name: &str,
+    bytes: &[u8],
+    build: Option<Duration>,
+) -> anyhow::Result<Component> {
     let mut compiles = Vec::new();
     let mut plugin = None;
     for _ in 0..plan.compiles {
@@ -206,8 +215,8 @@ fn extra(var: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
             let (label, path) = item
                 .split_once('=')
                 .ok_or_else(|| anyhow::anyhow!("{var}: `{item}` is not label=path.wasm"))?;
-            let bytes = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("{var}: reading {path}: {e}"))?;
+            let bytes =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("{var}: reading {path}: {e}"))?;
             Ok((label.to_string(), bytes))
         })
         .collect()
@@ -224,8 +233,10 @@ fn main() -> anyhow::Result<()> {
     eprintln!("building the JavaScript and Python plugins...");
     let (js, js_build) = built(&plugins.join("passthrough-js"), &out.path().join("js.wasm"))?;
     let (py, py_build) = built(&plugins.join("passthrough-py"), &out.path().join("py.wasm"))?;
-    let (enrich, enrich_build) =
-        built(&repo.join("plugins/enrich"), &out.path().join("enrich.wasm"))?;
+    let (enrich, enrich_build) = built(
+        &repo.join("plugins/enrich"),
+        &out.path().join("enrich.wasm"),
+    )?;
     let (enrich_record, enrich_record_build) = built(
         &plugins.join("enrich-record-js"),
         &out.path().join("enrich-record.wasm"),
@@ -235,7 +246,12 @@ fn main() -> anyhow::Result<()> {
         compile(&plan, "Rust pass-through", PASSTHROUGH_WASM, None)?,
         compile(&plan, "JavaScript pass-through", &js, Some(js_build))?,
         compile(&plan, "Python pass-through", &py, Some(py_build))?,
-        compile(&plan, "JavaScript enrich (batch API)", &enrich, Some(enrich_build))?,
+        compile(
+            &plan,
+            "JavaScript enrich (batch API)",
+            &enrich,
+            Some(enrich_build),
+        )?,
         compile(
             &plan,
             "JavaScript enrich (per-record API)",
@@ -251,8 +267,20 @@ fn main() -> anyhow::Result<()> {
 
     let bench = Shape::Bench;
     let mut rows = vec![
-        measure(&plan, &components[0], "Rust, per record (`keep()`)", &[], bench)?,
-        measure(&plan, &components[1], "JavaScript, per record (`out.keep()`)", &[], bench)?,
+        measure(
+            &plan,
+            &components[0],
+            "Rust, per record (`keep()`)",
+            &[],
+            bench,
+        )?,
+        measure(
+            &plan,
+            &components[1],
+            "JavaScript, per record (`out.keep()`)",
+            &[],
+            bench,
+        )?,
         measure(
             &plan,
             &components[1],
@@ -267,7 +295,13 @@ fn main() -> anyhow::Result<()> {
             &[("mode", "all")],
             bench,
         )?,
-        measure(&plan, &components[2], "Python, per record (`out.keep()`)", &[], bench)?,
+        measure(
+            &plan,
+            &components[2],
+            "Python, per record (`out.keep()`)",
+            &[],
+            bench,
+        )?,
         measure(
             &plan,
             &components[2],
@@ -285,12 +319,24 @@ fn main() -> anyhow::Result<()> {
     ];
     let first_extra = 5;
     for (i, (label, _)) in extras.iter().enumerate() {
-        rows.push(measure(&plan, &components[first_extra + i], label, &[], bench)?);
+        rows.push(measure(
+            &plan,
+            &components[first_extra + i],
+            label,
+            &[],
+            bench,
+        )?);
     }
     let stocks = Shape::Stocks;
     let mut enrich_rows = vec![
         measure(&plan, &components[4], "enrich, per-record API", &[], stocks)?,
-        measure(&plan, &components[3], "enrich, batch API (plugins/enrich)", &[], stocks)?,
+        measure(
+            &plan,
+            &components[3],
+            "enrich, batch API (plugins/enrich)",
+            &[],
+            stocks,
+        )?,
     ];
     for (i, (label, _)) in extra_stocks.iter().enumerate() {
         let component = &components[first_extra + extras.len() + i];
