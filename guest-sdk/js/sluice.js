@@ -54,6 +54,10 @@ function toBytes(value) {
   if (value === null || value === undefined) return null;
   if (value instanceof Uint8Array) return value;
   if (typeof value === "string") return encoder.encode(value);
+  // Views of the input batch may not pass `instanceof` (the bindings make the batch's
+  // array): any byte view or buffer is taken as bytes.
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
   throw new TypeError("a key, value or header value must be a Uint8Array, a string or null");
 }
 
