@@ -194,7 +194,7 @@ class InputBatch {
   }
 
   record(index) {
-    return new Record(this, index, this.positionOf(index));
+    return new Record(this, index, this.view.getUint32(this.indexAt + index * 4, true));
   }
 
   offsetAt(position) {
@@ -355,6 +355,9 @@ class OutputWriter {
     if (output !== undefined && output !== null) {
       this.op(OP_KEEP, output);
       this.u32(index);
+    } else if (this.pendingCount > 0 && this.pendingStart + this.pendingCount === index) {
+      // The common case, inline: the record follows the pending range.
+      this.pendingCount += 1;
     } else {
       this.keepRange(index, 1);
     }
