@@ -17,6 +17,19 @@
 //   }
 //
 //   export const transform = exportTransform(DropTombstones);
+//
+// A plugin that answers a whole batch at once defines `processBatch(batch, out)`
+// instead: it reads records by index and answers by index, so forwarding needs no
+// object per record (`out.keepAll()` forwards the batch in one call):
+//
+//   class DropTombstones {
+//     constructor(config) {}
+//     processBatch(batch, out) {
+//       for (let i = 0; i < batch.length; i++) {
+//         if (batch.value(i) !== null) out.keep(i);
+//       }
+//     }
+//   }
 
 import { write as writeLog } from "sluice:plugin/log@0.1.0";
 import { get as getState, set as setState, delete as deleteState } from "sluice:plugin/state@0.1.0";
@@ -41,6 +54,10 @@ function toBytes(value) {
   if (value === null || value === undefined) return null;
   if (value instanceof Uint8Array) return value;
   if (typeof value === "string") return encoder.encode(value);
+  // Views of the input batch may not pass `instanceof` (the bindings make the batch's
+  // array): any byte view or buffer is taken as bytes.
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  if (value instanceof ArrayBuffer) return new Uint8Array(value);
   throw new TypeError("a key, value or header value must be a Uint8Array, a string or null");
 }
 
@@ -100,44 +117,27 @@ export class Record {
 
   /** The record's offset in its partition. */
   get offset() {
-    return Number(this.batch.view.getBigInt64(this.position + 6, true));
+    return this.batch.offsetAt(this.position);
   }
 
   /** Milliseconds since the Unix epoch, or null. */
   get timestamp() {
-    const timestamp = Number(this.batch.view.getBigInt64(this.position + 14, true));
-    return timestamp >= 0 ? timestamp : null;
+    return this.batch.timestampAt(this.position);
   }
 
   /** The key (a Uint8Array view into the batch), or null. */
   get key() {
-    return this.batch.nullable(this.position + 22)[0];
+    return this.batch.bytesAt(this.position + KEY_AT);
   }
 
   /** The value (a Uint8Array view into the batch), or null. */
   get value() {
-    return this.batch.nullable(this.batch.skip(this.position + 22))[0];
-  }
-
-  get headersAt() {
-    return this.batch.skip(this.batch.skip(this.position + 22));
+    return this.batch.bytesAt(this.batch.after(this.position + KEY_AT));
   }
 
   /** The headers in order, duplicates included: [{ name, value }], value a Uint8Array or null. */
   get headers() {
-    const view = this.batch.view;
-    let at = this.headersAt;
-    const count = view.getUint16(at, true);
-    at += 2;
-    const headers = [];
-    for (let i = 0; i < count; i++) {
-      const nameLength = view.getUint16(at, true);
-      const name = decoder.decode(this.batch.bytes.subarray(at + 2, at + 2 + nameLength));
-      let value;
-      [value, at] = this.batch.nullable(at + 2 + nameLength);
-      headers.push({ name, value });
-    }
-    return headers;
+    return this.batch.headersAt(this.position);
   }
 
   /** The value of the first header named `name` (null for a null value), or undefined. */
@@ -148,22 +148,25 @@ export class Record {
 
   /** The key as UTF-8 text, or null. */
   keyText() {
-    return this.key === null ? null : decoder.decode(this.key);
+    const key = this.key;
+    return key === null ? null : decoder.decode(key);
   }
 
   /** The value as UTF-8 text, or null. */
   valueText() {
-    return this.value === null ? null : decoder.decode(this.value);
+    const value = this.value;
+    return value === null ? null : decoder.decode(value);
   }
 
   /** The value parsed as JSON; an error (failing this record) when null or not JSON. */
   json() {
-    if (this.value === null) {
-      throw new Error(`record at offset ${this.offset} has no value; expected JSON`);
-    }
-    return JSON.parse(this.valueText());
+    return this.batch.jsonAt(this.position);
   }
 }
+
+// A record's fields from its position: u16 topic, i32 partition, i64 offset, i64
+// timestamp, then the key, the value and the headers.
+const KEY_AT = 22;
 
 class InputBatch {
   constructor(bytes) {
@@ -185,26 +188,67 @@ class InputBatch {
     }
   }
 
+  /** The byte position of record `index`. */
+  positionOf(index) {
+    return this.view.getUint32(this.indexAt + index * 4, true);
+  }
+
   record(index) {
     return new Record(this, index, this.view.getUint32(this.indexAt + index * 4, true));
   }
 
+  offsetAt(position) {
+    // Two halves instead of a BigInt: no allocation, exact below 2^53.
+    const low = this.view.getUint32(position + 6, true);
+    return this.view.getInt32(position + 10, true) * 0x100000000 + low;
+  }
+
+  timestampAt(position) {
+    const timestamp = this.view.getInt32(position + 18, true) * 0x100000000 + this.view.getUint32(position + 14, true);
+    return timestamp >= 0 ? timestamp : null;
+  }
+
   /** The position after the nullable bytes at `at`. */
-  skip(at) {
+  after(at) {
     const length = this.view.getInt32(at, true);
     return length < 0 ? at + 4 : at + 4 + length;
   }
 
-  nullable(at) {
+  /** The nullable bytes at `at`: a view into the batch, or null. */
+  bytesAt(at) {
     const length = this.view.getInt32(at, true);
-    if (length < 0) return [null, at + 4];
-    return [this.bytes.subarray(at + 4, at + 4 + length), at + 4 + length];
+    return length < 0 ? null : this.bytes.subarray(at + 4, at + 4 + length);
+  }
+
+  headersAt(position) {
+    const view = this.view;
+    let at = this.after(this.after(position + KEY_AT));
+    const count = view.getUint16(at, true);
+    at += 2;
+    const headers = [];
+    for (let i = 0; i < count; i++) {
+      const nameLength = view.getUint16(at, true);
+      const name = decoder.decode(this.bytes.subarray(at + 2, at + 2 + nameLength));
+      at += 2 + nameLength;
+      headers.push({ name, value: this.bytesAt(at) });
+      at = this.after(at);
+    }
+    return headers;
+  }
+
+  jsonAt(position) {
+    const value = this.bytesAt(this.after(position + KEY_AT));
+    if (value === null) {
+      throw new Error(`record at offset ${this.offsetAt(position)} has no value; expected JSON`);
+    }
+    return JSON.parse(decoder.decode(value));
   }
 }
 
 class OutputWriter {
   constructor() {
     this.bytes = new Uint8Array(256);
+    this.view = new DataView(this.bytes.buffer);
     this.length = 8;
     this.ops = 0;
     // An unrouted keep range not yet written; count 0: none.
@@ -219,6 +263,7 @@ class OutputWriter {
     const grown = new Uint8Array(size);
     grown.set(this.bytes.subarray(0, this.length));
     this.bytes = grown;
+    this.view = new DataView(grown.buffer);
   }
 
   u8(value) {
@@ -228,19 +273,21 @@ class OutputWriter {
 
   u16(value) {
     this.reserve(2);
-    new DataView(this.bytes.buffer).setUint16(this.length, value, true);
+    this.view.setUint16(this.length, value, true);
     this.length += 2;
   }
 
   u32(value) {
     this.reserve(4);
-    new DataView(this.bytes.buffer).setUint32(this.length, value, true);
+    this.view.setUint32(this.length, value, true);
     this.length += 4;
   }
 
   i64(value) {
     this.reserve(8);
-    new DataView(this.bytes.buffer).setBigInt64(this.length, BigInt(value), true);
+    // Two halves instead of a BigInt; timestamps are integers well below 2^53.
+    this.view.setUint32(this.length, value >>> 0, true);
+    this.view.setInt32(this.length + 4, Math.floor(value / 0x100000000), true);
     this.length += 8;
   }
 
@@ -251,10 +298,18 @@ class OutputWriter {
   }
 
   nullable(value) {
+    if (typeof value === "string") {
+      // Encoded straight into the output: at most three bytes per UTF-16 unit.
+      this.reserve(4 + value.length * 3);
+      const { written } = encoder.encodeInto(value, this.bytes.subarray(this.length + 4));
+      this.view.setUint32(this.length, written, true);
+      this.length += 4 + written;
+      return;
+    }
     const bytes = toBytes(value);
     if (bytes === null) {
       this.reserve(4);
-      new DataView(this.bytes.buffer).setInt32(this.length, -1, true);
+      this.view.setInt32(this.length, -1, true);
       this.length += 4;
     } else {
       this.u32(bytes.length);
@@ -301,11 +356,21 @@ class OutputWriter {
       this.op(OP_KEEP, output);
       this.u32(index);
     } else if (this.pendingCount > 0 && this.pendingStart + this.pendingCount === index) {
+      // The common case, inline: the record follows the pending range.
       this.pendingCount += 1;
     } else {
+      this.keepRange(index, 1);
+    }
+  }
+
+  /** Records `start` to `start + count - 1`, merged into the pending range when they follow it. */
+  keepRange(start, count) {
+    if (this.pendingCount > 0 && this.pendingStart + this.pendingCount === start) {
+      this.pendingCount += count;
+    } else {
       this.flush();
-      this.pendingStart = index;
-      this.pendingCount = 1;
+      this.pendingStart = start;
+      this.pendingCount = count;
     }
   }
 
@@ -346,10 +411,9 @@ class OutputWriter {
 
   finish() {
     this.flush();
-    const view = new DataView(this.bytes.buffer);
-    view.setUint16(0, VERSION, true);
-    view.setUint16(2, 0, true);
-    view.setUint32(4, this.ops, true);
+    this.view.setUint16(0, VERSION, true);
+    this.view.setUint16(2, 0, true);
+    this.view.setUint32(4, this.ops, true);
     return this.bytes.subarray(0, this.length);
   }
 }
@@ -395,6 +459,155 @@ export class Output {
   /** Emits a new record to the named output. */
   emitTo(record, output) {
     this.emit(record, output);
+  }
+}
+
+/**
+ * A whole input batch, for `processBatch`: records are read by index, lazily, without
+ * an object per record unless asked for one (`record(i)` or iterating).
+ *
+ *   processBatch(batch, out) {
+ *     for (let i = 0; i < batch.length; i++) {
+ *       if (batch.value(i) !== null) out.keep(i);
+ *     }
+ *   }
+ */
+export class Batch {
+  constructor(input) {
+    this.input = input;
+    /** The number of records. */
+    this.length = input.length;
+  }
+
+  /** Record `index` as a `Record` (the object the per-record API passes). */
+  record(index) {
+    this.check(index);
+    return this.input.record(index);
+  }
+
+  /** The records in batch order, one `Record` each. */
+  *[Symbol.iterator]() {
+    for (let i = 0; i < this.length; i++) yield this.input.record(i);
+  }
+
+  /** The key of record `index` (a Uint8Array view into the batch), or null. */
+  key(index) {
+    return this.input.bytesAt(this.at(index) + KEY_AT);
+  }
+
+  /** The value of record `index` (a Uint8Array view into the batch), or null. */
+  value(index) {
+    return this.input.bytesAt(this.input.after(this.at(index) + KEY_AT));
+  }
+
+  /** The key of record `index` as UTF-8 text, or null. */
+  keyText(index) {
+    const key = this.key(index);
+    return key === null ? null : decoder.decode(key);
+  }
+
+  /** The value of record `index` as UTF-8 text, or null. */
+  valueText(index) {
+    const value = this.value(index);
+    return value === null ? null : decoder.decode(value);
+  }
+
+  /** The value of record `index` parsed as JSON; throws when null or not JSON. */
+  json(index) {
+    return this.input.jsonAt(this.at(index));
+  }
+
+  /** The headers of record `index`: [{ name, value }]. */
+  headers(index) {
+    return this.input.headersAt(this.at(index));
+  }
+
+  /** The topic of record `index`. */
+  topic(index) {
+    return this.input.topics[this.input.view.getUint16(this.at(index), true)];
+  }
+
+  /** The partition of record `index`. */
+  partition(index) {
+    return this.input.view.getInt32(this.at(index) + 2, true);
+  }
+
+  /** The offset of record `index`. */
+  offset(index) {
+    return this.input.offsetAt(this.at(index));
+  }
+
+  /** The timestamp of record `index` in milliseconds, or null. */
+  timestamp(index) {
+    return this.input.timestampAt(this.at(index));
+  }
+
+  at(index) {
+    this.check(index);
+    return this.input.positionOf(index);
+  }
+
+  check(index) {
+    if (!(index >= 0 && index < this.length && Number.isInteger(index))) {
+      throw new RangeError(`record index ${index} is outside the batch of ${this.length} records`);
+    }
+  }
+}
+
+/**
+ * Where `processBatch` puts the outputs of the whole batch. Every output names the
+ * input record it comes from by index; outputs are written in the order of the calls,
+ * so a plugin that answers its records in input order keeps each partition's order.
+ * Consecutive `keep`s of consecutive records become one range: forwarding most of a
+ * batch costs a compare and an add per record, and `keepAll()` costs one call.
+ */
+export class BatchOutput {
+  constructor(writer, batch) {
+    this.writer = writer;
+    this.batch = batch;
+  }
+
+  /** Forwards every record of the batch unchanged, in order, to the default output. */
+  keepAll() {
+    if (this.batch.length > 0) this.writer.keepRange(0, this.batch.length);
+  }
+
+  /** Forwards records `start` to `start + count - 1` unchanged, in order, to the default output. */
+  keepRange(start, count) {
+    if (count === 0) return;
+    this.batch.check(start);
+    this.batch.check(start + count - 1);
+    this.writer.keepRange(start, count);
+  }
+
+  /** Forwards record `index` unchanged, to the default output or the named one. */
+  keep(index, output) {
+    this.batch.check(index);
+    this.writer.keep(index, output);
+  }
+
+  /** Forwards record `index` with a new value (Uint8Array, string or null); key, headers and timestamp kept. */
+  setValue(index, value, output) {
+    this.batch.check(index);
+    this.writer.replaceValue(index, value, output);
+  }
+
+  /** Forwards record `index` with `value` serialized as JSON. */
+  setJson(index, value, output) {
+    this.batch.check(index);
+    this.writer.replaceValue(index, JSON.stringify(value), output);
+  }
+
+  /** Emits a new record { key, value, headers, timestamp } derived from record `index`; without a timestamp it takes the input's. */
+  emit(index, record, output) {
+    const stamped = { ...record, timestamp: record.timestamp ?? this.batch.timestamp(index) };
+    this.writer.record(index, stamped, output);
+  }
+
+  /** Reports that record `index` could not be transformed: it goes to the dead-letter topic, or stops the pipeline. */
+  fail(index, message) {
+    this.batch.check(index);
+    this.writer.error(index, messageOf(message));
   }
 }
 
@@ -453,18 +666,30 @@ function messageOf(error) {
 
 /**
  * Makes the `transform` export of a plugin from a class whose constructor takes a
- * `Config` (throw to reject the settings) and whose `process(record, out)` calls `out`
- * zero, one or many times, or throws to report that record alone as failed (its
- * outputs and state writes, if any, are discarded).
+ * `Config` (throw to reject the settings) and that has one of:
+ *
+ * - `process(record, out)`, called once per record: it calls `out` zero, one or many
+ *   times, or throws to report that record alone as failed (its outputs and state
+ *   writes, if any, are discarded);
+ * - `processBatch(batch, out)`, called once per batch with a `Batch` and a
+ *   `BatchOutput`: it answers every record by index (`out.keep(i)`, `out.keepAll()`,
+ *   `out.fail(i, message)`, ...). Throwing fails the whole batch; the host then runs
+ *   it again one record at a time, so that only the records that fail alone are
+ *   reported. A plugin with both is called through `processBatch`.
  */
 export function exportTransform(Plugin) {
   let plugin = null;
+  let batchApi = false;
   return {
     init(pairs) {
       try {
         plugin = new Plugin(new Config(pairs));
       } catch (error) {
         throw messageOf(error);
+      }
+      batchApi = typeof plugin.processBatch === "function";
+      if (!batchApi && typeof plugin.process !== "function") {
+        throw `the plugin class ${Plugin.name} has neither process(record, out) nor processBatch(batch, out)`;
       }
     },
 
@@ -477,6 +702,15 @@ export function exportTransform(Plugin) {
         throw messageOf(error);
       }
       const writer = new OutputWriter();
+      if (batchApi) {
+        const view = new Batch(batch);
+        try {
+          plugin.processBatch(view, new BatchOutput(writer, view));
+        } catch (error) {
+          throw messageOf(error);
+        }
+        return writer.finish();
+      }
       // One Output for the batch, pointed at each record in turn.
       const out = new Output(writer, null);
       for (let i = 0; i < batch.length; i++) {

@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod authoring;
 mod bad_input;
+mod batch_api;
 mod config_limits;
 mod console;
 mod deploy;
