@@ -67,7 +67,7 @@ pub fn print_report(args: &Args, run: &Run, report: &Report) {
     );
 
     println!(
-        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → every worker runs it (GET /status) ms | last old → first new output ms | longest output gap ±{0} ms around it | **pause: longest output gap from the file change to {0} ms after the first new-tag output** | same-length control window {1} ms before the file change | longest output gap in wide window ms | same, broker append time ms | longest input send gap in wide window ms | max latency in wide window ms | worker adopted new version µs (host log) | longest broker GC pause in swap window / control / wide window ms | CPU time stolen by the hypervisor in swap window / control / wide window ms |",
+        "| swap | to | file change → first new-tag output ms | → registry `since` ms | → every worker runs it (GET /status) ms | last old → first new output ms | longest output gap ±{0} ms around it | **pause: longest output gap from the file change to {0} ms after the first new-tag output** | same-length control window {1} ms before the file change | longest output gap in wide window ms | same, broker append time ms | longest input send gap in wide window ms | max latency in wide window ms | worker adopted new version µs (GET /status) | longest broker GC pause in swap window / control / wide window ms | CPU time stolen by the hypervisor in swap window / control / wide window ms |",
         SWITCH_US / 1000,
         CONTROL_LEAD_US / 1000
     );
@@ -266,7 +266,7 @@ pub fn print_report(args: &Args, run: &Run, report: &Report) {
     );
     row("max end-to-end latency in window", &latency, "", None);
     println!(
-        "| worker adopts the new version (takes the instance started ahead, or starts one), µs (host log: no endpoint has it) | {:.0} | {:.0} | {:.0} | | |",
+        "| worker adopts the new version (takes the instance started ahead, or starts one), µs (`workers[].adopt_us` of GET /status) | {:.0} | {:.0} | {:.0} | | |",
         percentile(&adopt, 0.5),
         percentile(&adopt, 0.99),
         adopt.last().copied().unwrap_or(f64::NAN)
