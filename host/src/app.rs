@@ -6,16 +6,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::admin;
 use crate::auth::{AuthFailure, ClientAuth};
 use crate::checkpoint::changelog::{self, Restorer};
 use crate::checkpoint::checkpointer::Checkpointer;
+use crate::checkpoint::exactly_once;
 use crate::config::{Config, ConfigSource, Delivery, Fallback, Invalid, Startup};
 use crate::metrics::Metrics;
 use crate::output::{OutputLimits, added_header_bytes};
@@ -26,7 +24,7 @@ use crate::progress::Tracker;
 use crate::runtime::{DirGrant, Instance, Limits, Runtime, Sandbox};
 use crate::shutdown::Shutdown;
 use crate::sink::kafka::{KafkaSink, TransactionSettings};
-use crate::source::kafka::{FreshStart, KafkaSource, SourceContext};
+use crate::source::kafka::{FreshStart, KafkaSource};
 use crate::state::{SharedState, StateLimits, StateStore};
 use crate::transform::TransformStage;
 
@@ -148,92 +146,6 @@ fn is_stateful_set_pod_name(host: &str) -> bool {
 /// restarted host fences its previous incarnation and aborts what it left open.
 pub fn transactional_id(group_id: &str, instance: &str) -> String {
     format!("sluice-{group_id}-{instance}")
-}
-
-/// The name worker `worker` uses where each member needs its own (the transactional
-/// id, a static `group.instance.id`): worker 0 keeps `name`, so a host that runs one
-/// worker is known to the cluster as before; the others add `-<worker>`.
-fn worker_name(name: &str, worker: usize) -> String {
-    match worker {
-        0 => name.to_string(),
-        _ => format!("{name}-{worker}"),
-    }
-}
-
-/// The metadata every exactly-once offset commit of a host carries: how many workers
-/// the host whose transactional id is `id` runs. A restart with fewer workers reads it
-/// to abort what the workers it no longer runs left open.
-fn workers_metadata(id: &str, workers: usize) -> String {
-    format!("sluice workers={workers} id={id}")
-}
-
-/// The worker count in `metadata`, if [`workers_metadata`] wrote it for `id`.
-fn workers_in_metadata(metadata: &str, id: &str) -> Option<usize> {
-    let (workers, written_for) = metadata
-        .strip_prefix("sluice workers=")?
-        .split_once(" id=")?;
-    (written_for == id).then(|| workers.parse().ok()).flatten()
-}
-
-/// Exactly-once, after a host ran with more workers than now: aborts the transactions
-/// its extra workers may have left open (a crash, a SIGKILL), at once rather than at
-/// the broker's transaction timeout, which would hold every `read_committed` reader of
-/// the sink back until then. Best effort: what the committed offsets do not say is
-/// left to that timeout.
-fn fence_retired_workers(
-    config: &Config,
-    consumer: &BaseConsumer<SourceContext>,
-    partitions: i32,
-    id: &str,
-    workers: usize,
-    auth: &ClientAuth,
-) -> anyhow::Result<()> {
-    let mut asked = TopicPartitionList::new();
-    for partition in 0..partitions {
-        asked.add_partition(&config.source.topic, partition);
-    }
-    let committed = match consumer.committed_offsets(asked, config.source.connect_timeout) {
-        Ok(committed) => committed,
-        Err(error) => {
-            tracing::warn!(%error, "Could not read the group's committed offsets to look for workers of an earlier run.");
-            return Ok(());
-        }
-    };
-    let before = committed
-        .elements()
-        .iter()
-        .filter_map(|element| workers_in_metadata(element.metadata(), id))
-        .max()
-        .unwrap_or(0);
-    if before <= workers {
-        return Ok(());
-    }
-    for worker in workers..before {
-        crate::sink::kafka::fence(
-            &config.sink,
-            &worker_name(id, worker),
-            config.source.connect_timeout,
-            auth,
-        )
-        .with_context(|| format!("aborting what worker {worker} of an earlier run left open"))?;
-    }
-    tracing::info!(
-        workers,
-        before,
-        "Aborted what the workers of an earlier run with more workers left open."
-    );
-    Ok(())
-}
-
-/// How long the broker lets an exactly-once checkpoint's transaction stay open before
-/// aborting it: one checkpoint interval, the longest a batch may take (twice the
-/// plugin's time limit: a run, then a run record by record), and 10 s of slack (Kafka
-/// Streams uses 10 s). Short, because an open transaction of a host that died holds
-/// back every `read_committed` consumer of the sink until it ends. The configuration
-/// check keeps it within brokers' default cap of 15 minutes.
-fn transaction_timeout(interval: Duration, call_timeout: Duration) -> Duration {
-    let slack = Duration::from_millis(crate::config::TURN_SLACK_MS as u64);
-    (interval + 2 * call_timeout + slack).min(Duration::from_secs(900))
 }
 
 /// librdkafka's default `message.max.bytes`, when `sink.kafka` does not set it.
@@ -497,7 +409,7 @@ pub fn run(
         // each other.
         let mut source_config = config.source.clone();
         if let Some(id) = source_config.kafka.get_mut("group.instance.id") {
-            *id = worker_name(id, worker);
+            *id = crate::kafka::worker_name(id, worker);
         }
         let (source, partitions) = KafkaSource::connect(
             &source_config,
@@ -507,7 +419,7 @@ pub fn run(
             worker,
         )?;
         if worker == 0 && config.delivery == Delivery::ExactlyOnce {
-            fence_retired_workers(
+            exactly_once::fence_retired_workers(
                 &config,
                 source.consumer(),
                 partitions,
@@ -536,8 +448,11 @@ pub fn run(
         let restorer = Restorer::new(&config.sink, &changelog, &sink_auth)?;
         // A restarted host's workers fence their previous runs by these ids.
         let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
-            id: worker_name(&transactional_id, worker),
-            timeout: transaction_timeout(config.checkpoint.interval, config.plugin.call_timeout),
+            id: crate::kafka::worker_name(&transactional_id, worker),
+            timeout: exactly_once::transaction_timeout(
+                config.checkpoint.interval,
+                config.plugin.call_timeout,
+            ),
         });
         let tracker = Arc::new(Mutex::new(Tracker::new()));
         let sink = KafkaSink::connect(
@@ -559,7 +474,8 @@ pub fn run(
             shutdown.clone(),
         );
         if config.delivery == Delivery::ExactlyOnce {
-            checkpointer.set_commit_metadata(workers_metadata(&transactional_id, workers));
+            checkpointer
+                .set_commit_metadata(exactly_once::workers_metadata(&transactional_id, workers));
         }
         checkpointer.set_record_failures(
             config.sink.dead_letter_topic.is_some(),
@@ -691,18 +607,6 @@ mod tests {
     }
 
     #[test]
-    fn the_worker_count_is_read_back_for_the_same_transactional_id_only() {
-        let metadata = workers_metadata("sluice-g-vm", 4);
-        assert_eq!(workers_in_metadata(&metadata, "sluice-g-vm"), Some(4));
-        assert_eq!(workers_in_metadata(&metadata, "sluice-g-other"), None);
-        assert_eq!(workers_in_metadata("", "sluice-g-vm"), None);
-        assert_eq!(
-            workers_in_metadata("sluice workers=x id=sluice-g-vm", "sluice-g-vm"),
-            None
-        );
-    }
-
-    #[test]
     fn a_stateful_set_pod_name_is_a_stable_instance_and_a_deployments_is_not() {
         assert_eq!(instance_id(Some(" a "), None).unwrap(), "a");
         assert_eq!(instance_id(None, Some("sluice-3")).unwrap(), "sluice-3");
@@ -720,12 +624,6 @@ mod tests {
         }
         assert!(instance_id(None, None).is_err());
         assert!(instance_id(Some(""), Some("sluice-1")).is_err());
-    }
-
-    #[test]
-    fn worker_zero_keeps_the_hosts_name_and_the_others_add_their_number() {
-        assert_eq!(worker_name("sluice-g-a", 0), "sluice-g-a");
-        assert_eq!(worker_name("sluice-g-a", 3), "sluice-g-a-3");
     }
 
     #[test]

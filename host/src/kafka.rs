@@ -209,3 +209,24 @@ pub fn create_topic(
     }
     Ok(())
 }
+
+/// The name worker `worker` uses where each member needs its own (the transactional
+/// id, a static `group.instance.id`): worker 0 keeps `name`, so a host that runs one
+/// worker is known to the cluster as before; the others add `-<worker>`.
+pub fn worker_name(name: &str, worker: usize) -> String {
+    match worker {
+        0 => name.to_string(),
+        _ => format!("{name}-{worker}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_zero_keeps_the_hosts_name_and_the_others_add_their_number() {
+        assert_eq!(worker_name("sluice-g-a", 0), "sluice-g-a");
+        assert_eq!(worker_name("sluice-g-a", 3), "sluice-g-a-3");
+    }
+}

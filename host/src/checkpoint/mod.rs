@@ -6,4 +6,5 @@
 pub mod changelog;
 pub mod checkpointer;
 pub mod clients;
+pub mod exactly_once;
 pub(crate) mod retry;
