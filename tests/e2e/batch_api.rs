@@ -32,9 +32,9 @@ fn plugin(language: &'static str) -> PathBuf {
     .clone()
 }
 
-/// `sluice plugin test` of `plugin` in `mode` against `expected`, with batches of
-/// `batch_size` records.
-fn assert_outputs(plugin: &Path, mode: &str, expected: &str, batch_size: usize) {
+/// `sluice plugin test` of `plugin` in `mode` on the ten records of `input` against
+/// `expected`, with batches of `batch_size` records.
+fn assert_outputs(plugin: &Path, mode: &str, input: &str, expected: &str, batch_size: usize) {
     let expected = records(expected);
     let lines = std::fs::read_to_string(&expected)
         .unwrap()
@@ -46,7 +46,7 @@ fn assert_outputs(plugin: &Path, mode: &str, expected: &str, batch_size: usize) 
         "test",
         plugin.to_str().unwrap(),
         "--input",
-        &records("input.jsonl"),
+        &records(input),
         "--expect",
         &expected,
         "--config",
@@ -72,14 +72,26 @@ fn keep_all_forwards_every_record_unchanged_and_in_order(language: &'static str)
     let plugin = plugin(language);
     // One batch, then batches of 3 (3 + 3 + 3 + 1): each keep-all covers its own batch.
     for batch_size in [500, 3] {
-        assert_outputs(&plugin, "all", "expected-all.jsonl", batch_size);
+        assert_outputs(
+            &plugin,
+            "all",
+            "input.jsonl",
+            "expected-all.jsonl",
+            batch_size,
+        );
     }
 }
 
 fn answers_by_index_give_the_expected_outputs(language: &'static str) {
     let plugin = plugin(language);
     for batch_size in [500, 3] {
-        assert_outputs(&plugin, "mixed", "expected-mixed.jsonl", batch_size);
+        assert_outputs(
+            &plugin,
+            "mixed",
+            "input.jsonl",
+            "expected-mixed.jsonl",
+            batch_size,
+        );
     }
 }
 
@@ -101,4 +113,22 @@ fn javascript_batch_answers_by_index_give_the_expected_outputs() {
 #[test]
 fn python_batch_answers_by_index_give_the_expected_outputs() {
     answers_by_index_give_the_expected_outputs("python");
+}
+
+/// JSON read with `json(i)` and written with `setJson` (non-ASCII text included), kept
+/// records' bytes untouched, a missing value and a non-JSON value failing their record
+/// alone; the plugin itself checks that indexes outside the batch throw a `RangeError`
+/// from every accessor, which fails the whole batch (and this test) if one does not.
+#[test]
+fn javascript_batch_json_reads_and_writes_and_refuses_indexes_outside_the_batch() {
+    let plugin = plugin("js");
+    for batch_size in [500, 3] {
+        assert_outputs(
+            &plugin,
+            "json",
+            "input-json.jsonl",
+            "expected-json.jsonl",
+            batch_size,
+        );
+    }
 }

@@ -37,8 +37,58 @@ class Mixed {
   }
 }
 
+// `mode = "json"` (JavaScript only): values read with `json(i)` and written with
+// `setJson`; `{"keep": true, ...}` kept as it was, numbers doubled, arrays replaced by
+// their length, other objects marked `seen`. Values that are not JSON fail with "not
+// JSON". Then, at the end of every batch, indexes outside it must throw a RangeError
+// from every accessor, right after a kept record too.
+class Json {
+  processBatch(batch, out) {
+    for (let i = 0; i < batch.length; i++) {
+      let value;
+      try {
+        value = batch.json(i);
+      } catch (error) {
+        out.fail(i, error instanceof SyntaxError ? "not JSON" : error);
+        continue;
+      }
+      if (Array.isArray(value)) {
+        out.setJson(i, value.length);
+      } else if (typeof value === "number") {
+        out.setJson(i, value * 2);
+      } else if (value.keep === true) {
+        out.keep(i);
+      } else {
+        value.seen = true;
+        out.setJson(i, value);
+      }
+    }
+    for (const index of [batch.length, -1, 1.5, "0"]) {
+      for (const [name, call] of [
+        ["json", () => batch.json(index)],
+        ["valueText", () => batch.valueText(index)],
+        ["value", () => batch.value(index)],
+        ["keep", () => out.keep(index)],
+        ["setJson", () => out.setJson(index, {})],
+      ]) {
+        let thrown = null;
+        try {
+          call();
+        } catch (error) {
+          thrown = error;
+        }
+        if (!(thrown instanceof RangeError)) {
+          throw new Error(`${name}(${JSON.stringify(index)}) on a batch of ${batch.length} gave ${thrown} instead of a RangeError`);
+        }
+      }
+    }
+  }
+}
+
 function BatchApi(config) {
-  return config.require("mode") === "all" ? new KeepAll() : new Mixed();
+  const mode = config.require("mode");
+  if (mode === "json") return new Json();
+  return mode === "all" ? new KeepAll() : new Mixed();
 }
 
 export const transform = exportTransform(BatchApi);
