@@ -144,7 +144,7 @@ fn is_stateful_set_pod_name(host: &str) -> bool {
 
 /// The transactional id of an exactly-once host: stable across restarts, so a
 /// restarted host fences its previous incarnation and aborts what it left open.
-pub fn transactional_id(group_id: &str, instance: &str) -> String {
+fn transactional_id(group_id: &str, instance: &str) -> String {
     format!("sluice-{group_id}-{instance}")
 }
 

@@ -30,29 +30,29 @@ pub struct GenerateArgs {
     /// Kafka bootstrap servers, comma-separated [default: the pipeline file's source,
     /// else 127.0.0.1:9092].
     #[arg(long, env = "BOOTSTRAP_SERVERS")]
-    pub bootstrap_servers: Option<String>,
+    bootstrap_servers: Option<String>,
 
     /// Topic to write to [default: the pipeline file's source topic, else stocks-in].
     #[arg(long, env = "TOPIC_NAME")]
-    pub topic: Option<String>,
+    topic: Option<String>,
 
     /// Write to the source of this sluice.toml pipeline, with its security settings
     /// (TLS, SASL, MSK IAM).
     #[arg(long, conflicts_with = "properties")]
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
 
     /// The same, from a Managed Flink application_properties.json.
     #[arg(long)]
-    pub properties: Option<PathBuf>,
+    properties: Option<PathBuf>,
 
     /// Stop after this many records (default: run until interrupted).
     #[arg(long)]
-    pub count: Option<u64>,
+    count: Option<u64>,
 
     /// Records per second, steadily (0: as fast as possible). Without it, the original
     /// rhythm: one record per ticker, then a pause of 5 to 10 seconds.
     #[arg(long)]
-    pub rate: Option<u64>,
+    rate: Option<u64>,
 }
 
 const DEFAULT_SERVERS: &str = "127.0.0.1:9092";
@@ -60,9 +60,9 @@ const DEFAULT_TOPIC: &str = "stocks-in";
 
 /// Where the generator writes, and how it authenticates.
 pub struct Target {
-    pub bootstrap_servers: String,
+    bootstrap_servers: String,
     pub topic: String,
-    pub security: Security,
+    security: Security,
 }
 
 impl Target {

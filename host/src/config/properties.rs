@@ -32,7 +32,7 @@ struct Group {
 
 /// Maps the property groups onto the TOML structure, with problem paths that name the
 /// original property (`consumer.config.0/topic.name`).
-pub fn parse(
+pub(crate) fn parse(
     text: &str,
     bootstrap_override: Option<&str>,
 ) -> Result<(RawConfig, Vec<Problem>), String> {

@@ -30,110 +30,110 @@ const DEFAULT_MAX_POLL_INTERVAL_MS: i64 = 300_000;
 const MAX_PARALLELISM: i64 = 64;
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawConfig {
-    pub version: Option<i64>,
-    pub delivery: Option<String>,
-    pub parallelism: Option<i64>,
+pub(crate) struct RawConfig {
+    pub(crate) version: Option<i64>,
+    pub(crate) delivery: Option<String>,
+    pub(crate) parallelism: Option<i64>,
     #[serde(default)]
-    pub source: RawSource,
+    pub(crate) source: RawSource,
     #[serde(default)]
-    pub sink: RawSink,
+    pub(crate) sink: RawSink,
     #[serde(default)]
-    pub plugin: RawPlugin,
+    pub(crate) plugin: RawPlugin,
     #[serde(default)]
-    pub checkpoint: RawCheckpoint,
+    pub(crate) checkpoint: RawCheckpoint,
     /// Kafka security shared by the source and the sink.
-    pub security: Option<RawSecurity>,
+    pub(crate) security: Option<RawSecurity>,
     /// Unknown keys found while reading, by path.
     #[serde(skip)]
-    pub unknown: Vec<String>,
+    pub(crate) unknown: Vec<String>,
     /// For imported formats: the name each key path has in the original file.
     #[serde(skip)]
-    pub origin: HashMap<&'static str, String>,
+    pub(crate) origin: HashMap<&'static str, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSource {
-    pub bootstrap_servers: Option<String>,
-    pub topic: Option<String>,
-    pub group_id: Option<String>,
-    pub startup: Option<String>,
-    pub startup_fallback: Option<String>,
-    pub startup_timestamp_ms: Option<i64>,
-    pub batch_max_records: Option<i64>,
-    pub connect_timeout_ms: Option<i64>,
+pub(crate) struct RawSource {
+    pub(crate) bootstrap_servers: Option<String>,
+    pub(crate) topic: Option<String>,
+    pub(crate) group_id: Option<String>,
+    pub(crate) startup: Option<String>,
+    startup_fallback: Option<String>,
+    pub(crate) startup_timestamp_ms: Option<i64>,
+    batch_max_records: Option<i64>,
+    connect_timeout_ms: Option<i64>,
     #[serde(default)]
-    pub kafka: BTreeMap<String, toml::Value>,
+    kafka: BTreeMap<String, toml::Value>,
     /// Replaces `[security]` for the source.
-    pub security: Option<RawSecurity>,
+    pub(crate) security: Option<RawSecurity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSink {
-    pub bootstrap_servers: Option<String>,
-    pub topic: Option<String>,
-    pub partitioning: Option<String>,
-    pub create_topic: Option<RawTopicSpec>,
+pub(crate) struct RawSink {
+    pub(crate) bootstrap_servers: Option<String>,
+    pub(crate) topic: Option<String>,
+    partitioning: Option<String>,
+    create_topic: Option<RawTopicSpec>,
     #[serde(default)]
-    pub outputs: BTreeMap<String, String>,
-    pub dead_letter_topic: Option<String>,
+    outputs: BTreeMap<String, String>,
+    dead_letter_topic: Option<String>,
     #[serde(default)]
-    pub kafka: BTreeMap<String, toml::Value>,
+    kafka: BTreeMap<String, toml::Value>,
     /// Replaces `[security]` for the sink.
-    pub security: Option<RawSecurity>,
+    pub(crate) security: Option<RawSecurity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawTopicSpec {
-    pub partitions: Option<i64>,
-    pub replication_factor: Option<i64>,
+struct RawTopicSpec {
+    partitions: Option<i64>,
+    replication_factor: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawPlugin {
-    pub path: Option<PathBuf>,
+pub(crate) struct RawPlugin {
+    path: Option<PathBuf>,
     #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
-    pub max_memory_mb: Option<i64>,
-    pub timeout_ms: Option<i64>,
-    pub max_outputs_per_record: Option<i64>,
-    pub max_batch_output_mb: Option<i64>,
-    pub max_state_mb_per_partition: Option<i64>,
-    pub watch: Option<bool>,
-    pub provenance_header: Option<String>,
+    config: BTreeMap<String, toml::Value>,
+    max_memory_mb: Option<i64>,
+    timeout_ms: Option<i64>,
+    max_outputs_per_record: Option<i64>,
+    max_batch_output_mb: Option<i64>,
+    max_state_mb_per_partition: Option<i64>,
+    watch: Option<bool>,
+    provenance_header: Option<String>,
     /// The directory a component named by an admin swap request must be in.
-    pub allowed_dir: Option<PathBuf>,
+    allowed_dir: Option<PathBuf>,
     #[serde(default)]
-    pub self_test: Vec<RawSelfTest>,
+    self_test: Vec<RawSelfTest>,
     #[serde(default)]
-    pub rollback: RawRollback,
+    rollback: RawRollback,
     #[serde(default)]
-    pub sandbox: super::sandbox::RawSandbox,
+    sandbox: super::sandbox::RawSandbox,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSelfTest {
-    pub key: Option<String>,
-    pub value: Option<String>,
-    pub expect_values: Option<Vec<String>>,
+struct RawSelfTest {
+    key: Option<String>,
+    value: Option<String>,
+    expect_values: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawRollback {
-    pub window_ms: Option<i64>,
-    pub max_error_rate: Option<f64>,
+struct RawRollback {
+    window_ms: Option<i64>,
+    max_error_rate: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawCheckpoint {
-    pub interval_ms: Option<i64>,
-    pub min_pause_ms: Option<i64>,
-    pub record_attempts: Option<i64>,
+pub(crate) struct RawCheckpoint {
+    pub(crate) interval_ms: Option<i64>,
+    pub(crate) min_pause_ms: Option<i64>,
+    record_attempts: Option<i64>,
 }
 
 /// Parses TOML text. A syntax or type error is returned as is (it names its line);
 /// unknown keys are collected and reported with the other problems.
-pub fn parse_toml(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
+pub(crate) fn parse_toml(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
     let deserializer = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
     let mut unknown = Vec::new();
     let mut raw: RawConfig =
@@ -304,7 +304,7 @@ fn scalar_map(
 impl RawConfig {
     /// Checks everything, appending every problem to `problems`. Returns a config
     /// only when the structure could be built; callers must also check `problems`.
-    pub fn validate(&self, problems: &mut Vec<Problem>) -> Option<Config> {
+    pub(crate) fn validate(&self, problems: &mut Vec<Problem>) -> Option<Config> {
         let mut c = Checker {
             problems,
             origin: &self.origin,
