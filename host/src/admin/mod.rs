@@ -27,7 +27,7 @@
 //! validated at a time with a short queue, so no client can hold the endpoint.
 
 pub mod client;
-pub mod console;
+pub(crate) mod console;
 mod guard;
 pub mod token;
 
@@ -51,12 +51,12 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::{Metrics, PluginCounts};
 use crate::plugin::registry::{Registry, Status, SwapEvent, Trigger};
-pub use guard::Guard;
+pub(crate) use guard::Guard;
 use guard::{REQUEST_TIMEOUT, check, refuse, within_request_timeout};
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SwapRequest {
-    pub path: PathBuf,
+struct SwapRequest {
+    path: PathBuf,
 }
 
 /// What `POST /plugin/swap` answers.
@@ -86,7 +86,7 @@ const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 /// How long an upload's body may take to arrive.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(address).await.with_context(|| {
         format!("admin endpoint: cannot listen on {address}; choose another address with --admin ADDR, or --admin off")
     })?;
@@ -108,7 +108,7 @@ struct SwapState {
 
 type Reads = (Arc<Registry>, Arc<Metrics>, Arc<console::Console>);
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     guard: Guard,
     registry: Arc<Registry>,
@@ -210,19 +210,19 @@ async fn status(State((registry, metrics, _)): State<Reads>) -> Json<HostStatus>
 
 /// What `GET /ready` answers.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Readiness {
-    pub ready: bool,
-    pub workers: Vec<WorkerReadiness>,
+struct Readiness {
+    ready: bool,
+    workers: Vec<WorkerReadiness>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct WorkerReadiness {
-    pub worker: usize,
-    pub ready: bool,
+struct WorkerReadiness {
+    worker: usize,
+    ready: bool,
     /// Milliseconds since the worker last finished a turn of its loop; absent before
     /// its first.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub last_turn_ms_ago: Option<u64>,
+    last_turn_ms_ago: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -509,7 +509,7 @@ async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
 }
 
 /// What the metrics say of the plugin registry's `status`.
-pub(crate) fn plugin_counts(status: &Status) -> PluginCounts {
+fn plugin_counts(status: &Status) -> PluginCounts {
     PluginCounts {
         version: status.live.version,
         swaps: status.swaps,

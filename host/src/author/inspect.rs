@@ -11,7 +11,7 @@ use crate::plugin;
 use crate::runtime::{Runtime, WORLD};
 
 /// A readable report on the component at `path`.
-pub fn report(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn report(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
     let description =
