@@ -37,7 +37,7 @@ fn partition_lag(stable_end: i64, end: i64, handed: i64, committed: i64) -> Opti
 
 /// A histogram with fixed buckets, in seconds, in Prometheus' cumulative form.
 #[derive(Debug)]
-pub struct Histogram {
+struct Histogram {
     bounds: &'static [f64],
     /// One count per bound, and one for the values above every bound.
     counts: Vec<AtomicU64>,
@@ -64,7 +64,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, value: Duration) {
+    fn observe(&self, value: Duration) {
         let seconds = value.as_secs_f64();
         let bucket = self
             .bounds
@@ -94,20 +94,20 @@ impl Histogram {
 
 /// One source partition as its worker's consumer last reported it.
 #[derive(Debug, Clone, Serialize)]
-pub struct PartitionStats {
-    pub topic: String,
-    pub partition: i32,
-    pub worker: usize,
+pub(crate) struct PartitionStats {
+    topic: String,
+    partition: i32,
+    worker: usize,
     /// The group's committed offset (-1: none yet).
-    pub committed: i64,
+    committed: i64,
     /// The partition's end: its last stable offset (read_committed), else its high
     /// watermark.
-    pub end: i64,
+    end: i64,
     /// The next offset handed to the pipeline (-1: none yet).
-    pub position: i64,
-    pub lag: Option<u64>,
+    position: i64,
+    pub(crate) lag: Option<u64>,
     /// Records per second handed to the pipeline, over the last statistics interval.
-    pub records_per_second: f64,
+    records_per_second: f64,
     #[serde(skip)]
     at: Option<Instant>,
 }
@@ -122,7 +122,7 @@ fn escape_label(value: &str) -> String {
 
 /// The pipeline's counters, written by its thread and read by the admin endpoint.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     started: Instant,
     records_in: AtomicU64,
     records_out: AtomicU64,
@@ -153,7 +153,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counters for a host of `workers` workers.
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         Metrics {
             started: Instant::now(),
             records_in: AtomicU64::new(0),
@@ -175,12 +175,12 @@ impl Metrics {
     }
 
     /// How long ago the host started.
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Records read, written and dead-lettered so far.
-    pub fn totals(&self) -> (u64, u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
         (
             self.records_in.load(Ordering::Relaxed),
             self.records_out.load(Ordering::Relaxed),
@@ -189,12 +189,12 @@ impl Metrics {
     }
 
     /// Counts one plugin call on a batch and how long it took.
-    pub fn plugin_batch(&self, took: Duration) {
+    pub(crate) fn plugin_batch(&self, took: Duration) {
         self.batch_seconds.observe(took);
     }
 
     /// Every source partition the workers read, ordered by topic and partition.
-    pub fn partitions(&self) -> Vec<PartitionStats> {
+    pub(crate) fn partitions(&self) -> Vec<PartitionStats> {
         self.partitions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -204,7 +204,7 @@ impl Metrics {
     }
 
     /// Counts one batch: records read, records written, failed records dead-lettered.
-    pub fn batch(&self, records_in: u64, records_out: u64, dead_lettered: u64) {
+    pub(crate) fn batch(&self, records_in: u64, records_out: u64, dead_lettered: u64) {
         self.records_in.fetch_add(records_in, Ordering::Relaxed);
         self.records_out.fetch_add(records_out, Ordering::Relaxed);
         self.records_dead_lettered
@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// Counts one completed checkpoint and how long it took.
-    pub fn checkpoint(&self, took: Duration) {
+    pub(crate) fn checkpoint(&self, took: Duration) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.last_checkpoint_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
@@ -221,7 +221,7 @@ impl Metrics {
 
     /// Notes the plugin version worker `worker` runs, and how long it took to adopt it
     /// (µs; 0 for the version it started with).
-    pub fn worker_version(&self, worker: usize, version: u64, adopt_us: u64) {
+    pub(crate) fn worker_version(&self, worker: usize, version: u64, adopt_us: u64) {
         if let Some(slot) = self.worker_versions.get(worker) {
             slot.store(version, Ordering::Relaxed);
         }
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     /// How long each worker took to adopt the version it runs (µs), by worker.
-    pub fn worker_adopt_us(&self) -> Vec<u64> {
+    pub(crate) fn worker_adopt_us(&self) -> Vec<u64> {
         self.worker_adopt_us
             .iter()
             .map(|slot| slot.load(Ordering::Relaxed))
@@ -240,7 +240,7 @@ impl Metrics {
 
     /// Notes that worker `worker` finished a turn of its loop (read a batch or waited
     /// for one, sent it, served acknowledgements and checkpointed as due).
-    pub fn turned(&self, worker: usize) {
+    pub(crate) fn turned(&self, worker: usize) {
         if let Some(slot) = self.turned.get(worker) {
             slot.store(
                 self.started.elapsed().as_millis() as u64 + 1,
@@ -251,7 +251,7 @@ impl Metrics {
 
     /// Marks a worker as retrying after failures: like a worker that has not finished
     /// a turn yet, it is not ready until [`Metrics::turned`] again.
-    pub fn retrying(&self, worker: usize) {
+    pub(crate) fn retrying(&self, worker: usize) {
         if let Some(slot) = self.turned.get(worker) {
             slot.store(0, Ordering::Relaxed);
         }
@@ -259,7 +259,7 @@ impl Metrics {
 
     /// How long ago each worker last finished a turn, by worker; `None` for a worker
     /// that has not finished one yet (it is starting, or restoring its state).
-    pub fn since_turns(&self) -> Vec<Option<Duration>> {
+    pub(crate) fn since_turns(&self) -> Vec<Option<Duration>> {
         let now = self.started.elapsed().as_millis() as u64 + 1;
         self.turned
             .iter()
@@ -271,7 +271,7 @@ impl Metrics {
     }
 
     /// The plugin version each worker runs, by worker.
-    pub fn worker_versions(&self) -> Vec<u64> {
+    pub(crate) fn worker_versions(&self) -> Vec<u64> {
         self.worker_versions
             .iter()
             .map(|slot| slot.load(Ordering::Relaxed))
@@ -280,7 +280,7 @@ impl Metrics {
 
     /// Takes worker `worker`'s source consumer's statistics: the largest lag of its
     /// partitions.
-    pub fn consumer_statistics(&self, worker: usize, statistics: &Statistics) {
+    pub(crate) fn consumer_statistics(&self, worker: usize, statistics: &Statistics) {
         if let (Some(lag), Some(slot)) = (lag_max(statistics), self.lag_max.get(worker)) {
             slot.store(lag, Ordering::Relaxed);
         }
@@ -343,7 +343,7 @@ impl Metrics {
     }
 
     /// The text `GET /metrics` answers, with the plugin registry's counts.
-    pub fn render(&self, status: &PluginCounts) -> String {
+    pub(crate) fn render(&self, status: &PluginCounts) -> String {
         let mut text = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
             // Writing to a String cannot fail.
@@ -497,12 +497,12 @@ impl Metrics {
 
 /// What `GET /metrics` says of the plugin: the live version and the swaps so far.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PluginCounts {
+pub(crate) struct PluginCounts {
     /// The live version: 1 at start, then one up for each version made live.
-    pub version: u64,
-    pub swaps: u64,
-    pub rejections: u64,
-    pub rollbacks: u64,
+    pub(crate) version: u64,
+    pub(crate) swaps: u64,
+    pub(crate) rejections: u64,
+    pub(crate) rollbacks: u64,
 }
 
 #[cfg(test)]

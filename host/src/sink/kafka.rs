@@ -32,10 +32,10 @@ use crate::state::Change;
 
 /// The producer's context: the shared client callbacks ([`KafkaContext`]) and the
 /// sink's own ([`SinkRole`]).
-pub type SinkContext = KafkaContext<SinkRole>;
+type SinkContext = KafkaContext<SinkRole>;
 
 /// Producer callbacks: each delivery report goes to the tracker.
-pub struct SinkRole {
+struct SinkRole {
     tracker: Arc<Mutex<Tracker>>,
     /// When the last delivery report came: a sink whose reports stop while records
     /// wait is checked for a topic that went away ([`KafkaSink::topic_gone`]).
@@ -125,7 +125,7 @@ fn delivery_failure(topic: &str, partition: i32, error: &KafkaError) -> String {
 
 /// Why a batch could not be handed to the producer.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The output buffer does not decode (the check that made the verdicts read it
     /// first: the buffer was damaged since).
     #[error("the output batch cannot be read: {0}")]
@@ -155,7 +155,7 @@ pub enum SendError {
     TopicGone(String),
 }
 
-pub struct KafkaSink {
+pub(crate) struct KafkaSink {
     producer: BaseProducer<SinkContext>,
     /// The producer's settings, to make a new one after an indefinite transaction outcome.
     client: ClientConfig,
@@ -178,14 +178,14 @@ pub struct KafkaSink {
 
 /// Headers a dead-lettered record carries besides its own: the plugin's message, and
 /// where the record was read (`topic/partition@offset`).
-pub const ERROR_HEADER: &str = "sluice-error";
-pub const SOURCE_HEADER: &str = "sluice-source";
+const ERROR_HEADER: &str = "sluice-error";
+const SOURCE_HEADER: &str = "sluice-source";
 
 impl KafkaSink {
     /// Connects, checks (or creates) the sink topics against the source's partition count.
     /// With a `transaction` the producer is transactional and its transactions are
     /// initialised (fencing any earlier producer with the same id).
-    pub fn connect(
+    pub(crate) fn connect(
         config: &SinkConfig,
         source_partitions: i32,
         connect_timeout: Duration,
@@ -292,7 +292,7 @@ impl KafkaSink {
     /// dead-letter topic (see [`crate::output`]). Returns the number of records sent.
     /// `keep_going` is asked while the queue is full.
     #[allow(clippy::too_many_arguments)]
-    pub fn send(
+    pub(crate) fn send(
         &self,
         seq: u64,
         input: &InputBatch<'_>,
@@ -452,7 +452,7 @@ impl KafkaSink {
     /// [`Unreadable`]) to the dead-letter topic as it was read,
     /// headers and all, with the reason and its origin in headers; counted as the one
     /// output of batch `seq`. There must be a dead-letter topic.
-    pub fn dead_letter_unreadable(
+    pub(crate) fn dead_letter_unreadable(
         &self,
         seq: u64,
         unreadable: &Unreadable,
@@ -499,7 +499,7 @@ impl KafkaSink {
     }
 
     /// Where failed records go, if anywhere.
-    pub fn dead_letter_topic(&self) -> Option<&str> {
+    pub(crate) fn dead_letter_topic(&self) -> Option<&str> {
         self.dead_letter_topic.as_deref()
     }
 
@@ -550,7 +550,7 @@ impl KafkaSink {
 
     /// Writes state changes to the changelog `topic`, each to the partition of the input
     /// partition it belongs to, counted as outputs of batch `seq`.
-    pub fn send_changes(
+    pub(crate) fn send_changes(
         &self,
         seq: u64,
         topic: &str,
@@ -578,14 +578,14 @@ impl KafkaSink {
         Ok(())
     }
 
-    pub fn begin_transaction(&self) -> KafkaResult<()> {
+    pub(crate) fn begin_transaction(&self) -> KafkaResult<()> {
         self.producer.begin_transaction()
     }
 
     /// Adds the consumer `offsets` to the open transaction and commits it, outputs
     /// and all. The group metadata lets the broker fence a host that lost its group
     /// membership. Waits up to `timeout`, less if `keep_going` says stop.
-    pub fn commit_transaction(
+    pub(crate) fn commit_transaction(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
@@ -616,7 +616,7 @@ impl KafkaSink {
     /// waited for (their delivery reports served here, which the client's own abort
     /// would wait on forever), then the abort goes to the broker. Waits up to
     /// `timeout`, less if `keep_going` says stop.
-    pub fn abort_transaction(
+    pub(crate) fn abort_transaction(
         &self,
         timeout: Duration,
         keep_going: &dyn Fn() -> bool,
@@ -645,7 +645,7 @@ impl KafkaSink {
     /// This happens when the cluster has gone away (a broker crash, a network
     /// partition), so a cluster that does not answer is asked again for up to
     /// `RECREATE_PATIENCE`, or until `keep_going` says stop (a shutdown was requested).
-    pub fn recreate(&mut self, keep_going: &dyn Fn() -> bool) -> anyhow::Result<()> {
+    pub(crate) fn recreate(&mut self, keep_going: &dyn Fn() -> bool) -> anyhow::Result<()> {
         self.producer = new_producer(
             &self.client,
             &self.tracker,
@@ -658,7 +658,7 @@ impl KafkaSink {
 
     /// The error that made the producer unusable, if one did (for example, another
     /// producer with the same transactional id fenced it).
-    pub fn fatal_error(&self) -> Option<String> {
+    pub(crate) fn fatal_error(&self) -> Option<String> {
         self.producer
             .client()
             .fatal_error()
@@ -667,7 +667,7 @@ impl KafkaSink {
 
     /// Serves delivery reports, waiting up to `timeout` for one. Fails when a client
     /// was refused authentication, or a sink topic went away.
-    pub fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.poll(timeout);
         self.producer.context().auth().failure().check()?;
         match self.topic_gone() {
@@ -737,12 +737,12 @@ impl KafkaSink {
     }
 
     /// Whether the cluster refused a client's credentials (the source's or the sink's).
-    pub fn refused(&self) -> bool {
+    pub(crate) fn refused(&self) -> bool {
         self.producer.context().auth().failure().get().is_some()
     }
 
     /// Waits until every queued record is delivered or failed.
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.flush(timeout).map_err(|e| {
             anyhow::anyhow!(
                 "records still undelivered after {} s: {e}",
@@ -781,7 +781,7 @@ fn producer_config(config: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
 
 /// Aborts what a producer with transactional id `id` left open, and fences that
 /// producer: initialising transactions under the same id does both.
-pub fn fence(
+pub(crate) fn fence(
     config: &SinkConfig,
     id: &str,
     timeout: Duration,
@@ -801,11 +801,11 @@ pub fn fence(
 
 /// The transactional producer's identity and limits.
 #[derive(Debug, Clone)]
-pub struct TransactionSettings {
+pub(crate) struct TransactionSettings {
     /// Stable across restarts of the same host, so a restart fences its predecessor.
-    pub id: String,
+    pub(crate) id: String,
     /// How long the broker lets a transaction stay open before aborting it.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Deliveries outstanding and no report for this long: the sink topics are looked up.
