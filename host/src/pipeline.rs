@@ -51,12 +51,12 @@ pub struct Summary {
     pub records_out: u64,
     /// Input records the plugin failed, sent to the dead-letter topic.
     pub records_dead_lettered: u64,
-    pub checkpoints: u64,
+    pub(crate) checkpoints: u64,
 }
 
 impl Summary {
     /// Adds another worker's counts.
-    pub fn add(&mut self, other: &Summary) {
+    pub(crate) fn add(&mut self, other: &Summary) {
         self.records_in += other.records_in;
         self.records_out += other.records_out;
         self.records_dead_lettered += other.records_dead_lettered;
@@ -64,20 +64,20 @@ impl Summary {
     }
 }
 
-pub struct Pipeline {
-    pub source: KafkaSource,
-    pub transform: TransformStage,
+pub(crate) struct Pipeline {
+    pub(crate) source: KafkaSource,
+    pub(crate) transform: TransformStage,
     /// The sink producer and the checkpoint logic, shared with the source's rebalance
     /// callbacks.
-    pub checkpointer: Arc<Mutex<Checkpointer>>,
-    pub tracker: Arc<Mutex<Tracker>>,
+    pub(crate) checkpointer: Arc<Mutex<Checkpointer>>,
+    pub(crate) tracker: Arc<Mutex<Tracker>>,
     /// The plugins' keyed state.
-    pub state: SharedState,
-    pub checkpoint: CheckpointConfig,
+    pub(crate) state: SharedState,
+    pub(crate) checkpoint: CheckpointConfig,
     /// Header naming the plugin version on every output, if configured.
-    pub provenance_header: Option<String>,
+    pub(crate) provenance_header: Option<String>,
     /// Counters for the admin endpoint's `GET /metrics`.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -85,7 +85,7 @@ impl Pipeline {
     /// summary) or a fatal error (then commits what is safe and returns the error).
     /// A panic, whatever its cause, is such an error: it names the records the worker
     /// was processing, and nothing after the last checkpoint is committed.
-    pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
+    pub(crate) fn run(self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
         catch_panic(|| self.run_loop(shutdown)).unwrap_or_else(|panic| {
             Err(anyhow::anyhow!(
                 "the worker panicked while stopping ({panic}); records after the last checkpoint will be read again at the next start"
@@ -496,7 +496,7 @@ impl Worker<'_> {
 
 /// Runs `work`; a panic in it comes back as `Err` with the panic's message, so that
 /// the host stops with a clear error and exit code rather than aborting.
-pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| {
         payload
             .downcast_ref::<&str>()

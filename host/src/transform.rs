@@ -35,7 +35,7 @@ use crate::runtime::{Instance, PluginError, Tier};
 use crate::telemetry::Throttle;
 
 #[derive(Debug, Error)]
-pub enum TransformError {
+pub(crate) enum TransformError {
     #[error("plugin {plugin} {error} (batch starting at {topic}/{partition}@{offset})")]
     Plugin {
         plugin: String,
@@ -76,7 +76,7 @@ struct Probation {
     failed: u64,
 }
 
-pub struct TransformStage {
+pub(crate) struct TransformStage {
     registry: Arc<Registry>,
     /// This stage's worker: which keyed state its instances use.
     worker: usize,
@@ -107,14 +107,14 @@ pub struct TransformStage {
 }
 
 /// A batch's output, checked, and how much of the batch it covers.
-pub struct Transformed {
+pub(crate) struct Transformed {
     /// The output batch, to be read with the verdicts.
-    pub output: Vec<u8>,
-    pub verdicts: Verdicts,
+    pub(crate) output: Vec<u8>,
+    pub(crate) verdicts: Verdicts,
     /// The records of the batch the output is for: all of them, or, when running the
     /// batch again record by record took the batch's whole time budget, the first
     /// ones. The rest must be read again.
-    pub processed: usize,
+    pub(crate) processed: usize,
 }
 
 /// Why a batch runs again record by record.
@@ -153,7 +153,7 @@ impl Isolated {
 }
 
 impl TransformStage {
-    pub fn new(
+    pub(crate) fn new(
         registry: Arc<Registry>,
         worker: usize,
         instance: Instance,
@@ -187,16 +187,16 @@ impl TransformStage {
 
     /// This stage's worker.
     /// How long adopting the current version took, in µs (0: the version started with).
-    pub fn adopt_us(&self) -> u64 {
+    pub(crate) fn adopt_us(&self) -> u64 {
         self.adopt_us
     }
 
-    pub fn worker(&self) -> usize {
+    pub(crate) fn worker(&self) -> usize {
         self.worker
     }
 
     /// The version that processed the last batch.
-    pub fn current(&self) -> &Live {
+    pub(crate) fn current(&self) -> &Live {
         &self.current
     }
 
@@ -209,7 +209,7 @@ impl TransformStage {
     /// `StateStore::commit_batch` once the outputs are handed to the sink, or drops
     /// them with `discard_batch`. A rolled-back attempt's writes are dropped here, and
     /// so are those of failed records.
-    pub fn run(
+    pub(crate) fn run(
         &mut self,
         input: &[u8],
         batch: &InputBatch<'_>,
