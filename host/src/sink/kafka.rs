@@ -155,6 +155,21 @@ pub(crate) enum SendError {
     TopicGone(String),
 }
 
+impl SendError {
+    /// A producer's refusal to take an output of input record `source` is the failure
+    /// of that record; other errors stay what they are.
+    fn of_record(self, source: &Record<'_>) -> SendError {
+        match self {
+            error @ SendError::Producer { .. } => SendError::Record(RecordFailure {
+                partition: (source.topic().to_string(), source.partition()),
+                offset: source.offset(),
+                cause: error.to_string(),
+            }),
+            other => other,
+        }
+    }
+}
+
 pub(crate) struct KafkaSink {
     producer: BaseProducer<SinkContext>,
     /// The producer's settings, to make a new one after an indefinite transaction outcome.
@@ -180,6 +195,102 @@ pub(crate) struct KafkaSink {
 /// where the record was read (`topic/partition@offset`).
 const ERROR_HEADER: &str = "sluice-error";
 const SOURCE_HEADER: &str = "sluice-source";
+
+/// Every topic the sink writes to (the sink topic, the outputs' and the dead-letter
+/// topic) with its partition count, each checked against the source's
+/// `source_partitions`; a missing one is created with `[sink.create_topic]`, else
+/// refused.
+fn check_topics(
+    config: &SinkConfig,
+    producer: &BaseProducer<SinkContext>,
+    source_partitions: i32,
+    connect_timeout: Duration,
+    runtime: &tokio::runtime::Handle,
+    auth: &ClientAuth,
+) -> anyhow::Result<Vec<(String, i32)>> {
+    let failure = auth.failure().clone();
+    let mut topics: Vec<&str> = vec![&config.topic];
+    topics.extend(config.outputs.values().map(String::as_str));
+    topics.extend(config.dead_letter_topic.as_deref());
+    topics.sort_unstable();
+    topics.dedup();
+    let mut found = Vec::with_capacity(topics.len());
+    for topic in topics {
+        // Failed records go wherever the partitioner puts them: the dead-letter topic
+        // needs no partition per source partition.
+        let dead_letter_only = Some(topic) == config.dead_letter_topic.as_deref()
+            && topic != config.topic
+            && !config.outputs.values().any(|output| output == topic);
+        let mut partitions = topic_partitions(
+            producer.client(),
+            topic,
+            &config.bootstrap_servers,
+            connect_timeout,
+            "sink",
+            &|| producer.poll(Duration::ZERO),
+            &failure,
+        )?;
+        if partitions == 0 {
+            partitions = create_missing_topic(
+                config,
+                topic,
+                dead_letter_only,
+                source_partitions,
+                runtime,
+                auth,
+            )?;
+        }
+        if config.partitioning == Partitioning::Same
+            && !dead_letter_only
+            && partitions < source_partitions
+        {
+            bail!(
+                "sink topic `{topic}` has {partitions} partitions but the source has {source_partitions}; \
+                 `sink.partitioning = \"same\"` writes each record to its source partition number, so add partitions \
+                 to `{topic}` or choose `key-hash` or `default`"
+            );
+        }
+        found.push((topic.to_string(), partitions));
+    }
+    Ok(found)
+}
+
+/// Creates `topic`, which does not exist, as `[sink.create_topic]` says (by default
+/// with `source_partitions` partitions) and returns its partition count; without
+/// that section, the error says how to create it.
+fn create_missing_topic(
+    config: &SinkConfig,
+    topic: &str,
+    dead_letter_only: bool,
+    source_partitions: i32,
+    runtime: &tokio::runtime::Handle,
+    auth: &ClientAuth,
+) -> anyhow::Result<i32> {
+    let Some(spec) = config.create_topic else {
+        if dead_letter_only {
+            bail!(
+                "dead-letter topic `{topic}` does not exist on {}; create it (any partition count will do), or add [sink.create_topic] to create it",
+                config.bootstrap_servers
+            );
+        }
+        bail!(
+            "sink topic `{topic}` does not exist on {}; create it with at least {source_partitions} partitions, or add [sink.create_topic] to create it",
+            config.bootstrap_servers
+        );
+    };
+    let wanted = spec.partitions.unwrap_or(source_partitions);
+    create_topic(
+        &config.bootstrap_servers,
+        topic,
+        wanted,
+        spec.replication_factor,
+        &[],
+        runtime,
+        auth,
+    )?;
+    tracing::info!(topic, partitions = wanted, "Sink topic created.");
+    Ok(wanted)
+}
 
 impl KafkaSink {
     /// Connects, checks (or creates) the sink topics against the source's partition count.
@@ -208,68 +319,14 @@ impl KafkaSink {
             transaction.is_some(),
             Patience::Start(connect_timeout),
         )?;
-        let failure = auth.failure().clone();
-
-        let mut topics: Vec<&str> = vec![&config.topic];
-        topics.extend(config.outputs.values().map(String::as_str));
-        topics.extend(config.dead_letter_topic.as_deref());
-        topics.sort_unstable();
-        topics.dedup();
-        let mut found = Vec::with_capacity(topics.len());
-        for topic in topics {
-            // Failed records go wherever the partitioner puts them: the dead-letter topic
-            // needs no partition per source partition.
-            let dead_letter_only = Some(topic) == config.dead_letter_topic.as_deref()
-                && topic != config.topic
-                && !config.outputs.values().any(|output| output == topic);
-            let mut partitions = topic_partitions(
-                producer.client(),
-                topic,
-                &config.bootstrap_servers,
-                connect_timeout,
-                "sink",
-                &|| producer.poll(Duration::ZERO),
-                &failure,
-            )?;
-            if partitions == 0 {
-                let Some(spec) = config.create_topic else {
-                    if dead_letter_only {
-                        bail!(
-                            "dead-letter topic `{topic}` does not exist on {}; create it (any partition count will do), or add [sink.create_topic] to create it",
-                            config.bootstrap_servers
-                        );
-                    }
-                    bail!(
-                        "sink topic `{topic}` does not exist on {}; create it with at least {source_partitions} partitions, or add [sink.create_topic] to create it",
-                        config.bootstrap_servers
-                    );
-                };
-                let wanted = spec.partitions.unwrap_or(source_partitions);
-                create_topic(
-                    &config.bootstrap_servers,
-                    topic,
-                    wanted,
-                    spec.replication_factor,
-                    &[],
-                    runtime,
-                    &auth,
-                )?;
-                tracing::info!(topic, partitions = wanted, "Sink topic created.");
-                partitions = wanted;
-            }
-            if config.partitioning == Partitioning::Same
-                && !dead_letter_only
-                && partitions < source_partitions
-            {
-                bail!(
-                    "sink topic `{topic}` has {partitions} partitions but the source has {source_partitions}; \
-                     `sink.partitioning = \"same\"` writes each record to its source partition number, so add partitions \
-                     to `{topic}` or choose `key-hash` or `default`"
-                );
-            }
-            found.push((topic.to_string(), partitions));
-        }
-
+        let found = check_topics(
+            config,
+            &producer,
+            source_partitions,
+            connect_timeout,
+            runtime,
+            &auth,
+        )?;
         Ok(KafkaSink {
             producer,
             client,
@@ -324,27 +381,24 @@ impl KafkaSink {
                     }
                     continue;
                 }
-                let topic = match output {
-                    None => self.default_topic.as_str(),
-                    Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
-                        // The verdicts fail records sent to an unmapped output.
-                        SendError::Unmapped(name.to_string())
-                    })?,
-                };
+                let topic = self.topic_of(output)?;
                 self.send_output(seq, &op, &source, topic, provenance, keep_going)
-                    .map_err(|error| match error {
-                        // A failure here is the failure of the input record being sent.
-                        error @ SendError::Producer { .. } => SendError::Record(RecordFailure {
-                            partition: (source.topic().to_string(), source.partition()),
-                            offset: source.offset(),
-                            cause: error.to_string(),
-                        }),
-                        other => other,
-                    })?;
+                    .map_err(|error| error.of_record(&source))?;
                 sent += 1;
             }
         }
         Ok(sent)
+    }
+
+    /// The topic of the named output, or the sink topic for the unnamed one.
+    fn topic_of(&self, output: Option<&str>) -> Result<&str, SendError> {
+        match output {
+            None => Ok(self.default_topic.as_str()),
+            Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
+                // The verdicts fail records sent to an unmapped output.
+                SendError::Unmapped(name.to_string())
+            }),
+        }
     }
 
     /// Sends the output `op` makes of input record `source` to `topic`.
