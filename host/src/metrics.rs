@@ -2,6 +2,10 @@
 //! Prometheus' text format. Names follow Flink and Managed Flink where they have one
 //! (`numRecordsIn`, `numRecordsOut`, `lastCheckpointDuration`, `uptime`), so dashboards
 //! and alarms built for the job Sluice replaces keep their meaning.
+//!
+//! Size: the counters, the per-partition lag read from librdkafka's statistics, the
+//! histograms and the rendering of them all share one [`Metrics`]; a sixth of the
+//! file is tests.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -345,12 +349,27 @@ impl Metrics {
     /// The text `GET /metrics` answers, with the plugin registry's counts.
     pub(crate) fn render(&self, status: &PluginCounts) -> String {
         let mut text = String::new();
+        self.render_pipeline(&mut text);
+        render_plugin(&mut text, status);
+        render_events(&mut text);
+        self.checkpoint_seconds.render(
+            &mut text,
+            "checkpointDurationSeconds",
+            "Seconds each completed checkpoint took.",
+        );
+        self.batch_seconds.render(
+            &mut text,
+            "pluginBatchSeconds",
+            "Seconds each batch took in the plugin.",
+        );
+        self.render_partition_lag(&mut text);
+        text
+    }
+
+    /// The pipeline's counters and gauges: records, checkpoints, lag, readiness.
+    fn render_pipeline(&self, text: &mut String) {
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            // Writing to a String cannot fail.
-            let _ = writeln!(
-                text,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            write_metric(text, name, kind, help, value);
         };
         let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
         metric(
@@ -415,65 +434,10 @@ impl Metrics {
             "Milliseconds since the host started.",
             self.started.elapsed().as_millis() as f64,
         );
-        metric(
-            "pluginVersion",
-            "gauge",
-            "The live plugin version: 1 at start, then each version made live counts one up.",
-            status.version as f64,
-        );
-        metric(
-            "pluginSwaps",
-            "counter",
-            "Swaps to another plugin version.",
-            status.swaps as f64,
-        );
-        metric(
-            "pluginRejections",
-            "counter",
-            "Plugin candidates rejected by validation.",
-            status.rejections as f64,
-        );
-        metric(
-            "pluginRollbacks",
-            "counter",
-            "Plugin versions reverted automatically.",
-            status.rollbacks as f64,
-        );
-        let event = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-        metric(
-            "numberOfFailedCheckpoints",
-            "counter",
-            "Checkpoints that did not commit: a failed offset commit, or an aborted transaction.",
-            event(&crate::history::FAILED_CHECKPOINTS),
-        );
-        metric(
-            "numTransactionAborts",
-            "counter",
-            "Exactly-once: checkpoint transactions aborted after a failure (the partitions rewound).",
-            event(&crate::history::TRANSACTION_ABORTS),
-        );
-        metric(
-            "numRetries",
-            "counter",
-            "Times a worker rewound to its last checkpoint after a failure to try again.",
-            event(&crate::history::RETRIES),
-        );
-        metric(
-            "numPluginRestarts",
-            "counter",
-            "Plugin instances replaced by a new one of the same version after a trap.",
-            event(&crate::history::PLUGIN_RESTARTS),
-        );
-        self.checkpoint_seconds.render(
-            &mut text,
-            "checkpointDurationSeconds",
-            "Seconds each completed checkpoint took.",
-        );
-        self.batch_seconds.render(
-            &mut text,
-            "pluginBatchSeconds",
-            "Seconds each batch took in the plugin.",
-        );
+    }
+
+    /// `records_lag` for each source partition whose lag is known.
+    fn render_partition_lag(&self, text: &mut String) {
         let partitions = self.partitions();
         if partitions.iter().any(|p| p.lag.is_some()) {
             let _ = writeln!(
@@ -491,8 +455,80 @@ impl Metrics {
                 }
             }
         }
-        text
     }
+}
+
+/// One metric with its help and type lines.
+fn write_metric(text: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        text,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// The plugin registry's counts.
+fn render_plugin(text: &mut String, status: &PluginCounts) {
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        write_metric(text, name, kind, help, value);
+    };
+    metric(
+        "pluginVersion",
+        "gauge",
+        "The live plugin version: 1 at start, then each version made live counts one up.",
+        status.version as f64,
+    );
+    metric(
+        "pluginSwaps",
+        "counter",
+        "Swaps to another plugin version.",
+        status.swaps as f64,
+    );
+    metric(
+        "pluginRejections",
+        "counter",
+        "Plugin candidates rejected by validation.",
+        status.rejections as f64,
+    );
+    metric(
+        "pluginRollbacks",
+        "counter",
+        "Plugin versions reverted automatically.",
+        status.rollbacks as f64,
+    );
+}
+
+/// The counts of events the history keeps: failed checkpoints, aborts, retries,
+/// plugin restarts.
+fn render_events(text: &mut String) {
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        write_metric(text, name, kind, help, value);
+    };
+    let event = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+    metric(
+        "numberOfFailedCheckpoints",
+        "counter",
+        "Checkpoints that did not commit: a failed offset commit, or an aborted transaction.",
+        event(&crate::history::FAILED_CHECKPOINTS),
+    );
+    metric(
+        "numTransactionAborts",
+        "counter",
+        "Exactly-once: checkpoint transactions aborted after a failure (the partitions rewound).",
+        event(&crate::history::TRANSACTION_ABORTS),
+    );
+    metric(
+        "numRetries",
+        "counter",
+        "Times a worker rewound to its last checkpoint after a failure to try again.",
+        event(&crate::history::RETRIES),
+    );
+    metric(
+        "numPluginRestarts",
+        "counter",
+        "Plugin instances replaced by a new one of the same version after a trap.",
+        event(&crate::history::PLUGIN_RESTARTS),
+    );
 }
 
 /// What `GET /metrics` says of the plugin: the live version and the swaps so far.
