@@ -8,6 +8,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -155,12 +156,14 @@ fn random_price(rng: &mut impl Rng) -> f64 {
     (rng.random::<f64>() * 100.0 * 100.0).round() / 100.0
 }
 
-pub fn run(
-    args: &GenerateArgs,
+type GeneratorProducer = BaseProducer<KafkaContext<GeneratorRole>>;
+
+/// A producer to `target`'s topic, which must exist, and the slot where a refused
+/// credential is recorded.
+fn connect(
     target: &Target,
-    shutdown: &Shutdown,
     handle: &tokio::runtime::Handle,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(GeneratorProducer, Arc<AuthFailure>)> {
     let failure = AuthFailure::new();
     let auth = ClientAuth::new(
         "generator",
@@ -171,7 +174,7 @@ pub fn run(
     );
     let mut client = ClientConfig::new();
     auth.apply(&mut client);
-    let producer: BaseProducer<KafkaContext<GeneratorRole>> = client
+    let producer: GeneratorProducer = client
         .set("bootstrap.servers", &target.bootstrap_servers)
         // Java's default partitioner (murmur2 of the key), as kafka-python uses.
         .set("partitioner", "murmur2_random")
@@ -202,9 +205,13 @@ pub fn run(
             target.bootstrap_servers
         );
     }
+    Ok((producer, failure))
+}
 
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = match args.count {
+/// A progress bar on a terminal, else none.
+fn progress_bar(count: Option<u64>) -> ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let bar = match count {
             Some(n) => ProgressBar::new(n),
             None => ProgressBar::new_spinner(),
         };
@@ -217,8 +224,40 @@ pub fn run(
         bar
     } else {
         ProgressBar::hidden()
-    };
+    }
+}
 
+/// Hands `record` to the producer, waiting while its queue is full.
+fn send_one(
+    producer: &GeneratorProducer,
+    mut record: BaseRecord<'_, str, str>,
+    failure: &AuthFailure,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+                failure.check()?;
+            }
+            Err((error, back)) => bail!("sending to `{}` failed: {error}", back.topic),
+        }
+    }
+}
+
+/// Sends stock records to `target` until `args.count` are sent or `shutdown`: at
+/// `args.rate` records a second, else in bursts of one record per ticker with a pause
+/// of 5 to 10 s between them, as the job Sluice replaces did. Returns the number sent.
+pub fn run(
+    args: &GenerateArgs,
+    target: &Target,
+    shutdown: &Shutdown,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<u64> {
+    let (producer, failure) = connect(target, handle)?;
+    let topic = target.topic.as_str();
+    let progress = progress_bar(args.count);
     let mut rng = rand::rng();
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -239,18 +278,8 @@ pub fn run(
                 .to_string();
             let value = record_value(&event_time, ticker, random_price(&mut rng));
             let key = record_key(ticker);
-            let mut record = BaseRecord::<str, str>::to(topic).key(&key).payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                        failure.check()?;
-                    }
-                    Err((error, _)) => bail!("sending to `{topic}` failed: {error}"),
-                }
-            }
+            let record = BaseRecord::<str, str>::to(topic).key(&key).payload(&value);
+            send_one(&producer, record, &failure)?;
             producer.poll(Duration::ZERO);
             failure.check()?;
             sent += 1;
