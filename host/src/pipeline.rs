@@ -271,20 +271,43 @@ impl Worker<'_> {
             Ok(_) => state.lock().unwrap().commit_batch(),
             Err(_) => state.lock().unwrap().discard_batch(),
         }
+        let dead_lettered = transformed.verdicts.failed().len();
+        match self.settle_send(checkpointer, sent, transformed.processed, dead_lettered)? {
+            Next::Go => {}
+            next => return Ok(next),
+        }
+        self.pipeline.tracker.lock().unwrap().seal(seq);
+        checkpointer.processed(&spans);
+        Ok(Next::Go)
+    }
+
+    /// Counts a batch of `processed` records the producer took (`dead_lettered` of them
+    /// to the dead-letter topic), or decides what its failed send leads to: a stop
+    /// (shutdown), a new turn after recovery, or an error that stops the host.
+    fn settle_send(
+        &mut self,
+        checkpointer: &mut Checkpointer,
+        sent: Result<usize, SendError>,
+        processed: usize,
+        dead_lettered: usize,
+    ) -> anyhow::Result<Next> {
+        let consumer = self.pipeline.source.consumer();
         match sent {
             Ok(sent) => {
-                let dead_lettered = transformed.verdicts.failed().len();
                 let out = (sent - dead_lettered) as u64;
                 self.summary.records_out += out;
                 self.summary.records_dead_lettered += dead_lettered as u64;
-                metrics.batch(transformed.processed as u64, out, dead_lettered as u64);
+                self.pipeline
+                    .metrics
+                    .batch(processed as u64, out, dead_lettered as u64);
+                Ok(Next::Go)
             }
-            Err(SendError::Interrupted) => return Ok(Next::Stop),
+            Err(SendError::Interrupted) => Ok(Next::Stop),
             Err(SendError::Record(failure)) if checkpointer.rewinds_after(true) => {
                 let error = SendError::Record(failure.clone());
-                checkpointer.recover_after(source.consumer(), &error, Some(&failure))?;
+                checkpointer.recover_after(consumer, &error, Some(&failure))?;
                 poison(&mut self.poisoned, checkpointer.take_poisoned());
-                return Ok(Next::Again);
+                Ok(Next::Again)
             }
             Err(
                 error @ (SendError::Output(_)
@@ -293,16 +316,13 @@ impl Worker<'_> {
                 | SendError::AuthRefused(_)
                 | SendError::Producer { .. }),
             ) if checkpointer.exactly_once() => {
-                checkpointer.recover(source.consumer(), &error)?;
-                return Ok(Next::Again);
+                checkpointer.recover(consumer, &error)?;
+                Ok(Next::Again)
             }
             Err(error) => {
                 anyhow::bail!("{error}; it stays uncommitted, so a restart retries it")
             }
         }
-        tracker.lock().unwrap().seal(seq);
-        checkpointer.processed(&spans);
-        Ok(Next::Go)
     }
 
     /// Sends a record the plugin contract cannot carry to the dead-letter topic, or
