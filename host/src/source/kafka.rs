@@ -268,6 +268,43 @@ pub(crate) struct KafkaSource {
     unreadable: Option<Unreadable>,
 }
 
+/// The consumer's settings: `source.kafka` over Sluice's own, after the credentials.
+fn consumer_config(config: &SourceConfig, auth: &ClientAuth) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    auth.apply(&mut client);
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", &config.group_id)
+        // Offsets are committed by the checkpoint tracker, never by the client.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match config.startup {
+                Startup::Latest
+                | Startup::GroupOffsets {
+                    fallback: Fallback::Latest,
+                } => "latest",
+                Startup::GroupOffsets {
+                    fallback: Fallback::Fail,
+                } => "error",
+                _ => "earliest",
+            },
+        )
+        // Bounded prefetch: a stalled sink must not let the fetch queue grow. 8 MB is
+        // about half a second of input at full speed here, and keeps memory in bounds.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("enable.partition.eof", "false")
+        // Statistics every second, for the lag in `GET /metrics`.
+        .set("statistics.interval.ms", "1000")
+        // A broker back from an outage is reached within a second (see the constant).
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+    for (key, value) in &config.kafka {
+        client.set(key, value);
+    }
+    client
+}
+
 impl KafkaSource {
     /// Connects, checks the source topic exists, and joins the group. `fresh`: ignore
     /// the group's committed offsets at the first assignment.
@@ -278,38 +315,7 @@ impl KafkaSource {
         metrics: Arc<Metrics>,
         worker: usize,
     ) -> anyhow::Result<(Self, i32)> {
-        let mut client = ClientConfig::new();
-        auth.apply(&mut client);
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("group.id", &config.group_id)
-            // Offsets are committed by the checkpoint tracker, never by the client.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                match config.startup {
-                    Startup::Latest
-                    | Startup::GroupOffsets {
-                        fallback: Fallback::Latest,
-                    } => "latest",
-                    Startup::GroupOffsets {
-                        fallback: Fallback::Fail,
-                    } => "error",
-                    _ => "earliest",
-                },
-            )
-            // Bounded prefetch: a stalled sink must not let the fetch queue grow. 8 MB is
-            // about half a second of input at full speed here, and keeps memory in bounds.
-            .set("queued.max.messages.kbytes", "8192")
-            .set("enable.partition.eof", "false")
-            // Statistics every second, for the lag in `GET /metrics`.
-            .set("statistics.interval.ms", "1000")
-            // A broker back from an outage is reached within a second (see the constant).
-            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
-        for (key, value) in &config.kafka {
-            client.set(key, value);
-        }
+        let client = consumer_config(config, &auth);
         let context = KafkaContext::new(
             "source",
             auth,
