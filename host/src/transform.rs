@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use sluice_sdk::batch::{
     DecodeError, Header, InputBatch, InputWriter, NewRecord, Op, OutputReader, OutputWriter,
-    RecordFields,
+    Record, RecordFields,
 };
 use thiserror::Error;
 
@@ -367,17 +367,7 @@ impl TransformStage {
             if record.index() > 0 && budget < MIN_RECORD_BUDGET {
                 return Ok(Isolated::part(output, record.index(), failed));
             }
-            single.clear();
-            single.push(RecordFields {
-                topic: record.topic(),
-                partition: record.partition(),
-                offset: record.offset(),
-                timestamp: record.timestamp(),
-                key: record.key(),
-                value: record.value(),
-                headers: record.headers(),
-            });
-            let encoded = single.finish();
+            let encoded = encode_alone(&mut single, &record);
             let one = InputBatch::open(encoded).map_err(|error| self.malformed(error))?;
             let savepoint = self.state().savepoint();
             let budget = if record.index() == 0 { limit } else { budget };
@@ -611,6 +601,21 @@ impl TransformStage {
             error,
         }
     }
+}
+
+/// `record` as a batch of its own, written with `writer`.
+fn encode_alone<'w>(writer: &'w mut InputWriter, record: &Record<'_>) -> &'w [u8] {
+    writer.clear();
+    writer.push(RecordFields {
+        topic: record.topic(),
+        partition: record.partition(),
+        offset: record.offset(),
+        timestamp: record.timestamp(),
+        key: record.key(),
+        value: record.value(),
+        headers: record.headers(),
+    });
+    writer.finish()
 }
 
 /// Appends the output of a one-record batch to `output`, as the output of input
