@@ -237,6 +237,28 @@ impl RawSecurity {
     /// Checks the table found at `prefix` (`security`, `source.security`, ...) for a
     /// client of `servers`, appending problems.
     fn validate(&self, prefix: &str, servers: &str, problems: &mut Vec<Problem>) -> Security {
+        let (protocol, mechanism) = self.protocol_and_mechanism(prefix, problems);
+        let tls = self.tls(prefix, protocol, problems);
+        let sasl = match (protocol.sasl(), mechanism) {
+            (true, Some(Some(mechanism))) => self.password_sasl(prefix, mechanism, problems),
+            (true, Some(None)) => self.msk_iam_sasl(prefix, servers, problems),
+            _ => None,
+        };
+        self.check_other_mechanisms_keys(prefix, protocol, mechanism, problems);
+        Security {
+            protocol,
+            tls,
+            sasl,
+        }
+    }
+
+    /// The protocol (by default from the other keys) and the SASL mechanism: `None`
+    /// when not set or not known, `Some(None)` for `AWS_MSK_IAM`.
+    fn protocol_and_mechanism(
+        &self,
+        prefix: &str,
+        problems: &mut Vec<Problem>,
+    ) -> (Protocol, Option<Option<PasswordMechanism>>) {
         let mut report = |key: &str, message: String| {
             problems.push(Problem {
                 path: format!("{prefix}.{key}"),
@@ -296,8 +318,17 @@ impl RawSecurity {
                 ),
             );
         }
+        (protocol, mechanism)
+    }
 
-        // TLS files: only over TLS, and they must exist.
+    /// The TLS files: only over TLS, and they must exist.
+    fn tls(&self, prefix: &str, protocol: Protocol, problems: &mut Vec<Problem>) -> Tls {
+        let mut report = |key: &str, message: String| {
+            problems.push(Problem {
+                path: format!("{prefix}.{key}"),
+                message,
+            })
+        };
         let mut tls = Tls::default();
         for (key, file, slot) in [
             ("ca_file", &self.ca_file, &mut tls.ca_file),
@@ -340,12 +371,18 @@ impl RawSecurity {
                     secret_from_env(format!("{prefix}.key_password_env"), variable, problems);
             }
         }
+        tls
+    }
 
-        let sasl = match (protocol.sasl(), mechanism) {
-            (true, Some(Some(mechanism))) => self.password_sasl(prefix, mechanism, problems),
-            (true, Some(None)) => self.msk_iam_sasl(prefix, servers, problems),
-            _ => None,
-        };
+    /// Refuses the keys of the mechanisms not chosen (a password with `AWS_MSK_IAM`, a
+    /// role without it).
+    fn check_other_mechanisms_keys(
+        &self,
+        prefix: &str,
+        protocol: Protocol,
+        mechanism: Option<Option<PasswordMechanism>>,
+        problems: &mut Vec<Problem>,
+    ) {
         let password_mechanism = protocol.sasl() && matches!(mechanism, Some(Some(_)));
         let iam_mechanism = protocol.sasl() && matches!(mechanism, Some(None));
         if !password_mechanism {
@@ -377,11 +414,6 @@ impl RawSecurity {
                     });
                 }
             }
-        }
-        Security {
-            protocol,
-            tls,
-            sasl,
         }
     }
 
