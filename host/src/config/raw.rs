@@ -301,6 +301,144 @@ fn scalar_map(
         .collect()
 }
 
+impl RawSource {
+    /// `source.startup` and the keys that go with it.
+    fn check_startup(&self, c: &mut Checker<'_>) -> Startup {
+        let mode = self.startup.as_deref();
+        let startup_kind = c.choice(
+            "source.startup",
+            mode,
+            "earliest",
+            &[
+                ("earliest", "earliest"),
+                ("latest", "latest"),
+                ("group-offsets", "group-offsets"),
+                ("timestamp", "timestamp"),
+            ],
+        );
+        let fallback = c.choice(
+            "source.startup_fallback",
+            self.startup_fallback.as_deref(),
+            Fallback::Earliest,
+            &[
+                ("earliest", Fallback::Earliest),
+                ("latest", Fallback::Latest),
+                ("fail", Fallback::Fail),
+            ],
+        );
+        if self.startup_fallback.is_some() && startup_kind != "group-offsets" {
+            c.report(
+                "source.startup_fallback",
+                "only applies to `startup = \"group-offsets\"`",
+            );
+        }
+        let startup = match startup_kind {
+            "latest" => Startup::Latest,
+            "group-offsets" => Startup::GroupOffsets { fallback },
+            "timestamp" => match self.startup_timestamp_ms {
+                Some(millis) if millis >= 0 => Startup::Timestamp { millis },
+                Some(millis) => {
+                    c.report(
+                        "source.startup_timestamp_ms",
+                        format!("{millis} is negative; give milliseconds since the Unix epoch"),
+                    );
+                    Startup::Earliest
+                }
+                None => {
+                    c.report("source.startup_timestamp_ms", "missing; `startup = \"timestamp\"` needs milliseconds since the Unix epoch");
+                    Startup::Earliest
+                }
+            },
+            _ => Startup::Earliest,
+        };
+        if self.startup_timestamp_ms.is_some() && startup_kind != "timestamp" {
+            c.report(
+                "source.startup_timestamp_ms",
+                "only applies to `startup = \"timestamp\"`",
+            );
+        }
+        startup
+    }
+}
+
+impl RawPlugin {
+    /// `plugin.allowed_dir`, resolved now, so that a candidate's resolved path can be
+    /// compared with it.
+    fn check_allowed_dir(&self, c: &mut Checker<'_>) -> Option<PathBuf> {
+        self.allowed_dir
+            .as_ref()
+            .and_then(|dir| match std::fs::canonicalize(dir) {
+                Ok(resolved) if resolved.is_dir() => Some(resolved),
+                Ok(_) => {
+                    c.report("plugin.allowed_dir", "is not a directory");
+                    None
+                }
+                Err(error) => {
+                    c.report(
+                        "plugin.allowed_dir",
+                        format!("cannot resolve it: {error}; name an existing directory"),
+                    );
+                    None
+                }
+            })
+    }
+}
+
+impl RawRollback {
+    /// `[plugin.rollback]`: when a new version is reverted.
+    fn check(&self, c: &mut Checker<'_>) -> Rollback {
+        let window_ms = c.range(
+            "plugin.rollback.window_ms",
+            self.window_ms,
+            60_000,
+            0,
+            86_400_000,
+        );
+        let max_error_rate = match self.max_error_rate {
+            None => 0.05,
+            Some(rate) if (0.0..=1.0).contains(&rate) => rate,
+            Some(rate) => {
+                c.report(
+                    "plugin.rollback.max_error_rate",
+                    format!("{rate} is out of range; use 0 to 1"),
+                );
+                0.05
+            }
+        };
+        Rollback {
+            window: Duration::from_millis(window_ms as u64),
+            max_error_rate,
+        }
+    }
+}
+
+/// Refuses a `plugin.timeout_ms` the group's poll interval cannot wait for: a batch
+/// runs at most twice (as a whole, then record by record sharing one budget), and the
+/// consumer is not polled meanwhile.
+fn check_timeout_within_poll_interval(
+    c: &mut Checker<'_>,
+    timeout_ms: i64,
+    source_kafka: &BTreeMap<String, String>,
+) {
+    let max_poll_interval_ms = source_kafka
+        .iter()
+        .find(|(key, _)| *key == "max.poll.interval.ms")
+        .and_then(|(_, value)| value.parse::<i64>().ok())
+        .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS);
+    if 2 * timeout_ms + TURN_SLACK_MS > max_poll_interval_ms {
+        c.report(
+            "plugin.timeout_ms",
+            format!(
+                "a batch may take twice {timeout_ms} ms (a run, then a run record by record), \
+                 and the group takes a worker's partitions away after source.kafka.max.poll.interval.ms \
+                 ({max_poll_interval_ms} ms) without a poll; lower plugin.timeout_ms to at most {} \
+                 or raise max.poll.interval.ms",
+                (max_poll_interval_ms - TURN_SLACK_MS) / 2
+            ),
+        );
+    }
+}
+
 impl RawConfig {
     /// Checks everything, appending every problem to `problems`. Returns a config
     /// only when the structure could be built; callers must also check `problems`.
@@ -349,59 +487,7 @@ impl RawConfig {
         let bootstrap = c.required("source.bootstrap_servers", &s.bootstrap_servers);
         let topic = c.required("source.topic", &s.topic);
         let group_id = c.required("source.group_id", &s.group_id);
-        let mode = s.startup.as_deref();
-        let startup_kind = c.choice(
-            "source.startup",
-            mode,
-            "earliest",
-            &[
-                ("earliest", "earliest"),
-                ("latest", "latest"),
-                ("group-offsets", "group-offsets"),
-                ("timestamp", "timestamp"),
-            ],
-        );
-        let fallback = c.choice(
-            "source.startup_fallback",
-            s.startup_fallback.as_deref(),
-            Fallback::Earliest,
-            &[
-                ("earliest", Fallback::Earliest),
-                ("latest", Fallback::Latest),
-                ("fail", Fallback::Fail),
-            ],
-        );
-        if s.startup_fallback.is_some() && startup_kind != "group-offsets" {
-            c.report(
-                "source.startup_fallback",
-                "only applies to `startup = \"group-offsets\"`",
-            );
-        }
-        let startup = match startup_kind {
-            "latest" => Startup::Latest,
-            "group-offsets" => Startup::GroupOffsets { fallback },
-            "timestamp" => match s.startup_timestamp_ms {
-                Some(millis) if millis >= 0 => Startup::Timestamp { millis },
-                Some(millis) => {
-                    c.report(
-                        "source.startup_timestamp_ms",
-                        format!("{millis} is negative; give milliseconds since the Unix epoch"),
-                    );
-                    Startup::Earliest
-                }
-                None => {
-                    c.report("source.startup_timestamp_ms", "missing; `startup = \"timestamp\"` needs milliseconds since the Unix epoch");
-                    Startup::Earliest
-                }
-            },
-            _ => Startup::Earliest,
-        };
-        if s.startup_timestamp_ms.is_some() && startup_kind != "timestamp" {
-            c.report(
-                "source.startup_timestamp_ms",
-                "only applies to `startup = \"timestamp\"`",
-            );
-        }
+        let startup = s.check_startup(c);
         let batch_max_records = c.range(
             "source.batch_max_records",
             s.batch_max_records,
@@ -528,7 +614,6 @@ impl RawConfig {
 
     /// `[plugin]`: the transform, its limits and its swaps.
     fn check_plugin(&self, c: &mut Checker<'_>, source: &SourceConfig) -> PluginConfig {
-        let source_kafka = &source.kafka;
         let p = &self.plugin;
         if let Some(path) = &p.path
             && !path.is_file()
@@ -540,24 +625,7 @@ impl RawConfig {
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", c);
         let sandbox = p.sandbox.validate(c.problems);
-        // Resolved now, so that a candidate's resolved path can be compared with it.
-        let allowed_dir = p
-            .allowed_dir
-            .as_ref()
-            .and_then(|dir| match std::fs::canonicalize(dir) {
-                Ok(resolved) if resolved.is_dir() => Some(resolved),
-                Ok(_) => {
-                    c.report("plugin.allowed_dir", "is not a directory");
-                    None
-                }
-                Err(error) => {
-                    c.report(
-                        "plugin.allowed_dir",
-                        format!("cannot resolve it: {error}; name an existing directory"),
-                    );
-                    None
-                }
-            });
+        let allowed_dir = p.check_allowed_dir(c);
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
         let max_outputs_per_record = c.range(
@@ -581,25 +649,7 @@ impl RawConfig {
             1,
             65_536,
         );
-        // A batch runs at most twice (as a whole, then record by record sharing one
-        // budget), and the consumer is not polled meanwhile.
-        let max_poll_interval_ms = source_kafka
-            .iter()
-            .find(|(key, _)| *key == "max.poll.interval.ms")
-            .and_then(|(_, value)| value.parse::<i64>().ok())
-            .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS);
-        if 2 * timeout_ms + TURN_SLACK_MS > max_poll_interval_ms {
-            c.report(
-                "plugin.timeout_ms",
-                format!(
-                    "a batch may take twice {timeout_ms} ms (a run, then a run record by record), \
-                     and the group takes a worker's partitions away after source.kafka.max.poll.interval.ms \
-                     ({max_poll_interval_ms} ms) without a poll; lower plugin.timeout_ms to at most {} \
-                     or raise max.poll.interval.ms",
-                    (max_poll_interval_ms - TURN_SLACK_MS) / 2
-                ),
-            );
-        }
+        check_timeout_within_poll_interval(c, timeout_ms, &source.kafka);
         if let Some(name) = &p.provenance_header
             && name.trim().is_empty()
         {
@@ -608,24 +658,7 @@ impl RawConfig {
                 "must not be empty; remove it to add no header",
             );
         }
-        let window_ms = c.range(
-            "plugin.rollback.window_ms",
-            p.rollback.window_ms,
-            60_000,
-            0,
-            86_400_000,
-        );
-        let max_error_rate = match p.rollback.max_error_rate {
-            None => 0.05,
-            Some(rate) if (0.0..=1.0).contains(&rate) => rate,
-            Some(rate) => {
-                c.report(
-                    "plugin.rollback.max_error_rate",
-                    format!("{rate} is out of range; use 0 to 1"),
-                );
-                0.05
-            }
-        };
+        let rollback = p.rollback.check(c);
         for test in &p.self_test {
             if test.key.is_none() && test.value.is_none() {
                 c.report(
@@ -655,10 +688,7 @@ impl RawConfig {
                     expect_values: t.expect_values.clone(),
                 })
                 .collect(),
-            rollback: Rollback {
-                window: Duration::from_millis(window_ms as u64),
-                max_error_rate,
-            },
+            rollback,
             sandbox,
         }
     }
