@@ -45,6 +45,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -352,6 +353,29 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
             "plugin.allowed_dir restricts swaps to files in that directory: put the component there and swap it by path",
         );
     }
+    let (name, body) = match read_upload(request).await {
+        Ok(upload) => upload,
+        Err(refused) => return refused,
+    };
+    let (dir, path) = match keep_upload(&name, &body) {
+        Ok(kept) => kept,
+        Err(error) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot keep the upload: {error}"),
+            );
+        }
+    };
+    state.console.note_language(&body);
+    let response = validate_in_turn(&state, path).await;
+    // The registry holds the compiled version; the file is not read again.
+    drop(dir);
+    response
+}
+
+/// The name and the bytes of an uploaded component, or the answer that refuses it:
+/// not sent as a component, too large, or too slow.
+async fn read_upload(request: Request<Body>) -> Result<(String, Bytes), Response> {
     // A page can send a cross-origin form post without asking; a component is not a form.
     let wasm = request
         .headers()
@@ -359,10 +383,10 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/wasm"));
     if !wasm {
-        return refuse(
+        return Err(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send the component as `Content-Type: application/wasm`",
-        );
+        ));
     }
     let name = request
         .headers()
@@ -385,7 +409,7 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
         )
     };
     if declared.is_some_and(|length| length > MAX_UPLOAD) {
-        return too_large();
+        return Err(too_large());
     }
     let body = match tokio::time::timeout(
         UPLOAD_TIMEOUT,
@@ -394,36 +418,26 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
     .await
     {
         Ok(Ok(body)) => body,
-        Ok(Err(_)) => return too_large(),
+        Ok(Err(_)) => return Err(too_large()),
         Err(_) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the upload took longer than {} s", UPLOAD_TIMEOUT.as_secs()),
-            );
+            ));
         }
     };
+    Ok((name, body))
+}
+
+/// Writes an upload to a directory of its own, which is removed when dropped.
+fn keep_upload(name: &str, body: &[u8]) -> std::io::Result<(tempfile::TempDir, PathBuf)> {
     // tempfile makes the directory readable by this user only.
-    let dir = match tempfile::Builder::new().prefix("sluice-upload-").tempdir() {
-        Ok(dir) => dir,
-        Err(error) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot keep the upload: {error}"),
-            );
-        }
-    };
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-upload-")
+        .tempdir()?;
     let path = dir.path().join(format!("{name}.wasm"));
-    if let Err(error) = std::fs::write(&path, &body) {
-        return refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot keep the upload: {error}"),
-        );
-    }
-    state.console.note_language(&body);
-    let response = validate_in_turn(&state, path).await;
-    // The registry holds the compiled version; the file is not read again.
-    drop(dir);
-    response
+    std::fs::write(&path, body)?;
+    Ok((dir, path))
 }
 
 /// An uploaded file's name as a file stem the host can show: letters, digits, `-`, `_`
