@@ -361,6 +361,37 @@ impl RawSource {
     }
 }
 
+impl RawSink {
+    /// The outputs' and the dead-letter topic's names: not empty, and failed records
+    /// never go back to the source topic.
+    fn check_topic_names(&self, c: &mut Checker<'_>, source: &SourceConfig, sink_bootstrap: &str) {
+        let (bootstrap, topic) = (&source.bootstrap_servers, &source.topic);
+        for (name, topic) in &self.outputs {
+            if topic.trim().is_empty() {
+                c.report(
+                    "sink.outputs",
+                    format!("output `{name}` has an empty topic name"),
+                );
+            }
+        }
+        if let Some(dead_letter) = &self.dead_letter_topic {
+            if dead_letter.trim().is_empty() {
+                c.report(
+                    "sink.dead_letter_topic",
+                    "empty topic name; name a topic, or leave the key out to stop at a failed record",
+                );
+            } else if dead_letter == topic && sink_bootstrap == *bootstrap {
+                c.report(
+                    "sink.dead_letter_topic",
+                    format!(
+                        "`{dead_letter}` is the source topic: failed records would come back to the plugin, and fail again, for ever; name another topic"
+                    ),
+                );
+            }
+        }
+    }
+}
+
 impl RawPlugin {
     /// `plugin.allowed_dir`, resolved now, so that a candidate's resolved path can be
     /// compared with it.
@@ -532,12 +563,11 @@ impl RawConfig {
 
     /// `[sink]`: where outputs, failed records and state changes go.
     fn check_sink(&self, c: &mut Checker<'_>, source: &SourceConfig) -> SinkConfig {
-        let (bootstrap, topic) = (&source.bootstrap_servers, &source.topic);
         let k = &self.sink;
         let sink_bootstrap = k
             .bootstrap_servers
             .clone()
-            .unwrap_or_else(|| bootstrap.clone());
+            .unwrap_or_else(|| source.bootstrap_servers.clone());
         let sink_topic = c.required("sink.topic", &k.topic);
         let partitioning = c.choice(
             "sink.partitioning",
@@ -561,29 +591,7 @@ impl RawConfig {
                 32,
             ) as i32,
         });
-        for (name, topic) in &k.outputs {
-            if topic.trim().is_empty() {
-                c.report(
-                    "sink.outputs",
-                    format!("output `{name}` has an empty topic name"),
-                );
-            }
-        }
-        if let Some(dead_letter) = &k.dead_letter_topic {
-            if dead_letter.trim().is_empty() {
-                c.report(
-                    "sink.dead_letter_topic",
-                    "empty topic name; name a topic, or leave the key out to stop at a failed record",
-                );
-            } else if dead_letter == topic && sink_bootstrap == *bootstrap {
-                c.report(
-                    "sink.dead_letter_topic",
-                    format!(
-                        "`{dead_letter}` is the source topic: failed records would come back to the plugin, and fail again, for ever; name another topic"
-                    ),
-                );
-            }
-        }
+        k.check_topic_names(c, source, &sink_bootstrap);
         let sink_kafka = scalar_map(&k.kafka, "sink.kafka", c);
         for (key, value) in &sink_kafka {
             if let Some(reason) = refused_sink_setting(key, value) {
