@@ -1,7 +1,7 @@
 //! Wiring: from a validated configuration to a running pipeline.
 //!
 //! Size: it composes every room (workers, exactly-once ids, admin endpoint, swap
-//! triggers), each in a named step; a seventh of the file is tests.
+//! triggers), each in a named step; a tenth of the file is tests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -15,7 +15,7 @@
 //! record keeps none of its writes, and the records after it see none of them.
 //!
 //! Size: adoption of a new version, probation and rollback, and the record-by-record
-//! re-run all act on the live instance between batches; a seventh of the file is tests.
+//! re-run all act on the live instance between batches; a tenth of the file is tests.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

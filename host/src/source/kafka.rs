@@ -2,7 +2,8 @@
 //! applies the startup mode, and commits the offsets the checkpoint tracker allows.
 //!
 //! Size: the consumer's callbacks, the startup modes and the batch reader share one
-//! consumer and its rebalance state; a tenth of the file is tests.
+//! consumer and its rebalance state (their tests are mostly end to end, in
+//! `tests/e2e`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
