@@ -1,7 +1,7 @@
 //! Wiring: from a validated configuration to a running pipeline.
 //!
 //! Size: it composes every room (workers, exactly-once ids, admin endpoint, swap
-//! triggers), each in a named step; a seventh of the file is tests.
+//! triggers), each in a named step; a tenth of the file is tests.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,7 +144,7 @@ fn is_stateful_set_pod_name(host: &str) -> bool {
 
 /// The transactional id of an exactly-once host: stable across restarts, so a
 /// restarted host fences its previous incarnation and aborts what it left open.
-pub fn transactional_id(group_id: &str, instance: &str) -> String {
+fn transactional_id(group_id: &str, instance: &str) -> String {
     format!("sluice-{group_id}-{instance}")
 }
 
@@ -340,6 +340,10 @@ fn client_auth(
 ///
 /// `hangup`: SIGHUP, installed before anything else so that one during start does not
 /// kill the host; `None` runs without a SIGHUP trigger.
+///
+/// Strategy: the plugin first (everything but Kafka, so a bad plugin is refused before
+/// any client connects), then the swap triggers and the admin endpoint, then each
+/// worker's clients in turn ([`WorkerSetup`]), then the workers run.
 pub fn run(
     config: Config,
     options: &RunOptions,
@@ -361,145 +365,34 @@ pub fn run(
     let live = registry.live();
     tracing::info!(plugin = %live.plugin.origin, digest = live.plugin.short_digest(), "Plugin loaded.");
 
-    // Swap triggers: all of them end in Registry::propose.
-    if let Some(path) = registry.configured_path()
-        && config.plugin.watch
-    {
-        watch::spawn(registry.clone(), path.to_path_buf(), shutdown.clone())?;
-    }
-    // The handler was installed before the plugin loaded, so a SIGHUP meanwhile did
-    // not kill the host; it is acted on now.
-    if let Some(hangup) = hangup {
-        handle.spawn(watch::on_sighup(registry.clone(), hangup));
-    }
+    start_swap_triggers(&config, &registry, shutdown, hangup, handle)?;
     let metrics = Arc::new(Metrics::new(workers));
     if let Some(admin) = &options.admin {
         start_admin(admin, &config, &registry, &metrics, handle)?;
     }
 
-    if options.fresh
-        && config.source.startup
-            == (Startup::GroupOffsets {
-                fallback: Fallback::Fail,
-            })
-    {
-        anyhow::bail!(
-            "--fresh ignores committed offsets, but source.startup is `group-offsets` with startup_fallback `fail`, \
-             which names no place to start; set startup_fallback to `earliest` or `latest`"
-        );
-    }
+    check_fresh(&config, options)?;
     let (source_auth, sink_auth) = client_auth(&config, handle)?;
-    let instance = match (config.delivery, &options.instance) {
-        (_, Some(instance)) => instance.clone(),
-        // Only an exactly-once host uses the id; main checked it for one.
-        (Delivery::AtLeastOnce, None) => "0".into(),
-        (Delivery::ExactlyOnce, None) => {
-            instance_id(None, std::env::var("HOSTNAME").ok().as_deref())?
-        }
-    };
-    let transactional_id = transactional_id(&config.source.group_id, &instance);
+    let transactional_id =
+        transactional_id(&config.source.group_id, &host_instance(&config, options)?);
     if config.delivery == Delivery::ExactlyOnce {
         tracing::info!(%transactional_id, workers, "Exactly-once delivery: each checkpoint is one transaction.");
     }
-    let changelog = changelog::topic_name(&config.source.group_id);
-    let fresh = options.fresh.then(FreshStart::default);
+    let setup = WorkerSetup {
+        config: &config,
+        registry: &registry,
+        metrics: &metrics,
+        source_auth: &source_auth,
+        sink_auth: &sink_auth,
+        fresh: options.fresh.then(FreshStart::default),
+        transactional_id,
+        changelog: changelog::topic_name(&config.source.group_id),
+        shutdown,
+        handle,
+    };
     let mut pipelines = Vec::with_capacity(workers);
     for (worker, (instance, state)) in instances.into_iter().zip(states).enumerate() {
-        // Static membership: every worker is a member of its own, or they would fence
-        // each other.
-        let mut source_config = config.source.clone();
-        if let Some(id) = source_config.kafka.get_mut("group.instance.id") {
-            *id = crate::kafka::worker_name(id, worker);
-        }
-        let (source, partitions) = KafkaSource::connect(
-            &source_config,
-            fresh.clone(),
-            source_auth.clone(),
-            metrics.clone(),
-            worker,
-        )?;
-        if worker == 0 && config.delivery == Delivery::ExactlyOnce {
-            exactly_once::fence_retired_workers(
-                &config,
-                source.consumer(),
-                partitions,
-                &transactional_id,
-                workers,
-                &sink_auth,
-            )?;
-        }
-        if worker == 0 {
-            changelog::ensure_topic(
-                &config.sink,
-                &changelog,
-                partitions,
-                config.source.connect_timeout,
-                handle,
-                &sink_auth,
-            )?;
-            if workers > partitions as usize {
-                tracing::warn!(
-                    workers,
-                    partitions,
-                    "More workers than source partitions: some stay idle until partitions are added."
-                );
-            }
-        }
-        let restorer = Restorer::new(&config.sink, &changelog, &sink_auth)?;
-        // A restarted host's workers fence their previous runs by these ids.
-        let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
-            id: crate::kafka::worker_name(&transactional_id, worker),
-            timeout: exactly_once::transaction_timeout(
-                config.checkpoint.interval,
-                config.plugin.call_timeout,
-            ),
-        });
-        let tracker = Arc::new(Mutex::new(Tracker::new()));
-        let sink = KafkaSink::connect(
-            &config.sink,
-            partitions,
-            config.source.connect_timeout,
-            tracker.clone(),
-            transaction.as_ref(),
-            handle,
-            sink_auth.clone(),
-        )?;
-        let mut checkpointer = Checkpointer::new(
-            config.delivery,
-            sink,
-            tracker.clone(),
-            state.clone(),
-            changelog.clone(),
-            restorer,
-            shutdown.clone(),
-        );
-        if config.delivery == Delivery::ExactlyOnce {
-            checkpointer
-                .set_commit_metadata(exactly_once::workers_metadata(&transactional_id, workers));
-        }
-        checkpointer.set_record_failures(
-            config.sink.dead_letter_topic.is_some(),
-            config.checkpoint.record_attempts,
-        );
-        let checkpointer = Arc::new(Mutex::new(checkpointer));
-        source.attach(checkpointer.clone());
-        pipelines.push(Pipeline {
-            source,
-            transform: TransformStage::new(
-                registry.clone(),
-                worker,
-                instance,
-                config.plugin.rollback,
-                config.sink.dead_letter_topic.is_some(),
-                output_limits(&config),
-            ),
-            checkpointer,
-            tracker,
-            state,
-            checkpoint: config.checkpoint,
-            provenance_header: config.plugin.provenance_header.clone(),
-            metrics: metrics.clone(),
-        });
+        pipelines.push(setup.pipeline(worker, instance, state)?);
     }
     tracing::info!(
         source = %config.source.topic,
@@ -513,6 +406,225 @@ pub fn run(
         return pipeline.run(shutdown);
     }
     run_workers(pipelines, shutdown, Pipeline::run)
+}
+
+/// Starts the swap triggers besides the admin endpoint: the file watcher (with
+/// `plugin.watch`) and SIGHUP. All of them end in `Registry::propose`.
+fn start_swap_triggers(
+    config: &Config,
+    registry: &Arc<Registry>,
+    shutdown: &Shutdown,
+    hangup: Option<tokio::signal::unix::Signal>,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    if let Some(path) = registry.configured_path()
+        && config.plugin.watch
+    {
+        watch::spawn(registry.clone(), path.to_path_buf(), shutdown.clone())?;
+    }
+    // The handler was installed before the plugin loaded, so a SIGHUP meanwhile did
+    // not kill the host; it is acted on now.
+    if let Some(hangup) = hangup {
+        handle.spawn(watch::on_sighup(registry.clone(), hangup));
+    }
+    Ok(())
+}
+
+/// Refuses `--fresh` where the startup mode names no place to start without the
+/// committed offsets it ignores.
+fn check_fresh(config: &Config, options: &RunOptions) -> anyhow::Result<()> {
+    if options.fresh
+        && config.source.startup
+            == (Startup::GroupOffsets {
+                fallback: Fallback::Fail,
+            })
+    {
+        anyhow::bail!(
+            "--fresh ignores committed offsets, but source.startup is `group-offsets` with startup_fallback `fail`, \
+             which names no place to start; set startup_fallback to `earliest` or `latest`"
+        );
+    }
+    Ok(())
+}
+
+/// This host's instance name, the last part of its transactional id.
+fn host_instance(config: &Config, options: &RunOptions) -> Result<String, InvalidOptions> {
+    match (config.delivery, &options.instance) {
+        (_, Some(instance)) => Ok(instance.clone()),
+        // Only an exactly-once host uses the id; main checked it for one.
+        (Delivery::AtLeastOnce, None) => Ok("0".into()),
+        (Delivery::ExactlyOnce, None) => {
+            instance_id(None, std::env::var("HOSTNAME").ok().as_deref())
+        }
+    }
+}
+
+/// What the workers' set-up shares: the configuration, the live plugin, the clients'
+/// credentials and the names every worker derives its own from.
+struct WorkerSetup<'a> {
+    config: &'a Config,
+    registry: &'a Arc<Registry>,
+    metrics: &'a Arc<Metrics>,
+    source_auth: &'a ClientAuth,
+    sink_auth: &'a ClientAuth,
+    /// `Some` with `--fresh`.
+    fresh: Option<FreshStart>,
+    /// The host's; each worker's is derived from it.
+    transactional_id: String,
+    changelog: String,
+    shutdown: &'a Shutdown,
+    handle: &'a tokio::runtime::Handle,
+}
+
+impl WorkerSetup<'_> {
+    /// Worker `worker`'s pipeline around its plugin `instance` and keyed `state`: its
+    /// source (a member of the group), its sink, and the checkpointer that joins them.
+    /// The first worker also prepares what the workers share on the broker.
+    fn pipeline(
+        &self,
+        worker: usize,
+        instance: Instance,
+        state: SharedState,
+    ) -> anyhow::Result<Pipeline> {
+        let config = self.config;
+        let (source, partitions) = self.connect_source(worker)?;
+        if worker == 0 {
+            self.prepare_broker(&source, partitions)?;
+        }
+        let restorer = Restorer::new(&config.sink, &self.changelog, self.sink_auth)?;
+        let tracker = Arc::new(Mutex::new(Tracker::new()));
+        let sink = self.connect_sink(worker, partitions, &tracker)?;
+        let checkpointer = Arc::new(Mutex::new(
+            self.checkpointer(sink, restorer, &tracker, &state),
+        ));
+        source.attach(checkpointer.clone());
+        Ok(Pipeline {
+            source,
+            transform: TransformStage::new(
+                self.registry.clone(),
+                worker,
+                instance,
+                config.plugin.rollback,
+                config.sink.dead_letter_topic.is_some(),
+                output_limits(config),
+            ),
+            checkpointer,
+            tracker,
+            state,
+            checkpoint: config.checkpoint,
+            provenance_header: config.plugin.provenance_header.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Worker `worker`'s consumer, and the source topic's partition count.
+    fn connect_source(&self, worker: usize) -> anyhow::Result<(KafkaSource, i32)> {
+        // Static membership: every worker is a member of its own, or they would fence
+        // each other.
+        let mut source_config = self.config.source.clone();
+        if let Some(id) = source_config.kafka.get_mut("group.instance.id") {
+            *id = crate::kafka::worker_name(id, worker);
+        }
+        KafkaSource::connect(
+            &source_config,
+            self.fresh.clone(),
+            self.source_auth.clone(),
+            self.metrics.clone(),
+            worker,
+        )
+    }
+
+    /// Once, before any worker's sink starts: fences the transactions of workers a
+    /// smaller host no longer runs (exactly-once), and makes sure the changelog topic
+    /// exists.
+    fn prepare_broker(&self, source: &KafkaSource, partitions: i32) -> anyhow::Result<()> {
+        let config = self.config;
+        let workers = config.parallelism;
+        if config.delivery == Delivery::ExactlyOnce {
+            exactly_once::fence_retired_workers(
+                config,
+                source.consumer(),
+                partitions,
+                &self.transactional_id,
+                workers,
+                self.sink_auth,
+            )?;
+        }
+        changelog::ensure_topic(
+            &config.sink,
+            &self.changelog,
+            partitions,
+            config.source.connect_timeout,
+            self.handle,
+            self.sink_auth,
+        )?;
+        if workers > partitions as usize {
+            tracing::warn!(
+                workers,
+                partitions,
+                "More workers than source partitions: some stay idle until partitions are added."
+            );
+        }
+        Ok(())
+    }
+
+    /// Worker `worker`'s producer, transactional for exactly-once.
+    fn connect_sink(
+        &self,
+        worker: usize,
+        partitions: i32,
+        tracker: &Arc<Mutex<Tracker>>,
+    ) -> anyhow::Result<KafkaSink> {
+        let config = self.config;
+        // A restarted host's workers fence their previous runs by these ids.
+        let transaction = (config.delivery == Delivery::ExactlyOnce).then(|| TransactionSettings {
+            id: crate::kafka::worker_name(&self.transactional_id, worker),
+            timeout: exactly_once::transaction_timeout(
+                config.checkpoint.interval,
+                config.plugin.call_timeout,
+            ),
+        });
+        KafkaSink::connect(
+            &config.sink,
+            partitions,
+            config.source.connect_timeout,
+            tracker.clone(),
+            transaction.as_ref(),
+            self.handle,
+            self.sink_auth.clone(),
+        )
+    }
+
+    /// The checkpointer of one worker, over its `sink` and keyed `state`.
+    fn checkpointer(
+        &self,
+        sink: KafkaSink,
+        restorer: Restorer,
+        tracker: &Arc<Mutex<Tracker>>,
+        state: &SharedState,
+    ) -> Checkpointer {
+        let config = self.config;
+        let mut checkpointer = Checkpointer::new(
+            config.delivery,
+            sink,
+            tracker.clone(),
+            state.clone(),
+            self.changelog.clone(),
+            restorer,
+            self.shutdown.clone(),
+        );
+        if config.delivery == Delivery::ExactlyOnce {
+            checkpointer.set_commit_metadata(exactly_once::workers_metadata(
+                &self.transactional_id,
+                config.parallelism,
+            ));
+        }
+        checkpointer.set_record_failures(
+            config.sink.dead_letter_topic.is_some(),
+            config.checkpoint.record_attempts,
+        );
+        checkpointer
+    }
 }
 
 /// Runs each job (a worker's pipeline) with `run` on a thread of its own until all

@@ -82,7 +82,7 @@ pub struct AdminArgs {
 }
 
 /// Where the admin endpoint listens unless told otherwise: loopback only.
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9464";
 
 /// `--admin` of `run`: an address, or `off`.
 #[derive(Debug, Clone, Copy)]

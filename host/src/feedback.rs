@@ -14,7 +14,7 @@ const QUIET_FOR: Duration = Duration::from_secs(1);
 
 /// Runs `work` (compiling the plugin `plugin`) and shows that it is compiling while it
 /// takes longer than a second.
-pub fn compiling<T>(plugin: &str, work: impl FnOnce() -> T) -> T {
+pub(crate) fn compiling<T>(plugin: &str, work: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let (done, finished) = mpsc::channel::<()>();
     let plugin = plugin.to_string();

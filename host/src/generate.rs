@@ -8,6 +8,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -30,29 +31,29 @@ pub struct GenerateArgs {
     /// Kafka bootstrap servers, comma-separated [default: the pipeline file's source,
     /// else 127.0.0.1:9092].
     #[arg(long, env = "BOOTSTRAP_SERVERS")]
-    pub bootstrap_servers: Option<String>,
+    bootstrap_servers: Option<String>,
 
     /// Topic to write to [default: the pipeline file's source topic, else stocks-in].
     #[arg(long, env = "TOPIC_NAME")]
-    pub topic: Option<String>,
+    topic: Option<String>,
 
     /// Write to the source of this sluice.toml pipeline, with its security settings
     /// (TLS, SASL, MSK IAM).
     #[arg(long, conflicts_with = "properties")]
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
 
     /// The same, from a Managed Flink application_properties.json.
     #[arg(long)]
-    pub properties: Option<PathBuf>,
+    properties: Option<PathBuf>,
 
     /// Stop after this many records (default: run until interrupted).
     #[arg(long)]
-    pub count: Option<u64>,
+    count: Option<u64>,
 
     /// Records per second, steadily (0: as fast as possible). Without it, the original
     /// rhythm: one record per ticker, then a pause of 5 to 10 seconds.
     #[arg(long)]
-    pub rate: Option<u64>,
+    rate: Option<u64>,
 }
 
 const DEFAULT_SERVERS: &str = "127.0.0.1:9092";
@@ -60,9 +61,9 @@ const DEFAULT_TOPIC: &str = "stocks-in";
 
 /// Where the generator writes, and how it authenticates.
 pub struct Target {
-    pub bootstrap_servers: String,
+    bootstrap_servers: String,
     pub topic: String,
-    pub security: Security,
+    security: Security,
 }
 
 impl Target {
@@ -155,12 +156,14 @@ fn random_price(rng: &mut impl Rng) -> f64 {
     (rng.random::<f64>() * 100.0 * 100.0).round() / 100.0
 }
 
-pub fn run(
-    args: &GenerateArgs,
+type GeneratorProducer = BaseProducer<KafkaContext<GeneratorRole>>;
+
+/// A producer to `target`'s topic, which must exist, and the slot where a refused
+/// credential is recorded.
+fn connect(
     target: &Target,
-    shutdown: &Shutdown,
     handle: &tokio::runtime::Handle,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(GeneratorProducer, Arc<AuthFailure>)> {
     let failure = AuthFailure::new();
     let auth = ClientAuth::new(
         "generator",
@@ -171,7 +174,7 @@ pub fn run(
     );
     let mut client = ClientConfig::new();
     auth.apply(&mut client);
-    let producer: BaseProducer<KafkaContext<GeneratorRole>> = client
+    let producer: GeneratorProducer = client
         .set("bootstrap.servers", &target.bootstrap_servers)
         // Java's default partitioner (murmur2 of the key), as kafka-python uses.
         .set("partitioner", "murmur2_random")
@@ -202,9 +205,13 @@ pub fn run(
             target.bootstrap_servers
         );
     }
+    Ok((producer, failure))
+}
 
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = match args.count {
+/// A progress bar on a terminal, else none.
+fn progress_bar(count: Option<u64>) -> ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let bar = match count {
             Some(n) => ProgressBar::new(n),
             None => ProgressBar::new_spinner(),
         };
@@ -217,8 +224,40 @@ pub fn run(
         bar
     } else {
         ProgressBar::hidden()
-    };
+    }
+}
 
+/// Hands `record` to the producer, waiting while its queue is full.
+fn send_one(
+    producer: &GeneratorProducer,
+    mut record: BaseRecord<'_, str, str>,
+    failure: &AuthFailure,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+                failure.check()?;
+            }
+            Err((error, back)) => bail!("sending to `{}` failed: {error}", back.topic),
+        }
+    }
+}
+
+/// Sends stock records to `target` until `args.count` are sent or `shutdown`: at
+/// `args.rate` records a second, else in bursts of one record per ticker with a pause
+/// of 5 to 10 s between them, as the job Sluice replaces did. Returns the number sent.
+pub fn run(
+    args: &GenerateArgs,
+    target: &Target,
+    shutdown: &Shutdown,
+    handle: &tokio::runtime::Handle,
+) -> anyhow::Result<u64> {
+    let (producer, failure) = connect(target, handle)?;
+    let topic = target.topic.as_str();
+    let progress = progress_bar(args.count);
     let mut rng = rand::rng();
     let started = Instant::now();
     let mut sent: u64 = 0;
@@ -239,18 +278,8 @@ pub fn run(
                 .to_string();
             let value = record_value(&event_time, ticker, random_price(&mut rng));
             let key = record_key(ticker);
-            let mut record = BaseRecord::<str, str>::to(topic).key(&key).payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        producer.poll(Duration::from_millis(10));
-                        failure.check()?;
-                    }
-                    Err((error, _)) => bail!("sending to `{topic}` failed: {error}"),
-                }
-            }
+            let record = BaseRecord::<str, str>::to(topic).key(&key).payload(&value);
+            send_one(&producer, record, &failure)?;
             producer.poll(Duration::ZERO);
             failure.check()?;
             sent += 1;

@@ -20,50 +20,50 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 /// Checkpoints kept.
-pub const CHECKPOINTS: usize = 100;
+const CHECKPOINTS: usize = 100;
 /// Warnings and errors kept.
-pub const EXCEPTIONS: usize = 100;
+const EXCEPTIONS: usize = 100;
 /// The longest message kept of a warning or error, in bytes.
 const MAX_MESSAGE: usize = 2048;
 
 /// One checkpoint: committed, or not with the reason.
 #[derive(Debug, Clone, Serialize)]
-pub struct CheckpointRecord {
+pub(crate) struct CheckpointRecord {
     /// Counts up from 1 in the order checkpoints end, whatever their outcome.
-    pub id: u64,
+    id: u64,
     /// When it ended, in ms since the Unix epoch.
-    pub at_ms: u64,
-    pub duration_ms: f64,
+    at_ms: u64,
+    pub(crate) duration_ms: f64,
     /// Keyed-state bytes (keys and values) written to the changelog since the checkpoint
     /// before.
-    pub state_bytes: u64,
+    state_bytes: u64,
     /// `committed`, `aborted` (exactly-once: the transaction was aborted and the
     /// partitions rewound) or `failed` (the commit did not go through).
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker: Option<usize>,
+    worker: Option<usize>,
     /// Partitions whose progress it committed.
-    pub partitions: usize,
+    partitions: usize,
 }
 
 /// One warning or error from the host's log.
 #[derive(Debug, Clone, Serialize)]
-pub struct Exception {
-    pub at_ms: u64,
+pub(crate) struct Exception {
+    at_ms: u64,
     /// `WARN` or `ERROR`.
-    pub level: &'static str,
+    level: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker: Option<usize>,
+    worker: Option<usize>,
     /// The plugin version the worker ran (the short digest), when the line came from a
     /// worker or a plugin.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub plugin_version: Option<String>,
+    plugin_version: Option<String>,
     /// `topic/partition@offset` of the record it concerns, when it names one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<String>,
-    pub message: String,
+    record: Option<String>,
+    message: String,
 }
 
 struct Books {
@@ -80,10 +80,10 @@ static BOOKS: Mutex<Books> = Mutex::new(Books {
 static STATE_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Failure counters exported by `GET /metrics`.
-pub static FAILED_CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
-pub static TRANSACTION_ABORTS: AtomicU64 = AtomicU64::new(0);
-pub static RETRIES: AtomicU64 = AtomicU64::new(0);
-pub static PLUGIN_RESTARTS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static FAILED_CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static TRANSACTION_ABORTS: AtomicU64 = AtomicU64::new(0);
+pub(crate) static RETRIES: AtomicU64 = AtomicU64::new(0);
+pub(crate) static PLUGIN_RESTARTS: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// The worker this thread runs and the plugin version (short digest) it last ran.
@@ -105,12 +105,12 @@ fn now_ms() -> u64 {
 }
 
 /// Notes that this thread runs worker `worker`.
-pub fn set_worker(worker: usize) {
+pub(crate) fn set_worker(worker: usize) {
     CONTEXT.with(|c| c.set(Some(worker)));
 }
 
 /// Notes the plugin version (short digest) this thread's worker runs, when it changed.
-pub fn set_version(digest: &str) {
+pub(crate) fn set_version(digest: &str) {
     VERSION.with(|v| {
         let mut v = v.borrow_mut();
         if v.as_deref() != Some(digest) {
@@ -128,7 +128,7 @@ fn version() -> Option<String> {
 }
 
 /// Notes keyed-state bytes written to the changelog for the next checkpoint.
-pub fn state_written(bytes: u64) {
+pub(crate) fn state_written(bytes: u64) {
     STATE_BYTES.fetch_add(bytes, Ordering::Relaxed);
 }
 
@@ -158,19 +158,19 @@ fn push_checkpoint(
 }
 
 /// A checkpoint that committed the progress of `partitions` partitions in `took`.
-pub fn checkpoint_committed(took: Duration, partitions: usize) {
+pub(crate) fn checkpoint_committed(took: Duration, partitions: usize) {
     push_checkpoint("committed", took, partitions, None);
 }
 
 /// A checkpoint whose commit failed (it is retried by the next one).
-pub fn checkpoint_failed(reason: &dyn Display) {
+pub(crate) fn checkpoint_failed(reason: &dyn Display) {
     FAILED_CHECKPOINTS.fetch_add(1, Ordering::Relaxed);
     push_checkpoint("failed", Duration::ZERO, 0, Some(cut(reason.to_string())));
 }
 
 /// The pipeline rewound to its last checkpoint after `reason` to try again; with
 /// exactly-once the open transaction was aborted, which is a checkpoint that failed.
-pub fn rewound(exactly_once: bool, reason: &dyn Display) {
+pub(crate) fn rewound(exactly_once: bool, reason: &dyn Display) {
     RETRIES.fetch_add(1, Ordering::Relaxed);
     if exactly_once {
         TRANSACTION_ABORTS.fetch_add(1, Ordering::Relaxed);
@@ -180,13 +180,13 @@ pub fn rewound(exactly_once: bool, reason: &dyn Display) {
 }
 
 /// A plugin instance was replaced by a new one of the same version (after a trap).
-pub fn plugin_restarted() {
+pub(crate) fn plugin_restarted() {
     PLUGIN_RESTARTS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Keeps a warning or an error from the log; the worker and plugin version come from
 /// the thread's context when the line does not name them.
-pub fn exception(
+pub(crate) fn exception(
     level: &'static str,
     message: String,
     plugin_version: Option<String>,
@@ -209,12 +209,12 @@ pub fn exception(
 }
 
 /// The checkpoints kept, oldest first.
-pub fn checkpoints() -> Vec<CheckpointRecord> {
+pub(crate) fn checkpoints() -> Vec<CheckpointRecord> {
     lock().checkpoints.iter().cloned().collect()
 }
 
 /// The warnings and errors kept, oldest first.
-pub fn exceptions() -> Vec<Exception> {
+pub(crate) fn exceptions() -> Vec<Exception> {
     lock().exceptions.iter().cloned().collect()
 }
 

@@ -17,7 +17,7 @@ use crate::auth::{AuthFailure, ClientAuth};
 use crate::progress::Partition;
 
 /// What one kind of client adds to the callbacks every client shares.
-pub trait Role: Send + Sync + 'static {
+pub(crate) trait Role: Send + Sync + 'static {
     /// Whether librdkafka asks the client for MSK IAM tokens as it is polled; a client
     /// given one token by hand when it is made does not.
     const REFRESHES_TOKENS: bool = true;
@@ -37,7 +37,7 @@ pub trait Role: Send + Sync + 'static {
 }
 
 /// A client that adds nothing: an admin client, whose token is set by hand.
-pub struct Plain;
+struct Plain;
 
 impl Role for Plain {
     const REFRESHES_TOKENS: bool = false;
@@ -46,19 +46,19 @@ impl Role for Plain {
 /// The context of every Sluice Kafka client: its log lines and errors go to the host's
 /// log (a refused credential recorded, see [`ClientAuth`]), MSK IAM tokens come from
 /// its [`ClientAuth`], and `role` adds what one kind of client needs.
-pub struct KafkaContext<R> {
+pub(crate) struct KafkaContext<R> {
     /// The client's name in log lines.
     name: &'static str,
     auth: ClientAuth,
-    pub role: R,
+    pub(crate) role: R,
 }
 
 impl<R: Role> KafkaContext<R> {
-    pub fn new(name: &'static str, auth: ClientAuth, role: R) -> Self {
+    pub(crate) fn new(name: &'static str, auth: ClientAuth, role: R) -> Self {
         KafkaContext { name, auth, role }
     }
 
-    pub fn auth(&self) -> &ClientAuth {
+    pub(crate) fn auth(&self) -> &ClientAuth {
         &self.auth
     }
 }
@@ -101,12 +101,12 @@ const METADATA_SLICE: Duration = Duration::from_millis(250);
 /// connections for 10 to 60 s, the first commit came 4.6 to 21.2 s after it was back;
 /// with at most 1 s, 0.9 to 2.5 s (`outage-bench --fault refuse`, BENCHMARKS.md), for
 /// an attempt a second per connection while a broker is away.
-pub const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 /// The partition count of `topic`, 0 if it does not exist. Fails with a clear error when
 /// the cluster does not answer within `timeout`, and at once when it refuses the
 /// credentials. `serve` polls the client, so tokens are handed over and errors seen.
-pub fn topic_partitions<C: ClientContext>(
+pub(crate) fn topic_partitions<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     servers: &str,
@@ -146,16 +146,16 @@ pub fn topic_partitions<C: ClientContext>(
 /// longer than the batch format allows): it is that record's failure, never a reason
 /// to skip it or to stop the worker without naming it.
 #[derive(Debug)]
-pub struct Unreadable {
+pub(crate) struct Unreadable {
     /// The record as it was read, headers and all.
-    pub message: OwnedMessage,
+    pub(crate) message: OwnedMessage,
     /// Why the plugin cannot be given it.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl Unreadable {
     /// Its partition, its offset, and the offset after it.
-    pub fn span(&self) -> (Partition, i64, i64) {
+    pub(crate) fn span(&self) -> (Partition, i64, i64) {
         let offset = self.message.offset();
         (
             (self.message.topic().to_string(), self.message.partition()),
@@ -165,7 +165,7 @@ impl Unreadable {
     }
 
     /// Where the record was read: `topic/partition@offset`.
-    pub fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         format!(
             "{}/{}@{}",
             self.message.topic(),
@@ -176,7 +176,7 @@ impl Unreadable {
 }
 
 /// Creates `topic` with the given topic-level `configs`; one that already exists is fine.
-pub fn create_topic(
+pub(crate) fn create_topic(
     servers: &str,
     topic: &str,
     partitions: i32,
@@ -213,7 +213,7 @@ pub fn create_topic(
 /// The name worker `worker` uses where each member needs its own (the transactional
 /// id, a static `group.instance.id`): worker 0 keeps `name`, so a host that runs one
 /// worker is known to the cluster as before; the others add `-<worker>`.
-pub fn worker_name(name: &str, worker: usize) -> String {
+pub(crate) fn worker_name(name: &str, worker: usize) -> String {
     match worker {
         0 => name.to_string(),
         _ => format!("{name}-{worker}"),

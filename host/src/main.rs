@@ -1,11 +1,14 @@
 //! The `sluice` binary: parses the command line, runs a subcommand, and turns its
 //! outcome into an exit code (0 success, 1 failure at run time, 2 invalid input).
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use sluice_host::cli::{Cli, Command, PipelineArgs, PluginCommand};
 use sluice_host::config::{Config, ConfigSource, Delivery};
+use sluice_host::generate::GenerateArgs;
 use sluice_host::plugin::registry::SwapEvent;
 use sluice_host::runtime::child as compiler_child;
 use sluice_host::shutdown::{EXIT_FAILURE, EXIT_INVALID, Shutdown, Signals, watch_signals};
@@ -134,130 +137,154 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Run(args) => {
-            let (_, config) = match load(&args, cli.log_format) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
-            let options = match run_options(&args, &config) {
-                Ok(options) => options,
-                Err(invalid) => {
-                    report(cli.log_format, &invalid.to_string());
-                    return ExitCode::from(EXIT_INVALID);
-                }
-            };
-            match app::run(
-                config,
-                &options,
-                &shutdown,
-                signals.hangup,
-                runtime.handle(),
-            ) {
-                Ok(summary) => {
-                    tracing::info!(
-                        numRecordsIn = summary.records_in,
-                        numRecordsOut = summary.records_out,
-                        numRecordsDeadLettered = summary.records_dead_lettered,
-                        "Stopped cleanly."
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    tracing::error!("{error:#}");
-                    if cli.log_format == LogFormat::Text {
-                        eprintln!("error: {error:#}");
-                    }
-                    match error.downcast_ref::<app::PluginRefused>() {
-                        Some(_) => ExitCode::from(EXIT_INVALID),
-                        None => ExitCode::from(EXIT_FAILURE),
-                    }
-                }
-            }
+            run_pipeline(&args, cli.log_format, &shutdown, signals.hangup, &runtime)
         }
-        Command::Validate(args) => {
-            let (source, config) = match load(&args, cli.log_format) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
-            match app::start_plugin(&config, vec![StateStore::shared()]) {
-                Ok((registry, _)) => {
-                    let plugin = registry.live().plugin.clone();
-                    println!(
-                        "{}: valid ({} → plugin {} sha256:{} → {}{}{})",
-                        source.path().display(),
-                        config.source.topic,
-                        plugin.origin,
-                        plugin.short_digest(),
-                        config.sink.topic,
-                        config
-                            .sink
-                            .dead_letter_topic
-                            .as_ref()
-                            .map(|topic| format!("; failed records → {topic}"))
-                            .unwrap_or_default(),
-                        match config.parallelism {
-                            1 => String::new(),
-                            workers => format!("; {workers} workers"),
-                        }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: {}: plugin.path: {error:#}", source.path().display());
-                    ExitCode::from(EXIT_INVALID)
-                }
-            }
-        }
+        Command::Validate(args) => validate_config(&args, cli.log_format),
         Command::Plugin(PluginCommand::Swap { path, admin }) => {
-            match admin::client::swap(admin.admin, &path, admin.admin_token_file.as_deref()) {
-                Ok(answer) if answer.outcome == SwapEvent::Rejected => {
-                    eprintln!(
-                        "error: {} was rejected; the live version stays: {}",
-                        path.display(),
-                        answer.reason.unwrap_or_default()
-                    );
-                    ExitCode::from(EXIT_INVALID)
-                }
-                Ok(answer) => {
-                    println!(
-                        "{}: {} (version {}, sha256:{})",
-                        path.display(),
-                        answer.outcome,
-                        answer.version.unwrap_or_default(),
-                        answer.digest.unwrap_or_default()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
+            swap_plugin(&path, admin.admin, admin.admin_token_file.as_deref())
         }
-        Command::Plugin(PluginCommand::Status { admin }) => {
-            match admin::client::status(admin.admin) {
-                Ok(status) => {
-                    println!("{status:#}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
-        }
+        Command::Plugin(PluginCommand::Status { admin }) => plugin_status(admin.admin),
         Command::Plugin(PluginCommand::Author(command)) => author::command::run(&command),
-        Command::Generate(args) => match generate::Target::resolve(&args).and_then(|target| {
-            generate::run(&args, &target, &shutdown, runtime.handle())
-                .map(|sent| (sent, target.topic))
-        }) {
-            Ok((sent, topic)) => {
-                eprintln!("sent {sent} records to {topic}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
+        Command::Generate(args) => generate_records(&args, &shutdown, &runtime),
+    }
+}
+
+/// `sluice run`: the pipeline until shutdown or a fatal error.
+fn run_pipeline(
+    args: &PipelineArgs,
+    format: LogFormat,
+    shutdown: &Shutdown,
+    hangup: Option<tokio::signal::unix::Signal>,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
+    let (_, config) = match load(args, format) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let options = match run_options(args, &config) {
+        Ok(options) => options,
+        Err(invalid) => {
+            report(format, &invalid.to_string());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    match app::run(config, &options, shutdown, hangup, runtime.handle()) {
+        Ok(summary) => {
+            tracing::info!(
+                numRecordsIn = summary.records_in,
+                numRecordsOut = summary.records_out,
+                numRecordsDeadLettered = summary.records_dead_lettered,
+                "Stopped cleanly."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!("{error:#}");
+            if format == LogFormat::Text {
                 eprintln!("error: {error:#}");
-                ExitCode::from(EXIT_FAILURE)
             }
-        },
+            match error.downcast_ref::<app::PluginRefused>() {
+                Some(_) => ExitCode::from(EXIT_INVALID),
+                None => ExitCode::from(EXIT_FAILURE),
+            }
+        }
+    }
+}
+
+/// `sluice validate`: the configuration and the plugin, without Kafka.
+fn validate_config(args: &PipelineArgs, format: LogFormat) -> ExitCode {
+    let (source, config) = match load(args, format) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    match app::start_plugin(&config, vec![StateStore::shared()]) {
+        Ok((registry, _)) => {
+            let plugin = registry.live().plugin.clone();
+            println!(
+                "{}: valid ({} → plugin {} sha256:{} → {}{}{})",
+                source.path().display(),
+                config.source.topic,
+                plugin.origin,
+                plugin.short_digest(),
+                config.sink.topic,
+                config
+                    .sink
+                    .dead_letter_topic
+                    .as_ref()
+                    .map(|topic| format!("; failed records → {topic}"))
+                    .unwrap_or_default(),
+                match config.parallelism {
+                    1 => String::new(),
+                    workers => format!("; {workers} workers"),
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}: plugin.path: {error:#}", source.path().display());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+/// `sluice plugin swap`: asks a running host's admin endpoint to swap to `path`.
+fn swap_plugin(path: &Path, admin: SocketAddr, token_file: Option<&Path>) -> ExitCode {
+    match admin::client::swap(admin, path, token_file) {
+        Ok(answer) if answer.outcome == SwapEvent::Rejected => {
+            eprintln!(
+                "error: {} was rejected; the live version stays: {}",
+                path.display(),
+                answer.reason.unwrap_or_default()
+            );
+            ExitCode::from(EXIT_INVALID)
+        }
+        Ok(answer) => {
+            println!(
+                "{}: {} (version {}, sha256:{})",
+                path.display(),
+                answer.outcome,
+                answer.version.unwrap_or_default(),
+                answer.digest.unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `sluice plugin status`: a running host's plugin status, as its endpoint says.
+fn plugin_status(admin: SocketAddr) -> ExitCode {
+    match admin::client::status(admin) {
+        Ok(status) => {
+            println!("{status:#}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `sluice generate`: stock records to a topic.
+fn generate_records(
+    args: &GenerateArgs,
+    shutdown: &Shutdown,
+    runtime: &tokio::runtime::Runtime,
+) -> ExitCode {
+    match generate::Target::resolve(args).and_then(|target| {
+        generate::run(args, &target, shutdown, runtime.handle()).map(|sent| (sent, target.topic))
+    }) {
+        Ok((sent, topic)) => {
+            eprintln!("sent {sent} records to {topic}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }

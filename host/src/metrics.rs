@@ -2,6 +2,10 @@
 //! Prometheus' text format. Names follow Flink and Managed Flink where they have one
 //! (`numRecordsIn`, `numRecordsOut`, `lastCheckpointDuration`, `uptime`), so dashboards
 //! and alarms built for the job Sluice replaces keep their meaning.
+//!
+//! Size: the counters, the per-partition lag read from librdkafka's statistics, the
+//! histograms and the rendering of them all share one [`Metrics`]; a sixth of the
+//! file is tests.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,7 +41,7 @@ fn partition_lag(stable_end: i64, end: i64, handed: i64, committed: i64) -> Opti
 
 /// A histogram with fixed buckets, in seconds, in Prometheus' cumulative form.
 #[derive(Debug)]
-pub struct Histogram {
+struct Histogram {
     bounds: &'static [f64],
     /// One count per bound, and one for the values above every bound.
     counts: Vec<AtomicU64>,
@@ -64,7 +68,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, value: Duration) {
+    fn observe(&self, value: Duration) {
         let seconds = value.as_secs_f64();
         let bucket = self
             .bounds
@@ -94,20 +98,20 @@ impl Histogram {
 
 /// One source partition as its worker's consumer last reported it.
 #[derive(Debug, Clone, Serialize)]
-pub struct PartitionStats {
-    pub topic: String,
-    pub partition: i32,
-    pub worker: usize,
+pub(crate) struct PartitionStats {
+    topic: String,
+    partition: i32,
+    worker: usize,
     /// The group's committed offset (-1: none yet).
-    pub committed: i64,
+    committed: i64,
     /// The partition's end: its last stable offset (read_committed), else its high
     /// watermark.
-    pub end: i64,
+    end: i64,
     /// The next offset handed to the pipeline (-1: none yet).
-    pub position: i64,
-    pub lag: Option<u64>,
+    position: i64,
+    pub(crate) lag: Option<u64>,
     /// Records per second handed to the pipeline, over the last statistics interval.
-    pub records_per_second: f64,
+    records_per_second: f64,
     #[serde(skip)]
     at: Option<Instant>,
 }
@@ -122,7 +126,7 @@ fn escape_label(value: &str) -> String {
 
 /// The pipeline's counters, written by its thread and read by the admin endpoint.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     started: Instant,
     records_in: AtomicU64,
     records_out: AtomicU64,
@@ -153,7 +157,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counters for a host of `workers` workers.
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         Metrics {
             started: Instant::now(),
             records_in: AtomicU64::new(0),
@@ -175,12 +179,12 @@ impl Metrics {
     }
 
     /// How long ago the host started.
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Records read, written and dead-lettered so far.
-    pub fn totals(&self) -> (u64, u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
         (
             self.records_in.load(Ordering::Relaxed),
             self.records_out.load(Ordering::Relaxed),
@@ -189,12 +193,12 @@ impl Metrics {
     }
 
     /// Counts one plugin call on a batch and how long it took.
-    pub fn plugin_batch(&self, took: Duration) {
+    pub(crate) fn plugin_batch(&self, took: Duration) {
         self.batch_seconds.observe(took);
     }
 
     /// Every source partition the workers read, ordered by topic and partition.
-    pub fn partitions(&self) -> Vec<PartitionStats> {
+    pub(crate) fn partitions(&self) -> Vec<PartitionStats> {
         self.partitions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -204,7 +208,7 @@ impl Metrics {
     }
 
     /// Counts one batch: records read, records written, failed records dead-lettered.
-    pub fn batch(&self, records_in: u64, records_out: u64, dead_lettered: u64) {
+    pub(crate) fn batch(&self, records_in: u64, records_out: u64, dead_lettered: u64) {
         self.records_in.fetch_add(records_in, Ordering::Relaxed);
         self.records_out.fetch_add(records_out, Ordering::Relaxed);
         self.records_dead_lettered
@@ -212,7 +216,7 @@ impl Metrics {
     }
 
     /// Counts one completed checkpoint and how long it took.
-    pub fn checkpoint(&self, took: Duration) {
+    pub(crate) fn checkpoint(&self, took: Duration) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.last_checkpoint_us
             .store(took.as_micros() as u64, Ordering::Relaxed);
@@ -221,7 +225,7 @@ impl Metrics {
 
     /// Notes the plugin version worker `worker` runs, and how long it took to adopt it
     /// (µs; 0 for the version it started with).
-    pub fn worker_version(&self, worker: usize, version: u64, adopt_us: u64) {
+    pub(crate) fn worker_version(&self, worker: usize, version: u64, adopt_us: u64) {
         if let Some(slot) = self.worker_versions.get(worker) {
             slot.store(version, Ordering::Relaxed);
         }
@@ -231,7 +235,7 @@ impl Metrics {
     }
 
     /// How long each worker took to adopt the version it runs (µs), by worker.
-    pub fn worker_adopt_us(&self) -> Vec<u64> {
+    pub(crate) fn worker_adopt_us(&self) -> Vec<u64> {
         self.worker_adopt_us
             .iter()
             .map(|slot| slot.load(Ordering::Relaxed))
@@ -240,7 +244,7 @@ impl Metrics {
 
     /// Notes that worker `worker` finished a turn of its loop (read a batch or waited
     /// for one, sent it, served acknowledgements and checkpointed as due).
-    pub fn turned(&self, worker: usize) {
+    pub(crate) fn turned(&self, worker: usize) {
         if let Some(slot) = self.turned.get(worker) {
             slot.store(
                 self.started.elapsed().as_millis() as u64 + 1,
@@ -251,7 +255,7 @@ impl Metrics {
 
     /// Marks a worker as retrying after failures: like a worker that has not finished
     /// a turn yet, it is not ready until [`Metrics::turned`] again.
-    pub fn retrying(&self, worker: usize) {
+    pub(crate) fn retrying(&self, worker: usize) {
         if let Some(slot) = self.turned.get(worker) {
             slot.store(0, Ordering::Relaxed);
         }
@@ -259,7 +263,7 @@ impl Metrics {
 
     /// How long ago each worker last finished a turn, by worker; `None` for a worker
     /// that has not finished one yet (it is starting, or restoring its state).
-    pub fn since_turns(&self) -> Vec<Option<Duration>> {
+    pub(crate) fn since_turns(&self) -> Vec<Option<Duration>> {
         let now = self.started.elapsed().as_millis() as u64 + 1;
         self.turned
             .iter()
@@ -271,7 +275,7 @@ impl Metrics {
     }
 
     /// The plugin version each worker runs, by worker.
-    pub fn worker_versions(&self) -> Vec<u64> {
+    pub(crate) fn worker_versions(&self) -> Vec<u64> {
         self.worker_versions
             .iter()
             .map(|slot| slot.load(Ordering::Relaxed))
@@ -280,7 +284,7 @@ impl Metrics {
 
     /// Takes worker `worker`'s source consumer's statistics: the largest lag of its
     /// partitions.
-    pub fn consumer_statistics(&self, worker: usize, statistics: &Statistics) {
+    pub(crate) fn consumer_statistics(&self, worker: usize, statistics: &Statistics) {
         if let (Some(lag), Some(slot)) = (lag_max(statistics), self.lag_max.get(worker)) {
             slot.store(lag, Ordering::Relaxed);
         }
@@ -343,14 +347,29 @@ impl Metrics {
     }
 
     /// The text `GET /metrics` answers, with the plugin registry's counts.
-    pub fn render(&self, status: &PluginCounts) -> String {
+    pub(crate) fn render(&self, status: &PluginCounts) -> String {
         let mut text = String::new();
+        self.render_pipeline(&mut text);
+        render_plugin(&mut text, status);
+        render_events(&mut text);
+        self.checkpoint_seconds.render(
+            &mut text,
+            "checkpointDurationSeconds",
+            "Seconds each completed checkpoint took.",
+        );
+        self.batch_seconds.render(
+            &mut text,
+            "pluginBatchSeconds",
+            "Seconds each batch took in the plugin.",
+        );
+        self.render_partition_lag(&mut text);
+        text
+    }
+
+    /// The pipeline's counters and gauges: records, checkpoints, lag, readiness.
+    fn render_pipeline(&self, text: &mut String) {
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            // Writing to a String cannot fail.
-            let _ = writeln!(
-                text,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            write_metric(text, name, kind, help, value);
         };
         let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
         metric(
@@ -415,65 +434,10 @@ impl Metrics {
             "Milliseconds since the host started.",
             self.started.elapsed().as_millis() as f64,
         );
-        metric(
-            "pluginVersion",
-            "gauge",
-            "The live plugin version: 1 at start, then each version made live counts one up.",
-            status.version as f64,
-        );
-        metric(
-            "pluginSwaps",
-            "counter",
-            "Swaps to another plugin version.",
-            status.swaps as f64,
-        );
-        metric(
-            "pluginRejections",
-            "counter",
-            "Plugin candidates rejected by validation.",
-            status.rejections as f64,
-        );
-        metric(
-            "pluginRollbacks",
-            "counter",
-            "Plugin versions reverted automatically.",
-            status.rollbacks as f64,
-        );
-        let event = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-        metric(
-            "numberOfFailedCheckpoints",
-            "counter",
-            "Checkpoints that did not commit: a failed offset commit, or an aborted transaction.",
-            event(&crate::history::FAILED_CHECKPOINTS),
-        );
-        metric(
-            "numTransactionAborts",
-            "counter",
-            "Exactly-once: checkpoint transactions aborted after a failure (the partitions rewound).",
-            event(&crate::history::TRANSACTION_ABORTS),
-        );
-        metric(
-            "numRetries",
-            "counter",
-            "Times a worker rewound to its last checkpoint after a failure to try again.",
-            event(&crate::history::RETRIES),
-        );
-        metric(
-            "numPluginRestarts",
-            "counter",
-            "Plugin instances replaced by a new one of the same version after a trap.",
-            event(&crate::history::PLUGIN_RESTARTS),
-        );
-        self.checkpoint_seconds.render(
-            &mut text,
-            "checkpointDurationSeconds",
-            "Seconds each completed checkpoint took.",
-        );
-        self.batch_seconds.render(
-            &mut text,
-            "pluginBatchSeconds",
-            "Seconds each batch took in the plugin.",
-        );
+    }
+
+    /// `records_lag` for each source partition whose lag is known.
+    fn render_partition_lag(&self, text: &mut String) {
         let partitions = self.partitions();
         if partitions.iter().any(|p| p.lag.is_some()) {
             let _ = writeln!(
@@ -491,18 +455,90 @@ impl Metrics {
                 }
             }
         }
-        text
     }
+}
+
+/// One metric with its help and type lines.
+fn write_metric(text: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        text,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+/// The plugin registry's counts.
+fn render_plugin(text: &mut String, status: &PluginCounts) {
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        write_metric(text, name, kind, help, value);
+    };
+    metric(
+        "pluginVersion",
+        "gauge",
+        "The live plugin version: 1 at start, then each version made live counts one up.",
+        status.version as f64,
+    );
+    metric(
+        "pluginSwaps",
+        "counter",
+        "Swaps to another plugin version.",
+        status.swaps as f64,
+    );
+    metric(
+        "pluginRejections",
+        "counter",
+        "Plugin candidates rejected by validation.",
+        status.rejections as f64,
+    );
+    metric(
+        "pluginRollbacks",
+        "counter",
+        "Plugin versions reverted automatically.",
+        status.rollbacks as f64,
+    );
+}
+
+/// The counts of events the history keeps: failed checkpoints, aborts, retries,
+/// plugin restarts.
+fn render_events(text: &mut String) {
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        write_metric(text, name, kind, help, value);
+    };
+    let event = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+    metric(
+        "numberOfFailedCheckpoints",
+        "counter",
+        "Checkpoints that did not commit: a failed offset commit, or an aborted transaction.",
+        event(&crate::history::FAILED_CHECKPOINTS),
+    );
+    metric(
+        "numTransactionAborts",
+        "counter",
+        "Exactly-once: checkpoint transactions aborted after a failure (the partitions rewound).",
+        event(&crate::history::TRANSACTION_ABORTS),
+    );
+    metric(
+        "numRetries",
+        "counter",
+        "Times a worker rewound to its last checkpoint after a failure to try again.",
+        event(&crate::history::RETRIES),
+    );
+    metric(
+        "numPluginRestarts",
+        "counter",
+        "Plugin instances replaced by a new one of the same version after a trap.",
+        event(&crate::history::PLUGIN_RESTARTS),
+    );
 }
 
 /// What `GET /metrics` says of the plugin: the live version and the swaps so far.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PluginCounts {
+pub(crate) struct PluginCounts {
     /// The live version: 1 at start, then one up for each version made live.
-    pub version: u64,
-    pub swaps: u64,
-    pub rejections: u64,
-    pub rollbacks: u64,
+    pub(crate) version: u64,
+    pub(crate) swaps: u64,
+    pub(crate) rejections: u64,
+    pub(crate) rollbacks: u64,
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ pub struct OutputLimits {
 
 impl OutputLimits {
     /// No limit at all: for checks of what a plugin wrote, outside a pipeline.
-    pub fn unlimited() -> Self {
+    #[cfg(test)]
+    pub(crate) fn unlimited() -> Self {
         OutputLimits {
             per_record: u32::MAX,
             batch_bytes: u64::MAX,
@@ -46,7 +47,7 @@ impl OutputLimits {
     }
 
     /// The same limits with at most `bytes` left for the batch's outputs.
-    pub fn with_batch_bytes(&self, bytes: u64) -> Self {
+    pub(crate) fn with_batch_bytes(&self, bytes: u64) -> Self {
         OutputLimits {
             batch_bytes: bytes,
             ..self.clone()
@@ -139,7 +140,7 @@ impl Verdicts {
 
     /// Fails record `index` with `reason`, unless it failed already: the first reason
     /// stands. Its outputs are not sent; the record goes to the dead-letter topic.
-    pub fn fail(&mut self, index: u32, reason: String) {
+    pub(crate) fn fail(&mut self, index: u32, reason: String) {
         if let Some(count) = self.counts.get_mut(index as usize) {
             *count = 0;
         }
@@ -147,11 +148,12 @@ impl Verdicts {
     }
 
     /// The failed records, by index, with the reason.
-    pub fn failed(&self) -> &BTreeMap<u32, String> {
+    pub(crate) fn failed(&self) -> &BTreeMap<u32, String> {
         &self.failed
     }
 
-    pub fn is_failed(&self, index: u32) -> bool {
+    #[cfg(test)]
+    fn is_failed(&self, index: u32) -> bool {
         self.failed.contains_key(&index)
     }
 
@@ -169,14 +171,14 @@ impl Verdicts {
     }
 
     /// Bytes of the outputs of the records that did not fail, framing included.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 }
 
 /// The input records `op` is about, and the output it sends them to (`None`: the
 /// default one; an error names no output).
-pub fn targets<'a>(op: &Op<'a>) -> (std::ops::Range<u32>, Option<&'a str>) {
+pub(crate) fn targets<'a>(op: &Op<'a>) -> (std::ops::Range<u32>, Option<&'a str>) {
     match op {
         Op::Keep {
             start,
@@ -219,7 +221,7 @@ fn output_bytes(op: &Op<'_>, record: &Record<'_>) -> u64 {
 }
 
 /// Bytes counted for a header the host adds to every output (the provenance header).
-pub fn added_header_bytes(name: &str, value_len: usize) -> u64 {
+pub(crate) fn added_header_bytes(name: &str, value_len: usize) -> u64 {
     name.len() as u64 + value_len as u64 + HEADER_FRAMING
 }
 

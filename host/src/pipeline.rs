@@ -51,12 +51,12 @@ pub struct Summary {
     pub records_out: u64,
     /// Input records the plugin failed, sent to the dead-letter topic.
     pub records_dead_lettered: u64,
-    pub checkpoints: u64,
+    pub(crate) checkpoints: u64,
 }
 
 impl Summary {
     /// Adds another worker's counts.
-    pub fn add(&mut self, other: &Summary) {
+    pub(crate) fn add(&mut self, other: &Summary) {
         self.records_in += other.records_in;
         self.records_out += other.records_out;
         self.records_dead_lettered += other.records_dead_lettered;
@@ -64,20 +64,20 @@ impl Summary {
     }
 }
 
-pub struct Pipeline {
-    pub source: KafkaSource,
-    pub transform: TransformStage,
+pub(crate) struct Pipeline {
+    pub(crate) source: KafkaSource,
+    pub(crate) transform: TransformStage,
     /// The sink producer and the checkpoint logic, shared with the source's rebalance
     /// callbacks.
-    pub checkpointer: Arc<Mutex<Checkpointer>>,
-    pub tracker: Arc<Mutex<Tracker>>,
+    pub(crate) checkpointer: Arc<Mutex<Checkpointer>>,
+    pub(crate) tracker: Arc<Mutex<Tracker>>,
     /// The plugins' keyed state.
-    pub state: SharedState,
-    pub checkpoint: CheckpointConfig,
+    pub(crate) state: SharedState,
+    pub(crate) checkpoint: CheckpointConfig,
     /// Header naming the plugin version on every output, if configured.
-    pub provenance_header: Option<String>,
+    pub(crate) provenance_header: Option<String>,
     /// Counters for the admin endpoint's `GET /metrics`.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -85,7 +85,7 @@ impl Pipeline {
     /// summary) or a fatal error (then commits what is safe and returns the error).
     /// A panic, whatever its cause, is such an error: it names the records the worker
     /// was processing, and nothing after the last checkpoint is committed.
-    pub fn run(self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
+    pub(crate) fn run(self, shutdown: &Shutdown) -> anyhow::Result<Summary> {
         catch_panic(|| self.run_loop(shutdown)).unwrap_or_else(|panic| {
             Err(anyhow::anyhow!(
                 "the worker panicked while stopping ({panic}); records after the last checkpoint will be read again at the next start"
@@ -271,20 +271,43 @@ impl Worker<'_> {
             Ok(_) => state.lock().unwrap().commit_batch(),
             Err(_) => state.lock().unwrap().discard_batch(),
         }
+        let dead_lettered = transformed.verdicts.failed().len();
+        match self.settle_send(checkpointer, sent, transformed.processed, dead_lettered)? {
+            Next::Go => {}
+            next => return Ok(next),
+        }
+        self.pipeline.tracker.lock().unwrap().seal(seq);
+        checkpointer.processed(&spans);
+        Ok(Next::Go)
+    }
+
+    /// Counts a batch of `processed` records the producer took (`dead_lettered` of them
+    /// to the dead-letter topic), or decides what its failed send leads to: a stop
+    /// (shutdown), a new turn after recovery, or an error that stops the host.
+    fn settle_send(
+        &mut self,
+        checkpointer: &mut Checkpointer,
+        sent: Result<usize, SendError>,
+        processed: usize,
+        dead_lettered: usize,
+    ) -> anyhow::Result<Next> {
+        let consumer = self.pipeline.source.consumer();
         match sent {
             Ok(sent) => {
-                let dead_lettered = transformed.verdicts.failed().len();
                 let out = (sent - dead_lettered) as u64;
                 self.summary.records_out += out;
                 self.summary.records_dead_lettered += dead_lettered as u64;
-                metrics.batch(transformed.processed as u64, out, dead_lettered as u64);
+                self.pipeline
+                    .metrics
+                    .batch(processed as u64, out, dead_lettered as u64);
+                Ok(Next::Go)
             }
-            Err(SendError::Interrupted) => return Ok(Next::Stop),
+            Err(SendError::Interrupted) => Ok(Next::Stop),
             Err(SendError::Record(failure)) if checkpointer.rewinds_after(true) => {
                 let error = SendError::Record(failure.clone());
-                checkpointer.recover_after(source.consumer(), &error, Some(&failure))?;
+                checkpointer.recover_after(consumer, &error, Some(&failure))?;
                 poison(&mut self.poisoned, checkpointer.take_poisoned());
-                return Ok(Next::Again);
+                Ok(Next::Again)
             }
             Err(
                 error @ (SendError::Output(_)
@@ -293,16 +316,13 @@ impl Worker<'_> {
                 | SendError::AuthRefused(_)
                 | SendError::Producer { .. }),
             ) if checkpointer.exactly_once() => {
-                checkpointer.recover(source.consumer(), &error)?;
-                return Ok(Next::Again);
+                checkpointer.recover(consumer, &error)?;
+                Ok(Next::Again)
             }
             Err(error) => {
                 anyhow::bail!("{error}; it stays uncommitted, so a restart retries it")
             }
         }
-        tracker.lock().unwrap().seal(seq);
-        checkpointer.processed(&spans);
-        Ok(Next::Go)
     }
 
     /// Sends a record the plugin contract cannot carry to the dead-letter topic, or
@@ -496,7 +516,7 @@ impl Worker<'_> {
 
 /// Runs `work`; a panic in it comes back as `Err` with the panic's message, so that
 /// the host stops with a clear error and exit code rather than aborting.
-pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+fn catch_panic<T>(work: impl FnOnce() -> T) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).map_err(|payload| {
         payload
             .downcast_ref::<&str>()

@@ -16,19 +16,19 @@
 use std::collections::{BTreeMap, VecDeque};
 
 /// A source partition: topic and partition number.
-pub type Partition = (String, i32);
+pub(crate) type Partition = (String, i32);
 
 /// An input record whose output the sink broker refused: where it was read, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordFailure {
-    pub partition: Partition,
-    pub offset: i64,
-    pub cause: String,
+pub(crate) struct RecordFailure {
+    pub(crate) partition: Partition,
+    pub(crate) offset: i64,
+    pub(crate) cause: String,
 }
 
 impl RecordFailure {
     /// `topic/partition@offset`.
-    pub fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         format!("{}/{}@{}", self.partition.0, self.partition.1, self.offset)
     }
 }
@@ -36,12 +36,12 @@ impl RecordFailure {
 /// A delivery's opaque value: the batch's sequence number and the index of the input
 /// record the output came from (plus one; 0 for none, as for changelog records).
 /// Batches hold at most 100 000 records, so 20 bits hold the index.
-pub fn delivery_opaque(seq: u64, input: Option<u32>) -> usize {
+pub(crate) fn delivery_opaque(seq: u64, input: Option<u32>) -> usize {
     ((seq << INDEX_BITS) | input.map_or(0, |index| u64::from(index) + 1)) as usize
 }
 
 /// The batch sequence number and input index of a delivery's opaque value.
-pub fn from_delivery_opaque(opaque: usize) -> (u64, Option<u32>) {
+pub(crate) fn from_delivery_opaque(opaque: usize) -> (u64, Option<u32>) {
     let opaque = opaque as u64;
     let index = (opaque & ((1 << INDEX_BITS) - 1)) as u32;
     (opaque >> INDEX_BITS, index.checked_sub(1))
@@ -62,7 +62,7 @@ struct PendingBatch {
 
 /// Progress of the batches in flight and the offsets they make committable.
 #[derive(Debug, Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     /// Sequence number of `pending[0]`.
     first_seq: u64,
     pending: VecDeque<PendingBatch>,
@@ -79,18 +79,18 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Registers a new batch and returns its sequence number.
-    pub fn begin(&mut self, ends: Vec<(Partition, i64)>) -> u64 {
+    pub(crate) fn begin(&mut self, ends: Vec<(Partition, i64)>) -> u64 {
         self.begin_with_inputs(ends, Vec::new())
     }
 
     /// [`Tracker::begin`] for a batch whose input records are `inputs` (partition
     /// number and offset, by index).
-    pub fn begin_with_inputs(
+    pub(crate) fn begin_with_inputs(
         &mut self,
         ends: Vec<(Partition, i64)>,
         inputs: Vec<(i32, i64)>,
@@ -106,14 +106,14 @@ impl Tracker {
     }
 
     /// Counts `count` more outputs of batch `seq` as handed to the producer.
-    pub fn add_outputs(&mut self, seq: u64, count: usize) {
+    pub(crate) fn add_outputs(&mut self, seq: u64, count: usize) {
         if let Some(batch) = self.batch(seq) {
             batch.outstanding += count;
         }
     }
 
     /// Marks batch `seq` as complete on the sending side.
-    pub fn seal(&mut self, seq: u64) {
+    pub(crate) fn seal(&mut self, seq: u64) {
         if let Some(batch) = self.batch(seq) {
             batch.sealed = true;
         }
@@ -124,7 +124,7 @@ impl Tracker {
     /// input record `input`; `size` is the output's size in bytes. A broker refuses a
     /// whole request for one record too large, so of the outputs that fail, the
     /// largest names the input record that failed.
-    pub fn delivered_from(
+    pub(crate) fn delivered_from(
         &mut self,
         seq: u64,
         input: Option<u32>,
@@ -153,12 +153,12 @@ impl Tracker {
     }
 
     /// The input record of the first failed delivery, when it had one.
-    pub fn failed_record(&self) -> Option<&RecordFailure> {
+    pub(crate) fn failed_record(&self) -> Option<&RecordFailure> {
         self.failed_record.as_ref().map(|(record, _)| record)
     }
 
     /// The first delivery failure and the input record it names, if any.
-    pub fn failure_report(&self) -> Option<String> {
+    pub(crate) fn failure_report(&self) -> Option<String> {
         let failure = self.failure.as_deref()?;
         Some(match self.failed_record() {
             Some(record) => format!(
@@ -171,7 +171,7 @@ impl Tracker {
     }
 
     /// Records the broker's answer for one output of batch `seq`.
-    pub fn delivered(&mut self, seq: u64, result: Result<(), String>) {
+    fn delivered(&mut self, seq: u64, result: Result<(), String>) {
         match result {
             Ok(()) => {
                 if let Some(batch) = self.batch(seq) {
@@ -188,14 +188,14 @@ impl Tracker {
     }
 
     /// Whether batch `seq` and every batch before it are done.
-    pub fn passed(&self, seq: u64) -> bool {
+    pub(crate) fn passed(&self, seq: u64) -> bool {
         seq < self.first_seq
     }
 
     /// Drops every batch in flight and any failure: their outputs belonged to an
     /// aborted transaction. Sequence numbers keep counting, so late reports for the
     /// dropped batches are ignored.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.first_seq += self.pending.len() as u64;
         self.pending.clear();
         self.failure = None;
@@ -204,32 +204,32 @@ impl Tracker {
     }
 
     /// Notes that a delivery was refused for good: asking again gets the same answer.
-    pub fn refused_for_good(&mut self) {
+    pub(crate) fn refused_for_good(&mut self) {
         self.refused_for_good = true;
     }
 
     /// Whether a delivery since the last reset was refused for good.
-    pub fn was_refused_for_good(&self) -> bool {
+    pub(crate) fn was_refused_for_good(&self) -> bool {
         self.refused_for_good
     }
 
     /// The first delivery failure, if any.
-    pub fn failure(&self) -> Option<&str> {
+    pub(crate) fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
     }
 
     /// Batches not yet fully acknowledged.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.pending.len()
     }
 
     /// Committable offsets (the next offset to read) per partition.
-    pub fn committable(&self) -> &BTreeMap<Partition, i64> {
+    pub(crate) fn committable(&self) -> &BTreeMap<Partition, i64> {
         &self.committable
     }
 
     /// Forgets a partition that is no longer ours, so it is not committed again.
-    pub fn forget(&mut self, partition: &Partition) {
+    pub(crate) fn forget(&mut self, partition: &Partition) {
         self.committable.remove(partition);
     }
 

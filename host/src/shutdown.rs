@@ -13,7 +13,7 @@ pub const EXIT_INVALID: u8 = 2;
 /// How long a requested shutdown may take to flush and commit. Within Kubernetes'
 /// default termination grace period (30 s), so a pod stops by itself rather than by
 /// SIGKILL even when the cluster does not answer.
-pub const GRACE: Duration = Duration::from_secs(15);
+const GRACE: Duration = Duration::from_secs(15);
 
 /// A requested shutdown exits by this time whatever it waits for. The drain's own
 /// waits end within [`GRACE`] and leaving the consumer group takes a few seconds more;
@@ -32,16 +32,16 @@ impl Shutdown {
         Self::default()
     }
 
-    pub fn request(&self) {
+    pub(crate) fn request(&self) {
         self.0.get_or_init(Instant::now);
     }
 
-    pub fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.0.get().is_some()
     }
 
     /// `timeout`, cut to what is left of [`GRACE`] once a shutdown was requested.
-    pub fn bound(&self, timeout: Duration) -> Duration {
+    pub(crate) fn bound(&self, timeout: Duration) -> Duration {
         if self.requested() {
             timeout.min(self.time_left())
         } else {
@@ -50,12 +50,12 @@ impl Shutdown {
     }
 
     /// Whether a wait may go on: always before a shutdown, within [`GRACE`] after.
-    pub fn may_wait(&self) -> bool {
+    pub(crate) fn may_wait(&self) -> bool {
         !self.requested() || !self.time_left().is_zero()
     }
 
     /// What is left of [`GRACE`] since the request (all of it before one).
-    pub fn time_left(&self) -> Duration {
+    fn time_left(&self) -> Duration {
         self.0
             .get()
             .map_or(GRACE, |at| GRACE.saturating_sub(at.elapsed()))

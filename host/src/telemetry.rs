@@ -121,14 +121,14 @@ impl Visit for Fields {
 /// Counts events of a kind that may recur many times a second, for a log line written
 /// at most once per interval that says how many there were.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     every: Duration,
     unreported: u64,
     reported: Option<Instant>,
 }
 
 impl Throttle {
-    pub const fn new(every: Duration) -> Self {
+    pub(crate) const fn new(every: Duration) -> Self {
         Throttle {
             every,
             unreported: 0,
@@ -138,7 +138,7 @@ impl Throttle {
 
     /// Counts `events`; when a report is due, returns how many events it covers (these
     /// and those held back since the last one).
-    pub fn count(&mut self, events: u64) -> Option<u64> {
+    pub(crate) fn count(&mut self, events: u64) -> Option<u64> {
         self.unreported += events;
         if self.reported.is_some_and(|at| at.elapsed() < self.every) {
             return None;
@@ -148,7 +148,7 @@ impl Throttle {
     }
 }
 
-pub fn librdkafka_log(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+pub(crate) fn librdkafka_log(client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert

@@ -15,14 +15,14 @@
 //! record keeps none of its writes, and the records after it see none of them.
 //!
 //! Size: adoption of a new version, probation and rollback, and the record-by-record
-//! re-run all act on the live instance between batches; a seventh of the file is tests.
+//! re-run all act on the live instance between batches; a tenth of the file is tests.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_sdk::batch::{
     DecodeError, Header, InputBatch, InputWriter, NewRecord, Op, OutputReader, OutputWriter,
-    RecordFields,
+    Record, RecordFields,
 };
 use thiserror::Error;
 
@@ -35,7 +35,7 @@ use crate::runtime::{Instance, PluginError, Tier};
 use crate::telemetry::Throttle;
 
 #[derive(Debug, Error)]
-pub enum TransformError {
+pub(crate) enum TransformError {
     #[error("plugin {plugin} {error} (batch starting at {topic}/{partition}@{offset})")]
     Plugin {
         plugin: String,
@@ -76,7 +76,7 @@ struct Probation {
     failed: u64,
 }
 
-pub struct TransformStage {
+pub(crate) struct TransformStage {
     registry: Arc<Registry>,
     /// This stage's worker: which keyed state its instances use.
     worker: usize,
@@ -107,14 +107,14 @@ pub struct TransformStage {
 }
 
 /// A batch's output, checked, and how much of the batch it covers.
-pub struct Transformed {
+pub(crate) struct Transformed {
     /// The output batch, to be read with the verdicts.
-    pub output: Vec<u8>,
-    pub verdicts: Verdicts,
+    pub(crate) output: Vec<u8>,
+    pub(crate) verdicts: Verdicts,
     /// The records of the batch the output is for: all of them, or, when running the
     /// batch again record by record took the batch's whole time budget, the first
     /// ones. The rest must be read again.
-    pub processed: usize,
+    pub(crate) processed: usize,
 }
 
 /// Why a batch runs again record by record.
@@ -153,7 +153,7 @@ impl Isolated {
 }
 
 impl TransformStage {
-    pub fn new(
+    pub(crate) fn new(
         registry: Arc<Registry>,
         worker: usize,
         instance: Instance,
@@ -187,16 +187,16 @@ impl TransformStage {
 
     /// This stage's worker.
     /// How long adopting the current version took, in µs (0: the version started with).
-    pub fn adopt_us(&self) -> u64 {
+    pub(crate) fn adopt_us(&self) -> u64 {
         self.adopt_us
     }
 
-    pub fn worker(&self) -> usize {
+    pub(crate) fn worker(&self) -> usize {
         self.worker
     }
 
     /// The version that processed the last batch.
-    pub fn current(&self) -> &Live {
+    pub(crate) fn current(&self) -> &Live {
         &self.current
     }
 
@@ -209,7 +209,7 @@ impl TransformStage {
     /// `StateStore::commit_batch` once the outputs are handed to the sink, or drops
     /// them with `discard_batch`. A rolled-back attempt's writes are dropped here, and
     /// so are those of failed records.
-    pub fn run(
+    pub(crate) fn run(
         &mut self,
         input: &[u8],
         batch: &InputBatch<'_>,
@@ -367,17 +367,7 @@ impl TransformStage {
             if record.index() > 0 && budget < MIN_RECORD_BUDGET {
                 return Ok(Isolated::part(output, record.index(), failed));
             }
-            single.clear();
-            single.push(RecordFields {
-                topic: record.topic(),
-                partition: record.partition(),
-                offset: record.offset(),
-                timestamp: record.timestamp(),
-                key: record.key(),
-                value: record.value(),
-                headers: record.headers(),
-            });
-            let encoded = single.finish();
+            let encoded = encode_alone(&mut single, &record);
             let one = InputBatch::open(encoded).map_err(|error| self.malformed(error))?;
             let savepoint = self.state().savepoint();
             let budget = if record.index() == 0 { limit } else { budget };
@@ -611,6 +601,21 @@ impl TransformStage {
             error,
         }
     }
+}
+
+/// `record` as a batch of its own, written with `writer`.
+fn encode_alone<'w>(writer: &'w mut InputWriter, record: &Record<'_>) -> &'w [u8] {
+    writer.clear();
+    writer.push(RecordFields {
+        topic: record.topic(),
+        partition: record.partition(),
+        offset: record.offset(),
+        timestamp: record.timestamp(),
+        key: record.key(),
+        value: record.value(),
+        headers: record.headers(),
+    });
+    writer.finish()
 }
 
 /// Appends the output of a one-record batch to `output`, as the output of input

@@ -32,21 +32,21 @@ const RATE_SAMPLES: usize = 300;
 
 /// What the console shows about the pipeline that does not change while it runs.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PipelineInfo {
+pub(crate) struct PipelineInfo {
     /// `at-least-once` or `exactly-once`.
-    pub delivery: &'static str,
-    pub workers: usize,
-    pub source_topic: String,
-    pub sink_topic: String,
-    pub group: String,
+    pub(crate) delivery: &'static str,
+    pub(crate) workers: usize,
+    pub(crate) source_topic: String,
+    pub(crate) sink_topic: String,
+    pub(crate) group: String,
     /// The effective configuration as text, secrets redacted.
     #[serde(skip)]
-    pub config: String,
+    pub(crate) config: String,
     /// How long a new version stays on probation.
-    pub rollback_window_ms: u64,
+    pub(crate) rollback_window_ms: u64,
     /// Whether swaps by upload are taken (not when `plugin.allowed_dir` restricts
     /// swaps to files in a directory).
-    pub uploads: bool,
+    pub(crate) uploads: bool,
 }
 
 /// Records in and out per second over one second.
@@ -320,7 +320,7 @@ pub(super) fn snapshot(console: &Console, registry: &Registry, metrics: &Metrics
 /// with the values of `[plugin.config]` settings whose names suggest a secret replaced
 /// (passwords and keys themselves never are in the configuration: they come from the
 /// environment, and the security settings print redacted).
-pub fn config_text(config: &crate::config::Config) -> String {
+pub(crate) fn config_text(config: &crate::config::Config) -> String {
     let mut config = config.clone();
     for (key, value) in &mut config.plugin.config {
         let key = key.to_ascii_lowercase();

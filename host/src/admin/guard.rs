@@ -19,12 +19,12 @@ pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the endpoint is reached and guarded.
 #[derive(Debug, Clone)]
-pub struct Guard {
+pub(crate) struct Guard {
     /// The address it listens on (port resolved).
-    pub address: SocketAddr,
+    pub(crate) address: SocketAddr,
     /// Host names besides the address and `localhost` that clients use (`--admin-host`).
-    pub names: Vec<String>,
-    pub token: Token,
+    pub(crate) names: Vec<String>,
+    pub(crate) token: Token,
 }
 
 impl Guard {

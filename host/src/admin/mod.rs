@@ -27,7 +27,7 @@
 //! validated at a time with a short queue, so no client can hold the endpoint.
 
 pub mod client;
-pub mod console;
+pub(crate) mod console;
 mod guard;
 pub mod token;
 
@@ -45,18 +45,19 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::metrics::{Metrics, PluginCounts};
 use crate::plugin::registry::{Registry, Status, SwapEvent, Trigger};
-pub use guard::Guard;
+pub(crate) use guard::Guard;
 use guard::{REQUEST_TIMEOUT, check, refuse, within_request_timeout};
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SwapRequest {
-    pub path: PathBuf,
+struct SwapRequest {
+    path: PathBuf,
 }
 
 /// What `POST /plugin/swap` answers.
@@ -86,7 +87,7 @@ const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 /// How long an upload's body may take to arrive.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(address).await.with_context(|| {
         format!("admin endpoint: cannot listen on {address}; choose another address with --admin ADDR, or --admin off")
     })?;
@@ -108,7 +109,7 @@ struct SwapState {
 
 type Reads = (Arc<Registry>, Arc<Metrics>, Arc<console::Console>);
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     guard: Guard,
     registry: Arc<Registry>,
@@ -210,19 +211,19 @@ async fn status(State((registry, metrics, _)): State<Reads>) -> Json<HostStatus>
 
 /// What `GET /ready` answers.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Readiness {
-    pub ready: bool,
-    pub workers: Vec<WorkerReadiness>,
+struct Readiness {
+    ready: bool,
+    workers: Vec<WorkerReadiness>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct WorkerReadiness {
-    pub worker: usize,
-    pub ready: bool,
+struct WorkerReadiness {
+    worker: usize,
+    ready: bool,
     /// Milliseconds since the worker last finished a turn of its loop; absent before
     /// its first.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub last_turn_ms_ago: Option<u64>,
+    last_turn_ms_ago: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -352,6 +353,29 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
             "plugin.allowed_dir restricts swaps to files in that directory: put the component there and swap it by path",
         );
     }
+    let (name, body) = match read_upload(request).await {
+        Ok(upload) => upload,
+        Err(refused) => return refused,
+    };
+    let (dir, path) = match keep_upload(&name, &body) {
+        Ok(kept) => kept,
+        Err(error) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot keep the upload: {error}"),
+            );
+        }
+    };
+    state.console.note_language(&body);
+    let response = validate_in_turn(&state, path).await;
+    // The registry holds the compiled version; the file is not read again.
+    drop(dir);
+    response
+}
+
+/// The name and the bytes of an uploaded component, or the answer that refuses it:
+/// not sent as a component, too large, or too slow.
+async fn read_upload(request: Request<Body>) -> Result<(String, Bytes), Response> {
     // A page can send a cross-origin form post without asking; a component is not a form.
     let wasm = request
         .headers()
@@ -359,10 +383,10 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/wasm"));
     if !wasm {
-        return refuse(
+        return Err(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send the component as `Content-Type: application/wasm`",
-        );
+        ));
     }
     let name = request
         .headers()
@@ -385,7 +409,7 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
         )
     };
     if declared.is_some_and(|length| length > MAX_UPLOAD) {
-        return too_large();
+        return Err(too_large());
     }
     let body = match tokio::time::timeout(
         UPLOAD_TIMEOUT,
@@ -394,36 +418,26 @@ async fn upload(State(state): State<SwapState>, request: Request<Body>) -> Respo
     .await
     {
         Ok(Ok(body)) => body,
-        Ok(Err(_)) => return too_large(),
+        Ok(Err(_)) => return Err(too_large()),
         Err(_) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the upload took longer than {} s", UPLOAD_TIMEOUT.as_secs()),
-            );
+            ));
         }
     };
+    Ok((name, body))
+}
+
+/// Writes an upload to a directory of its own, which is removed when dropped.
+fn keep_upload(name: &str, body: &[u8]) -> std::io::Result<(tempfile::TempDir, PathBuf)> {
     // tempfile makes the directory readable by this user only.
-    let dir = match tempfile::Builder::new().prefix("sluice-upload-").tempdir() {
-        Ok(dir) => dir,
-        Err(error) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot keep the upload: {error}"),
-            );
-        }
-    };
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-upload-")
+        .tempdir()?;
     let path = dir.path().join(format!("{name}.wasm"));
-    if let Err(error) = std::fs::write(&path, &body) {
-        return refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot keep the upload: {error}"),
-        );
-    }
-    state.console.note_language(&body);
-    let response = validate_in_turn(&state, path).await;
-    // The registry holds the compiled version; the file is not read again.
-    drop(dir);
-    response
+    std::fs::write(&path, body)?;
+    Ok((dir, path))
 }
 
 /// An uploaded file's name as a file stem the host can show: letters, digits, `-`, `_`
@@ -509,7 +523,7 @@ async fn validate_in_turn(state: &SwapState, path: PathBuf) -> Response {
 }
 
 /// What the metrics say of the plugin registry's `status`.
-pub(crate) fn plugin_counts(status: &Status) -> PluginCounts {
+fn plugin_counts(status: &Status) -> PluginCounts {
     PluginCounts {
         version: status.live.version,
         swaps: status.swaps,

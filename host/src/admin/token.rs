@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// The environment variable holding a fixed token.
-pub const TOKEN_ENV: &str = "SLUICE_ADMIN_TOKEN";
-/// The environment variable naming a token file (as `--admin-token-file`).
-pub const TOKEN_FILE_ENV: &str = "SLUICE_ADMIN_TOKEN_FILE";
+pub(crate) const TOKEN_ENV: &str = "SLUICE_ADMIN_TOKEN";
 
 /// A fixed token shorter than this is refused: it could be guessed.
 const MIN_FIXED_TOKEN: usize = 16;
@@ -49,14 +47,14 @@ impl TokenSource {
     }
 
     /// Whether the operator named the token (required to listen beyond loopback).
-    pub fn explicit(&self) -> bool {
+    pub(crate) fn explicit(&self) -> bool {
         !matches!(self, TokenSource::Default)
     }
 }
 
 /// Where a client finds the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Held {
+pub(crate) enum Held {
     /// In this file.
     File(PathBuf),
     /// In `SLUICE_ADMIN_TOKEN`.
@@ -67,10 +65,10 @@ pub enum Held {
 
 /// The admin token. Its text never prints.
 #[derive(Clone)]
-pub struct Token {
+pub(crate) struct Token {
     digest: [u8; 32],
     text: String,
-    pub held: Held,
+    pub(crate) held: Held,
 }
 
 impl std::fmt::Debug for Token {
@@ -99,13 +97,13 @@ impl Token {
     }
 
     /// The text to send as `Authorization: Bearer <text>`.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.text
     }
 
     /// Whether `offered` is this token. Both sides are hashed first, so the comparison
     /// takes the same time whatever the offered text's length and content.
-    pub fn matches(&self, offered: &str) -> bool {
+    pub(crate) fn matches(&self, offered: &str) -> bool {
         let offered: [u8; 32] = Sha256::digest(offered.as_bytes()).into();
         let difference = self
             .digest
@@ -119,7 +117,7 @@ impl Token {
 /// A token that could not be set up; the message says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("admin endpoint token: {0}")]
-pub struct TokenError(String);
+pub(crate) struct TokenError(String);
 
 /// The default token file for the endpoint on `port`: under `$XDG_RUNTIME_DIR/sluice/`
 /// (private to the user, emptied at logout), else `~/.local/state/sluice/`.
@@ -133,10 +131,10 @@ pub fn default_file(port: u16) -> Option<PathBuf> {
 }
 
 /// How a client or a user sets the token, for messages.
-pub const HOW_TO_SET: &str = "set SLUICE_ADMIN_TOKEN (at least 16 characters, e.g. from a Kubernetes Secret) or --admin-token-file PATH (SLUICE_ADMIN_TOKEN_FILE)";
+pub(crate) const HOW_TO_SET: &str = "set SLUICE_ADMIN_TOKEN (at least 16 characters, e.g. from a Kubernetes Secret) or --admin-token-file PATH (SLUICE_ADMIN_TOKEN_FILE)";
 
 /// The host's token for the endpoint listening on `port`, set up as `source` says.
-pub fn for_host(source: &TokenSource, port: u16) -> Result<Token, TokenError> {
+pub(crate) fn for_host(source: &TokenSource, port: u16) -> Result<Token, TokenError> {
     match source {
         TokenSource::Fixed => {
             let text = std::env::var(TOKEN_ENV)
@@ -175,7 +173,7 @@ pub fn for_host(source: &TokenSource, port: u16) -> Result<Token, TokenError> {
 
 /// The token a client sends to the endpoint on `port`: the fixed one, else the one in
 /// `file` (or the default file for the port). `None` when there is none to read.
-pub fn for_client(file: Option<&Path>, port: u16) -> Result<Option<Token>, TokenError> {
+pub(crate) fn for_client(file: Option<&Path>, port: u16) -> Result<Option<Token>, TokenError> {
     match TokenSource::from_options(file) {
         TokenSource::Fixed => {
             let text = std::env::var(TOKEN_ENV)

@@ -8,7 +8,7 @@
 //! certificate refusals), and the first authentication failure ends the run with an
 //! error that names the client, the broker and the mechanism.
 
-pub mod msk_iam;
+mod msk_iam;
 
 use std::error::Error;
 use std::sync::{Arc, Mutex};
@@ -24,19 +24,19 @@ use crate::telemetry::Throttle;
 
 /// The first authentication failure of any client, shared by the source and the sink.
 #[derive(Debug, Default)]
-pub struct AuthFailure(Mutex<Option<String>>);
+pub(crate) struct AuthFailure(Mutex<Option<String>>);
 
 impl AuthFailure {
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::default()
     }
 
-    pub fn get(&self) -> Option<String> {
+    pub(crate) fn get(&self) -> Option<String> {
         self.0.lock().unwrap().clone()
     }
 
     /// Fails with the recorded failure, if there is one.
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         match self.get() {
             Some(failure) => Err(anyhow::anyhow!(failure)),
             None => Ok(()),
@@ -50,7 +50,7 @@ impl AuthFailure {
 
 /// Whether `error` is a lost or refused connection to a broker, which the client
 /// retries on its own.
-pub fn is_lost_connection(error: &KafkaError) -> bool {
+pub(crate) fn is_lost_connection(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
@@ -59,7 +59,7 @@ pub fn is_lost_connection(error: &KafkaError) -> bool {
 
 /// Authentication for one Kafka client: its settings, its tokens, its failures.
 #[derive(Clone)]
-pub struct ClientAuth {
+pub(crate) struct ClientAuth {
     role: &'static str,
     servers: String,
     security: Security,
@@ -76,7 +76,7 @@ const CONNECTIVITY_REPORT_EVERY: Duration = Duration::from_secs(10);
 impl ClientAuth {
     /// `role` names the client in messages (`source`, `sink`). For MSK IAM this loads
     /// the AWS configuration (no network yet: credentials are fetched for the first token).
-    pub fn new(
+    pub(crate) fn new(
         role: &'static str,
         servers: &str,
         security: &Security,
@@ -93,12 +93,12 @@ impl ClientAuth {
         }
     }
 
-    pub fn failure(&self) -> &Arc<AuthFailure> {
+    pub(crate) fn failure(&self) -> &Arc<AuthFailure> {
         &self.failure
     }
 
     /// Sets the security settings on a client configuration.
-    pub fn apply(&self, client: &mut ClientConfig) {
+    pub(crate) fn apply(&self, client: &mut ClientConfig) {
         let security = &self.security;
         client.set("security.protocol", security.protocol.name());
         let tls = &security.tls;
@@ -134,7 +134,7 @@ impl ClientAuth {
     }
 
     /// The next OAUTHBEARER token, for `ClientContext::generate_oauth_token`.
-    pub fn token(&self) -> Result<OAuthToken, Box<dyn Error>> {
+    pub(crate) fn token(&self) -> Result<OAuthToken, Box<dyn Error>> {
         match &self.tokens {
             Some(tokens) => Ok(tokens.token(self.role)?),
             None => Err(format!(
@@ -147,7 +147,7 @@ impl ClientAuth {
 
     /// Sets the first token on a new client at once, so it can talk to the cluster
     /// before anything polls it (and on the admin client, which is never polled).
-    pub fn install_token<C: rdkafka::ClientContext>(
+    pub(crate) fn install_token<C: rdkafka::ClientContext>(
         &self,
         client: &Client<C>,
     ) -> anyhow::Result<()> {
@@ -193,7 +193,7 @@ impl ClientAuth {
 
     /// A librdkafka log line of the client named `client`: into the host's log, and a
     /// certificate refusal in it recorded (see [`ClientAuth::observe_log`]).
-    pub fn log(&self, client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    pub(crate) fn log(&self, client: &str, level: RDKafkaLogLevel, facility: &str, message: &str) {
         crate::telemetry::librdkafka_log(client, level, facility, message);
         self.observe_log(facility, message);
     }
@@ -201,7 +201,7 @@ impl ClientAuth {
     /// A client error of the client named `client`: a refused credential is recorded
     /// and logged as an error, a lost connection as a warning at most once per
     /// `CONNECTIVITY_REPORT_EVERY`, anything else as a warning.
-    pub fn error(&self, client: &str, error: &KafkaError, reason: &str) {
+    pub(crate) fn error(&self, client: &str, error: &KafkaError, reason: &str) {
         if self.observe(error, reason) {
             tracing::error!(client, %error, "Kafka authentication failed: {reason}");
         } else if is_lost_connection(error) {
@@ -222,7 +222,7 @@ impl ClientAuth {
 
     /// Looks at a client error; returns true (and records the failure) when it means
     /// the credentials or the TLS setup were refused.
-    pub fn observe(&self, error: &KafkaError, reason: &str) -> bool {
+    fn observe(&self, error: &KafkaError, reason: &str) -> bool {
         let code = error.rdkafka_error_code();
         // A connection that drops during the SASL handshake (a client closing, a broker
         // restarting) is reported as an authentication error, but nothing was refused:
@@ -249,7 +249,7 @@ impl ClientAuth {
     /// says a TLS handshake was refused over a certificate. librdkafka logs that at
     /// once, from the thread that saw it, while the matching error event waits in the
     /// client's queue until the client is next served, which can be late.
-    pub fn observe_log(&self, facility: &str, message: &str) -> bool {
+    fn observe_log(&self, facility: &str, message: &str) -> bool {
         const REFUSALS: [&str; 4] = [
             "certificate verify failed",
             "alert bad certificate",
@@ -294,7 +294,7 @@ impl ClientAuth {
 }
 
 /// The MSK IAM token source for a client, when it uses MSK IAM.
-pub fn token_source(
+pub(crate) fn token_source(
     security: &Security,
     handle: &tokio::runtime::Handle,
 ) -> anyhow::Result<Option<Arc<msk_iam::TokenSource>>> {

@@ -21,12 +21,12 @@ use rdkafka::client::OAuthToken;
 use crate::config::security::MskIam;
 
 /// The longest a polling thread waits for a token.
-pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A previous token is reused after a failed refresh only while it has this much left.
 const REUSE_MARGIN_MS: i64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error(
         "no MSK IAM token within {} s (AWS credentials did not arrive); check the AWS credential chain",
         TOKEN_TIMEOUT.as_secs()
@@ -43,7 +43,7 @@ struct Token {
 }
 
 /// Signs tokens for one cluster region; shared by the source, the sink and the admin client.
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     region: Region,
     credentials: SharedCredentialsProvider,
     lifetime: Duration,
@@ -54,7 +54,7 @@ pub struct TokenSource {
 impl TokenSource {
     /// Loads the AWS configuration (no credentials are fetched yet) on `runtime`.
     /// Must not be called from one of the runtime's own threads.
-    pub fn new(config: &MskIam, runtime: &tokio::runtime::Handle) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &MskIam, runtime: &tokio::runtime::Handle) -> anyhow::Result<Self> {
         let region = Region::new(config.region.clone());
         let credentials = runtime.block_on(async {
             let sdk = aws_config::defaults(BehaviorVersion::latest())
@@ -86,7 +86,7 @@ impl TokenSource {
     }
 
     /// A fresh token, or the previous one while it is still valid if signing fails.
-    pub fn token(&self, role: &str) -> Result<OAuthToken, TokenError> {
+    pub(crate) fn token(&self, role: &str) -> Result<OAuthToken, TokenError> {
         let now_ms = now_ms();
         match self.sign() {
             Ok(token) => {

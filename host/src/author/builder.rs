@@ -17,21 +17,21 @@ use wasm_metadata::AddMetadata;
 use super::sdk;
 
 /// The componentize-js version new projects pin and `scripts/install.sh` installs.
-pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+pub(crate) const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 /// The componentize-py version `scripts/install.sh` installs.
-pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+pub(crate) const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Language {
+pub(crate) enum Language {
     Rust,
     Js,
     Python,
 }
 
 impl Language {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Language::Rust => "Rust",
             Language::Js => "JavaScript",
@@ -41,7 +41,7 @@ impl Language {
 }
 
 /// The language of the project in `dir`, from the files it holds.
-pub fn detect(dir: &Path) -> anyhow::Result<Language> {
+fn detect(dir: &Path) -> anyhow::Result<Language> {
     if !dir.is_dir() {
         bail!(
             "{} is not a directory; give the plugin project's directory",
@@ -76,16 +76,16 @@ fn project_name(dir: &Path) -> String {
 }
 
 /// Where `plugin build` writes the component of the project in `dir` by default.
-pub fn default_output(dir: &Path) -> PathBuf {
+pub(crate) fn default_output(dir: &Path) -> PathBuf {
     dir.join(format!("{}.wasm", project_name(dir)))
 }
 
 /// What a build made.
 #[derive(Debug, Clone)]
 pub struct Built {
-    pub language: Language,
-    pub path: PathBuf,
-    pub sdk: (String, String),
+    pub(crate) language: Language,
+    pub(crate) path: PathBuf,
+    pub(crate) sdk: (String, String),
 }
 
 /// Builds the project in `dir` into `out` (default: [`default_output`]).

@@ -27,53 +27,53 @@ pub enum AuthorCommand {
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// The plugin's name, also its directory (lower-case letters, digits, `-`, `_`).
-    pub name: String,
+    name: String,
     /// The language to write it in.
     #[arg(long, value_enum)]
-    pub lang: builder::Language,
+    lang: builder::Language,
     /// The directory to create the project in.
     #[arg(long, default_value = ".")]
-    pub dir: PathBuf,
+    dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// The project directory.
     #[arg(default_value = ".")]
-    pub dir: PathBuf,
+    dir: PathBuf,
     /// Where to write the component (default: DIR/NAME.wasm, NAME being DIR's own name).
     #[arg(long, short)]
-    pub out: Option<PathBuf>,
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// The component (.wasm), or a project directory (its built component).
-    pub plugin: PathBuf,
+    plugin: PathBuf,
     /// Input records, one JSON object per line (docs/records-jsonl.md).
     #[arg(long)]
-    pub input: PathBuf,
+    input: PathBuf,
     /// Expected outputs: any difference is shown and the exit code is 1.
     #[arg(long)]
-    pub expect: Option<PathBuf>,
+    expect: Option<PathBuf>,
     /// A plugin setting, as in `[plugin.config]` (repeatable).
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_setting)]
-    pub config: Vec<(String, String)>,
+    config: Vec<(String, String)>,
     /// Records per batch.
     #[arg(long, default_value_t = 500)]
-    pub batch_size: usize,
+    batch_size: usize,
     /// Linear memory the plugin may grow to, as `plugin.max_memory_mb`.
     #[arg(long, default_value_t = 256)]
-    pub max_memory_mb: usize,
+    max_memory_mb: usize,
     /// Time one batch may take, as `plugin.timeout_ms`.
     #[arg(long, default_value_t = 10_000)]
-    pub timeout_ms: u64,
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The component (.wasm), or a project directory (its built component).
-    pub plugin: PathBuf,
+    plugin: PathBuf,
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {

@@ -20,16 +20,16 @@ use crate::state::StateStore;
 
 /// How the harness runs the plugin.
 #[derive(Debug, Clone)]
-pub struct Settings {
-    pub config: Vec<(String, String)>,
-    pub limits: Limits,
-    pub batch_size: usize,
+pub(crate) struct Settings {
+    pub(crate) config: Vec<(String, String)>,
+    pub(crate) limits: Limits,
+    pub(crate) batch_size: usize,
 }
 
 /// Runs `records` through the plugin at `path` and returns its outputs in order.
 /// Loading, `init`, a trap, a timeout or a malformed output batch is an error; a record
 /// the plugin reports as failed is an output line like any other.
-pub fn run(
+pub(crate) fn run(
     path: &Path,
     records: &[InputRecord],
     settings: &Settings,
@@ -167,7 +167,7 @@ fn outputs(op: &Op<'_>, chunk: &[InputRecord], lines: &mut Vec<OutputLine>) {
 }
 
 /// A line diff of expected against actual canonical lines, or `None` when they match.
-pub fn diff(expected: &[String], actual: &[String]) -> Option<String> {
+pub(crate) fn diff(expected: &[String], actual: &[String]) -> Option<String> {
     if expected == actual {
         return None;
     }

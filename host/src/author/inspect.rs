@@ -11,7 +11,7 @@ use crate::plugin;
 use crate::runtime::{Runtime, WORLD};
 
 /// A readable report on the component at `path`.
-pub fn report(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn report(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let runtime = Runtime::new().context("starting the WebAssembly runtime")?;
     let description =
@@ -36,23 +36,7 @@ pub fn report(path: &Path) -> anyhow::Result<String> {
     }
     let producers = Producers::from_wasm(&bytes)
         .with_context(|| format!("reading the producers section of {}", path.display()))?;
-    let field = |name: &str| -> Vec<String> {
-        producers
-            .as_ref()
-            .and_then(|p| p.get(name))
-            .map(|f| {
-                f.iter()
-                    .map(|(n, v)| {
-                        if v.is_empty() {
-                            n.clone()
-                        } else {
-                            format!("{n} {v}")
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let field = |name: &str| producers_field(producers.as_ref(), name);
     let sdk = field("sdk");
     let mut language = field("language");
     if language.is_empty() {
@@ -89,6 +73,25 @@ pub fn report(path: &Path) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The entries of the producers section's field `name` (`sdk`, `language`,
+/// `processed-by`), each as `NAME VERSION`.
+fn producers_field(producers: Option<&Producers>, name: &str) -> Vec<String> {
+    producers
+        .and_then(|p| p.get(name))
+        .map(|f| {
+            f.iter()
+                .map(|(n, v)| {
+                    if v.is_empty() {
+                        n.clone()
+                    } else {
+                        format!("{n} {v}")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The language of a Sluice SDK, from its `sdk` producers entry (`NAME VERSION`).

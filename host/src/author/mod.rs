@@ -5,8 +5,8 @@
 
 pub mod builder;
 pub mod command;
-pub mod harness;
-pub mod inspect;
-pub mod records;
-pub mod scaffold;
-pub mod sdk;
+mod harness;
+mod inspect;
+mod records;
+mod scaffold;
+mod sdk;

@@ -20,43 +20,43 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 /// The topic an input record has when its line names none.
-pub const DEFAULT_TOPIC: &str = "input";
+const DEFAULT_TOPIC: &str = "input";
 
 /// A line of a records file that does not follow the format.
 #[derive(Debug, Error)]
 #[error("{file}:{line}: {message}")]
-pub struct LineError {
-    pub file: String,
-    pub line: usize,
-    pub message: String,
+pub(crate) struct LineError {
+    file: String,
+    line: usize,
+    message: String,
 }
 
 /// Bytes that may be null.
-pub type Bytes = Option<Vec<u8>>;
+type Bytes = Option<Vec<u8>>;
 
 /// One input record and the line it came from.
 #[derive(Debug, Clone, PartialEq)]
-pub struct InputRecord {
-    pub line: usize,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp: Option<i64>,
-    pub key: Bytes,
-    pub value: Bytes,
-    pub headers: Vec<(String, Bytes)>,
+pub(crate) struct InputRecord {
+    pub(crate) line: usize,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) key: Bytes,
+    pub(crate) value: Bytes,
+    pub(crate) headers: Vec<(String, Bytes)>,
 }
 
 /// One line of a plugin's output.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutputLine {
+pub(crate) struct OutputLine {
     /// Line number of the input record this output derives from.
-    pub input: usize,
-    pub body: OutputBody,
+    pub(crate) input: usize,
+    pub(crate) body: OutputBody,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum OutputBody {
+pub(crate) enum OutputBody {
     Record {
         output: Option<String>,
         key: Bytes,
@@ -171,7 +171,7 @@ const OUTPUT_FIELDS: &[&str] = &[
 
 /// Parses input records. A record without an offset gets its position in the file
 /// (0, 1, ...); without a partition, 0; without a topic, [`DEFAULT_TOPIC`].
-pub fn parse_input(file: &str, text: &str) -> Result<Vec<InputRecord>, LineError> {
+pub(crate) fn parse_input(file: &str, text: &str) -> Result<Vec<InputRecord>, LineError> {
     let mut records = Vec::new();
     for (line, map) in objects(file, text)? {
         let position = records.len() as i64;
@@ -220,7 +220,7 @@ pub fn parse_input(file: &str, text: &str) -> Result<Vec<InputRecord>, LineError
 }
 
 /// Parses expected output lines.
-pub fn parse_output(file: &str, text: &str) -> Result<Vec<OutputLine>, LineError> {
+pub(crate) fn parse_output(file: &str, text: &str) -> Result<Vec<OutputLine>, LineError> {
     let mut lines = Vec::new();
     for (line, map) in objects(file, text)? {
         let parsed = (|| {
@@ -276,7 +276,7 @@ fn render_bytes(out: &mut String, bytes: &Bytes) {
 
 /// The canonical one-line form of an output: fields in a fixed order, empty ones left
 /// out, bytes as text when they are UTF-8. Two outputs are equal when their forms are.
-pub fn render(line: &OutputLine) -> String {
+pub(crate) fn render(line: &OutputLine) -> String {
     let mut out = format!("{{\"input\":{}", line.input);
     match &line.body {
         OutputBody::Error(message) => {

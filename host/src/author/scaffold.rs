@@ -190,7 +190,7 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 /// Creates the project `name` for `language` inside `parent`; returns its directory.
-pub fn create(name: &str, language: Language, parent: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn create(name: &str, language: Language, parent: &Path) -> anyhow::Result<PathBuf> {
     check_name(name)?;
     let dir = parent.join(name);
     if dir.exists() {

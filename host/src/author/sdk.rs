@@ -3,23 +3,23 @@
 //! project, so a plugin always builds against the contract of the host that built it.
 
 /// The WIT package every plugin targets, file by file (relative to `wit/`).
-pub const WIT: &[(&str, &str)] = &[("plugin.wit", include_str!("../../../wit/plugin.wit"))];
+pub(crate) const WIT: &[(&str, &str)] = &[("plugin.wit", include_str!("../../../wit/plugin.wit"))];
 
 /// The world a plugin targets, as the language tools name it.
-pub const WORLD_NAME: &str = "transformer";
+pub(crate) const WORLD_NAME: &str = "transformer";
 
 /// The JavaScript SDK: one module, imported by plugins as `./sluice.js`.
-pub const JS_SDK: &str = include_str!("../../../guest-sdk/js/sluice.js");
+pub(crate) const JS_SDK: &str = include_str!("../../../guest-sdk/js/sluice.js");
 
 /// The Python SDK: the `sluice_sdk` package.
-pub const PYTHON_SDK: &[(&str, &str)] = &[(
+pub(crate) const PYTHON_SDK: &[(&str, &str)] = &[(
     "sluice_sdk/__init__.py",
     include_str!("../../../guest-sdk/python/sluice_sdk/__init__.py"),
 )];
 
 /// The Rust SDK crate's sources (relative to `guest-sdk/src/`), copied into new Rust
 /// projects. A unit test checks that this list names every file of the crate.
-pub const RUST_SDK_SOURCES: &[(&str, &str)] = &[
+pub(crate) const RUST_SDK_SOURCES: &[(&str, &str)] = &[
     ("lib.rs", include_str!("../../../guest-sdk/src/lib.rs")),
     ("batch.rs", include_str!("../../../guest-sdk/src/batch.rs")),
     ("json.rs", include_str!("../../../guest-sdk/src/json.rs")),
@@ -27,10 +27,10 @@ pub const RUST_SDK_SOURCES: &[(&str, &str)] = &[
 ];
 
 /// The Rust SDK's version.
-pub const RUST_SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const RUST_SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The value of `NAME = "x"` or `const NAME = "x"` in an SDK source: its version.
-pub fn declared(source: &str, name: &str) -> Option<String> {
+fn declared(source: &str, name: &str) -> Option<String> {
     source.lines().find_map(|line| {
         let rest = line.split_once(name)?.1.trim_start();
         let rest = rest.strip_prefix('=')?.trim();
@@ -40,7 +40,7 @@ pub fn declared(source: &str, name: &str) -> Option<String> {
 }
 
 /// The JavaScript SDK's (name, version).
-pub fn js_sdk() -> (String, String) {
+pub(crate) fn js_sdk() -> (String, String) {
     (
         declared(JS_SDK, "SDK_NAME").unwrap_or_else(|| "sluice-sdk-js".into()),
         declared(JS_SDK, "SDK_VERSION").unwrap_or_default(),
@@ -48,7 +48,7 @@ pub fn js_sdk() -> (String, String) {
 }
 
 /// The Python SDK's (name, version).
-pub fn python_sdk() -> (String, String) {
+pub(crate) fn python_sdk() -> (String, String) {
     let source = PYTHON_SDK[0].1;
     (
         declared(source, "SDK_NAME").unwrap_or_else(|| "sluice-sdk-python".into()),

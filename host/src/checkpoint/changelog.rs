@@ -29,13 +29,13 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The changelog topic of the application whose consumer group is `group_id`.
-pub fn topic_name(group_id: &str) -> String {
+pub(crate) fn topic_name(group_id: &str) -> String {
     format!("{group_id}-state-changelog")
 }
 
 /// Checks that the changelog topic exists with `partitions` partitions, creating it
 /// (compacted) when it is absent.
-pub fn ensure_topic(
+pub(crate) fn ensure_topic(
     sink: &SinkConfig,
     topic: &str,
     partitions: i32,
@@ -138,10 +138,10 @@ fn is_producer_property_notice(facility: &str, message: &str) -> bool {
 
 /// The restore reader's callbacks: reaching the end of a partition is the goal here,
 /// not an error worth logging.
-pub struct RestoreRole;
+struct RestoreRole;
 
 /// The restore reader's context.
-pub type RestoreContext = KafkaContext<RestoreRole>;
+type RestoreContext = KafkaContext<RestoreRole>;
 
 impl Role for RestoreRole {
     fn routine_log(&self, facility: &str, message: &str) -> bool {
@@ -165,14 +165,14 @@ impl ConsumerContext for RestoreContext {}
 /// Each restore opens its own reader and closes it after: between rebalances nothing
 /// reads the changelog, and an idle reader would keep connections (and, with MSK IAM,
 /// a token nobody refreshes) open for nothing.
-pub struct Restorer {
+pub(crate) struct Restorer {
     client: ClientConfig,
     auth: ClientAuth,
     topic: String,
 }
 
 impl Restorer {
-    pub fn new(sink: &SinkConfig, topic: &str, auth: &ClientAuth) -> anyhow::Result<Self> {
+    pub(crate) fn new(sink: &SinkConfig, topic: &str, auth: &ClientAuth) -> anyhow::Result<Self> {
         let mut client = client_config(sink, auth);
         client
             // Assigned, never subscribed: no group, nothing committed.
@@ -207,7 +207,7 @@ impl Restorer {
     }
 
     /// The committed state of each of `partitions`.
-    pub fn restore(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, Values>> {
+    pub(crate) fn restore(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, Values>> {
         let mut restored: HashMap<i32, Values> =
             partitions.iter().map(|&p| (p, Values::new())).collect();
         if partitions.is_empty() {
@@ -282,7 +282,7 @@ impl Restorer {
 }
 
 /// One partition's state.
-pub type Values = HashMap<Vec<u8>, Vec<u8>>;
+pub(crate) type Values = HashMap<Vec<u8>, Vec<u8>>;
 
 #[cfg(test)]
 mod tests {

@@ -65,7 +65,7 @@ const FINAL_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a checkpoint is taken: periodic checkpoints may skip when nothing moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     Periodic,
     /// Shutdown or revocation: always sent, and waited for (at-least-once: up to
     /// `FINAL_COMMIT_TIMEOUT`); a failure is an error.
@@ -74,7 +74,7 @@ pub enum Reason {
 
 /// The checkpoint of one worker, over its sink `S` and its changelog reader `R` (the
 /// Kafka clients, or fakes in tests).
-pub struct Checkpointer<S = KafkaSink, R = Restorer> {
+pub(crate) struct Checkpointer<S = KafkaSink, R = Restorer> {
     delivery: Delivery,
     sink: S,
     tracker: Arc<Mutex<Tracker>>,
@@ -110,7 +110,7 @@ pub struct Checkpointer<S = KafkaSink, R = Restorer> {
 }
 
 impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
-    pub fn new(
+    pub(crate) fn new(
         delivery: Delivery,
         sink: S,
         tracker: Arc<Mutex<Tracker>>,
@@ -143,7 +143,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     /// Whether failed records go to the sink's dead-letter topic (so does an input
     /// record whose outputs fail `attempts` times in a row), and how many attempts a
     /// record gets.
-    pub fn set_record_failures(&mut self, dead_letter: bool, attempts: u32) {
+    pub(crate) fn set_record_failures(&mut self, dead_letter: bool, attempts: u32) {
         self.dead_letter = dead_letter;
         self.retries = Retries::new(dead_letter, attempts);
     }
@@ -151,38 +151,38 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     /// Whether the pipeline goes on after a failure of the sink by rewinding to the
     /// last checkpoint: always exactly-once; at-least-once when a failed delivery
     /// names its input record and that record can go to the dead-letter topic.
-    pub fn rewinds_after(&self, record_known: bool) -> bool {
+    pub(crate) fn rewinds_after(&self, record_known: bool) -> bool {
         self.exactly_once() || (self.dead_letter && record_known)
     }
 
     /// Whether the worker is retrying after failures (the last
     /// transaction failed and none committed since): it is not ready meanwhile.
-    pub fn retrying(&self) -> bool {
+    pub(crate) fn retrying(&self) -> bool {
         self.retries.retrying()
     }
 
     /// The failure of an input record being retried, if there is one: a host that
     /// stops meanwhile has not stopped cleanly.
-    pub fn failing(&self) -> Option<String> {
+    pub(crate) fn failing(&self) -> Option<String> {
         self.retries.failing()
     }
 
     /// Input records that failed too often, for the pipeline to dead-letter when it
     /// reads them again.
-    pub fn take_poisoned(&mut self) -> Vec<RecordFailure> {
+    pub(crate) fn take_poisoned(&mut self) -> Vec<RecordFailure> {
         std::mem::take(&mut self.poisoned)
     }
 
     /// Exactly-once: `metadata` goes with every offset this checkpointer commits.
-    pub fn set_commit_metadata(&mut self, metadata: String) {
+    pub(crate) fn set_commit_metadata(&mut self, metadata: String) {
         self.commit_metadata = Some(metadata);
     }
 
-    pub fn sink(&self) -> &S {
+    pub(crate) fn sink(&self) -> &S {
         &self.sink
     }
 
-    pub fn exactly_once(&self) -> bool {
+    pub(crate) fn exactly_once(&self) -> bool {
         self.delivery == Delivery::ExactlyOnce
     }
 
@@ -191,7 +191,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     /// it was assigned is where it rewinds to while its group has committed nothing
     /// for it: without it, a failure of the very first batch would leave the consumer
     /// past that batch, and a later commit would skip its records.
-    pub fn fetched(&mut self, spans: &[(Partition, i64, i64)]) {
+    pub(crate) fn fetched(&mut self, spans: &[(Partition, i64, i64)]) {
         for (partition, first, _) in spans {
             self.rewind.entry(partition.clone()).or_insert(*first);
         }
@@ -199,7 +199,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
 
     /// Records that a batch covering `spans` (partition, first offset, offset after
     /// the last) was handed to the producer.
-    pub fn processed(&mut self, spans: &[(Partition, i64, i64)]) {
+    pub(crate) fn processed(&mut self, spans: &[(Partition, i64, i64)]) {
         if !self.exactly_once() {
             return;
         }
@@ -211,7 +211,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
 
     /// Takes a checkpoint. Returns the number of partitions whose progress was
     /// committed. An error is fatal for the pipeline.
-    pub fn checkpoint(
+    pub(crate) fn checkpoint(
         &mut self,
         consumer: &impl GroupMember<Group = S::Group>,
         reason: Reason,
@@ -406,7 +406,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     /// partition to its last committed offset and restores its state. Fails only
     /// when the producer can no longer be used (another host took its transactional
     /// id).
-    pub fn recover(
+    pub(crate) fn recover(
         &mut self,
         consumer: &impl GroupMember<Group = S::Group>,
         error: &dyn std::fmt::Display,
@@ -420,7 +420,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     /// dead-lettered when it is read again, or, without a dead-letter topic, the host
     /// stops naming it, its offset uncommitted. Failures in a row wait longer and
     /// longer before the retry.
-    pub fn recover_after(
+    pub(crate) fn recover_after(
         &mut self,
         consumer: &impl GroupMember<Group = S::Group>,
         error: &dyn std::fmt::Display,
@@ -558,7 +558,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     /// A stopping host could not deliver what it took (the sink cluster did not
     /// answer): no final commit, and partitions revoked from now on are released
     /// without one. Their next owner reads them again from the last checkpoint.
-    pub fn give_up_final_commit(&mut self) {
+    pub(crate) fn give_up_final_commit(&mut self) {
         self.gave_up = true;
     }
 
@@ -602,7 +602,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
 
     /// Restores the state of newly assigned partitions before any of their records
     /// is processed; the state of those in `fresh` (`run --fresh`) is deleted instead.
-    pub fn assign(&mut self, partitions: &[Partition], fresh: &[Partition]) -> anyhow::Result<()> {
+    fn assign(&mut self, partitions: &[Partition], fresh: &[Partition]) -> anyhow::Result<()> {
         self.assigned.extend(partitions.iter().cloned());
         let (cleared, restored): (Vec<i32>, Vec<i32>) = partitions
             .iter()
@@ -647,7 +647,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
 
     /// Checkpoints revoked partitions (unless they were lost, when nothing of theirs
     /// may be committed) and drops their state.
-    pub fn revoke(
+    fn revoke(
         &mut self,
         consumer: &impl GroupMember<Group = S::Group>,
         partitions: &[Partition],
@@ -702,7 +702,7 @@ impl<S: CheckpointSink, R: StateReader> Checkpointer<S, R> {
     /// Exactly-once, on a fatal error: abort what is open so `read_committed`
     /// consumers are not held up until the broker's transaction timeout.
     /// A stopping host waits for the abort no longer than its grace period allows.
-    pub fn abandon(&mut self) {
+    pub(crate) fn abandon(&mut self) {
         let timeout = self.shutdown.bound(TRANSACTION_TIMEOUT);
         if self.exactly_once()
             && self.sink.fatal_error().is_none()

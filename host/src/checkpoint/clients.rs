@@ -17,7 +17,7 @@ use crate::source::kafka::{SourceContext, commit_within};
 use crate::state::Change;
 
 /// What the checkpointer asks of the consumer group member.
-pub trait GroupMember {
+pub(crate) trait GroupMember {
     /// What a transaction needs to commit offsets for the group.
     type Group;
 
@@ -77,7 +77,7 @@ impl GroupMember for BaseConsumer<SourceContext> {
 
 /// What the checkpointer asks of the sink: changelog writes, delivery reports, and
 /// (exactly-once) the transaction.
-pub trait CheckpointSink {
+pub(crate) trait CheckpointSink {
     /// What a transaction needs to commit offsets for the group.
     type Group;
 
@@ -175,7 +175,7 @@ impl CheckpointSink for KafkaSink {
 }
 
 /// Reads partitions' state back from the changelog.
-pub trait StateReader {
+pub(crate) trait StateReader {
     /// The state of each of `partitions` as the changelog has it.
     fn restore(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, Values>>;
 }

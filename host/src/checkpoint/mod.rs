@@ -3,8 +3,8 @@
 //! delivery modes), writes and restores keyed state through its changelog, and
 //! recovers an exactly-once pipeline after a failure.
 
-pub mod changelog;
-pub mod checkpointer;
-pub mod clients;
-pub mod exactly_once;
+pub(crate) mod changelog;
+pub(crate) mod checkpointer;
+mod clients;
+pub(crate) mod exactly_once;
 pub(crate) mod retry;

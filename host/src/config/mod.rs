@@ -8,19 +8,18 @@
 mod properties;
 mod raw;
 mod sandbox;
-pub mod security;
+pub(crate) mod security;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::RawConfig;
-pub use sandbox::{DirGrantConfig, SandboxConfig};
-pub use security::Security;
+use sandbox::SandboxConfig;
+use security::Security;
 
 /// The newest configuration file version this host reads.
-pub const CONFIG_VERSION: i64 = 1;
+const CONFIG_VERSION: i64 = 1;
 
 /// A validated pipeline configuration.
 #[derive(Debug, Clone)]
@@ -31,8 +30,8 @@ pub struct Config {
     pub parallelism: usize,
     pub source: SourceConfig,
     pub sink: SinkConfig,
-    pub plugin: PluginConfig,
-    pub checkpoint: CheckpointConfig,
+    pub(crate) plugin: PluginConfig,
+    pub(crate) checkpoint: CheckpointConfig,
 }
 
 /// The delivery guarantee of the pipeline.
@@ -48,22 +47,22 @@ pub enum Delivery {
 
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
-    pub bootstrap_servers: String,
+    pub(crate) bootstrap_servers: String,
     pub topic: String,
-    pub group_id: String,
-    pub startup: Startup,
-    pub batch_max_records: usize,
+    pub(crate) group_id: String,
+    pub(crate) startup: Startup,
+    pub(crate) batch_max_records: usize,
     /// How long to wait for the cluster to answer at start before giving up.
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Extra librdkafka consumer settings, passed through.
-    pub kafka: BTreeMap<String, String>,
-    pub security: Security,
+    pub(crate) kafka: BTreeMap<String, String>,
+    pub(crate) security: Security,
 }
 
 /// Where reading starts for a partition that has no committed offset. Committed
 /// progress always wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Startup {
+pub(crate) enum Startup {
     Earliest,
     Latest,
     GroupOffsets { fallback: Fallback },
@@ -72,7 +71,7 @@ pub enum Startup {
 
 /// What `group-offsets` does for a partition the group never committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fallback {
+pub(crate) enum Fallback {
     Earliest,
     Latest,
     Fail,
@@ -80,22 +79,22 @@ pub enum Fallback {
 
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
-    pub bootstrap_servers: String,
+    pub(crate) bootstrap_servers: String,
     pub topic: String,
-    pub partitioning: Partitioning,
-    pub create_topic: Option<TopicSpec>,
+    pub(crate) partitioning: Partitioning,
+    pub(crate) create_topic: Option<TopicSpec>,
     /// Named plugin outputs and the topic each one writes to.
-    pub outputs: BTreeMap<String, String>,
+    pub(crate) outputs: BTreeMap<String, String>,
     /// Where the input records the plugin fails go, with the reason in headers. Without
     /// one, a failed record stops the pipeline.
     pub dead_letter_topic: Option<String>,
     /// Extra librdkafka producer settings, passed through.
-    pub kafka: BTreeMap<String, String>,
-    pub security: Security,
+    pub(crate) kafka: BTreeMap<String, String>,
+    pub(crate) security: Security,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Partitioning {
+pub(crate) enum Partitioning {
     /// Each output goes to its input's partition number.
     Same,
     /// murmur2 of the key, as Java and kafka-python choose.
@@ -105,65 +104,65 @@ pub enum Partitioning {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TopicSpec {
+pub(crate) struct TopicSpec {
     /// `None`: as many partitions as the source topic.
-    pub partitions: Option<i32>,
-    pub replication_factor: i32,
+    pub(crate) partitions: Option<i32>,
+    pub(crate) replication_factor: i32,
 }
 
 #[derive(Debug, Clone)]
-pub struct PluginConfig {
+pub(crate) struct PluginConfig {
     /// `None`: the built-in pass-through.
-    pub path: Option<PathBuf>,
-    pub config: Vec<(String, String)>,
-    pub max_memory_bytes: usize,
-    pub call_timeout: Duration,
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) config: Vec<(String, String)>,
+    pub(crate) max_memory_bytes: usize,
+    pub(crate) call_timeout: Duration,
     /// Outputs one input record may have.
-    pub max_outputs_per_record: u32,
+    pub(crate) max_outputs_per_record: u32,
     /// Bytes of all outputs of one batch.
-    pub max_batch_output_bytes: u64,
+    pub(crate) max_batch_output_bytes: u64,
     /// Bytes (keys and values) of the keyed state of one input partition.
-    pub max_state_bytes_per_partition: u64,
+    pub(crate) max_state_bytes_per_partition: u64,
     /// Swap in the plugin file when it changes on disk.
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// The directory (canonical) a component named by an admin swap request must be
     /// in; `None`: anywhere the host can read.
-    pub allowed_dir: Option<PathBuf>,
+    pub(crate) allowed_dir: Option<PathBuf>,
     /// A header added to every output, naming the plugin version that produced it.
-    pub provenance_header: Option<String>,
+    pub(crate) provenance_header: Option<String>,
     /// Records every candidate must handle as expected before it goes live.
-    pub self_tests: Vec<SelfTest>,
-    pub rollback: Rollback,
+    pub(crate) self_tests: Vec<SelfTest>,
+    pub(crate) rollback: Rollback,
     /// Environment variables and read-only directories the plugin is granted.
-    pub sandbox: SandboxConfig,
+    pub(crate) sandbox: SandboxConfig,
 }
 
 /// One self-test record and, optionally, the values it must produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SelfTest {
-    pub key: Option<String>,
-    pub value: Option<String>,
+pub(crate) struct SelfTest {
+    pub(crate) key: Option<String>,
+    pub(crate) value: Option<String>,
     /// `None`: the record must only not fail or trap.
-    pub expect_values: Option<Vec<String>>,
+    pub(crate) expect_values: Option<Vec<String>>,
 }
 
 /// When a newly swapped version is reverted automatically.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rollback {
+pub(crate) struct Rollback {
     /// How long after going live a version is watched.
-    pub window: Duration,
+    pub(crate) window: Duration,
     /// Share of records (0 to 1) a version may fail within the window.
-    pub max_error_rate: f64,
+    pub(crate) max_error_rate: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct CheckpointConfig {
-    pub interval: Duration,
-    pub min_pause: Duration,
+pub(crate) struct CheckpointConfig {
+    pub(crate) interval: Duration,
+    pub(crate) min_pause: Duration,
     /// How often the same failure of the same input record (its output refused by the
     /// sink broker, an unmapped output name) is retried before it is that record's
     /// failure.
-    pub record_attempts: u32,
+    pub(crate) record_attempts: u32,
 }
 
 /// What a turn of the worker may take besides running its batch: restarting an
@@ -173,9 +172,9 @@ pub(crate) const TURN_SLACK_MS: i64 = 10_000;
 
 /// One problem in a configuration, with the key it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
+pub(crate) struct Problem {
+    path: String,
+    message: String,
 }
 
 impl fmt::Display for Problem {
@@ -187,8 +186,8 @@ impl fmt::Display for Problem {
 /// Every problem found in a configuration file.
 #[derive(Debug, Clone)]
 pub struct Invalid {
-    pub file: PathBuf,
-    pub problems: Vec<Problem>,
+    file: PathBuf,
+    problems: Vec<Problem>,
 }
 
 /// The most problems printed; the rest are counted. Enough to fix a file in one round,
@@ -231,7 +230,7 @@ impl fmt::Display for Invalid {
 
 /// The largest configuration file read. A pipeline file is a few kilobytes; reading a
 /// file of any size would let a wrong path (a log, an image) take gigabytes of memory.
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// Reads a configuration file of at most [`MAX_CONFIG_BYTES`]: checked on the open
 /// file before reading (a regular file's size), and while reading (a pipe's).
@@ -288,7 +287,7 @@ impl ConfigSource {
     /// Reads and validates the configuration. `bootstrap_override` is the
     /// `BOOTSTRAP_SERVERS` environment variable, which wins in a properties import
     /// as it does for the Managed Flink application.
-    pub fn load(&self, bootstrap_override: Option<&str>) -> Result<Config, Invalid> {
+    pub(crate) fn load(&self, bootstrap_override: Option<&str>) -> Result<Config, Invalid> {
         let invalid = |message: String| Invalid {
             file: self.path().to_path_buf(),
             problems: vec![Problem {

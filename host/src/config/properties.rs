@@ -32,7 +32,7 @@ struct Group {
 
 /// Maps the property groups onto the TOML structure, with problem paths that name the
 /// original property (`consumer.config.0/topic.name`).
-pub fn parse(
+pub(crate) fn parse(
     text: &str,
     bootstrap_override: Option<&str>,
 ) -> Result<(RawConfig, Vec<Problem>), String> {
@@ -51,10 +51,30 @@ pub fn parse(
     let mut problems = Vec::new();
     let mut raw = RawConfig {
         version: Some(super::CONFIG_VERSION),
+        origin: origins(),
         ..RawConfig::default()
     };
-    let name = |group: &str, key: &str| format!("{group}/{key}");
-    raw.origin = HashMap::from([
+    let override_servers = bootstrap_override
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    map_consumer(&mut raw, consumer, override_servers.clone(), &mut problems);
+    raw.sink.bootstrap_servers =
+        override_servers.or_else(|| producer.get("bootstrap.servers").cloned());
+    raw.sink.topic = producer.get("topic.name").cloned();
+    map_msk_iam(&mut raw);
+    map_checkpoint(&mut raw, checkpoint, &mut problems);
+    Ok((raw, problems))
+}
+
+/// A property's name in problems: `consumer.config.0/topic.name`.
+fn name(group: &str, key: &str) -> String {
+    format!("{group}/{key}")
+}
+
+/// The properties the TOML keys come from, for the problems' paths.
+fn origins() -> HashMap<&'static str, String> {
+    HashMap::from([
         ("source.topic", name(CONSUMER, "topic.name")),
         (
             "source.bootstrap_servers",
@@ -75,15 +95,19 @@ pub fn parse(
             "checkpoint.min_pause_ms",
             name(CHECKPOINT, "MinPauseBetweenCheckpoints"),
         ),
-    ]);
+    ])
+}
 
-    let override_servers = bootstrap_override
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    raw.source.bootstrap_servers = override_servers
-        .clone()
-        .or_else(|| consumer.get("bootstrap.servers").cloned());
+/// The consumer group's properties onto `[source]`; `override_servers` wins over its
+/// `bootstrap.servers`.
+fn map_consumer(
+    raw: &mut RawConfig,
+    consumer: &BTreeMap<String, String>,
+    override_servers: Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    raw.source.bootstrap_servers =
+        override_servers.or_else(|| consumer.get("bootstrap.servers").cloned());
     raw.source.topic = consumer.get("topic.name").cloned();
     raw.source.group_id = Some(
         consumer
@@ -111,10 +135,10 @@ pub fn parse(
             }),
         }
     }
-    raw.sink.bootstrap_servers =
-        override_servers.or_else(|| producer.get("bootstrap.servers").cloned());
-    raw.sink.topic = producer.get("topic.name").cloned();
-    // As in the original job: a bootstrap address on MSK's IAM port means IAM auth.
+}
+
+/// As in the original job: a bootstrap address on MSK's IAM port means IAM auth.
+fn map_msk_iam(raw: &mut RawConfig) {
     let iam = |servers: Option<&String>| servers.is_some_and(|s| security::uses_msk_iam_port(s));
     let sink_servers = raw
         .sink
@@ -130,7 +154,15 @@ pub fn parse(
         (false, true) => raw.sink.security = Some(RawSecurity::msk_iam()),
         (false, false) => {}
     }
+}
 
+/// The checkpoint group's properties (by their console or their Flink names) onto
+/// `[checkpoint]`.
+fn map_checkpoint(
+    raw: &mut RawConfig,
+    checkpoint: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) {
     for (field, keys) in [
         (
             &mut raw.checkpoint.interval_ms,
@@ -158,7 +190,6 @@ pub fn parse(
             }
         }
     }
-    Ok((raw, problems))
 }
 
 /// Milliseconds from `60000`, `60000 ms`, `60 s`, `60s` or `1 min`, as Flink accepts.

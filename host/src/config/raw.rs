@@ -30,110 +30,110 @@ const DEFAULT_MAX_POLL_INTERVAL_MS: i64 = 300_000;
 const MAX_PARALLELISM: i64 = 64;
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawConfig {
-    pub version: Option<i64>,
-    pub delivery: Option<String>,
-    pub parallelism: Option<i64>,
+pub(crate) struct RawConfig {
+    pub(crate) version: Option<i64>,
+    pub(crate) delivery: Option<String>,
+    pub(crate) parallelism: Option<i64>,
     #[serde(default)]
-    pub source: RawSource,
+    pub(crate) source: RawSource,
     #[serde(default)]
-    pub sink: RawSink,
+    pub(crate) sink: RawSink,
     #[serde(default)]
-    pub plugin: RawPlugin,
+    pub(crate) plugin: RawPlugin,
     #[serde(default)]
-    pub checkpoint: RawCheckpoint,
+    pub(crate) checkpoint: RawCheckpoint,
     /// Kafka security shared by the source and the sink.
-    pub security: Option<RawSecurity>,
+    pub(crate) security: Option<RawSecurity>,
     /// Unknown keys found while reading, by path.
     #[serde(skip)]
-    pub unknown: Vec<String>,
+    pub(crate) unknown: Vec<String>,
     /// For imported formats: the name each key path has in the original file.
     #[serde(skip)]
-    pub origin: HashMap<&'static str, String>,
+    pub(crate) origin: HashMap<&'static str, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSource {
-    pub bootstrap_servers: Option<String>,
-    pub topic: Option<String>,
-    pub group_id: Option<String>,
-    pub startup: Option<String>,
-    pub startup_fallback: Option<String>,
-    pub startup_timestamp_ms: Option<i64>,
-    pub batch_max_records: Option<i64>,
-    pub connect_timeout_ms: Option<i64>,
+pub(crate) struct RawSource {
+    pub(crate) bootstrap_servers: Option<String>,
+    pub(crate) topic: Option<String>,
+    pub(crate) group_id: Option<String>,
+    pub(crate) startup: Option<String>,
+    startup_fallback: Option<String>,
+    pub(crate) startup_timestamp_ms: Option<i64>,
+    batch_max_records: Option<i64>,
+    connect_timeout_ms: Option<i64>,
     #[serde(default)]
-    pub kafka: BTreeMap<String, toml::Value>,
+    kafka: BTreeMap<String, toml::Value>,
     /// Replaces `[security]` for the source.
-    pub security: Option<RawSecurity>,
+    pub(crate) security: Option<RawSecurity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSink {
-    pub bootstrap_servers: Option<String>,
-    pub topic: Option<String>,
-    pub partitioning: Option<String>,
-    pub create_topic: Option<RawTopicSpec>,
+pub(crate) struct RawSink {
+    pub(crate) bootstrap_servers: Option<String>,
+    pub(crate) topic: Option<String>,
+    partitioning: Option<String>,
+    create_topic: Option<RawTopicSpec>,
     #[serde(default)]
-    pub outputs: BTreeMap<String, String>,
-    pub dead_letter_topic: Option<String>,
+    outputs: BTreeMap<String, String>,
+    dead_letter_topic: Option<String>,
     #[serde(default)]
-    pub kafka: BTreeMap<String, toml::Value>,
+    kafka: BTreeMap<String, toml::Value>,
     /// Replaces `[security]` for the sink.
-    pub security: Option<RawSecurity>,
+    pub(crate) security: Option<RawSecurity>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawTopicSpec {
-    pub partitions: Option<i64>,
-    pub replication_factor: Option<i64>,
+struct RawTopicSpec {
+    partitions: Option<i64>,
+    replication_factor: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawPlugin {
-    pub path: Option<PathBuf>,
+pub(crate) struct RawPlugin {
+    path: Option<PathBuf>,
     #[serde(default)]
-    pub config: BTreeMap<String, toml::Value>,
-    pub max_memory_mb: Option<i64>,
-    pub timeout_ms: Option<i64>,
-    pub max_outputs_per_record: Option<i64>,
-    pub max_batch_output_mb: Option<i64>,
-    pub max_state_mb_per_partition: Option<i64>,
-    pub watch: Option<bool>,
-    pub provenance_header: Option<String>,
+    config: BTreeMap<String, toml::Value>,
+    max_memory_mb: Option<i64>,
+    timeout_ms: Option<i64>,
+    max_outputs_per_record: Option<i64>,
+    max_batch_output_mb: Option<i64>,
+    max_state_mb_per_partition: Option<i64>,
+    watch: Option<bool>,
+    provenance_header: Option<String>,
     /// The directory a component named by an admin swap request must be in.
-    pub allowed_dir: Option<PathBuf>,
+    allowed_dir: Option<PathBuf>,
     #[serde(default)]
-    pub self_test: Vec<RawSelfTest>,
+    self_test: Vec<RawSelfTest>,
     #[serde(default)]
-    pub rollback: RawRollback,
+    rollback: RawRollback,
     #[serde(default)]
-    pub sandbox: super::sandbox::RawSandbox,
+    sandbox: super::sandbox::RawSandbox,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSelfTest {
-    pub key: Option<String>,
-    pub value: Option<String>,
-    pub expect_values: Option<Vec<String>>,
+struct RawSelfTest {
+    key: Option<String>,
+    value: Option<String>,
+    expect_values: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawRollback {
-    pub window_ms: Option<i64>,
-    pub max_error_rate: Option<f64>,
+struct RawRollback {
+    window_ms: Option<i64>,
+    max_error_rate: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawCheckpoint {
-    pub interval_ms: Option<i64>,
-    pub min_pause_ms: Option<i64>,
-    pub record_attempts: Option<i64>,
+pub(crate) struct RawCheckpoint {
+    pub(crate) interval_ms: Option<i64>,
+    pub(crate) min_pause_ms: Option<i64>,
+    record_attempts: Option<i64>,
 }
 
 /// Parses TOML text. A syntax or type error is returned as is (it names its line);
 /// unknown keys are collected and reported with the other problems.
-pub fn parse_toml(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
+pub(crate) fn parse_toml(text: &str) -> Result<(RawConfig, Vec<Problem>), String> {
     let deserializer = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
     let mut unknown = Vec::new();
     let mut raw: RawConfig =
@@ -301,10 +301,179 @@ fn scalar_map(
         .collect()
 }
 
+impl RawSource {
+    /// `source.startup` and the keys that go with it.
+    fn check_startup(&self, c: &mut Checker<'_>) -> Startup {
+        let mode = self.startup.as_deref();
+        let startup_kind = c.choice(
+            "source.startup",
+            mode,
+            "earliest",
+            &[
+                ("earliest", "earliest"),
+                ("latest", "latest"),
+                ("group-offsets", "group-offsets"),
+                ("timestamp", "timestamp"),
+            ],
+        );
+        let fallback = c.choice(
+            "source.startup_fallback",
+            self.startup_fallback.as_deref(),
+            Fallback::Earliest,
+            &[
+                ("earliest", Fallback::Earliest),
+                ("latest", Fallback::Latest),
+                ("fail", Fallback::Fail),
+            ],
+        );
+        if self.startup_fallback.is_some() && startup_kind != "group-offsets" {
+            c.report(
+                "source.startup_fallback",
+                "only applies to `startup = \"group-offsets\"`",
+            );
+        }
+        let startup = match startup_kind {
+            "latest" => Startup::Latest,
+            "group-offsets" => Startup::GroupOffsets { fallback },
+            "timestamp" => match self.startup_timestamp_ms {
+                Some(millis) if millis >= 0 => Startup::Timestamp { millis },
+                Some(millis) => {
+                    c.report(
+                        "source.startup_timestamp_ms",
+                        format!("{millis} is negative; give milliseconds since the Unix epoch"),
+                    );
+                    Startup::Earliest
+                }
+                None => {
+                    c.report("source.startup_timestamp_ms", "missing; `startup = \"timestamp\"` needs milliseconds since the Unix epoch");
+                    Startup::Earliest
+                }
+            },
+            _ => Startup::Earliest,
+        };
+        if self.startup_timestamp_ms.is_some() && startup_kind != "timestamp" {
+            c.report(
+                "source.startup_timestamp_ms",
+                "only applies to `startup = \"timestamp\"`",
+            );
+        }
+        startup
+    }
+}
+
+impl RawSink {
+    /// The outputs' and the dead-letter topic's names: not empty, and failed records
+    /// never go back to the source topic.
+    fn check_topic_names(&self, c: &mut Checker<'_>, source: &SourceConfig, sink_bootstrap: &str) {
+        let (bootstrap, topic) = (&source.bootstrap_servers, &source.topic);
+        for (name, topic) in &self.outputs {
+            if topic.trim().is_empty() {
+                c.report(
+                    "sink.outputs",
+                    format!("output `{name}` has an empty topic name"),
+                );
+            }
+        }
+        if let Some(dead_letter) = &self.dead_letter_topic {
+            if dead_letter.trim().is_empty() {
+                c.report(
+                    "sink.dead_letter_topic",
+                    "empty topic name; name a topic, or leave the key out to stop at a failed record",
+                );
+            } else if dead_letter == topic && sink_bootstrap == *bootstrap {
+                c.report(
+                    "sink.dead_letter_topic",
+                    format!(
+                        "`{dead_letter}` is the source topic: failed records would come back to the plugin, and fail again, for ever; name another topic"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+impl RawPlugin {
+    /// `plugin.allowed_dir`, resolved now, so that a candidate's resolved path can be
+    /// compared with it.
+    fn check_allowed_dir(&self, c: &mut Checker<'_>) -> Option<PathBuf> {
+        self.allowed_dir
+            .as_ref()
+            .and_then(|dir| match std::fs::canonicalize(dir) {
+                Ok(resolved) if resolved.is_dir() => Some(resolved),
+                Ok(_) => {
+                    c.report("plugin.allowed_dir", "is not a directory");
+                    None
+                }
+                Err(error) => {
+                    c.report(
+                        "plugin.allowed_dir",
+                        format!("cannot resolve it: {error}; name an existing directory"),
+                    );
+                    None
+                }
+            })
+    }
+}
+
+impl RawRollback {
+    /// `[plugin.rollback]`: when a new version is reverted.
+    fn check(&self, c: &mut Checker<'_>) -> Rollback {
+        let window_ms = c.range(
+            "plugin.rollback.window_ms",
+            self.window_ms,
+            60_000,
+            0,
+            86_400_000,
+        );
+        let max_error_rate = match self.max_error_rate {
+            None => 0.05,
+            Some(rate) if (0.0..=1.0).contains(&rate) => rate,
+            Some(rate) => {
+                c.report(
+                    "plugin.rollback.max_error_rate",
+                    format!("{rate} is out of range; use 0 to 1"),
+                );
+                0.05
+            }
+        };
+        Rollback {
+            window: Duration::from_millis(window_ms as u64),
+            max_error_rate,
+        }
+    }
+}
+
+/// Refuses a `plugin.timeout_ms` the group's poll interval cannot wait for: a batch
+/// runs at most twice (as a whole, then record by record sharing one budget), and the
+/// consumer is not polled meanwhile.
+fn check_timeout_within_poll_interval(
+    c: &mut Checker<'_>,
+    timeout_ms: i64,
+    source_kafka: &BTreeMap<String, String>,
+) {
+    let max_poll_interval_ms = source_kafka
+        .iter()
+        .find(|(key, _)| *key == "max.poll.interval.ms")
+        .and_then(|(_, value)| value.parse::<i64>().ok())
+        .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS);
+    if 2 * timeout_ms + TURN_SLACK_MS > max_poll_interval_ms {
+        c.report(
+            "plugin.timeout_ms",
+            format!(
+                "a batch may take twice {timeout_ms} ms (a run, then a run record by record), \
+                 and the group takes a worker's partitions away after source.kafka.max.poll.interval.ms \
+                 ({max_poll_interval_ms} ms) without a poll; lower plugin.timeout_ms to at most {} \
+                 or raise max.poll.interval.ms",
+                (max_poll_interval_ms - TURN_SLACK_MS) / 2
+            ),
+        );
+    }
+}
+
 impl RawConfig {
     /// Checks everything, appending every problem to `problems`. Returns a config
     /// only when the structure could be built; callers must also check `problems`.
-    pub fn validate(&self, problems: &mut Vec<Problem>) -> Option<Config> {
+    pub(crate) fn validate(&self, problems: &mut Vec<Problem>) -> Option<Config> {
         let mut c = Checker {
             problems,
             origin: &self.origin,
@@ -349,59 +518,7 @@ impl RawConfig {
         let bootstrap = c.required("source.bootstrap_servers", &s.bootstrap_servers);
         let topic = c.required("source.topic", &s.topic);
         let group_id = c.required("source.group_id", &s.group_id);
-        let mode = s.startup.as_deref();
-        let startup_kind = c.choice(
-            "source.startup",
-            mode,
-            "earliest",
-            &[
-                ("earliest", "earliest"),
-                ("latest", "latest"),
-                ("group-offsets", "group-offsets"),
-                ("timestamp", "timestamp"),
-            ],
-        );
-        let fallback = c.choice(
-            "source.startup_fallback",
-            s.startup_fallback.as_deref(),
-            Fallback::Earliest,
-            &[
-                ("earliest", Fallback::Earliest),
-                ("latest", Fallback::Latest),
-                ("fail", Fallback::Fail),
-            ],
-        );
-        if s.startup_fallback.is_some() && startup_kind != "group-offsets" {
-            c.report(
-                "source.startup_fallback",
-                "only applies to `startup = \"group-offsets\"`",
-            );
-        }
-        let startup = match startup_kind {
-            "latest" => Startup::Latest,
-            "group-offsets" => Startup::GroupOffsets { fallback },
-            "timestamp" => match s.startup_timestamp_ms {
-                Some(millis) if millis >= 0 => Startup::Timestamp { millis },
-                Some(millis) => {
-                    c.report(
-                        "source.startup_timestamp_ms",
-                        format!("{millis} is negative; give milliseconds since the Unix epoch"),
-                    );
-                    Startup::Earliest
-                }
-                None => {
-                    c.report("source.startup_timestamp_ms", "missing; `startup = \"timestamp\"` needs milliseconds since the Unix epoch");
-                    Startup::Earliest
-                }
-            },
-            _ => Startup::Earliest,
-        };
-        if s.startup_timestamp_ms.is_some() && startup_kind != "timestamp" {
-            c.report(
-                "source.startup_timestamp_ms",
-                "only applies to `startup = \"timestamp\"`",
-            );
-        }
+        let startup = s.check_startup(c);
         let batch_max_records = c.range(
             "source.batch_max_records",
             s.batch_max_records,
@@ -446,12 +563,11 @@ impl RawConfig {
 
     /// `[sink]`: where outputs, failed records and state changes go.
     fn check_sink(&self, c: &mut Checker<'_>, source: &SourceConfig) -> SinkConfig {
-        let (bootstrap, topic) = (&source.bootstrap_servers, &source.topic);
         let k = &self.sink;
         let sink_bootstrap = k
             .bootstrap_servers
             .clone()
-            .unwrap_or_else(|| bootstrap.clone());
+            .unwrap_or_else(|| source.bootstrap_servers.clone());
         let sink_topic = c.required("sink.topic", &k.topic);
         let partitioning = c.choice(
             "sink.partitioning",
@@ -475,29 +591,7 @@ impl RawConfig {
                 32,
             ) as i32,
         });
-        for (name, topic) in &k.outputs {
-            if topic.trim().is_empty() {
-                c.report(
-                    "sink.outputs",
-                    format!("output `{name}` has an empty topic name"),
-                );
-            }
-        }
-        if let Some(dead_letter) = &k.dead_letter_topic {
-            if dead_letter.trim().is_empty() {
-                c.report(
-                    "sink.dead_letter_topic",
-                    "empty topic name; name a topic, or leave the key out to stop at a failed record",
-                );
-            } else if dead_letter == topic && sink_bootstrap == *bootstrap {
-                c.report(
-                    "sink.dead_letter_topic",
-                    format!(
-                        "`{dead_letter}` is the source topic: failed records would come back to the plugin, and fail again, for ever; name another topic"
-                    ),
-                );
-            }
-        }
+        k.check_topic_names(c, source, &sink_bootstrap);
         let sink_kafka = scalar_map(&k.kafka, "sink.kafka", c);
         for (key, value) in &sink_kafka {
             if let Some(reason) = refused_sink_setting(key, value) {
@@ -528,7 +622,6 @@ impl RawConfig {
 
     /// `[plugin]`: the transform, its limits and its swaps.
     fn check_plugin(&self, c: &mut Checker<'_>, source: &SourceConfig) -> PluginConfig {
-        let source_kafka = &source.kafka;
         let p = &self.plugin;
         if let Some(path) = &p.path
             && !path.is_file()
@@ -540,24 +633,7 @@ impl RawConfig {
         }
         let plugin_config = scalar_map(&p.config, "plugin.config", c);
         let sandbox = p.sandbox.validate(c.problems);
-        // Resolved now, so that a candidate's resolved path can be compared with it.
-        let allowed_dir = p
-            .allowed_dir
-            .as_ref()
-            .and_then(|dir| match std::fs::canonicalize(dir) {
-                Ok(resolved) if resolved.is_dir() => Some(resolved),
-                Ok(_) => {
-                    c.report("plugin.allowed_dir", "is not a directory");
-                    None
-                }
-                Err(error) => {
-                    c.report(
-                        "plugin.allowed_dir",
-                        format!("cannot resolve it: {error}; name an existing directory"),
-                    );
-                    None
-                }
-            });
+        let allowed_dir = p.check_allowed_dir(c);
         let max_memory_mb = c.range("plugin.max_memory_mb", p.max_memory_mb, 256, 1, 4096);
         let timeout_ms = c.range("plugin.timeout_ms", p.timeout_ms, 10_000, 10, 600_000);
         let max_outputs_per_record = c.range(
@@ -581,25 +657,7 @@ impl RawConfig {
             1,
             65_536,
         );
-        // A batch runs at most twice (as a whole, then record by record sharing one
-        // budget), and the consumer is not polled meanwhile.
-        let max_poll_interval_ms = source_kafka
-            .iter()
-            .find(|(key, _)| *key == "max.poll.interval.ms")
-            .and_then(|(_, value)| value.parse::<i64>().ok())
-            .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS);
-        if 2 * timeout_ms + TURN_SLACK_MS > max_poll_interval_ms {
-            c.report(
-                "plugin.timeout_ms",
-                format!(
-                    "a batch may take twice {timeout_ms} ms (a run, then a run record by record), \
-                     and the group takes a worker's partitions away after source.kafka.max.poll.interval.ms \
-                     ({max_poll_interval_ms} ms) without a poll; lower plugin.timeout_ms to at most {} \
-                     or raise max.poll.interval.ms",
-                    (max_poll_interval_ms - TURN_SLACK_MS) / 2
-                ),
-            );
-        }
+        check_timeout_within_poll_interval(c, timeout_ms, &source.kafka);
         if let Some(name) = &p.provenance_header
             && name.trim().is_empty()
         {
@@ -608,24 +666,7 @@ impl RawConfig {
                 "must not be empty; remove it to add no header",
             );
         }
-        let window_ms = c.range(
-            "plugin.rollback.window_ms",
-            p.rollback.window_ms,
-            60_000,
-            0,
-            86_400_000,
-        );
-        let max_error_rate = match p.rollback.max_error_rate {
-            None => 0.05,
-            Some(rate) if (0.0..=1.0).contains(&rate) => rate,
-            Some(rate) => {
-                c.report(
-                    "plugin.rollback.max_error_rate",
-                    format!("{rate} is out of range; use 0 to 1"),
-                );
-                0.05
-            }
-        };
+        let rollback = p.rollback.check(c);
         for test in &p.self_test {
             if test.key.is_none() && test.value.is_none() {
                 c.report(
@@ -655,10 +696,7 @@ impl RawConfig {
                     expect_values: t.expect_values.clone(),
                 })
                 .collect(),
-            rollback: Rollback {
-                window: Duration::from_millis(window_ms as u64),
-                max_error_rate,
-            },
+            rollback,
             sandbox,
         }
     }

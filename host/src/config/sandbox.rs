@@ -9,39 +9,39 @@ use serde::Deserialize;
 use super::Problem;
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawSandbox {
+pub(crate) struct RawSandbox {
     /// Names of host environment variables the plugin sees, with the host's values.
     #[serde(default)]
-    pub env: Vec<String>,
+    env: Vec<String>,
     /// Host directories the plugin may read, each at a path inside the plugin.
     #[serde(default)]
-    pub dirs: Vec<RawDirGrant>,
+    dirs: Vec<RawDirGrant>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct RawDirGrant {
-    pub host: Option<PathBuf>,
-    pub guest: Option<String>,
+struct RawDirGrant {
+    host: Option<PathBuf>,
+    guest: Option<String>,
 }
 
 /// The validated grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SandboxConfig {
+pub(crate) struct SandboxConfig {
     /// Environment variables passed through; each was set when the file was checked.
-    pub env: Vec<String>,
-    pub dirs: Vec<DirGrantConfig>,
+    pub(crate) env: Vec<String>,
+    pub(crate) dirs: Vec<DirGrantConfig>,
 }
 
 /// A host directory the plugin reads at `guest`; never writable.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirGrantConfig {
-    pub host: PathBuf,
-    pub guest: String,
+pub(crate) struct DirGrantConfig {
+    pub(crate) host: PathBuf,
+    pub(crate) guest: String,
 }
 
 impl RawSandbox {
     /// Checks the grants against this host, appending every problem to `problems`.
-    pub fn validate(&self, problems: &mut Vec<Problem>) -> SandboxConfig {
+    pub(crate) fn validate(&self, problems: &mut Vec<Problem>) -> SandboxConfig {
         let mut report = |path: String, message: String| problems.push(Problem { path, message });
         let mut seen = BTreeSet::new();
         for name in &self.env {

@@ -18,29 +18,29 @@ use serde::Deserialize;
 use super::Problem;
 
 /// The longest an MSK IAM token is valid: the signer presigns for 900 s.
-pub const MSK_IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
+const MSK_IAM_TOKEN_LIFETIME: Duration = Duration::from_secs(900);
 /// The port MSK serves IAM authentication on.
-pub const MSK_IAM_PORT: &str = "9098";
+const MSK_IAM_PORT: &str = "9098";
 
 #[derive(Debug, Default, Clone, Deserialize)]
-pub struct RawSecurity {
-    pub protocol: Option<String>,
-    pub mechanism: Option<String>,
-    pub username: Option<String>,
-    pub password_env: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub key_password_env: Option<String>,
-    pub region: Option<String>,
-    pub role_arn: Option<String>,
-    pub role_session_name: Option<String>,
-    pub token_lifetime_ms: Option<i64>,
+pub(crate) struct RawSecurity {
+    protocol: Option<String>,
+    mechanism: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    key_password_env: Option<String>,
+    region: Option<String>,
+    role_arn: Option<String>,
+    role_session_name: Option<String>,
+    token_lifetime_ms: Option<i64>,
 }
 
 impl RawSecurity {
     /// What the Managed Flink import means by a bootstrap address on port 9098.
-    pub fn msk_iam() -> Self {
+    pub(crate) fn msk_iam() -> Self {
         RawSecurity {
             protocol: Some("SASL_SSL".into()),
             mechanism: Some("AWS_MSK_IAM".into()),
@@ -51,15 +51,11 @@ impl RawSecurity {
 
 /// A secret read from the environment. It never prints.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
     /// The value, for handing to the Kafka client and nothing else.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -71,7 +67,7 @@ impl fmt::Debug for Secret {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Plaintext,
     Ssl,
     SaslPlaintext,
@@ -79,7 +75,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Protocol::Plaintext => "PLAINTEXT",
             Protocol::Ssl => "SSL",
@@ -88,22 +84,22 @@ impl Protocol {
         }
     }
 
-    pub fn tls(self) -> bool {
+    pub(crate) fn tls(self) -> bool {
         matches!(self, Protocol::Ssl | Protocol::SaslSsl)
     }
 
-    pub fn sasl(self) -> bool {
+    fn sasl(self) -> bool {
         matches!(self, Protocol::SaslPlaintext | Protocol::SaslSsl)
     }
 }
 
 /// Validated security settings for one client (the source's or the sink's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Security {
-    pub protocol: Protocol,
-    pub tls: Tls,
+pub(crate) struct Security {
+    pub(crate) protocol: Protocol,
+    pub(crate) tls: Tls,
     /// `Some` exactly when the protocol is SASL_*.
-    pub sasl: Option<Sasl>,
+    pub(crate) sasl: Option<Sasl>,
 }
 
 impl Default for Security {
@@ -118,7 +114,7 @@ impl Default for Security {
 
 impl Security {
     /// A short description for messages: `SASL_SSL/SCRAM-SHA-512`, never a secret.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.sasl {
             Some(sasl) => format!("{}/{}", self.protocol.name(), sasl.mechanism_name()),
             None if self.tls.cert_file.is_some() => {
@@ -131,16 +127,16 @@ impl Security {
 
 /// TLS settings; all optional (the system's CA store verifies the broker by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Tls {
-    pub ca_file: Option<PathBuf>,
+pub(crate) struct Tls {
+    pub(crate) ca_file: Option<PathBuf>,
     /// A client certificate and its key, for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    pub key_password: Option<Secret>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) key_password: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sasl {
+pub(crate) enum Sasl {
     Password {
         mechanism: PasswordMechanism,
         username: String,
@@ -150,7 +146,7 @@ pub enum Sasl {
 }
 
 impl Sasl {
-    pub fn mechanism_name(&self) -> &'static str {
+    fn mechanism_name(&self) -> &'static str {
         match self {
             Sasl::Password { mechanism, .. } => mechanism.name(),
             Sasl::MskIam(_) => "AWS_MSK_IAM",
@@ -159,14 +155,14 @@ impl Sasl {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PasswordMechanism {
+pub(crate) enum PasswordMechanism {
     Plain,
     ScramSha256,
     ScramSha512,
 }
 
 impl PasswordMechanism {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             PasswordMechanism::Plain => "PLAIN",
             PasswordMechanism::ScramSha256 => "SCRAM-SHA-256",
@@ -177,19 +173,19 @@ impl PasswordMechanism {
 
 /// AWS MSK IAM: SASL OAUTHBEARER with tokens signed by AWS credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MskIam {
-    pub region: String,
+pub(crate) struct MskIam {
+    pub(crate) region: String,
     /// A role to assume with the default chain's credentials.
-    pub role_arn: Option<String>,
-    pub role_session_name: String,
+    pub(crate) role_arn: Option<String>,
+    pub(crate) role_session_name: String,
     /// How long each token is used before librdkafka asks for a new one (it refreshes
     /// at 80% of this).
-    pub token_lifetime: Duration,
+    pub(crate) token_lifetime: Duration,
 }
 
 /// The AWS region in an MSK broker host name such as
 /// `b-1.name.abc123.c2.kafka.us-east-1.amazonaws.com:9098`.
-pub fn region_of_msk_bootstrap(servers: &str) -> Option<String> {
+fn region_of_msk_bootstrap(servers: &str) -> Option<String> {
     servers.split(',').find_map(|server| {
         let host = server
             .trim()
@@ -203,7 +199,7 @@ pub fn region_of_msk_bootstrap(servers: &str) -> Option<String> {
 }
 
 /// Whether any bootstrap address uses MSK's IAM port.
-pub fn uses_msk_iam_port(servers: &str) -> bool {
+pub(crate) fn uses_msk_iam_port(servers: &str) -> bool {
     servers.split(',').any(|server| {
         server
             .trim()
@@ -240,7 +236,29 @@ fn secret_from_env(path: String, variable: &str, problems: &mut Vec<Problem>) ->
 impl RawSecurity {
     /// Checks the table found at `prefix` (`security`, `source.security`, ...) for a
     /// client of `servers`, appending problems.
-    pub fn validate(&self, prefix: &str, servers: &str, problems: &mut Vec<Problem>) -> Security {
+    fn validate(&self, prefix: &str, servers: &str, problems: &mut Vec<Problem>) -> Security {
+        let (protocol, mechanism) = self.protocol_and_mechanism(prefix, problems);
+        let tls = self.tls(prefix, protocol, problems);
+        let sasl = match (protocol.sasl(), mechanism) {
+            (true, Some(Some(mechanism))) => self.password_sasl(prefix, mechanism, problems),
+            (true, Some(None)) => self.msk_iam_sasl(prefix, servers, problems),
+            _ => None,
+        };
+        self.check_other_mechanisms_keys(prefix, protocol, mechanism, problems);
+        Security {
+            protocol,
+            tls,
+            sasl,
+        }
+    }
+
+    /// The protocol (by default from the other keys) and the SASL mechanism: `None`
+    /// when not set or not known, `Some(None)` for `AWS_MSK_IAM`.
+    fn protocol_and_mechanism(
+        &self,
+        prefix: &str,
+        problems: &mut Vec<Problem>,
+    ) -> (Protocol, Option<Option<PasswordMechanism>>) {
         let mut report = |key: &str, message: String| {
             problems.push(Problem {
                 path: format!("{prefix}.{key}"),
@@ -300,8 +318,17 @@ impl RawSecurity {
                 ),
             );
         }
+        (protocol, mechanism)
+    }
 
-        // TLS files: only over TLS, and they must exist.
+    /// The TLS files: only over TLS, and they must exist.
+    fn tls(&self, prefix: &str, protocol: Protocol, problems: &mut Vec<Problem>) -> Tls {
+        let mut report = |key: &str, message: String| {
+            problems.push(Problem {
+                path: format!("{prefix}.{key}"),
+                message,
+            })
+        };
         let mut tls = Tls::default();
         for (key, file, slot) in [
             ("ca_file", &self.ca_file, &mut tls.ca_file),
@@ -344,12 +371,18 @@ impl RawSecurity {
                     secret_from_env(format!("{prefix}.key_password_env"), variable, problems);
             }
         }
+        tls
+    }
 
-        let sasl = match (protocol.sasl(), mechanism) {
-            (true, Some(Some(mechanism))) => self.password_sasl(prefix, mechanism, problems),
-            (true, Some(None)) => self.msk_iam_sasl(prefix, servers, problems),
-            _ => None,
-        };
+    /// Refuses the keys of the mechanisms not chosen (a password with `AWS_MSK_IAM`, a
+    /// role without it).
+    fn check_other_mechanisms_keys(
+        &self,
+        prefix: &str,
+        protocol: Protocol,
+        mechanism: Option<Option<PasswordMechanism>>,
+        problems: &mut Vec<Problem>,
+    ) {
         let password_mechanism = protocol.sasl() && matches!(mechanism, Some(Some(_)));
         let iam_mechanism = protocol.sasl() && matches!(mechanism, Some(None));
         if !password_mechanism {
@@ -381,11 +414,6 @@ impl RawSecurity {
                     });
                 }
             }
-        }
-        Security {
-            protocol,
-            tls,
-            sasl,
         }
     }
 
@@ -522,7 +550,7 @@ const SECRET_WORDS: &[&str] = &["password", "secret", "passphrase", "private.key
 /// librdkafka settings that carry secrets or that `[security]` owns: refused in the
 /// `kafka` pass-through tables, so a secret cannot end up in the file (nor, through an
 /// error about it, in a log).
-pub fn reserved_client_key(key: &str) -> Option<&'static str> {
+fn reserved_client_key(key: &str) -> Option<&'static str> {
     // librdkafka matches names exactly; a near miss is refused all the same.
     let key = key.trim().to_ascii_lowercase();
     match key.as_str() {
@@ -546,7 +574,7 @@ pub fn reserved_client_key(key: &str) -> Option<&'static str> {
 /// The pass-through settings librdkafka refuses, each as a problem naming the key and
 /// librdkafka's reason with the value cut out (an unknown name, a value out of range).
 /// Found here, they never reach a client, whose error would print the value.
-pub fn check_with_librdkafka(
+pub(crate) fn check_with_librdkafka(
     table: &str,
     settings: &[(String, String)],
     problems: &mut Vec<Problem>,
@@ -571,7 +599,7 @@ pub fn check_with_librdkafka(
 
 /// A librdkafka client error's text without `value`: librdkafka's own texts quote the
 /// value they refuse (`Invalid value "..." for configuration property`).
-pub fn client_error_text(error: &rdkafka::error::KafkaError, value: &str) -> String {
+fn client_error_text(error: &rdkafka::error::KafkaError, value: &str) -> String {
     let text = match error {
         rdkafka::error::KafkaError::ClientConfig(_, description, key, _) => {
             format!("{description} (property {key})")
@@ -597,7 +625,7 @@ fn redact(text: &str, value: &str) -> String {
 
 /// A client creation error, without any value it quotes: librdkafka's configuration
 /// errors name the property and quote the value, which may be a secret.
-pub fn without_value(error: rdkafka::error::KafkaError) -> anyhow::Error {
+pub(crate) fn without_value(error: rdkafka::error::KafkaError) -> anyhow::Error {
     match &error {
         rdkafka::error::KafkaError::ClientConfig(_, description, key, value) => {
             anyhow::anyhow!(
@@ -610,7 +638,7 @@ pub fn without_value(error: rdkafka::error::KafkaError) -> anyhow::Error {
 }
 
 /// The settings of one side: its own table if it has one, else the shared one.
-pub fn for_side(
+pub(crate) fn for_side(
     side: &str,
     own: &Option<RawSecurity>,
     shared: &Option<RawSecurity>,
@@ -633,7 +661,7 @@ pub fn for_side(
 }
 
 /// Refuses pass-through keys that `[security]` owns or that hold secrets.
-pub fn check_pass_through<'a>(
+pub(crate) fn check_pass_through<'a>(
     table: &str,
     keys: impl Iterator<Item = &'a String>,
     problems: &mut Vec<Problem>,

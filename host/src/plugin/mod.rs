@@ -4,7 +4,7 @@
 //! and the triggers that swap them.
 
 pub mod registry;
-pub mod watch;
+pub(crate) mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -55,14 +55,14 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// The largest component accepted. The largest plugins (Python with its interpreter)
 /// are about 40 MiB.
-pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
 /// How long reading a component may take.
 const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a file is not a candidate; the host's log names it, a client is told only
 /// [`LoadFailure::NotACandidate`], so it learns nothing about which paths exist.
 #[derive(Debug, Error)]
-pub enum Unreadable {
+pub(crate) enum Unreadable {
     #[error("cannot resolve the path: {0}")]
     Resolve(std::io::Error),
     #[error("{resolved} is outside plugin.allowed_dir {allowed}")]
@@ -84,7 +84,10 @@ pub enum Unreadable {
 /// most [`MAX_COMPONENT_BYTES`], read within a deadline. Opened without blocking, so a
 /// FIFO cannot hold the caller, and checked on the open descriptor, so the file cannot
 /// be switched between the check and the read.
-pub fn read_component(path: &Path, allowed_dir: Option<&Path>) -> Result<Vec<u8>, Unreadable> {
+pub(crate) fn read_component(
+    path: &Path,
+    allowed_dir: Option<&Path>,
+) -> Result<Vec<u8>, Unreadable> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     use std::os::unix::io::AsRawFd as _;
@@ -142,13 +145,13 @@ pub fn read_component(path: &Path, allowed_dir: Option<&Path>) -> Result<Vec<u8>
 #[derive(Debug, Error)]
 #[error("plugin {origin}")]
 pub struct LoadError {
-    pub origin: Origin,
+    origin: Origin,
     #[source]
-    pub source: LoadFailure,
+    source: LoadFailure,
 }
 
 #[derive(Debug, Error)]
-pub enum LoadFailure {
+enum LoadFailure {
     #[error("{0}")]
     Read(Unreadable),
     /// What a client is told about any file that could not be read as a candidate.
@@ -165,7 +168,7 @@ pub enum LoadFailure {
 }
 
 /// Reads a plugin's bytes: the file at `path`, or the built-in pass-through.
-pub fn read(path: Option<&Path>) -> Result<(Origin, Vec<u8>), LoadError> {
+fn read(path: Option<&Path>) -> Result<(Origin, Vec<u8>), LoadError> {
     match path {
         None => Ok((Origin::BuiltIn, PASSTHROUGH_WASM.to_vec())),
         Some(path) => {
@@ -194,9 +197,9 @@ pub fn digest(bytes: &[u8]) -> String {
 pub struct Plugin {
     pub origin: Origin,
     /// Short name used in logs: the file stem, or `passthrough`.
-    pub name: Arc<str>,
+    name: Arc<str>,
     /// SHA-256 of the component bytes, hex.
-    pub digest: String,
+    digest: String,
     prepared: Prepared,
     /// Cranelift's code for a plugin that went live on baseline code, once compiled:
     /// shared by every copy (the live version, the previous one, the registry's
@@ -205,9 +208,9 @@ pub struct Plugin {
 }
 
 /// Cranelift's code for a plugin, with instances of it started ahead for the workers.
-pub struct Optimized {
+pub(crate) struct Optimized {
     prepared: Prepared,
-    pub standby: registry::Standby,
+    pub(crate) standby: registry::Standby,
 }
 
 impl Plugin {
@@ -271,20 +274,20 @@ impl Plugin {
 
     /// Records Cranelift's code for this plugin (and every copy of it). Returns false
     /// if it was recorded before.
-    pub fn set_optimized(&self, prepared: Prepared, standby: registry::Standby) -> bool {
+    fn set_optimized(&self, prepared: Prepared, standby: registry::Standby) -> bool {
         self.optimized.set(Optimized { prepared, standby }).is_ok()
     }
 
     /// Cranelift's code with its started instances, when this copy runs baseline code
     /// and Cranelift's is ready.
-    pub fn optimized(&self) -> Option<&Optimized> {
+    pub(crate) fn optimized(&self) -> Option<&Optimized> {
         (self.tier() == Tier::Baseline)
             .then(|| self.optimized.get())
             .flatten()
     }
 
     /// The copy with the best code there is: Cranelift's once ready.
-    pub fn best(&self) -> Plugin {
+    pub(crate) fn best(&self) -> Plugin {
         match self.optimized() {
             Some(optimized) => self.with_prepared(optimized.prepared.clone()),
             None => self.clone(),
@@ -292,7 +295,7 @@ impl Plugin {
     }
 
     /// The same plugin with other code for it.
-    pub fn with_prepared(&self, prepared: Prepared) -> Plugin {
+    fn with_prepared(&self, prepared: Prepared) -> Plugin {
         Plugin {
             prepared,
             ..self.clone()
@@ -300,7 +303,7 @@ impl Plugin {
     }
 
     /// The same compiled plugin, known under another origin (a cache hit).
-    pub fn with_origin(&self, origin: Origin) -> Plugin {
+    fn with_origin(&self, origin: Origin) -> Plugin {
         Plugin {
             origin,
             ..self.clone()

@@ -54,7 +54,7 @@ const FAST_START_BYTES: usize = 1 << 20;
 /// What made a swap happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Start,
     FileChange,
     Sighup,
@@ -66,21 +66,21 @@ pub enum Trigger {
 #[derive(Clone)]
 pub struct Live {
     /// Increases with every publication, rollbacks included.
-    pub version: u64,
+    pub(crate) version: u64,
     pub plugin: Plugin,
-    pub since: SystemTime,
+    pub(crate) since: SystemTime,
     /// What a rollback returns to (one level deep).
-    pub previous: Option<Arc<Live>>,
+    pub(crate) previous: Option<Arc<Live>>,
     /// Instances started (with `init` run) off the hot path when the version was
     /// published, one per worker, so that starting the version costs the pipeline
     /// nothing.
-    pub standby: Standby,
+    pub(crate) standby: Standby,
 }
 
 /// Started instances waiting for their workers to take them: slot `w` holds worker
 /// `w`'s, bound to its keyed state.
 #[derive(Clone, Default)]
-pub struct Standby(Arc<Mutex<Vec<Option<Instance>>>>);
+pub(crate) struct Standby(Arc<Mutex<Vec<Option<Instance>>>>);
 
 impl Standby {
     fn new(instances: Vec<Option<Instance>>) -> Self {
@@ -88,7 +88,7 @@ impl Standby {
     }
 
     /// Worker `worker`'s instance, if it was started and not taken yet.
-    pub fn take(&self, worker: usize) -> Option<Instance> {
+    pub(crate) fn take(&self, worker: usize) -> Option<Instance> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -100,8 +100,8 @@ impl Standby {
 /// A candidate that did not go live.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{reason}")]
-pub struct Rejection {
-    pub reason: String,
+pub(crate) struct Rejection {
+    pub(crate) reason: String,
 }
 
 /// What happened to a plugin version: the events of the swap history, and the answer
@@ -132,46 +132,46 @@ impl std::fmt::Display for SwapEvent {
 
 /// The outcome of a successful proposal.
 #[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// `Live`, or `Unchanged` when the candidate is the live version.
-    pub outcome: SwapEvent,
-    pub version: u64,
-    pub digest: String,
+    pub(crate) outcome: SwapEvent,
+    pub(crate) version: u64,
+    pub(crate) digest: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    pub at: String,
-    pub event: SwapEvent,
-    pub trigger: Trigger,
-    pub origin: String,
+struct Event {
+    at: String,
+    event: SwapEvent,
+    trigger: Trigger,
+    origin: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
+    version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
+    digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct VersionStatus {
-    pub version: u64,
-    pub digest: String,
-    pub origin: String,
-    pub since: String,
+pub(crate) struct VersionStatus {
+    pub(crate) version: u64,
+    pub(crate) digest: String,
+    pub(crate) origin: String,
+    since: String,
     /// Which compiler made the code it runs on: `baseline` for a version just swapped
     /// in, until the workers move to Cranelift's (`optimized`).
-    pub code: Tier,
+    code: Tier,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub live: VersionStatus,
-    pub previous: Option<VersionStatus>,
-    pub swaps: u64,
-    pub rejections: u64,
-    pub rollbacks: u64,
-    pub history: Vec<Event>,
+pub(crate) struct Status {
+    pub(crate) live: VersionStatus,
+    pub(crate) previous: Option<VersionStatus>,
+    pub(crate) swaps: u64,
+    pub(crate) rejections: u64,
+    pub(crate) rollbacks: u64,
+    history: Vec<Event>,
 }
 
 #[derive(Default)]
@@ -185,22 +185,22 @@ struct Books {
 
 /// Settings every instance of every version gets.
 #[derive(Debug, Clone)]
-pub struct InstanceSettings {
-    pub limits: Limits,
+pub(crate) struct InstanceSettings {
+    pub(crate) limits: Limits,
     /// What every version may reach beyond the WIT world: swapped-in versions get the
     /// same grants as the first.
-    pub sandbox: Sandbox,
-    pub config: Vec<(String, String)>,
-    pub self_tests: Vec<SelfTest>,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) config: Vec<(String, String)>,
+    pub(crate) self_tests: Vec<SelfTest>,
     /// Each worker's keyed state, by worker. Validation runs on a scratch store
     /// instead, so a candidate's self-tests never touch it.
-    pub states: Vec<SharedState>,
+    pub(crate) states: Vec<SharedState>,
 }
 
 impl InstanceSettings {
     /// Starts an instance of `plugin` for worker `worker`: these limits, sandbox and
     /// configuration, and that worker's keyed state.
-    pub fn start(&self, plugin: &Plugin, worker: usize) -> Result<Instance, LoadError> {
+    pub(crate) fn start(&self, plugin: &Plugin, worker: usize) -> Result<Instance, LoadError> {
         plugin.start(
             self.limits,
             &self.sandbox,
@@ -210,7 +210,7 @@ impl InstanceSettings {
     }
 
     /// How many workers instances are started for.
-    pub fn workers(&self) -> usize {
+    fn workers(&self) -> usize {
         self.states.len()
     }
 }
@@ -283,7 +283,7 @@ impl Registry {
     ///
     /// `allowed_dir`: the directory (canonical) a candidate an admin request names must
     /// be in; `None`: anywhere the host can read.
-    pub fn start(
+    pub(crate) fn start(
         runtime: Runtime,
         settings: InstanceSettings,
         path: Option<&Path>,
@@ -343,16 +343,16 @@ impl Registry {
         self.live.load_full()
     }
 
-    pub fn settings(&self) -> &InstanceSettings {
+    pub(crate) fn settings(&self) -> &InstanceSettings {
         &self.settings
     }
 
-    pub fn configured_path(&self) -> Option<&Path> {
+    pub(crate) fn configured_path(&self) -> Option<&Path> {
         self.configured_path.as_deref()
     }
 
     /// Validates the component at `path` and, if it passes, makes it live.
-    pub fn propose(&self, trigger: Trigger, path: &Path) -> Result<Outcome, Rejection> {
+    pub(crate) fn propose(&self, trigger: Trigger, path: &Path) -> Result<Outcome, Rejection> {
         let _one_at_a_time = self.proposing.lock().unwrap_or_else(|e| e.into_inner());
         let origin = Origin::File(path.to_path_buf());
         let result = in_background(|| -> Result<Outcome, LoadError> {
@@ -401,7 +401,7 @@ impl Registry {
     ///
     /// Called from the hot path: it never waits for a candidate being validated, and a
     /// compare-and-swap keeps it from undoing a version published meanwhile.
-    pub fn roll_back(&self, version: u64, reason: &str) -> bool {
+    pub(crate) fn roll_back(&self, version: u64, reason: &str) -> bool {
         let live = self.live();
         let Some(previous) = live.previous.as_ref().filter(|_| live.version == version) else {
             return false;
@@ -437,7 +437,7 @@ impl Registry {
         true
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let live = self.live();
         let describe = |l: &Live| VersionStatus {
             version: l.version,
@@ -640,7 +640,7 @@ impl Registry {
 
 /// Starts an instance of `plugin` (running its `init`) and runs the self-tests on it.
 /// The instance has seen the self-test records; workers start their own.
-pub fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance, LoadError> {
+fn validate(plugin: &Plugin, settings: &InstanceSettings) -> Result<Instance, LoadError> {
     let mut instance = plugin.start(
         settings.limits,
         &settings.sandbox,

@@ -28,7 +28,11 @@ const ATOMIC_SETTLE: Duration = Duration::from_millis(5);
 const IDLE: Duration = Duration::from_millis(500);
 
 /// Starts watching `path` on a thread of its own until `shutdown`.
-pub fn spawn(registry: Arc<Registry>, path: PathBuf, shutdown: Shutdown) -> anyhow::Result<()> {
+pub(crate) fn spawn(
+    registry: Arc<Registry>,
+    path: PathBuf,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let (tx, rx) = channel();
     let mut watcher = notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
@@ -155,7 +159,7 @@ fn watched_dirs(path: &Path) -> Vec<PathBuf> {
 
 /// Proposes the configured plugin file again on every SIGHUP `hangup` delivers (one
 /// received while the host started included).
-pub async fn on_sighup(registry: Arc<Registry>, mut hangup: tokio::signal::unix::Signal) {
+pub(crate) async fn on_sighup(registry: Arc<Registry>, mut hangup: tokio::signal::unix::Signal) {
     while hangup.recv().await.is_some() {
         let Some(path) = registry.configured_path().map(Path::to_path_buf) else {
             tracing::warn!(

@@ -8,4 +8,4 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use sluice::plugin::{log, state};
+pub(crate) use sluice::plugin::{log, state};

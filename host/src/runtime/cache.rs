@@ -38,7 +38,7 @@ use wasmtime::Engine;
 use super::Tier;
 
 /// The length of the key and of an entry's tag.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 const TAG_LEN: usize = 32;
 
 /// What the tag of an entry covers before its name and payload: a change of format
@@ -52,11 +52,11 @@ const SUFFIX: &str = "code";
 const COMPRESSION_LEVEL: i32 = 3;
 
 /// The key entries are sealed with.
-pub type Key = [u8; KEY_LEN];
+pub(crate) type Key = [u8; KEY_LEN];
 
 /// The name of the entry of `bytes` compiled by `tier` with `engine`'s settings: the
 /// SHA-256 of all three and of Sluice's version, hex.
-pub fn entry_name(engine: &Engine, tier: Tier, bytes: &[u8]) -> String {
+pub(crate) fn entry_name(engine: &Engine, tier: Tier, bytes: &[u8]) -> String {
     struct Sha(Sha256);
     impl std::hash::Hasher for Sha {
         fn finish(&self) -> u64 {
@@ -90,7 +90,7 @@ fn mac(key: &Key, name: &str) -> Hmac<Sha256> {
 }
 
 /// The sealed form of `artifact` under `name`: tag, then the compressed artifact.
-pub fn seal(key: &Key, name: &str, artifact: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(crate) fn seal(key: &Key, name: &str, artifact: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut sealed = vec![0; TAG_LEN];
     zstd::stream::copy_encode(artifact, &mut sealed, COMPRESSION_LEVEL)?;
     let mut mac = mac(key, name);
@@ -101,7 +101,7 @@ pub fn seal(key: &Key, name: &str, artifact: &[u8]) -> std::io::Result<Vec<u8>> 
 
 /// The artifact sealed in `sealed` under `name`, if its tag is the one `key` gives;
 /// the tag is checked (in constant time) before anything else reads the payload.
-pub fn unseal(key: &Key, name: &str, sealed: &[u8]) -> Result<Vec<u8>, Unsealed> {
+pub(crate) fn unseal(key: &Key, name: &str, sealed: &[u8]) -> Result<Vec<u8>, Unsealed> {
     if sealed.len() < TAG_LEN {
         return Err(Unsealed::Forged);
     }
@@ -114,7 +114,7 @@ pub fn unseal(key: &Key, name: &str, sealed: &[u8]) -> Result<Vec<u8>, Unsealed>
 
 /// Why a sealed artifact was not accepted.
 #[derive(Debug)]
-pub enum Unsealed {
+pub(crate) enum Unsealed {
     /// Its tag is not the one the key gives: not written by this user's Sluice for
     /// this component.
     Forged,
@@ -132,7 +132,7 @@ impl std::fmt::Display for Unsealed {
 }
 
 /// A trusted directory of sealed entries.
-pub struct CodeCache {
+pub(crate) struct CodeCache {
     dir: PathBuf,
     key: Key,
     max_bytes: u64,
@@ -141,7 +141,7 @@ pub struct CodeCache {
 impl CodeCache {
     /// Opens the cache in `dir` with the key in `key_file` (made if missing), keeping
     /// about `max_bytes`. Fails, naming the reason, when either cannot be trusted.
-    pub fn open(dir: &Path, key_file: &Path, max_bytes: u64) -> anyhow::Result<CodeCache> {
+    fn open(dir: &Path, key_file: &Path, max_bytes: u64) -> anyhow::Result<CodeCache> {
         create_private_dir(dir)?;
         check_private(dir, "directory")?;
         let key = read_or_make_key(key_file, dir)?;
@@ -152,11 +152,11 @@ impl CodeCache {
         })
     }
 
-    pub fn directory(&self) -> &Path {
+    pub(crate) fn directory(&self) -> &Path {
         &self.dir
     }
 
-    pub fn key(&self) -> &Key {
+    pub(crate) fn key(&self) -> &Key {
         &self.key
     }
 
@@ -166,7 +166,7 @@ impl CodeCache {
 
     /// The artifact of entry `name`, if there is one and it is authentic. An entry that
     /// fails its check is deleted, with a warning naming it.
-    pub fn get(&self, name: &str) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Vec<u8>> {
         let path = self.path(name);
         let sealed = match read_entry(&path, self.max_bytes) {
             Ok(Some(sealed)) => sealed,
@@ -201,14 +201,14 @@ impl CodeCache {
     }
 
     /// Deletes entry `name`, which was authentic but not loadable here, saying why.
-    pub fn reject_named(&self, name: &str, reason: &str) {
+    pub(crate) fn reject_named(&self, name: &str, reason: &str) {
         self.reject(&self.path(name), reason);
     }
 
     /// Stores `sealed` (as [`seal`] makes it, under this cache's key) as entry `name`,
     /// replacing any entry of that name, then evicts the least recently used entries
     /// beyond the size limit. Failures cost only a later compile.
-    pub fn put(&self, name: &str, sealed: &[u8]) {
+    pub(crate) fn put(&self, name: &str, sealed: &[u8]) {
         let written = (|| {
             let mut file = tempfile::Builder::new()
                 .prefix(".entry-")

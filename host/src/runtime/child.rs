@@ -43,16 +43,16 @@ const WAIT_POLL: Duration = Duration::from_millis(2);
 
 /// The executable to start as a compiler child: the running one, as the kernel sees
 /// it, when there is such a path.
-pub fn own_executable() -> Option<PathBuf> {
+pub(crate) fn own_executable() -> Option<PathBuf> {
     let path = PathBuf::from("/proc/self/exe");
     path.exists().then_some(path)
 }
 
 /// What a child compiled.
-pub struct Compiled {
+pub(crate) struct Compiled {
     /// The artifact, as `Component::serialize` wrote it, sealed with the key the child
     /// was handed (see `cache::seal`); unchecked until `cache::unseal` says otherwise.
-    pub sealed: Vec<u8>,
+    pub(crate) sealed: Vec<u8>,
 }
 
 /// Compiles `bytes` with `tier`'s compiler in a child process started from
@@ -61,7 +61,7 @@ pub struct Compiled {
 /// Errors are the child's own report (the component does not compile), a child that
 /// ran out of time or died, or a failure to run the child at all;
 /// [`ChildError::Spawn`] tells the caller it may compile in-process instead.
-pub fn compile(
+pub(crate) fn compile(
     program: &Path,
     key: &Arc<Key>,
     bytes: &[u8],
@@ -73,7 +73,7 @@ pub fn compile(
 
 /// Starts compiling `bytes` with `tier`'s compiler in a child process, which
 /// [`Running`] then follows.
-pub fn spawn(
+pub(crate) fn spawn(
     program: &Path,
     key: Arc<Key>,
     bytes: Arc<[u8]>,
@@ -169,7 +169,7 @@ fn start(mut command: Command) -> std::io::Result<Child> {
 
 /// A compile under way in a child process. Dropped before it ends, the child is
 /// stopped.
-pub struct Running {
+pub(crate) struct Running {
     child: Child,
     deadline: Instant,
     timeout: Duration,
@@ -181,7 +181,7 @@ pub struct Running {
 impl Running {
     /// The outcome, once the child has exited (or was stopped for taking longer than
     /// its time); `None` while it runs.
-    pub fn poll(&mut self) -> Option<Result<Compiled, ChildError>> {
+    fn poll(&mut self) -> Option<Result<Compiled, ChildError>> {
         if self.ended {
             return Some(Err(ChildError::Failed(anyhow::anyhow!(
                 "the compiler process's outcome was already taken"
@@ -210,7 +210,7 @@ impl Running {
     }
 
     /// Waits for the outcome.
-    pub fn finish(mut self) -> Result<Compiled, ChildError> {
+    pub(crate) fn finish(mut self) -> Result<Compiled, ChildError> {
         loop {
             if let Some(outcome) = self.poll() {
                 return outcome;
@@ -223,7 +223,7 @@ impl Running {
     /// policy (see `priority`), and its time limit to `timeout` from now. A compile
     /// that gets only the CPU nothing else wants may wait long on a busy host; that
     /// costs nothing but its memory.
-    pub fn make_idle(&mut self, timeout: Duration) {
+    pub(crate) fn make_idle(&mut self, timeout: Duration) {
         if !self.ended {
             priority::make_idle(self.child.id());
             self.deadline = Instant::now() + timeout;
@@ -233,18 +233,18 @@ impl Running {
 
     /// The child's process id.
     #[cfg(test)]
-    pub fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.child.id()
     }
 
     /// Stops the child where it is (`SIGSTOP`) until [`Running::resume`]; its time
     /// limit still runs.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.signal(libc::SIGSTOP);
     }
 
     /// Lets a paused child go on (`SIGCONT`).
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.signal(libc::SIGCONT);
     }
 
@@ -304,7 +304,7 @@ impl Drop for Running {
 
 /// Why a child could not compile a component.
 #[derive(Debug)]
-pub enum ChildError {
+pub(crate) enum ChildError {
     /// The child could not be started or waited for.
     Spawn(anyhow::Error),
     /// The child refused the component and said why.

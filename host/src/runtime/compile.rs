@@ -42,7 +42,7 @@ impl Pending {
     /// Lets the compile go on in the background: it was paused while the baseline
     /// compiler had the cores, and goes on at the idle policy (see `priority`), with
     /// [`IDLE_COMPILE_TIMEOUT`] to finish.
-    pub fn resume(&mut self) {
+    pub(crate) fn resume(&mut self) {
         if let PendingCompile::Child(running) = &mut self.compile {
             running.make_idle(IDLE_COMPILE_TIMEOUT);
             running.resume();
@@ -59,7 +59,7 @@ impl Pending {
     }
 
     /// Waits for Cranelift's code and links it.
-    pub fn finish(self) -> Result<Prepared, PluginError> {
+    pub(crate) fn finish(self) -> Result<Prepared, PluginError> {
         let runtime = self.runtime;
         let component = match self.compile {
             PendingCompile::Child(running) => {
@@ -197,7 +197,7 @@ impl Runtime {
 
     /// Compiles (with Cranelift) and links a component, checking that it targets the
     /// transform world.
-    pub fn load(&self, bytes: &[u8]) -> Result<Prepared, PluginError> {
+    pub(crate) fn load(&self, bytes: &[u8]) -> Result<Prepared, PluginError> {
         check_format(bytes)?;
         let component = self.compile(bytes, Tier::Optimized)?;
         self.link(&component, Tier::Optimized)
@@ -212,7 +212,10 @@ impl Runtime {
     /// a second compiler process. The paused compile is resumed by [`Pending::resume`]
     /// or [`Pending::finish`]. A component Winch refuses is judged by Cranelift's
     /// answer alone.
-    pub fn load_fast(&self, bytes: &[u8]) -> Result<(Prepared, Option<Pending>), PluginError> {
+    pub(crate) fn load_fast(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Prepared, Option<Pending>), PluginError> {
         check_format(bytes)?;
         if self.baseline.is_none() {
             return Ok((self.load(bytes)?, None));

@@ -6,18 +6,18 @@ use super::{PluginError, Runtime};
 
 /// The interface of a compiled component.
 #[derive(Debug, Clone)]
-pub struct Description {
+pub(crate) struct Description {
     /// Imported interfaces and functions, by full name (`sluice:plugin/log@0.1.0`).
-    pub imports: Vec<String>,
+    pub(crate) imports: Vec<String>,
     /// Exported interfaces and functions, by full name.
-    pub exports: Vec<String>,
+    pub(crate) exports: Vec<String>,
     /// `Ok` when it links against this host's transform world, else the reason.
-    pub links: Result<(), String>,
+    pub(crate) links: Result<(), String>,
 }
 
 impl Runtime {
     /// Compiles `bytes` and describes the component (see [`Description`]).
-    pub fn describe(&self, bytes: &[u8]) -> Result<Description, PluginError> {
+    pub(crate) fn describe(&self, bytes: &[u8]) -> Result<Description, PluginError> {
         let component = self.compile(bytes, super::Tier::Optimized)?;
         let ty = component.component_type();
         let imports = ty

@@ -32,14 +32,14 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Tier::Baseline => "baseline",
             Tier::Optimized => "optimized",
         }
     }
 
-    pub fn parse(name: &str) -> Option<Tier> {
+    pub(crate) fn parse(name: &str) -> Option<Tier> {
         match name {
             "baseline" => Some(Tier::Baseline),
             "optimized" => Some(Tier::Optimized),
@@ -185,7 +185,7 @@ impl Runtime {
 
     /// Compiles components in a child process from now on (see `child`), where the
     /// platform lets a process start its own executable; else on the calling thread.
-    pub fn compile_in_child_process(mut self) -> Self {
+    pub(crate) fn compile_in_child_process(mut self) -> Self {
         self.compiler = child::own_executable();
         if self.compiler.is_none() {
             tracing::debug!(

@@ -13,7 +13,7 @@ use super::logs::{self, SharedGate};
 use crate::state::SharedState;
 
 /// Per-instance host state.
-pub struct HostState {
+pub(crate) struct HostState {
     pub(super) plugin: Arc<str>,
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,

@@ -28,7 +28,8 @@ pub struct Instance {
 impl Instance {
     /// Instantiates the plugin inside `sandbox` and runs its `init` with `config`. The
     /// instance keeps its keyed state in `state`.
-    pub fn start(
+    #[cfg(test)]
+    pub(crate) fn start(
         prepared: &Prepared,
         name: Arc<str>,
         limits: Limits,
@@ -41,7 +42,7 @@ impl Instance {
 
     /// [`Instance::start`] for a known version (its short digest), which every line
     /// the instance logs names, its `init`'s included.
-    pub fn start_version(
+    pub(crate) fn start_version(
         prepared: &Prepared,
         name: Arc<str>,
         version: Arc<str>,
@@ -124,7 +125,7 @@ impl Instance {
     /// [`Instance::process`] with at most `budget` for the call, when that is less than
     /// the plugin's time limit: a batch run again record by record shares one budget.
     /// A call cut short reports `budget` as its limit.
-    pub fn process_within(
+    pub(crate) fn process_within(
         &mut self,
         input: &[u8],
         batch: &InputBatch<'_>,
@@ -138,7 +139,7 @@ impl Instance {
     }
 
     /// How long one call may take.
-    pub fn call_timeout(&self) -> Duration {
+    pub(crate) fn call_timeout(&self) -> Duration {
         self.limits.call_timeout
     }
 

@@ -15,9 +15,9 @@ use wasmtime::ResourceLimiter;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// What all of an instance's linear memories and tables may take together.
-    pub max_memory_bytes: usize,
+    pub(crate) max_memory_bytes: usize,
     /// Wall-clock time one `process` call may take before it is interrupted.
-    pub call_timeout: Duration,
+    pub(crate) call_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -30,7 +30,7 @@ impl Default for Limits {
 }
 
 /// What one table element counts against the budget.
-pub const TABLE_ELEMENT_BYTES: usize = 8;
+const TABLE_ELEMENT_BYTES: usize = 8;
 
 /// Core instances per component instance: components made by language toolchains
 /// have a handful (the module, shims, adapters).
@@ -40,20 +40,20 @@ const MAX_MEMORIES: usize = 64;
 /// Tables per component instance.
 const MAX_TABLES: usize = 256;
 /// Elements of one table: a JavaScript or Python runtime has tens of thousands.
-pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 /// The memory budget of one store, remembering a refused growth so that the trap it
 /// leads to (a guest allocator aborts) is reported as the memory limit it is.
-pub struct MemoryLimit {
+pub(crate) struct MemoryLimit {
     max_bytes: usize,
     /// Bytes of linear memory and of tables granted so far.
     used: usize,
     /// The total the last refused growth asked for, in this call.
-    pub refused: Option<usize>,
+    pub(crate) refused: Option<usize>,
 }
 
 impl MemoryLimit {
-    pub fn new(max_bytes: usize) -> Self {
+    pub(crate) fn new(max_bytes: usize) -> Self {
         MemoryLimit {
             max_bytes,
             used: 0,

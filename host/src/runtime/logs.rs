@@ -15,19 +15,19 @@ use std::time::{Duration, Instant};
 
 /// The longest line of plugin text written to the host's log, in bytes, escapes
 /// included; the cut marker comes on top.
-pub const MAX_LINE: usize = 4096;
+pub(crate) const MAX_LINE: usize = 4096;
 /// Lines per second an instance may write, on average.
-pub const RATE_PER_SECOND: f64 = 100.0;
+const RATE_PER_SECOND: f64 = 100.0;
 /// Lines an instance may write at once, after being quiet.
-pub const BURST: f64 = 200.0;
+const BURST: f64 = 200.0;
 /// How often, at most, dropped lines are counted in the log.
-pub const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 /// `text` as one line for the host's log: control characters escaped, at most
 /// [`MAX_LINE`] bytes of it, then a cut marker counting what was left out (`cut_before`
 /// bytes already left out by the caller included). Only what is kept is looked at, so
 /// a huge message costs no more than a short one.
-pub fn clean(text: &str, cut_before: usize) -> String {
+pub(crate) fn clean(text: &str, cut_before: usize) -> String {
     let mut line = String::with_capacity(text.len().min(MAX_LINE));
     let mut kept = 0;
     for c in text.chars() {
@@ -57,7 +57,7 @@ pub fn clean(text: &str, cut_before: usize) -> String {
 
 /// The level of a plugin's log line.
 #[derive(Debug, Clone, Copy)]
-pub enum Level {
+pub(crate) enum Level {
     Trace,
     Debug,
     Info,
@@ -67,7 +67,7 @@ pub enum Level {
 
 /// One instance's share of the host's log: the rate limit and the count of lines
 /// dropped. Shared by the `log` import and the stdout and stderr streams.
-pub struct LogGate {
+pub(crate) struct LogGate {
     plugin: Arc<str>,
     /// The version's short digest, once known: every line names the version it came from.
     version: Arc<str>,
@@ -78,10 +78,10 @@ pub struct LogGate {
 }
 
 /// A [`LogGate`] as the streams and the import hold it.
-pub type SharedGate = Arc<Mutex<LogGate>>;
+pub(crate) type SharedGate = Arc<Mutex<LogGate>>;
 
 impl LogGate {
-    pub fn shared(plugin: Arc<str>) -> SharedGate {
+    pub(crate) fn shared(plugin: Arc<str>) -> SharedGate {
         let now = Instant::now();
         Arc::new(Mutex::new(LogGate {
             plugin,
@@ -94,7 +94,7 @@ impl LogGate {
     }
 
     /// Names the version (its short digest) the instance runs, for every line after.
-    pub fn set_version(&mut self, version: Arc<str>) {
+    pub(crate) fn set_version(&mut self, version: Arc<str>) {
         self.version = version;
     }
 
@@ -115,7 +115,7 @@ impl LogGate {
 
     /// Writes `text` (not yet cleaned) to the host's log, if the rate limit lets it. `stream` names stdout or stderr for
     /// their lines.
-    pub fn write(&mut self, level: Level, stream: Option<&'static str>, text: &str) {
+    pub(crate) fn write(&mut self, level: Level, stream: Option<&'static str>, text: &str) {
         if self.admit() {
             let line = clean(text, 0);
             self.emit(level, stream, &line);
@@ -124,7 +124,7 @@ impl LogGate {
     }
 
     /// Writes a line already cleaned by [`clean`], if the rate limit lets it.
-    pub fn write_clean(&mut self, level: Level, stream: Option<&'static str>, line: &str) {
+    pub(crate) fn write_clean(&mut self, level: Level, stream: Option<&'static str>, line: &str) {
         if self.admit() {
             self.emit(level, stream, line);
         }
@@ -171,7 +171,7 @@ impl LogGate {
 
     /// Logs how many lines were dropped, if any were and the last count is
     /// [`SUMMARY_EVERY`] old (or `now`).
-    pub fn summarize(&mut self, now: bool) {
+    pub(crate) fn summarize(&mut self, now: bool) {
         if self.dropped == 0 || !(now || self.summarized.elapsed() >= SUMMARY_EVERY) {
             return;
         }

@@ -31,18 +31,20 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use compile::Pending;
-pub use describe::Description;
 use engine::EPOCH_TICK;
 pub use engine::{Runtime, Tier};
 use host_state::HostState;
 pub use instance::Instance;
 pub use limits::Limits;
-pub use prepared::Prepared;
-pub use priority::{OPTIMIZE_NICE, lower_thread_priority, thread_nice};
-pub use sandbox::{DirGrant, Sandbox};
+pub(crate) use prepared::Prepared;
+#[cfg(test)]
+pub(crate) use priority::thread_nice;
+pub(crate) use priority::{OPTIMIZE_NICE, lower_thread_priority};
+pub(crate) use sandbox::DirGrant;
+pub use sandbox::Sandbox;
 
 /// The WIT world every plugin must target.
-pub const WORLD: &str = "sluice:plugin/transformer@0.1.0";
+pub(crate) const WORLD: &str = "sluice:plugin/transformer@0.1.0";
 /// The interface a plugin must export.
 const TRANSFORM_EXPORT: &str = "sluice:plugin/transform@0.1.0";
 /// The log interface a plugin may import.
@@ -86,7 +88,7 @@ impl PluginError {
     /// Whether the instance that returned this error must not be called again: it
     /// was stopped in the middle of a call (a trap, or a limit), so its memory may be
     /// inconsistent. An error the plugin returned for a batch leaves it usable.
-    pub fn leaves_instance_unusable(&self) -> bool {
+    pub(crate) fn leaves_instance_unusable(&self) -> bool {
         !matches!(self, PluginError::Batch(_))
     }
 }

@@ -13,7 +13,7 @@ use super::{PluginError, STATE_IMPORT};
 
 /// A compiled, linked plugin, ready to be instantiated any number of times.
 #[derive(Clone)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub(super) pre: TransformerPre<HostState>,
     pub(super) uses_state: bool,
     tier: Tier,
@@ -21,13 +21,8 @@ pub struct Prepared {
 
 impl Prepared {
     /// Which compiler made its code.
-    pub fn tier(&self) -> Tier {
+    pub(crate) fn tier(&self) -> Tier {
         self.tier
-    }
-
-    /// Whether the plugin imports the keyed-state interface.
-    pub fn uses_state(&self) -> bool {
-        self.uses_state
     }
 }
 

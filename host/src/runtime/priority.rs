@@ -19,10 +19,10 @@
 
 /// The nice value of an optimizing compile where the idle policy is refused, and of the
 /// host thread that waits for one: the lowest.
-pub const OPTIMIZE_NICE: i32 = 19;
+pub(crate) const OPTIMIZE_NICE: i32 = 19;
 
 /// The calling thread's nice value.
-pub fn thread_nice() -> i32 {
+pub(crate) fn thread_nice() -> i32 {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid and getpriority only read this thread's own priority.
     unsafe {
@@ -33,7 +33,7 @@ pub fn thread_nice() -> i32 {
 }
 
 /// Lowers the calling thread (only it) to `nice`.
-pub fn lower_thread_priority(nice: i32) {
+pub(crate) fn lower_thread_priority(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: gettid only reads this thread's id.
     set_thread_nice(unsafe { libc::gettid() } as u32, nice);
@@ -92,13 +92,13 @@ pub(super) mod tests {
     use super::*;
 
     /// The scheduling policy of thread `tid`.
-    pub fn policy(tid: u32) -> libc::c_int {
+    fn policy(tid: u32) -> libc::c_int {
         // SAFETY: sched_getscheduler only reads a thread's policy.
         unsafe { libc::sched_getscheduler(tid as libc::pid_t) }
     }
 
     /// The policies of every thread of `pid`.
-    pub fn policies(pid: u32) -> Vec<libc::c_int> {
+    pub(crate) fn policies(pid: u32) -> Vec<libc::c_int> {
         threads(pid).into_iter().map(policy).collect()
     }
 

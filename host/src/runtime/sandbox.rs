@@ -46,9 +46,9 @@ pub struct Sandbox {
 
 /// A host directory mounted read-only at a path inside the plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirGrant {
-    pub host: PathBuf,
-    pub guest: String,
+pub(crate) struct DirGrant {
+    pub(crate) host: PathBuf,
+    pub(crate) guest: String,
 }
 
 // Values of granted variables may be secrets: print names only.
@@ -64,7 +64,7 @@ impl fmt::Debug for Sandbox {
 impl Sandbox {
     /// Grants the environment variables `env` (name and value) and the directories
     /// `dirs`.
-    pub fn new(env: Vec<(String, String)>, dirs: Vec<DirGrant>) -> Self {
+    pub(crate) fn new(env: Vec<(String, String)>, dirs: Vec<DirGrant>) -> Self {
         Sandbox { env, dirs }
     }
 

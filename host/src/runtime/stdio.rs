@@ -16,7 +16,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use super::logs::{Level, MAX_LINE, SharedGate, clean};
 
 #[derive(Clone)]
-pub struct PluginOutput {
+pub(crate) struct PluginOutput {
     gate: SharedGate,
     stream: &'static str,
     state: Arc<Mutex<LineState>>,
@@ -34,7 +34,7 @@ struct LineState {
 }
 
 impl PluginOutput {
-    pub fn new(gate: SharedGate, stream: &'static str) -> Self {
+    pub(crate) fn new(gate: SharedGate, stream: &'static str) -> Self {
         PluginOutput {
             gate,
             stream,
@@ -43,7 +43,7 @@ impl PluginOutput {
     }
 
     /// The last few lines written (a panic message, typically), for error reports.
-    pub fn recent(&self) -> Option<String> {
+    pub(crate) fn recent(&self) -> Option<String> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let pending = clean(String::from_utf8_lossy(&state.partial).trim(), state.cut);
         let lines: Vec<&str> = state

@@ -32,10 +32,10 @@ use crate::state::Change;
 
 /// The producer's context: the shared client callbacks ([`KafkaContext`]) and the
 /// sink's own ([`SinkRole`]).
-pub type SinkContext = KafkaContext<SinkRole>;
+type SinkContext = KafkaContext<SinkRole>;
 
 /// Producer callbacks: each delivery report goes to the tracker.
-pub struct SinkRole {
+struct SinkRole {
     tracker: Arc<Mutex<Tracker>>,
     /// When the last delivery report came: a sink whose reports stop while records
     /// wait is checked for a topic that went away ([`KafkaSink::topic_gone`]).
@@ -125,7 +125,7 @@ fn delivery_failure(topic: &str, partition: i32, error: &KafkaError) -> String {
 
 /// Why a batch could not be handed to the producer.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// The output buffer does not decode (the check that made the verdicts read it
     /// first: the buffer was damaged since).
     #[error("the output batch cannot be read: {0}")]
@@ -155,7 +155,22 @@ pub enum SendError {
     TopicGone(String),
 }
 
-pub struct KafkaSink {
+impl SendError {
+    /// A producer's refusal to take an output of input record `source` is the failure
+    /// of that record; other errors stay what they are.
+    fn of_record(self, source: &Record<'_>) -> SendError {
+        match self {
+            error @ SendError::Producer { .. } => SendError::Record(RecordFailure {
+                partition: (source.topic().to_string(), source.partition()),
+                offset: source.offset(),
+                cause: error.to_string(),
+            }),
+            other => other,
+        }
+    }
+}
+
+pub(crate) struct KafkaSink {
     producer: BaseProducer<SinkContext>,
     /// The producer's settings, to make a new one after an indefinite transaction outcome.
     client: ClientConfig,
@@ -178,14 +193,110 @@ pub struct KafkaSink {
 
 /// Headers a dead-lettered record carries besides its own: the plugin's message, and
 /// where the record was read (`topic/partition@offset`).
-pub const ERROR_HEADER: &str = "sluice-error";
-pub const SOURCE_HEADER: &str = "sluice-source";
+const ERROR_HEADER: &str = "sluice-error";
+const SOURCE_HEADER: &str = "sluice-source";
+
+/// Every topic the sink writes to (the sink topic, the outputs' and the dead-letter
+/// topic) with its partition count, each checked against the source's
+/// `source_partitions`; a missing one is created with `[sink.create_topic]`, else
+/// refused.
+fn check_topics(
+    config: &SinkConfig,
+    producer: &BaseProducer<SinkContext>,
+    source_partitions: i32,
+    connect_timeout: Duration,
+    runtime: &tokio::runtime::Handle,
+    auth: &ClientAuth,
+) -> anyhow::Result<Vec<(String, i32)>> {
+    let failure = auth.failure().clone();
+    let mut topics: Vec<&str> = vec![&config.topic];
+    topics.extend(config.outputs.values().map(String::as_str));
+    topics.extend(config.dead_letter_topic.as_deref());
+    topics.sort_unstable();
+    topics.dedup();
+    let mut found = Vec::with_capacity(topics.len());
+    for topic in topics {
+        // Failed records go wherever the partitioner puts them: the dead-letter topic
+        // needs no partition per source partition.
+        let dead_letter_only = Some(topic) == config.dead_letter_topic.as_deref()
+            && topic != config.topic
+            && !config.outputs.values().any(|output| output == topic);
+        let mut partitions = topic_partitions(
+            producer.client(),
+            topic,
+            &config.bootstrap_servers,
+            connect_timeout,
+            "sink",
+            &|| producer.poll(Duration::ZERO),
+            &failure,
+        )?;
+        if partitions == 0 {
+            partitions = create_missing_topic(
+                config,
+                topic,
+                dead_letter_only,
+                source_partitions,
+                runtime,
+                auth,
+            )?;
+        }
+        if config.partitioning == Partitioning::Same
+            && !dead_letter_only
+            && partitions < source_partitions
+        {
+            bail!(
+                "sink topic `{topic}` has {partitions} partitions but the source has {source_partitions}; \
+                 `sink.partitioning = \"same\"` writes each record to its source partition number, so add partitions \
+                 to `{topic}` or choose `key-hash` or `default`"
+            );
+        }
+        found.push((topic.to_string(), partitions));
+    }
+    Ok(found)
+}
+
+/// Creates `topic`, which does not exist, as `[sink.create_topic]` says (by default
+/// with `source_partitions` partitions) and returns its partition count; without
+/// that section, the error says how to create it.
+fn create_missing_topic(
+    config: &SinkConfig,
+    topic: &str,
+    dead_letter_only: bool,
+    source_partitions: i32,
+    runtime: &tokio::runtime::Handle,
+    auth: &ClientAuth,
+) -> anyhow::Result<i32> {
+    let Some(spec) = config.create_topic else {
+        if dead_letter_only {
+            bail!(
+                "dead-letter topic `{topic}` does not exist on {}; create it (any partition count will do), or add [sink.create_topic] to create it",
+                config.bootstrap_servers
+            );
+        }
+        bail!(
+            "sink topic `{topic}` does not exist on {}; create it with at least {source_partitions} partitions, or add [sink.create_topic] to create it",
+            config.bootstrap_servers
+        );
+    };
+    let wanted = spec.partitions.unwrap_or(source_partitions);
+    create_topic(
+        &config.bootstrap_servers,
+        topic,
+        wanted,
+        spec.replication_factor,
+        &[],
+        runtime,
+        auth,
+    )?;
+    tracing::info!(topic, partitions = wanted, "Sink topic created.");
+    Ok(wanted)
+}
 
 impl KafkaSink {
     /// Connects, checks (or creates) the sink topics against the source's partition count.
     /// With a `transaction` the producer is transactional and its transactions are
     /// initialised (fencing any earlier producer with the same id).
-    pub fn connect(
+    pub(crate) fn connect(
         config: &SinkConfig,
         source_partitions: i32,
         connect_timeout: Duration,
@@ -208,68 +319,14 @@ impl KafkaSink {
             transaction.is_some(),
             Patience::Start(connect_timeout),
         )?;
-        let failure = auth.failure().clone();
-
-        let mut topics: Vec<&str> = vec![&config.topic];
-        topics.extend(config.outputs.values().map(String::as_str));
-        topics.extend(config.dead_letter_topic.as_deref());
-        topics.sort_unstable();
-        topics.dedup();
-        let mut found = Vec::with_capacity(topics.len());
-        for topic in topics {
-            // Failed records go wherever the partitioner puts them: the dead-letter topic
-            // needs no partition per source partition.
-            let dead_letter_only = Some(topic) == config.dead_letter_topic.as_deref()
-                && topic != config.topic
-                && !config.outputs.values().any(|output| output == topic);
-            let mut partitions = topic_partitions(
-                producer.client(),
-                topic,
-                &config.bootstrap_servers,
-                connect_timeout,
-                "sink",
-                &|| producer.poll(Duration::ZERO),
-                &failure,
-            )?;
-            if partitions == 0 {
-                let Some(spec) = config.create_topic else {
-                    if dead_letter_only {
-                        bail!(
-                            "dead-letter topic `{topic}` does not exist on {}; create it (any partition count will do), or add [sink.create_topic] to create it",
-                            config.bootstrap_servers
-                        );
-                    }
-                    bail!(
-                        "sink topic `{topic}` does not exist on {}; create it with at least {source_partitions} partitions, or add [sink.create_topic] to create it",
-                        config.bootstrap_servers
-                    );
-                };
-                let wanted = spec.partitions.unwrap_or(source_partitions);
-                create_topic(
-                    &config.bootstrap_servers,
-                    topic,
-                    wanted,
-                    spec.replication_factor,
-                    &[],
-                    runtime,
-                    &auth,
-                )?;
-                tracing::info!(topic, partitions = wanted, "Sink topic created.");
-                partitions = wanted;
-            }
-            if config.partitioning == Partitioning::Same
-                && !dead_letter_only
-                && partitions < source_partitions
-            {
-                bail!(
-                    "sink topic `{topic}` has {partitions} partitions but the source has {source_partitions}; \
-                     `sink.partitioning = \"same\"` writes each record to its source partition number, so add partitions \
-                     to `{topic}` or choose `key-hash` or `default`"
-                );
-            }
-            found.push((topic.to_string(), partitions));
-        }
-
+        let found = check_topics(
+            config,
+            &producer,
+            source_partitions,
+            connect_timeout,
+            runtime,
+            &auth,
+        )?;
         Ok(KafkaSink {
             producer,
             client,
@@ -292,7 +349,7 @@ impl KafkaSink {
     /// dead-letter topic (see [`crate::output`]). Returns the number of records sent.
     /// `keep_going` is asked while the queue is full.
     #[allow(clippy::too_many_arguments)]
-    pub fn send(
+    pub(crate) fn send(
         &self,
         seq: u64,
         input: &InputBatch<'_>,
@@ -324,27 +381,24 @@ impl KafkaSink {
                     }
                     continue;
                 }
-                let topic = match output {
-                    None => self.default_topic.as_str(),
-                    Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
-                        // The verdicts fail records sent to an unmapped output.
-                        SendError::Unmapped(name.to_string())
-                    })?,
-                };
+                let topic = self.topic_of(output)?;
                 self.send_output(seq, &op, &source, topic, provenance, keep_going)
-                    .map_err(|error| match error {
-                        // A failure here is the failure of the input record being sent.
-                        error @ SendError::Producer { .. } => SendError::Record(RecordFailure {
-                            partition: (source.topic().to_string(), source.partition()),
-                            offset: source.offset(),
-                            cause: error.to_string(),
-                        }),
-                        other => other,
-                    })?;
+                    .map_err(|error| error.of_record(&source))?;
                 sent += 1;
             }
         }
         Ok(sent)
+    }
+
+    /// The topic of the named output, or the sink topic for the unnamed one.
+    fn topic_of(&self, output: Option<&str>) -> Result<&str, SendError> {
+        match output {
+            None => Ok(self.default_topic.as_str()),
+            Some(name) => self.outputs.get(name).map(String::as_str).ok_or_else(|| {
+                // The verdicts fail records sent to an unmapped output.
+                SendError::Unmapped(name.to_string())
+            }),
+        }
     }
 
     /// Sends the output `op` makes of input record `source` to `topic`.
@@ -452,7 +506,7 @@ impl KafkaSink {
     /// [`Unreadable`]) to the dead-letter topic as it was read,
     /// headers and all, with the reason and its origin in headers; counted as the one
     /// output of batch `seq`. There must be a dead-letter topic.
-    pub fn dead_letter_unreadable(
+    pub(crate) fn dead_letter_unreadable(
         &self,
         seq: u64,
         unreadable: &Unreadable,
@@ -499,7 +553,7 @@ impl KafkaSink {
     }
 
     /// Where failed records go, if anywhere.
-    pub fn dead_letter_topic(&self) -> Option<&str> {
+    pub(crate) fn dead_letter_topic(&self) -> Option<&str> {
         self.dead_letter_topic.as_deref()
     }
 
@@ -550,7 +604,7 @@ impl KafkaSink {
 
     /// Writes state changes to the changelog `topic`, each to the partition of the input
     /// partition it belongs to, counted as outputs of batch `seq`.
-    pub fn send_changes(
+    pub(crate) fn send_changes(
         &self,
         seq: u64,
         topic: &str,
@@ -578,14 +632,14 @@ impl KafkaSink {
         Ok(())
     }
 
-    pub fn begin_transaction(&self) -> KafkaResult<()> {
+    pub(crate) fn begin_transaction(&self) -> KafkaResult<()> {
         self.producer.begin_transaction()
     }
 
     /// Adds the consumer `offsets` to the open transaction and commits it, outputs
     /// and all. The group metadata lets the broker fence a host that lost its group
     /// membership. Waits up to `timeout`, less if `keep_going` says stop.
-    pub fn commit_transaction(
+    pub(crate) fn commit_transaction(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
@@ -616,7 +670,7 @@ impl KafkaSink {
     /// waited for (their delivery reports served here, which the client's own abort
     /// would wait on forever), then the abort goes to the broker. Waits up to
     /// `timeout`, less if `keep_going` says stop.
-    pub fn abort_transaction(
+    pub(crate) fn abort_transaction(
         &self,
         timeout: Duration,
         keep_going: &dyn Fn() -> bool,
@@ -645,7 +699,7 @@ impl KafkaSink {
     /// This happens when the cluster has gone away (a broker crash, a network
     /// partition), so a cluster that does not answer is asked again for up to
     /// `RECREATE_PATIENCE`, or until `keep_going` says stop (a shutdown was requested).
-    pub fn recreate(&mut self, keep_going: &dyn Fn() -> bool) -> anyhow::Result<()> {
+    pub(crate) fn recreate(&mut self, keep_going: &dyn Fn() -> bool) -> anyhow::Result<()> {
         self.producer = new_producer(
             &self.client,
             &self.tracker,
@@ -658,7 +712,7 @@ impl KafkaSink {
 
     /// The error that made the producer unusable, if one did (for example, another
     /// producer with the same transactional id fenced it).
-    pub fn fatal_error(&self) -> Option<String> {
+    pub(crate) fn fatal_error(&self) -> Option<String> {
         self.producer
             .client()
             .fatal_error()
@@ -667,7 +721,7 @@ impl KafkaSink {
 
     /// Serves delivery reports, waiting up to `timeout` for one. Fails when a client
     /// was refused authentication, or a sink topic went away.
-    pub fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn poll(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.poll(timeout);
         self.producer.context().auth().failure().check()?;
         match self.topic_gone() {
@@ -737,12 +791,12 @@ impl KafkaSink {
     }
 
     /// Whether the cluster refused a client's credentials (the source's or the sink's).
-    pub fn refused(&self) -> bool {
+    pub(crate) fn refused(&self) -> bool {
         self.producer.context().auth().failure().get().is_some()
     }
 
     /// Waits until every queued record is delivered or failed.
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer.flush(timeout).map_err(|e| {
             anyhow::anyhow!(
                 "records still undelivered after {} s: {e}",
@@ -781,7 +835,7 @@ fn producer_config(config: &SinkConfig, auth: &ClientAuth) -> ClientConfig {
 
 /// Aborts what a producer with transactional id `id` left open, and fences that
 /// producer: initialising transactions under the same id does both.
-pub fn fence(
+pub(crate) fn fence(
     config: &SinkConfig,
     id: &str,
     timeout: Duration,
@@ -801,11 +855,11 @@ pub fn fence(
 
 /// The transactional producer's identity and limits.
 #[derive(Debug, Clone)]
-pub struct TransactionSettings {
+pub(crate) struct TransactionSettings {
     /// Stable across restarts of the same host, so a restart fences its predecessor.
-    pub id: String,
+    pub(crate) id: String,
     /// How long the broker lets a transaction stay open before aborting it.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Deliveries outstanding and no report for this long: the sink topics are looked up.

@@ -1,3 +1,3 @@
 //! Sinks: where transformed records go.
 
-pub mod kafka;
+pub(crate) mod kafka;

@@ -2,7 +2,8 @@
 //! applies the startup mode, and commits the offsets the checkpoint tracker allows.
 //!
 //! Size: the consumer's callbacks, the startup modes and the batch reader share one
-//! consumer and its rebalance state; a tenth of the file is tests.
+//! consumer and its rebalance state (their tests are mostly end to end, in
+//! `tests/e2e`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +31,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the consumer's rebalance callback hands assignments and revocations to (the
 /// checkpoint). It runs inside `poll`, on the worker's thread.
-pub trait Rebalance: Send {
+pub(crate) trait Rebalance: Send {
     /// `partitions` were assigned; those in `fresh` start without committed state
     /// (`run --fresh`). Their state must be ready before any of their records is read.
     fn assigned(&mut self, partitions: &[Partition], fresh: &[Partition]) -> anyhow::Result<()>;
@@ -47,11 +48,11 @@ pub trait Rebalance: Send {
 
 /// The consumer's context: the shared client callbacks ([`KafkaContext`]) and the
 /// source's own ([`SourceRole`]).
-pub type SourceContext = KafkaContext<SourceRole>;
+pub(crate) type SourceContext = KafkaContext<SourceRole>;
 
 /// Consumer callbacks: the startup mode and state restore on assignment, a
 /// checkpoint on revocation, lag statistics.
-pub struct SourceRole {
+pub(crate) struct SourceRole {
     startup: Startup,
     /// `run --fresh`: the partitions this host has started fresh so far, shared by
     /// its workers. A partition starts fresh (committed offsets and state ignored)
@@ -165,7 +166,7 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<Partition> {
 
 /// The partitions a host started fresh (`run --fresh`), shared by its workers.
 #[derive(Debug, Clone, Default)]
-pub struct FreshStart(Arc<Mutex<HashSet<Partition>>>);
+pub(crate) struct FreshStart(Arc<Mutex<HashSet<Partition>>>);
 
 impl FreshStart {
     /// Which of `partitions` start fresh now: those not started before. They count
@@ -256,7 +257,7 @@ fn start_at_times(
 }
 
 /// The source: a consumer and the batch it is filling.
-pub struct KafkaSource {
+pub(crate) struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
     topic: String,
     batch_max_records: usize,
@@ -268,48 +269,54 @@ pub struct KafkaSource {
     unreadable: Option<Unreadable>,
 }
 
+/// The consumer's settings: `source.kafka` over Sluice's own, after the credentials.
+fn consumer_config(config: &SourceConfig, auth: &ClientAuth) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    auth.apply(&mut client);
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", &config.group_id)
+        // Offsets are committed by the checkpoint tracker, never by the client.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set(
+            "auto.offset.reset",
+            match config.startup {
+                Startup::Latest
+                | Startup::GroupOffsets {
+                    fallback: Fallback::Latest,
+                } => "latest",
+                Startup::GroupOffsets {
+                    fallback: Fallback::Fail,
+                } => "error",
+                _ => "earliest",
+            },
+        )
+        // Bounded prefetch: a stalled sink must not let the fetch queue grow. 8 MB is
+        // about half a second of input at full speed here, and keeps memory in bounds.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("enable.partition.eof", "false")
+        // Statistics every second, for the lag in `GET /metrics`.
+        .set("statistics.interval.ms", "1000")
+        // A broker back from an outage is reached within a second (see the constant).
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+    for (key, value) in &config.kafka {
+        client.set(key, value);
+    }
+    client
+}
+
 impl KafkaSource {
     /// Connects, checks the source topic exists, and joins the group. `fresh`: ignore
     /// the group's committed offsets at the first assignment.
-    pub fn connect(
+    pub(crate) fn connect(
         config: &SourceConfig,
         fresh: Option<FreshStart>,
         auth: ClientAuth,
         metrics: Arc<Metrics>,
         worker: usize,
     ) -> anyhow::Result<(Self, i32)> {
-        let mut client = ClientConfig::new();
-        auth.apply(&mut client);
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("group.id", &config.group_id)
-            // Offsets are committed by the checkpoint tracker, never by the client.
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                match config.startup {
-                    Startup::Latest
-                    | Startup::GroupOffsets {
-                        fallback: Fallback::Latest,
-                    } => "latest",
-                    Startup::GroupOffsets {
-                        fallback: Fallback::Fail,
-                    } => "error",
-                    _ => "earliest",
-                },
-            )
-            // Bounded prefetch: a stalled sink must not let the fetch queue grow. 8 MB is
-            // about half a second of input at full speed here, and keeps memory in bounds.
-            .set("queued.max.messages.kbytes", "8192")
-            .set("enable.partition.eof", "false")
-            // Statistics every second, for the lag in `GET /metrics`.
-            .set("statistics.interval.ms", "1000")
-            // A broker back from an outage is reached within a second (see the constant).
-            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
-        for (key, value) in &config.kafka {
-            client.set(key, value);
-        }
+        let client = consumer_config(config, &auth);
         let context = KafkaContext::new(
             "source",
             auth,
@@ -368,7 +375,7 @@ impl KafkaSource {
     /// first one, then takes what is already fetched without waiting.
     /// A record the plugin contract cannot carry ends the batch before it: it is kept
     /// for [`KafkaSource::take_unreadable`], so that the records before it go on first.
-    pub fn fill(&mut self, batch: &mut InputWriter, wait: Duration) -> anyhow::Result<()> {
+    pub(crate) fn fill(&mut self, batch: &mut InputWriter, wait: Duration) -> anyhow::Result<()> {
         self.consumer.context().auth().failure().check()?;
         self.check_fatal()?;
         // One the pipeline did not take (its batch was rewound) is read again.
@@ -430,7 +437,7 @@ impl KafkaSource {
 
     /// Takes the spans of the batch just filled: per partition, the first offset and
     /// the offset after the last record.
-    pub fn take_spans(&mut self) -> Vec<(Partition, i64, i64)> {
+    pub(crate) fn take_spans(&mut self) -> Vec<(Partition, i64, i64)> {
         let spans = self
             .spans
             .iter()
@@ -446,7 +453,7 @@ impl KafkaSource {
     /// first of them, so that they are read again: the batch's time ran out before
     /// they were run. A record the contract cannot carry, kept after the batch, is
     /// read again too if it is on one of those partitions.
-    pub fn read_again(&mut self, batch: &InputBatch<'_>, from: usize) -> anyhow::Result<()> {
+    pub(crate) fn read_again(&mut self, batch: &InputBatch<'_>, from: usize) -> anyhow::Result<()> {
         let mut first: Vec<(i32, i64)> = Vec::new();
         for record in batch.records().skip(from) {
             if !first.iter().any(|(p, _)| *p == record.partition()) {
@@ -478,16 +485,16 @@ impl KafkaSource {
 
     /// The record that ended the last batch because the plugin contract cannot carry
     /// it, if one did.
-    pub fn take_unreadable(&mut self) -> Option<Unreadable> {
+    pub(crate) fn take_unreadable(&mut self) -> Option<Unreadable> {
         self.unreadable.take()
     }
 
     /// Hands revocations and assignments to `rebalance` (the checkpoint) from now on.
-    pub fn attach(&self, rebalance: Arc<Mutex<dyn Rebalance>>) {
+    pub(crate) fn attach(&self, rebalance: Arc<Mutex<dyn Rebalance>>) {
         let _ = self.consumer.context().role.rebalance.set(rebalance);
     }
 
-    pub fn consumer(&self) -> &BaseConsumer<SourceContext> {
+    pub(crate) fn consumer(&self) -> &BaseConsumer<SourceContext> {
         &self.consumer
     }
 
@@ -540,7 +547,7 @@ impl KafkaSource {
     /// for a coordinator that does not answer without limit (for instance, for a final
     /// commit it could not deliver); such a consumer is let go without its goodbye,
     /// and the group hands its partitions on after its session timeout.
-    pub fn close(self, timeout: Duration) {
+    pub(crate) fn close(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         self.consumer.unsubscribe();
         // Serve the revocation callback (and its final commit).

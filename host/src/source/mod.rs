@@ -1,3 +1,3 @@
 //! Sources: where records come from.
 
-pub mod kafka;
+pub(crate) mod kafka;

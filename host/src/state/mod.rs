@@ -12,14 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// The state store shared by the worker's plugin instance and the checkpoint logic.
-pub type SharedState = Arc<Mutex<StateStore>>;
+pub(crate) type SharedState = Arc<Mutex<StateStore>>;
 
 /// One changed key, as it goes to the changelog: `None` is a deletion (a tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub partition: i32,
-    pub key: Vec<u8>,
-    pub value: Option<Vec<u8>>,
+pub(crate) struct Change {
+    pub(crate) partition: i32,
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default)]
@@ -57,11 +57,11 @@ fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
 
 /// What the keyed state may hold.
 #[derive(Debug, Clone, Copy)]
-pub struct StateLimits {
+pub(crate) struct StateLimits {
     /// Bytes of one key and its value: at most what one changelog record can carry.
-    pub entry_bytes: u64,
+    pub(crate) entry_bytes: u64,
     /// Bytes of the keys and values of one partition.
-    pub partition_bytes: u64,
+    pub(crate) partition_bytes: u64,
 }
 
 impl Default for StateLimits {
@@ -86,7 +86,7 @@ struct Undo {
 
 /// A position in the open batch's writes (see [`StateStore::savepoint`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Savepoint(usize);
+pub(crate) struct Savepoint(usize);
 
 /// State of every partition this host owns.
 ///
@@ -106,14 +106,14 @@ impl StateStore {
     }
 
     /// A shared store that refuses writes beyond `limits`.
-    pub fn shared_with(limits: StateLimits) -> SharedState {
+    pub(crate) fn shared_with(limits: StateLimits) -> SharedState {
         Arc::new(Mutex::new(StateStore {
             limits,
             ..StateStore::default()
         }))
     }
 
-    pub fn get(&self, partition: i32, key: &[u8]) -> Option<&[u8]> {
+    pub(crate) fn get(&self, partition: i32, key: &[u8]) -> Option<&[u8]> {
         self.partitions
             .get(&partition)?
             .values
@@ -123,7 +123,7 @@ impl StateStore {
 
     /// Stores `value` under `key` in `partition`, for the open batch's record `record`.
     /// A write beyond the limits is refused, with the reason, and changes nothing.
-    pub fn set(
+    pub(crate) fn set(
         &mut self,
         record: u32,
         partition: i32,
@@ -165,7 +165,7 @@ impl StateStore {
     }
 
     /// Removes `key` from `partition`, for the open batch's record `record`.
-    pub fn delete(&mut self, record: u32, partition: i32, key: &[u8]) {
+    pub(crate) fn delete(&mut self, record: u32, partition: i32, key: &[u8]) {
         let state = self.partitions.entry(partition).or_default();
         let previous = state.remove(key);
         let was_dirty = !state.dirty.insert(key.to_vec());
@@ -181,23 +181,23 @@ impl StateStore {
     }
 
     /// Starts recording writes so that [`StateStore::discard_batch`] can undo them.
-    pub fn begin_batch(&mut self) {
+    pub(crate) fn begin_batch(&mut self) {
         self.undo = Some(Vec::new());
     }
 
     /// Keeps the open batch's writes.
-    pub fn commit_batch(&mut self) {
+    pub(crate) fn commit_batch(&mut self) {
         self.undo = None;
     }
 
     /// Undoes every write since [`StateStore::begin_batch`].
-    pub fn discard_batch(&mut self) {
+    pub(crate) fn discard_batch(&mut self) {
         self.rollback_to(Savepoint(0));
         self.undo = None;
     }
 
     /// Whether any of `records` (indices in the open batch) wrote state that stands.
-    pub fn any_wrote(&self, records: &[u32]) -> bool {
+    pub(crate) fn any_wrote(&self, records: &[u32]) -> bool {
         self.undo
             .iter()
             .flatten()
@@ -205,13 +205,13 @@ impl StateStore {
     }
 
     /// A point of the open batch that [`StateStore::rollback_to`] can return to.
-    pub fn savepoint(&self) -> Savepoint {
+    pub(crate) fn savepoint(&self) -> Savepoint {
         Savepoint(self.undo.as_ref().map_or(0, Vec::len))
     }
 
     /// Undoes the open batch's writes made after `savepoint`, keeping the batch open
     /// and the writes before it.
-    pub fn rollback_to(&mut self, savepoint: Savepoint) {
+    pub(crate) fn rollback_to(&mut self, savepoint: Savepoint) {
         let Some(undo) = &mut self.undo else {
             return;
         };
@@ -229,13 +229,13 @@ impl StateStore {
     }
 
     /// Whether any key changed since the last [`StateStore::take_changes`].
-    pub fn has_changes(&self) -> bool {
+    pub(crate) fn has_changes(&self) -> bool {
         self.partitions.values().any(|p| !p.dirty.is_empty())
     }
 
     /// The changed keys of `partitions` (all when `None`) with their current values,
     /// clearing their dirty marks.
-    pub fn take_changes(&mut self, partitions: Option<&[i32]>) -> Vec<Change> {
+    pub(crate) fn take_changes(&mut self, partitions: Option<&[i32]>) -> Vec<Change> {
         let mut changes = Vec::new();
         for (&partition, state) in &mut self.partitions {
             if partitions.is_some_and(|only| !only.contains(&partition)) {
@@ -256,7 +256,7 @@ impl StateStore {
     /// Marks the keys of `changes` (taken by [`StateStore::take_changes`]) changed
     /// again: their changelog write failed, so they still have to be saved before any
     /// offset that depends on them is committed. Partitions dropped since are skipped.
-    pub fn untake_changes(&mut self, changes: &[Change]) {
+    pub(crate) fn untake_changes(&mut self, changes: &[Change]) {
         for change in changes {
             if let Some(state) = self.partitions.get_mut(&change.partition) {
                 state.dirty.insert(change.key.clone());
@@ -265,7 +265,7 @@ impl StateStore {
     }
 
     /// Replaces a partition's state with restored values (nothing dirty).
-    pub fn install(&mut self, partition: i32, values: HashMap<Vec<u8>, Vec<u8>>) {
+    pub(crate) fn install(&mut self, partition: i32, values: HashMap<Vec<u8>, Vec<u8>>) {
         let bytes = values.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         self.partitions.insert(
             partition,
@@ -278,13 +278,13 @@ impl StateStore {
     }
 
     /// Forgets a partition this host no longer owns, unsaved changes included.
-    pub fn drop_partition(&mut self, partition: i32) {
+    pub(crate) fn drop_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
     }
 
     /// Deletes every key of `partition`; the deletions reach the changelog at the next
     /// checkpoint. Returns how many keys there were.
-    pub fn clear(&mut self, partition: i32) -> usize {
+    pub(crate) fn clear(&mut self, partition: i32) -> usize {
         let state = self.partitions.entry(partition).or_default();
         let keys: Vec<Vec<u8>> = state.values.drain().map(|(key, _)| key).collect();
         state.bytes = 0;
@@ -294,7 +294,8 @@ impl StateStore {
     }
 
     /// Keys held for `partition`.
-    pub fn len(&self, partition: i32) -> usize {
+    #[cfg(test)]
+    fn len(&self, partition: i32) -> usize {
         self.partitions
             .get(&partition)
             .map_or(0, |state| state.values.len())
