@@ -111,6 +111,33 @@ if [[ $js_installed != "$componentize_js_version" ]]; then
   }
 fi
 
+# weval, which componentize-js runs for `sluice plugin build --aot`: its npm package
+# would download it from GitHub at first use; it is built here from crates.io instead
+# (once, a few minutes), at the version that package names.
+weval_pkg=$js_dir/node_modules/@bytecodealliance/weval
+weval_version=$(node -p "require('$weval_pkg/package.json').version" 2>/dev/null || true)
+case "$(uname -m)-$(uname -s)" in
+  x86_64-Linux) weval_platform=x86_64-linux ;;
+  aarch64-Linux) weval_platform=aarch64-linux ;;
+  x86_64-Darwin) weval_platform=x86_64-macos ;;
+  arm64-Darwin) weval_platform=aarch64-macos ;;
+  *) weval_platform="" ;;
+esac
+if [[ -n $weval_version && -n $weval_platform && ! -x $weval_pkg/$weval_platform/weval ]]; then
+  if [[ $("$tools/weval/bin/weval" --version 2>/dev/null) != "weval $weval_version" ]]; then
+    say "building weval $weval_version from crates.io into $tools/weval (for plugin build --aot; once, a few minutes)"
+    CARGO_TARGET_DIR=$tools/weval-build cargo install --quiet weval --version "$weval_version" \
+      --root "$tools/weval" >"$log" 2>&1 || {
+      tail -n 5 "$log" | sed 's/^/  /' >&2
+      say "could not build weval $weval_version (cargo's output: $log). Is crates.io reachable? To build it by hand: cargo install weval --version $weval_version --root $tools/weval"
+      exit 1
+    }
+    rm -rf "$tools/weval-build"
+  fi
+  mkdir -p "$weval_pkg/$weval_platform"
+  cp "$tools/weval/bin/weval" "$weval_pkg/$weval_platform/weval"
+fi
+
 py_dir=$tools/py
 py_installed=$("$py_dir/bin/python" -c "import importlib.metadata as m; print(m.version('componentize-py'))" 2>/dev/null || true)
 if [[ $py_installed != "$componentize_py_version" ]]; then

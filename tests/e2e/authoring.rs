@@ -8,7 +8,11 @@ use crate::examples::*;
 
 /// Runs an example's golden test and asserts it passes.
 fn golden(name: &str) {
-    let plugin = example(name);
+    golden_of(name, &example(name));
+}
+
+/// Runs the golden test of example `name` on the component `plugin`.
+fn golden_of(name: &str, plugin: &Path) {
     let dir = repo().join("plugins").join(name);
     let input = dir.join("test/input.jsonl");
     let expected = dir.join("test/expected.jsonl");
@@ -58,6 +62,53 @@ fn route_passes_its_golden_test() {
 #[test]
 fn enrich_in_javascript_passes_its_golden_test() {
     golden("enrich");
+}
+
+/// `plugin build --aot`: componentize-js with weval compiles the plugin's code ahead
+/// of time. The component passes the same golden test as the interpreted one, and is
+/// another, larger component (the specialized code comes on top of the interpreter).
+#[test]
+fn enrich_built_ahead_of_time_passes_its_golden_test() {
+    let interpreted = example("enrich");
+    let aot = build_dir().join("enrich-aot.wasm");
+    let output = run(&[
+        "plugin",
+        "build",
+        repo().join("plugins/enrich").to_str().unwrap(),
+        "--aot",
+        "--out",
+        aot.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+    assert!(
+        size(&aot) > size(&interpreted) + size(&interpreted) / 10,
+        "the --aot build ({} bytes) is not larger than the interpreted one ({} bytes): was --aot applied?",
+        size(&aot),
+        size(&interpreted)
+    );
+    golden_of("enrich", &aot);
+}
+
+#[test]
+fn aot_for_a_python_plugin_is_refused_naming_the_option() {
+    let out = build_dir().join("redact-aot.wasm");
+    let output = run(&[
+        "plugin",
+        "build",
+        repo().join("plugins/redact").to_str().unwrap(),
+        "--aot",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("--aot applies to JavaScript plugins only"),
+        "{}",
+        text(&output)
+    );
+    assert!(!out.exists());
 }
 
 #[test]

@@ -88,9 +88,29 @@ pub struct Built {
     pub(crate) sdk: (String, String),
 }
 
+/// How to build.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// JavaScript only: compile the plugin's code ahead of time (componentize-js's
+    /// `--aot`, with weval) instead of interpreting it.
+    pub aot: bool,
+}
+
 /// Builds the project in `dir` into `out` (default: [`default_output`]).
 pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<Built> {
+    build_with(dir, out, Options::default())
+}
+
+/// [`build`] with `options`.
+pub fn build_with(dir: &Path, out: Option<&Path>, options: Options) -> anyhow::Result<Built> {
     let language = detect(dir)?;
+    if options.aot && language != Language::Js {
+        bail!(
+            "--aot applies to JavaScript plugins only; {} is a {} project (leave --aot out)",
+            dir.display(),
+            language.name()
+        );
+    }
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_output(dir));
@@ -101,7 +121,7 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<Built> {
     let out = std::path::absolute(&out).with_context(|| format!("resolving {}", out.display()))?;
     let sdk = match language {
         Language::Rust => build_rust(dir, &out)?,
-        Language::Js => build_js(dir, &out)?,
+        Language::Js => build_js(dir, &out, options.aot)?,
         Language::Python => build_python(dir, &out)?,
     };
     stamp(&out, &sdk)?;
@@ -307,7 +327,52 @@ fn componentize_js(dir: &Path) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("componentize-js"))
 }
 
-fn build_js(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
+/// Where componentize-js's `--aot` looks for the weval binary, next to the
+/// componentize-js found as `tool`; `None` when `tool` is not in a `node_modules`.
+fn weval_path(tool: &Path) -> Option<PathBuf> {
+    let tool = if tool.components().count() == 1 {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())?
+    } else {
+        tool.to_path_buf()
+    };
+    // `node_modules/.bin/componentize-js` -> `node_modules`.
+    let modules = tool.parent()?.parent()?;
+    let platform = match (std::env::consts::ARCH, std::env::consts::OS) {
+        ("x86_64", "linux") => "x86_64-linux",
+        ("aarch64", "linux") => "aarch64-linux",
+        ("x86_64", "macos") => "x86_64-macos",
+        ("aarch64", "macos") => "aarch64-macos",
+        _ => return None,
+    };
+    Some(
+        modules
+            .join("@bytecodealliance/weval")
+            .join(platform)
+            .join("weval"),
+    )
+}
+
+/// componentize-js's `--aot` runs weval, which its npm package downloads from GitHub on
+/// first use: Sluice asks for it to be installed beforehand instead, so that a build
+/// never reaches for the network and fails with an answer here.
+fn check_weval(tool: &Path) -> anyhow::Result<()> {
+    match weval_path(tool) {
+        Some(weval) if weval.is_file() => Ok(()),
+        Some(weval) => bail!(
+            "--aot needs weval, the partial evaluator componentize-js runs, at {}. Install it with `scripts/install.sh` (builds it from crates.io with cargo, beside the other plugin builders), or: cargo install weval --version 0.5.0 --root /tmp/weval && cp /tmp/weval/bin/weval {}",
+            weval.display(),
+            weval.display()
+        ),
+        None => bail!(
+            "--aot needs componentize-js installed in a node_modules directory (found `{}`), with weval beside it; `scripts/install.sh` installs both",
+            tool.display()
+        ),
+    }
+}
+
+fn build_js(dir: &Path, out: &Path, aot: bool) -> anyhow::Result<(String, String)> {
     let package: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("package.json"))
             .with_context(|| format!("reading {}/package.json", dir.display()))?,
@@ -323,6 +388,9 @@ fn build_js(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
     let staging = stage(&[("sluice.js", sdk::JS_SDK)])?;
     copy_sources(dir, staging.path())?;
     let tool = componentize_js(dir);
+    if aot {
+        check_weval(&tool)?;
+    }
     let install = || {
         format!(
             "componentize-js was not found (looked in {}/node_modules/.bin and on PATH). Install it with `npm install` in {} (package.json pins @bytecodealliance/componentize-js {COMPONENTIZE_JS_VERSION}), or: npm install -g @bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION} (needs Node.js 18 or later)",
@@ -336,7 +404,9 @@ fn build_js(dir: &Path, out: &Path) -> anyhow::Result<(String, String)> {
             .arg(entry)
             .args(["--wit", "wit", "--world-name", sdk::WORLD_NAME])
             // The host links no wasi:http: leave the fetch machinery out of the component.
-            .args(["-d", "http", "-d", "fetch-event", "-o"])
+            .args(["-d", "http", "-d", "fetch-event"])
+            .args(aot.then_some("--aot"))
+            .arg("-o")
             .arg(out),
         "componentize-js",
         Stdout::Text,
@@ -394,6 +464,39 @@ mod tests {
             readable_cargo_messages(stdout),
             "error[E0308]: mismatched types\n --> src/lib.rs:3:5\na line that is not JSON\n"
         );
+    }
+
+    #[test]
+    fn aot_is_refused_for_a_project_that_is_not_javascript() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.py"), "").unwrap();
+        let error = build_with(dir.path(), None, Options { aot: true }).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("--aot applies to JavaScript plugins only")
+                && message.contains("Python project"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn aot_without_weval_names_where_it_is_looked_for_and_how_to_install_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("node_modules/.bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let tool = bin.join("componentize-js");
+        std::fs::write(&tool, "").unwrap();
+        let weval = weval_path(&tool).unwrap();
+        assert!(weval.starts_with(dir.path().join("node_modules/@bytecodealliance/weval")));
+        let message = format!("{:#}", check_weval(&tool).unwrap_err());
+        assert!(
+            message.contains(&weval.display().to_string())
+                && message.contains("scripts/install.sh"),
+            "{message}"
+        );
+        std::fs::create_dir_all(weval.parent().unwrap()).unwrap();
+        std::fs::write(&weval, "").unwrap();
+        check_weval(&tool).unwrap();
     }
 
     /// The test command installs the builders through `scripts/install.sh`; a version

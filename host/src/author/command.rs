@@ -44,6 +44,11 @@ pub struct BuildArgs {
     /// Where to write the component (default: DIR/NAME.wasm, NAME being DIR's own name).
     #[arg(long, short)]
     out: Option<PathBuf>,
+    /// JavaScript: compile the plugin's code ahead of time (componentize-js `--aot`,
+    /// needs weval, which `scripts/install.sh` builds). Code-heavy plugins run up to about
+    /// twice as fast; the component is about 30 % larger.
+    #[arg(long)]
+    aot: bool,
 }
 
 #[derive(Debug, Args)]
@@ -135,7 +140,8 @@ fn new(args: &NewArgs) -> ExitCode {
 }
 
 fn build(args: &BuildArgs) -> ExitCode {
-    match builder::build(&args.dir, args.out.as_deref()) {
+    let options = builder::Options { aot: args.aot };
+    match builder::build_with(&args.dir, args.out.as_deref(), options) {
         Ok(built) => {
             let size = std::fs::metadata(&built.path).map(|m| m.len()).unwrap_or(0);
             println!(
