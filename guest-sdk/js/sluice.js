@@ -387,8 +387,8 @@ class OutputWriter {
     if (this.pendingCount > 0) this.flush();
     this.ops += 1;
     // Op, index, length, then at most three bytes per UTF-16 unit.
-    this.reserve(9 + text.length * 3);
     const at = this.length;
+    if (at + 9 + text.length * 3 > this.bytes.length) this.reserve(9 + text.length * 3);
     this.bytes[at] = OP_REPLACE_VALUE;
     this.view.setUint32(at + 1, index, true);
     const { written } = encoder.encodeInto(text, this.bytes.subarray(at + 9));
@@ -538,10 +538,14 @@ export class Batch {
 
   /** The value of record `index` parsed as JSON; throws when null or not JSON. */
   json(index) {
-    const at = this.valueAt(index);
-    const length = this.input.view.getInt32(at, true);
+    // `valueAt`, inline: this is the accessor JSON plugins call for every record.
+    if (!((index >>> 0) === index && index < this.length)) this.check(index);
+    const view = this.input.view;
+    const position = view.getUint32(this.input.indexAt + index * 4, true);
+    const keyLength = view.getInt32(position + KEY_AT, true);
+    const at = position + KEY_AT + 4 + (keyLength < 0 ? 0 : keyLength);
+    const length = view.getInt32(at, true);
     if (length < 0) {
-      const position = this.input.positionOf(index);
       throw new Error(`record at offset ${this.input.offsetAt(position)} has no value; expected JSON`);
     }
     return JSON.parse(decoder.decode(this.input.bytes.subarray(at + 4, at + 4 + length)));
