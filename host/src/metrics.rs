@@ -368,39 +368,39 @@ impl Metrics {
 
     /// The pipeline's counters and gauges: records, checkpoints, lag, readiness.
     fn render_pipeline(&self, text: &mut String) {
+        write_counters(
+            text,
+            &[
+                (
+                    "numRecordsIn",
+                    "Records read from the source topic.",
+                    &self.records_in,
+                ),
+                (
+                    "numRecordsOut",
+                    "Records written to the sink topics.",
+                    &self.records_out,
+                ),
+                (
+                    "numRecordsDeadLettered",
+                    "Records the plugin failed, written to the dead-letter topic.",
+                    &self.records_dead_lettered,
+                ),
+                (
+                    "numberOfCompletedCheckpoints",
+                    "Checkpoints that committed progress.",
+                    &self.checkpoints,
+                ),
+            ],
+        );
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
             write_metric(text, name, kind, help, value);
         };
-        let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-        metric(
-            "numRecordsIn",
-            "counter",
-            "Records read from the source topic.",
-            count(&self.records_in),
-        );
-        metric(
-            "numRecordsOut",
-            "counter",
-            "Records written to the sink topics.",
-            count(&self.records_out),
-        );
-        metric(
-            "numRecordsDeadLettered",
-            "counter",
-            "Records the plugin failed, written to the dead-letter topic.",
-            count(&self.records_dead_lettered),
-        );
-        metric(
-            "numberOfCompletedCheckpoints",
-            "counter",
-            "Checkpoints that committed progress.",
-            count(&self.checkpoints),
-        );
         metric(
             "lastCheckpointDuration",
             "gauge",
             "Milliseconds the last checkpoint took.",
-            count(&self.last_checkpoint_us) / 1e3,
+            self.last_checkpoint_us.load(Ordering::Relaxed) as f64 / 1e3,
         );
         let lag = self
             .lag_max
@@ -501,34 +501,45 @@ fn render_plugin(text: &mut String, status: &PluginCounts) {
 /// The counts of events the history keeps: failed checkpoints, aborts, retries,
 /// plugin restarts.
 fn render_events(text: &mut String) {
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        write_metric(text, name, kind, help, value);
-    };
-    let event = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-    metric(
-        "numberOfFailedCheckpoints",
-        "counter",
-        "Checkpoints that did not commit: a failed offset commit, or an aborted transaction.",
-        event(&crate::history::FAILED_CHECKPOINTS),
+    use crate::history::{FAILED_CHECKPOINTS, PLUGIN_RESTARTS, RETRIES, TRANSACTION_ABORTS};
+    write_counters(
+        text,
+        &[
+            (
+                "numberOfFailedCheckpoints",
+                "Checkpoints that did not commit: a failed offset commit, or an aborted transaction.",
+                &FAILED_CHECKPOINTS,
+            ),
+            (
+                "numTransactionAborts",
+                "Exactly-once: checkpoint transactions aborted after a failure (the partitions rewound).",
+                &TRANSACTION_ABORTS,
+            ),
+            (
+                "numRetries",
+                "Times a worker rewound to its last checkpoint after a failure to try again.",
+                &RETRIES,
+            ),
+            (
+                "numPluginRestarts",
+                "Plugin instances replaced by a new one of the same version after a trap.",
+                &PLUGIN_RESTARTS,
+            ),
+        ],
     );
-    metric(
-        "numTransactionAborts",
-        "counter",
-        "Exactly-once: checkpoint transactions aborted after a failure (the partitions rewound).",
-        event(&crate::history::TRANSACTION_ABORTS),
-    );
-    metric(
-        "numRetries",
-        "counter",
-        "Times a worker rewound to its last checkpoint after a failure to try again.",
-        event(&crate::history::RETRIES),
-    );
-    metric(
-        "numPluginRestarts",
-        "counter",
-        "Plugin instances replaced by a new one of the same version after a trap.",
-        event(&crate::history::PLUGIN_RESTARTS),
-    );
+}
+
+/// Counters, each with its help and type lines: (name, help, counter).
+fn write_counters(text: &mut String, counters: &[(&str, &str, &AtomicU64)]) {
+    for (name, help, counter) in counters {
+        write_metric(
+            text,
+            name,
+            "counter",
+            help,
+            counter.load(Ordering::Relaxed) as f64,
+        );
+    }
 }
 
 /// What `GET /metrics` says of the plugin: the live version and the swaps so far.
