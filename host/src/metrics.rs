@@ -393,10 +393,8 @@ impl Metrics {
                 ),
             ],
         );
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            write_metric(text, name, kind, help, value);
-        };
-        metric(
+        write_metric(
+            text,
             "lastCheckpointDuration",
             "gauge",
             "Milliseconds the last checkpoint took.",
@@ -409,7 +407,8 @@ impl Metrics {
             .filter(|lag| *lag != u64::MAX)
             .max();
         if let Some(lag) = lag {
-            metric(
+            write_metric(
+                text,
                 "records_lag_max",
                 "gauge",
                 "Records in the source partitions not yet read: the largest per partition.",
@@ -422,13 +421,15 @@ impl Metrics {
             .since_turns()
             .iter()
             .all(|since| since.is_some_and(|since| since <= Duration::from_secs(60)));
-        metric(
+        write_metric(
+            text,
             "hostReady",
             "gauge",
             "1 when every worker finished a turn of its loop within the last 60 s (as GET /ready), else 0.",
             if ready { 1.0 } else { 0.0 },
         );
-        metric(
+        write_metric(
+            text,
             "uptime",
             "gauge",
             "Milliseconds since the host started.",
@@ -469,28 +470,29 @@ fn write_metric(text: &mut String, name: &str, kind: &str, help: &str, value: f6
 
 /// The plugin registry's counts.
 fn render_plugin(text: &mut String, status: &PluginCounts) {
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        write_metric(text, name, kind, help, value);
-    };
-    metric(
+    write_metric(
+        text,
         "pluginVersion",
         "gauge",
         "The live plugin version: 1 at start, then each version made live counts one up.",
         status.version as f64,
     );
-    metric(
+    write_metric(
+        text,
         "pluginSwaps",
         "counter",
         "Swaps to another plugin version.",
         status.swaps as f64,
     );
-    metric(
+    write_metric(
+        text,
         "pluginRejections",
         "counter",
         "Plugin candidates rejected by validation.",
         status.rejections as f64,
     );
-    metric(
+    write_metric(
+        text,
         "pluginRollbacks",
         "counter",
         "Plugin versions reverted automatically.",
