@@ -90,10 +90,10 @@ pub struct Built {
 
 /// How to build.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// JavaScript only: compile the plugin's code ahead of time (componentize-js's
     /// `--aot`, with weval) instead of interpreting it.
-    pub aot: bool,
+    pub(crate) aot: bool,
 }
 
 /// Builds the project in `dir` into `out` (default: [`default_output`]).
@@ -102,7 +102,11 @@ pub fn build(dir: &Path, out: Option<&Path>) -> anyhow::Result<Built> {
 }
 
 /// [`build`] with `options`.
-pub fn build_with(dir: &Path, out: Option<&Path>, options: Options) -> anyhow::Result<Built> {
+pub(crate) fn build_with(
+    dir: &Path,
+    out: Option<&Path>,
+    options: Options,
+) -> anyhow::Result<Built> {
     let language = detect(dir)?;
     if options.aot && language != Language::Js {
         bail!(
